@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make report` and `make test`.
+# Both bootstrap .venv when it is missing or when the requirement files changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cen_lab-installed
+REPORT_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: report test venv data clean-venv
+
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Train the default experiment (reused when already complete) and render its figures into reports/.
+report: $(STAMP)
+	$(VENV)/bin/cen-lab report $(REPORT_ARGS)
+
+## Run the test suite (the command CI runs).
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Regenerate the canonical datasets in data/ (bit-identical to the committed ones).
+data: $(STAMP)
+	$(VENV)/bin/cen-lab data regenerate
+
+clean-venv:
+	rm -rf $(VENV)
