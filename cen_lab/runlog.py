@@ -1,0 +1,449 @@
+"""Run directories: the written schema, the writer used during training, and ``load_run``.
+
+Run directory layout (schema version 1)
+---------------------------------------
+::
+
+    <run>/
+      config.json            ExperimentConfig.to_dict()
+      manifest.json          schema_version, versions, seed, times, status, last_step, data description
+      gammas/part-*.parquet  one table per folder, written in parts (see below)
+      exchange/part-*.parquet
+      metrics/part-*.parquet
+      grads/part-*.parquet   only when log.grads is on
+      checkpoints/step-*.pt  periodic and final checkpoints (torch.save of plain dicts; load with weights_only)
+
+``manifest.json["status"]`` is ``"incomplete"`` while training (and after a kill), ``"complete"`` after the
+last step, ``"failed"`` after an error (with ``error``). Tables are flushed in parts at every checkpoint:
+``part-<K>.parquet`` holds rows with ``step < K`` not in earlier parts, so ``pandas.read_parquet(<run>/gammas)``
+also reads a table. Every file is written atomically. Resuming from the checkpoint at step K drops parts
+numbered above K (rows logged after that checkpoint), so a resumed run logs exactly what an uninterrupted
+one does.
+
+Tables (long format, one row per observation)
+---------------------------------------------
+``step`` counts completed optimizer updates; state ``s`` is the model after ``s`` updates.
+
+gammas
+    step (int64), epoch (int64), layer (str: dotted module name, e.g. ``blocks.0.bn``), modality (int32,
+    index into ``manifest["modalities"]``), channel (int32), gamma (float32), beta (float32),
+    penalised (bool: carries the L1 penalty). Logged at state ``s`` every ``log.every`` steps and at the end.
+exchange
+    step, layer, modality, channel, exchanged (bool: replaced in the forward pass at that state),
+    source (int32: the modality the channel's value comes from; itself when kept; -1 = mean of all other
+    modalities, M > 2).
+metrics
+    step, epoch, split (str: ``train`` or ``val``), name (str), value (float64). ``train`` rows are measured
+    on the minibatch of the update that starts at state ``s``: ``loss/<modality>``, ``loss/ensemble``,
+    ``loss/total`` (data loss: sum of the branch and ensemble losses), ``penalty`` (lam * sum|gamma| over
+    penalised gammas), ``alpha/<modality>`` (softmax weight), ``sparsity/below_threshold`` (portion of
+    penalised gammas with |gamma| < threshold, the number the reference code prints), ``exchange/ratio``.
+    ``val`` rows, on the whole validation split every ``log.eval_every`` steps: ``loss/<branch>``,
+    ``miou/<branch>`` (segmentation) or ``accuracy/<branch>`` (classification), branch a modality or
+    ``ensemble``.
+grads
+    step, layer, modality, channel, dgamma (float32: dL/dgamma of the data loss at state ``s``, before the
+    penalty and the update), dxprime_norm (float32: L2 norm of dL/dx' over batch and space, x' the BN output).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._io import atomic_path, atomic_write_json
+from .config import ExperimentConfig
+from .errors import ConfigError, RunExistsError, RunFormatError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SCHEMA_VERSION", "TABLES", "Run", "RunWriter", "load_run", "validate_table", "load_checkpoint"]
+
+SCHEMA_VERSION = 1
+CHECKPOINT_FORMAT = "cen_lab.checkpoint"
+
+# table -> column -> dtype ("str" for strings)
+TABLES: dict[str, dict[str, str]] = {
+    "gammas": {"step": "int64", "epoch": "int64", "layer": "str", "modality": "int32", "channel": "int32",
+               "gamma": "float32", "beta": "float32", "penalised": "bool"},
+    "exchange": {"step": "int64", "layer": "str", "modality": "int32", "channel": "int32", "exchanged": "bool",
+                 "source": "int32"},
+    "metrics": {"step": "int64", "epoch": "int64", "split": "str", "name": "str", "value": "float64"},
+    "grads": {"step": "int64", "layer": "str", "modality": "int32", "channel": "int32", "dgamma": "float32",
+              "dxprime_norm": "float32"},
+}
+_MANIFEST_KEYS = ("schema_version", "status", "seed", "modalities", "last_step", "total_steps")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def validate_table(name: str, df: pd.DataFrame, where: str = "") -> pd.DataFrame:
+    """Check ``df`` against the schema of table ``name``; return it with columns in schema order.
+
+    Raises ``RunFormatError`` naming the table (and ``where``) and the offending column.
+    """
+    spec = TABLES[name]
+    where = where or name
+    for col, dtype in spec.items():
+        if col not in df.columns:
+            raise RunFormatError(f"{where}: missing column {col!r} (table {name!r} needs {list(spec)})")
+        series = df[col]
+        ok = pd.api.types.is_string_dtype(series) if dtype == "str" else str(series.dtype) == dtype
+        if not ok:
+            raise RunFormatError(f"{where}: column {col!r} has dtype {series.dtype}, expected {dtype}")
+    return df[list(spec)]
+
+
+def _empty(name: str) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=("str" if t == "str" else t)) for c, t in TABLES[name].items()})
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    config: ExperimentConfig) -> None:
+    """Atomically save a plain-dict checkpoint that ``torch.load(..., weights_only=True)`` can read."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "step": int(step),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "config": json.dumps(config.to_dict(), sort_keys=True),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) and check that cen_lab wrote it."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise RunFormatError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # corrupt zip, pickle with forbidden globals, truncated file ...
+        raise RunFormatError(f"{path}: not a readable cen_lab checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise RunFormatError(f"{path}: not a cen_lab checkpoint (no format marker {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in ("step", "model", "optimizer", "config") if k not in ckpt]
+    if missing:
+        raise RunFormatError(f"{path}: checkpoint lacks key {missing[0]!r}")
+    return ckpt
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    steps = []
+    for p in (run_dir / "checkpoints").glob("step-*.pt"):
+        try:
+            steps.append(int(p.stem.split("-", 1)[1]))
+        except ValueError:
+            continue
+    return sorted(steps)
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:09d}.pt"
+
+
+# -- writing --------------------------------------------------------------------------------------------------
+
+
+class RunWriter:
+    """Buffers table rows during training and writes them as atomic Parquet parts.
+
+    Use ``RunWriter.create`` for a new run or ``RunWriter.reopen`` to resume one.
+    """
+
+    def __init__(self, path: Path, config: ExperimentConfig, manifest: dict[str, Any]):
+        self.path, self.config, self.manifest = path, config, manifest
+        self._rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+
+    # construction
+
+    @classmethod
+    def prepare(cls, path: str | Path, config: ExperimentConfig, *, resume: bool, overwrite: bool) -> tuple[str, Path]:
+        """Decide what to do with ``path``: returns ("new" | "resume" | "done", path), or raises.
+
+        Refuses (``RunExistsError``) a directory that holds a different run, or any run when neither
+        ``resume`` nor ``overwrite`` is given; never deletes a folder that is not a cen_lab run.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunExistsError(f"{path} exists and is not a directory")
+        if not path.exists() or not any(path.iterdir()):
+            return "new", path
+        is_run = (path / "manifest.json").is_file() or (path / "config.json").is_file()
+        if not is_run:
+            raise RunExistsError(f"{path} holds files that are not a cen_lab run; choose an empty or new directory")
+        if overwrite:
+            log.info("overwriting run in %s", path)
+            shutil.rmtree(path)
+            return "new", path
+        try:
+            existing = ExperimentConfig.from_json(str(path / "config.json"))
+        except (ConfigError, OSError) as e:
+            raise RunFormatError(f"{path / 'config.json'}: cannot read the existing run's config ({e})") from None
+        if existing != config:
+            diff = _config_diff(existing.to_dict(), config.to_dict())
+            raise RunExistsError(
+                f"{path} already holds a different run (differs in {', '.join(diff[:5])}); "
+                "pass overwrite=True (--overwrite) to replace it or choose another directory"
+            )
+        if not resume:
+            raise RunExistsError(
+                f"{path} already holds this run; pass resume=True (--resume) to continue or reuse it, "
+                "or overwrite=True (--overwrite) to start again"
+            )
+        manifest = _read_manifest(path)
+        return ("done" if manifest["status"] == "complete" else "resume"), path
+
+    @classmethod
+    def create(cls, path: Path, config: ExperimentConfig, info: dict[str, Any]) -> "RunWriter":
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": config.name,
+            "seed": config.seed,
+            "status": "incomplete",
+            "error": None,
+            "started_at": _now(),
+            "ended_at": None,
+            "last_step": 0,
+            "total_steps": config.train.steps,
+            "checkpoints": [],
+            "versions": _versions(),
+            **info,
+        }
+        atomic_write_json(path / "config.json", config.to_dict())
+        w = cls(path, config, manifest)
+        w.write_manifest()
+        return w
+
+    @classmethod
+    def reopen(cls, path: Path, config: ExperimentConfig) -> tuple["RunWriter", dict[str, Any] | None]:
+        """Reopen an incomplete run at its latest checkpoint: returns the writer and that checkpoint
+        (None when no checkpoint was written yet, in which case training restarts from step 0)."""
+        manifest = _read_manifest(path)
+        steps = _checkpoint_steps(path)
+        ckpt = load_checkpoint(checkpoint_path(path, steps[-1])) if steps else None
+        start = ckpt["step"] if ckpt else 0
+        for table in TABLES:  # drop rows logged after that checkpoint
+            for part in sorted((path / table).glob("part-*.parquet")):
+                if int(part.stem.split("-")[1]) > start:
+                    part.unlink()
+        manifest.update(status="incomplete", error=None, ended_at=None, last_step=start,
+                        checkpoints=[s for s in manifest.get("checkpoints", []) if s <= start],
+                        versions=_versions())
+        w = cls(path, config, manifest)
+        w.write_manifest()
+        return w, ckpt
+
+    # rows
+
+    def add(self, table: str, **columns: Any) -> None:
+        """Buffer rows: array columns of equal length; scalar columns are broadcast."""
+        self._rows[table].append(columns)
+
+    def flush(self, upper: int) -> None:
+        """Write buffered rows (all with ``step < upper``) as ``<table>/part-<upper>.parquet``."""
+        for table, chunks in self._rows.items():
+            if not chunks:
+                continue
+            df = _frame(table, chunks)
+            if (df["step"] >= upper).any():
+                raise AssertionError(f"{table}: rows at step >= {upper} flushed into part {upper}")  # a bug here
+            with atomic_path(self.path / table / f"part-{upper:09d}.parquet") as tmp:
+                df.to_parquet(tmp, index=False)
+            chunks.clear()
+
+    def checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Flush rows up to ``step``, save the checkpoint of state ``step``, then record it in the manifest."""
+        self.flush(upper=step)
+        save_checkpoint(checkpoint_path(self.path, step), step, model, optimizer, self.config)
+        self.manifest["checkpoints"] = sorted(set(self.manifest["checkpoints"]) | {step})
+        self.manifest["last_step"] = step
+        self.write_manifest()
+
+    def finish(self, status: str, step: int, error: str | None = None) -> None:
+        """Record the final status; rows still buffered are flushed first."""
+        self.flush(upper=step + 1)
+        self.manifest.update(status=status, error=error, ended_at=_now())
+        if status == "complete":
+            self.manifest["last_step"] = step
+        self.write_manifest()
+
+    def write_manifest(self) -> None:
+        atomic_write_json(self.path / "manifest.json", self.manifest)
+
+
+def _frame(table: str, chunks: list[dict[str, Any]]) -> pd.DataFrame:
+    spec = TABLES[table]
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in spec}
+    for chunk in chunks:
+        n = max((len(v) for v in chunk.values() if isinstance(v, np.ndarray)), default=1)
+        for c, dtype in spec.items():
+            v = chunk[c]
+            if isinstance(v, np.ndarray):
+                cols[c].append(v if dtype == "str" else v.astype(dtype, copy=False))
+            else:
+                cols[c].append(np.full(n, v, dtype=object if dtype == "str" else dtype))
+    df = pd.DataFrame({c: np.concatenate(v) for c, v in cols.items()})
+    for c, dtype in spec.items():
+        if dtype == "str":
+            df[c] = df[c].astype("str")
+    return validate_table(table, df, where=f"writing {table}")
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    from . import __version__
+
+    return {"cen_lab": __version__, "torch": torch.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+            "python": platform.python_version()}
+
+
+def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# -- reading --------------------------------------------------------------------------------------------------
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise RunFormatError(f"{path}: not a cen_lab run directory (no manifest.json)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunFormatError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise RunFormatError(f"{mpath}: expected a JSON object")
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise RunFormatError(f"{mpath}: missing key {missing[0]!r}")
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        raise RunFormatError(
+            f"{mpath}: schema_version {manifest['schema_version']!r} is not supported (this cen_lab reads {SCHEMA_VERSION})"
+        )
+    return manifest
+
+
+def _read_table(path: Path, table: str) -> pd.DataFrame:
+    parts = sorted((path / table).glob("part-*.parquet"))
+    if not parts:
+        return _empty(table)
+    frames = []
+    for part in parts:
+        try:
+            df = pd.read_parquet(part)
+        except Exception as e:  # pyarrow.ArrowInvalid and friends
+            raise RunFormatError(f"{part}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        frames.append(validate_table(table, df, where=str(part)))
+    df = pd.concat(frames, ignore_index=True)
+    return df
+
+
+@dataclass
+class Run:
+    """A run directory loaded into memory.
+
+    Attributes
+    ----------
+    path : Path
+    config : ExperimentConfig
+    manifest : dict
+    gammas, exchange, metrics, grads : pandas.DataFrame
+        Long-format tables (schema in this module's docstring); ``grads`` is empty unless ``log.grads``.
+    """
+
+    path: Path
+    config: ExperimentConfig
+    manifest: dict[str, Any]
+    gammas: pd.DataFrame
+    exchange: pd.DataFrame
+    metrics: pd.DataFrame
+    grads: pd.DataFrame
+
+    @property
+    def status(self) -> str:
+        """``"complete"``, ``"incomplete"`` (still training, stopped early, or killed) or ``"failed"``."""
+        return self.manifest["status"]
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.manifest["modalities"])
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        return _checkpoint_steps(self.path)
+
+    def checkpoint(self, step: int | None = None, map_location: str = "cpu") -> dict[str, Any]:
+        """The checkpoint at ``step`` (default: the latest)."""
+        steps = self.checkpoint_steps
+        if not steps:
+            raise RunFormatError(f"{self.path}: the run has no checkpoint yet")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise ValueError(f"no checkpoint at step {step}; available: {steps}")
+        return load_checkpoint(checkpoint_path(self.path, step), map_location)
+
+    def load_model(self, step: int | None = None, device: str = "cpu") -> torch.nn.Module:
+        """Rebuild the model and load the checkpoint at ``step`` (default: the latest), in eval mode."""
+        from .models import build_model
+
+        m = self.manifest
+        model = build_model(self.config.model, len(m["modalities"]), m["in_channels"], m["num_classes"], m["task"],
+                            self.config.train.sparsity)
+        ckpt = self.checkpoint(step, map_location=device)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise RunFormatError(f"{self.path}: checkpoint does not match the run's model ({e})") from None
+        return model.to(device).eval()
+
+    def __repr__(self) -> str:
+        return (f"Run({str(self.path)!r}, status={self.status!r}, steps={self.manifest['last_step']}/"
+                f"{self.manifest['total_steps']}, modalities={self.modalities})")
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a run directory written by ``cen_lab.train``; validates the manifest, config and every table.
+
+    An incomplete run (killed or stopped early) loads too: ``run.status`` says so and the tables hold what was
+    flushed at its checkpoints.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path)
+    try:
+        config = ExperimentConfig.from_json(str(path / "config.json"))
+    except FileNotFoundError:
+        raise RunFormatError(f"{path}: no config.json") from None
+    except ConfigError as e:
+        raise RunFormatError(f"{path / 'config.json'}: {e}") from None
+    tables = {t: _read_table(path, t) for t in TABLES}
+    return Run(path, config, manifest, **tables)
