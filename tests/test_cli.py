@@ -1,0 +1,52 @@
+import subprocess
+import sys
+
+import cen_lab
+from cen_lab.cli import main
+
+
+def test_module_help_lists_the_commands():
+    proc = subprocess.run([sys.executable, "-m", "cen_lab", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("train", "config", "data", "report"):
+        assert command in proc.stdout
+
+
+def test_tiny_cli_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--preset", "tiny", "--set", "train.steps=4", "--set", "train.lam=1e-3", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    run = cen_lab.load_run(out)
+    assert run.complete and run.config.train.steps == 4 and run.config.train.lam == 1e-3
+    assert "status complete" in capsys.readouterr().out
+
+
+def test_bad_set_is_a_clear_error(capsys):
+    assert main(["config", "--set", "train.lamda=1"]) == 2
+    assert "unknown config key 'train.lamda'" in capsys.readouterr().err
+    assert main(["config", "--set", "train.lam"]) == 2
+    assert "--set expects KEY=VALUE" in capsys.readouterr().err
+
+
+def test_existing_run_is_refused_by_the_cli(tmp_path, capsys):
+    args = ["train", "--preset", "tiny", "--set", "train.steps=2", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already holds this run" in capsys.readouterr().err
+
+
+def test_report_trains_once_and_writes_the_figure(tmp_path):
+    args = ["report", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
+            "--no-progress"]
+    assert main(args) == 0
+    for ext in ("png", "svg"):
+        assert (tmp_path / "reports" / "tiny" / f"gamma_trajectories.{ext}").stat().st_size > 1000
+    started = cen_lab.load_run(tmp_path / "runs" / "tiny").manifest["started_at"]
+    assert main(args) == 0  # the complete run is reused, not retrained
+    assert cen_lab.load_run(tmp_path / "runs" / "tiny").manifest["started_at"] == started
+
+
+def test_data_check_confirms_the_committed_datasets(capsys):
+    assert main(["data", "check"]) == 0
+    assert capsys.readouterr().out.count("matches") == 2

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from cen_lab.exchange import channel_exchange, exchange_sources
+
+
+def test_two_modalities_hand_computed():
+    # x: [M=2, N=1, C=3, 1]; channel values encode (modality, channel)
+    x = torch.tensor([[[[10.0], [11.0], [12.0]]], [[[20.0], [21.0], [22.0]]]])
+    gamma = torch.tensor([[0.5, 0.01, 0.02], [-0.001, 0.3, -0.5]])  # 0.02 sits exactly on the threshold
+    y = channel_exchange(x, gamma, threshold=0.02)
+    expected = torch.tensor([[[[10.0], [21.0], [12.0]]], [[[10.0], [21.0], [22.0]]]])
+    assert torch.equal(y, expected)
+    assert exchange_sources(gamma, 0.02).tolist() == [[0, 1, 0], [0, 1, 1]]
+
+
+def test_three_modalities_mean_of_others():
+    x = torch.tensor([[[[1.0], [2.0]]], [[[4.0], [8.0]]], [[[16.0], [32.0]]]])  # [3, 1, 2, 1]
+    gamma = torch.tensor([[0.0, 1.0], [1.0, 0.02], [1.0, 0.019]])
+    y = channel_exchange(x, gamma, threshold=0.02)
+    expected = torch.tensor([[[[10.0], [2.0]]], [[[4.0], [8.0]]], [[[16.0], [5.0]]]])
+    assert torch.equal(y, expected)
+    assert exchange_sources(gamma, 0.02).tolist() == [[-1, 0], [1, 1], [2, -1]]
+
+
+def test_mode_none_returns_input_and_sources_are_own():
+    x = torch.randn(2, 3, 4, 5, 5)
+    gamma = torch.zeros(2, 4)
+    assert channel_exchange(x, gamma, 0.02, mode="none") is x
+    assert exchange_sources(gamma, 0.02, mode="none").tolist() == [[0] * 4, [1] * 4]
+
+
+def test_gradient_flows_to_the_supplying_branch():
+    x = torch.randn(2, 2, 2, 3, 3, requires_grad=True)
+    gamma = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # modality 0, channel 1 receives modality 1's channel 1
+    channel_exchange(x, gamma, 0.02).sum().backward()
+    g = x.grad
+    assert torch.all(g[0, :, 0] == 1) and torch.all(g[0, :, 1] == 0)
+    assert torch.all(g[1, :, 0] == 1) and torch.all(g[1, :, 1] == 2)  # used by itself and by modality 0
+
+
+@pytest.mark.parametrize(
+    "x_shape, gamma_shape, mode, match",
+    [((2, 1, 3, 4), (2, 4), "mean", "gamma must have shape"),
+     ((1, 1, 3, 4), (1, 3), "mean", "M >= 2"),
+     ((2, 1, 3, 4), (2, 3), "swap", "mode must be one of")],
+)
+def test_bad_arguments(x_shape, gamma_shape, mode, match):
+    with pytest.raises(ValueError, match=match):
+        channel_exchange(torch.zeros(x_shape), torch.zeros(gamma_shape), 0.02, mode=mode)

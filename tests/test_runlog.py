@@ -1,0 +1,92 @@
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+import cen_lab
+from cen_lab import RunFormatError
+from cen_lab.runlog import validate_table
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_run.path, dst)
+    return dst
+
+
+def test_tables_are_readable_as_parquet_folders(tiny_run):
+    df = pd.read_parquet(tiny_run.path / "gammas")
+    assert len(df) == len(tiny_run.gammas)
+
+
+def test_corrupt_parquet_part_is_named(run_copy):
+    part = sorted((run_copy / "gammas").glob("part-*.parquet"))[0]
+    part.write_bytes(b"PAR1 garbage")
+    with pytest.raises(RunFormatError, match=f"{part.name}: not a readable Parquet file"):
+        cen_lab.load_run(run_copy)
+
+
+def test_foreign_parquet_part_is_named(run_copy):
+    part = sorted((run_copy / "metrics").glob("part-*.parquet"))[0]
+    pd.DataFrame({"a": [1], "b": [2.0]}).to_parquet(part)
+    with pytest.raises(RunFormatError, match=f"{part.name}: missing column 'step'"):
+        cen_lab.load_run(run_copy)
+
+
+def test_wrong_dtype_is_named(run_copy):
+    part = sorted((run_copy / "gammas").glob("part-*.parquet"))[0]
+    df = pd.read_parquet(part)
+    df["gamma"] = df["gamma"].astype("float64")
+    df.to_parquet(part)
+    with pytest.raises(RunFormatError, match="column 'gamma' has dtype float64, expected float32"):
+        cen_lab.load_run(run_copy)
+
+
+def test_bad_manifest_and_config(run_copy):
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    (run_copy / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    with pytest.raises(RunFormatError, match="schema_version 99 is not supported"):
+        cen_lab.load_run(run_copy)
+    (run_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(RunFormatError, match="manifest.json: not valid JSON"):
+        cen_lab.load_run(run_copy)
+    (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    config = json.loads((run_copy / "config.json").read_text())
+    config["train"]["lamda"] = 1
+    (run_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunFormatError, match="config.json: unknown config key 'train.lamda'"):
+        cen_lab.load_run(run_copy)
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(RunFormatError, match="not a cen_lab run directory"):
+        cen_lab.load_run(tmp_path)
+
+
+class Evil:
+    pass
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [(b"garbage", "not a readable cen_lab checkpoint"),
+     ({"weights": torch.zeros(2)}, "not a cen_lab checkpoint"),
+     (Evil(), "not a readable cen_lab checkpoint")],  # refused by weights_only=True
+)
+def test_corrupt_or_foreign_checkpoint(run_copy, payload, match):
+    run = cen_lab.load_run(run_copy)
+    path = run_copy / "checkpoints" / f"step-{run.checkpoint_steps[-1]:09d}.pt"
+    if isinstance(payload, bytes):
+        path.write_bytes(payload)
+    else:
+        torch.save(payload, path)
+    with pytest.raises(RunFormatError, match=match):
+        run.checkpoint()
+
+
+def test_validate_table_on_write_rejects_missing_columns():
+    with pytest.raises(RunFormatError, match="missing column 'value'"):
+        validate_table("metrics", pd.DataFrame({"step": [0], "epoch": [0], "split": ["val"], "name": ["x"]}))
