@@ -230,9 +230,11 @@ def test_cuda_without_a_device_is_a_clear_error(tiny, tmp_path):
         cen_lab.train(tiny.override({"train.device": "cuda"}), tmp_path / "r", progress=False)
 
 
-def test_three_modalities_and_classification_train(tiny, tmp_path):
+def test_three_modalities_classification_and_adam_train(tiny, tmp_path):
     cfg = tiny.override({"data.modalities": ["rgb", "depth", "edges"], "data.scene.task": "cls",
-                         "train.steps": 4})
+                         "train.steps": 4, "train.optimizer": "adam", "train.lr": 1e-2})
     run = cen_lab.train(cfg, tmp_path / "m3", progress=False)
     assert run.modalities == ["rgb", "depth", "edges"] and run.gammas["modality"].max() == 2
     assert "accuracy/ensemble" in set(run.metrics["name"])
+    g = run.gammas
+    assert not (g.query("step == 4")["gamma"].to_numpy() == g.query("step == 0")["gamma"].to_numpy()).any()
