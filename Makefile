@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cen_lab-installed
 REPORT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: report test venv data clean-venv
+.PHONY: report test venv data lab clean-venv
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,13 +16,22 @@ $(STAMP): pyproject.toml requirements.txt requirements-dev.txt constraints.txt
 
 venv: $(STAMP)
 
-## Train the default experiment (reused when already complete) and render its figures into reports/.
+## Execute the report notebooks headlessly (training or reusing their runs) into reports/<preset>/.
 report: $(STAMP)
 	$(VENV)/bin/cen-lab report $(REPORT_ARGS)
 
 ## Run the test suite (the command CI runs).
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Open JupyterLab on notebooks/ in the project environment (installs the "lab" extra on first use).
+## Jupyter refuses to run as root without --allow-root, so it is added for root only.
+lab: $(STAMP) $(VENV)/.cen_lab-lab
+	cd notebooks && ../$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+$(VENV)/.cen_lab-lab: requirements-lab.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,lab]"
+	touch $@
 
 ## Regenerate the canonical datasets in data/ (bit-identical to the committed ones).
 data: $(STAMP)

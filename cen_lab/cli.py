@@ -74,22 +74,37 @@ def cmd_data(args: argparse.Namespace) -> int:
     return status
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from .plots import compute_gamma_trajectories, plot_gamma_trajectories
-    from .training import train
+def _parse_params(items: Sequence[str]) -> dict[str, dict[str, object]]:
+    params: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        notebook, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--param expects NOTEBOOK.NAME=VALUE (e.g. exchange_dynamics.lams=[0.001,0.01]), got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value  # a bare word is a string
+        params.setdefault(notebook, {})[name] = parsed
+    return params
 
-    cfg = _config_from_args(args)
-    run_dir = Path(args.runs_dir) / cfg.name
-    print(f"[report] training {cfg.name!r} into {run_dir} (reused when already complete)", flush=True)
-    run = train(cfg, run_dir, resume=True, progress=not args.no_progress)
-    out = Path(args.out) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
-    fig = plot_gamma_trajectories(compute_gamma_trajectories(run.gammas, run.modalities),
-                                  threshold=cfg.model.threshold, title=f"{cfg.name}: BN scaling factors")
-    for ext in ("png", "svg"):
-        path = out / f"gamma_trajectories.{ext}"
-        fig.savefig(path, dpi=130)
-        print(f"[report] wrote {path}")
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .reports import REPORT_NOTEBOOKS, build_report
+
+    if not args.quiet:  # papermill echoes notebook output (training progress) at INFO level
+        logging.getLogger("papermill").setLevel(logging.INFO)
+    notebooks = args.notebooks.split(",") if args.notebooks else list(REPORT_NOTEBOOKS)
+    out = Path(args.out) / (args.name or args.preset)
+    common = {"preset": args.preset, "runs_dir": str(Path(args.runs_dir).resolve()), "progress": not args.no_progress}
+    result = build_report(out, _parse_params(args.param), common=common, notebooks=notebooks,
+                          hide_code=args.hide_code, log_output=not args.quiet)
+    if not result.ok:
+        for name, message in result.failures.items():
+            print(f"cen-lab: error: notebook {name} failed: {message}", file=sys.stderr)
+        print(f"cen-lab: what succeeded is in {result.out_dir}", file=sys.stderr)
+        return 1
+    print(f"report: {result.index}")
     return 0
 
 
@@ -121,11 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", metavar="DIR", help="data folder (default: the repository's data/)")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("report", help="train the default experiment (or reuse it) and render its figures")
-    _add_config_args(p)
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where runs live (default: runs)")
-    p.add_argument("--out", default="reports", metavar="DIR", help="where reports go (default: reports)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = sub.add_parser("report", help="execute the report notebooks headlessly into reports/<name>/")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                   help="preset the notebooks train (default: default; 'tiny' for a quick look)")
+    p.add_argument("--name", help="report folder name (default: the preset's name)")
+    p.add_argument("--out", default="reports", metavar="DIR", help="parent folder of reports (default: reports)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where runs are trained and reused (default: runs)")
+    p.add_argument("--param", action="append", default=[], metavar="NOTEBOOK.NAME=VALUE",
+                   help="a notebook parameter as JSON, e.g. --param exchange_dynamics.lams=[0.001,0.01] (repeatable)")
+    p.add_argument("--notebooks", metavar="A,B", help="run only these report notebooks")
+    p.add_argument("--hide-code", action="store_true", help="leave code cells out of the HTML pages")
+    p.add_argument("--no-progress", action="store_true", help="no training progress output")
+    p.add_argument("--quiet", action="store_true", help="do not echo notebook output to the terminal")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -198,8 +199,6 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
     NonFiniteLossError
         The data loss became NaN or infinite; rows logged before are kept and the status is ``"failed"``.
     """
-    from tqdm.auto import tqdm
-
     cfg = config
     out = Path(out_dir) if out_dir is not None else Path("runs") / cfg.name
     if stop_at is not None and not 0 < stop_at <= cfg.train.steps:
@@ -245,7 +244,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
     names = list(ds.modalities)
     perm_epoch, perm = -1, None
 
-    bar = tqdm(total=end, initial=start, desc=f"train {cfg.name}", unit="step", disable=not progress, leave=True)
+    bar = _progress_bar(total=end, initial=start, desc=f"train {cfg.name}", unit="step", disable=not progress)
     s = start
     try:
         for s in range(start, end):
@@ -289,7 +288,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
                 logger.metrics(s, epoch, "train", values)
                 if cfg.log.grads:
                     logger.grads(s, dxprime)
-                bar.set_postfix(loss=f"{loss_value:.3f}", below_thr=f"{values['sparsity/below_threshold']:.2f}")
+                bar.set_postfix(loss=f"{loss_value:.3f}", below_thr=f"{values['sparsity/below_threshold']:.2f}", refresh=False)
 
             if cfg.train.l1_rule == "subgradient" and lam > 0:
                 add_l1_subgradient(weights, masks, lam)
@@ -320,6 +319,20 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
         raise
     bar.close()
     return load_run(out)
+
+
+def _progress_bar(**kwargs):
+    """tqdm, notebook-aware; plain text every few seconds when ``CEN_LAB_PROGRESS=text`` (set when notebooks run
+    headless under papermill, whose log shows text but not widgets)."""
+    if os.environ.get("CEN_LAB_PROGRESS") == "text":
+        import sys
+
+        from tqdm.std import tqdm
+
+        return tqdm(mininterval=3.0, ascii=True, leave=True, file=sys.stdout, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(leave=True, **kwargs)
 
 
 def _exchange_ratio(gamma: np.ndarray, logger: _Logger, threshold: float) -> float:

@@ -36,15 +36,23 @@ def test_existing_run_is_refused_by_the_cli(tmp_path, capsys):
     assert "already holds this run" in capsys.readouterr().err
 
 
-def test_report_trains_once_and_writes_the_figure(tmp_path):
-    args = ["report", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "reports"),
-            "--no-progress"]
+def test_report_runs_the_notebooks_and_reuses_the_run(tmp_path):
+    args = ["report", "--preset", "tiny", "--notebooks", "quickstart", "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "reports"), "--no-progress", "--quiet"]
     assert main(args) == 0
-    for ext in ("png", "svg"):
-        assert (tmp_path / "reports" / "tiny" / f"gamma_trajectories.{ext}").stat().st_size > 1000
+    out = tmp_path / "reports" / "tiny"
+    assert (out / "index.html").is_file() and (out / "quickstart.html").is_file()
+    assert (out / "figures" / "quickstart" / "gamma_trajectories.png").stat().st_size > 1000
     started = cen_lab.load_run(tmp_path / "runs" / "tiny").manifest["started_at"]
     assert main(args) == 0  # the complete run is reused, not retrained
     assert cen_lab.load_run(tmp_path / "runs" / "tiny").manifest["started_at"] == started
+
+
+def test_report_with_a_bad_parameter_exits_non_zero(tmp_path, capsys):
+    rc = main(["report", "--preset", "tiny", "--notebooks", "quickstart", "--param", "quickstart.presett=tiny",
+               "--out", str(tmp_path), "--quiet"])
+    assert rc == 1
+    assert "unknown parameter 'presett'; did you mean 'preset'" in capsys.readouterr().err
 
 
 def test_data_check_confirms_the_committed_datasets(capsys):

@@ -41,3 +41,14 @@ def test_torch_is_pinned_in_the_constraints():
     assert "torch==2.13.0" in lines
     requirements = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^torch\b", requirements, re.M)
+
+
+def test_make_lab_adds_allow_root_exactly_when_root():
+    import os
+    import subprocess
+
+    proc = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    launch = [line for line in proc.stdout.splitlines() if "jupyter lab" in line]
+    assert launch, proc.stdout
+    assert ("--allow-root" in launch[0]) == (os.getuid() == 0)

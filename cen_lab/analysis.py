@@ -1,0 +1,44 @@
+"""Summaries of runs: the key numbers a report's table shows."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .runlog import Run
+
+__all__ = ["compute_run_summary"]
+
+
+def compute_run_summary(runs: Sequence[Run] | Mapping[str, Run]) -> pd.DataFrame:
+    """One row per run: settings and final numbers.
+
+    Columns: ``run, status, steps, seed, lam, threshold, l1_rule, exchange, modalities``, then for the last
+    validation pass ``val/<score>/<branch>`` (score ``miou`` or ``accuracy``, branch a modality or
+    ``ensemble``), and at the last logged state ``exchange_ratio`` (portion of channels exchanged) and
+    ``penalised_below_threshold`` (portion of penalised gammas with |gamma| < threshold).
+    """
+    items = runs.items() if isinstance(runs, Mapping) else ((run.path.name, run) for run in runs)
+    rows = []
+    for name, run in items:
+        cfg = run.config
+        row = {"run": name, "status": run.status, "steps": run.manifest["last_step"], "seed": cfg.seed,
+               "lam": cfg.train.lam, "threshold": cfg.model.threshold, "l1_rule": cfg.train.l1_rule,
+               "exchange": cfg.model.exchange, "modalities": "+".join(run.modalities)}
+        val = run.metrics[(run.metrics["split"] == "val")]
+        if len(val):
+            last = val[val["step"] == val["step"].max()]
+            for metric, value in zip(last["name"], last["value"]):
+                if metric.startswith(("miou/", "accuracy/")):
+                    row[f"val/{metric}"] = float(value)
+        if len(run.gammas):
+            final = run.gammas[run.gammas["step"] == run.gammas["step"].max()]
+            pen = final[final["penalised"]]
+            row["penalised_below_threshold"] = float((pen["gamma"].abs() < cfg.model.threshold).mean()) if len(pen) else np.nan
+        if len(run.exchange):
+            ex = run.exchange[run.exchange["step"] == run.exchange["step"].max()]
+            row["exchange_ratio"] = float(ex["exchanged"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)

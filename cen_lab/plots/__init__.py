@@ -1,0 +1,24 @@
+"""Figures of run data.
+
+Every figure is a pair: ``compute_*`` turns run tables into a tidy DataFrame (tested exactly) and
+``plot_*(frame, ..., backend="matplotlib" | "plotly")`` draws it and returns the figure object. Plot functions
+never show or save anything themselves; matplotlib figures are built without pyplot, so they leave no global
+state behind. ``plot_exchange_animation`` is plotly only (a step slider with a play button).
+"""
+
+from ._common import BACKENDS, FREE_COLOUR, PENALISED_COLOUR
+from .curves import compute_metric_across_runs, compute_training_curves, plot_metric_across_runs, plot_training_curves
+from .exchange import (compute_exchange_maps, compute_exchange_ratio, compute_flip_counts, compute_flip_events,
+                       plot_exchange_animation, plot_exchange_maps, plot_exchange_ratio, plot_exchange_snapshot,
+                       plot_flip_counts)
+from .gammas import (compute_gamma_snapshot, compute_gamma_trajectories, compute_sparsity, plot_gamma_distributions,
+                     plot_gamma_trajectories, plot_sparsity)
+
+__all__ = [
+    "BACKENDS", "FREE_COLOUR", "PENALISED_COLOUR",
+    "compute_exchange_maps", "compute_exchange_ratio", "compute_flip_counts", "compute_flip_events",
+    "compute_gamma_snapshot", "compute_metric_across_runs", "plot_metric_across_runs", "compute_gamma_trajectories", "compute_sparsity", "compute_training_curves",
+    "plot_exchange_animation", "plot_exchange_maps", "plot_exchange_ratio", "plot_exchange_snapshot",
+    "plot_flip_counts", "plot_gamma_distributions", "plot_gamma_trajectories", "plot_sparsity",
+    "plot_training_curves",
+]

@@ -1,0 +1,72 @@
+"""Shared pieces of the figure functions: colours, modality names, layer order, backend dispatch."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+BACKENDS = ("matplotlib", "plotly")
+PENALISED_COLOUR = "#c0392b"
+FREE_COLOUR = "#2e86c1"
+KEPT_COLOUR = "#eeeeee"
+MEAN_COLOUR = "#7f7f7f"
+# colour of "received from modality k"; also the colour of branch k in curves
+MODALITY_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
+ENSEMBLE_COLOUR = "#222222"
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+
+
+def modality_names(frame: pd.DataFrame, modalities: Sequence[str] | None) -> np.ndarray:
+    """Names for the ``modality`` indices of ``frame`` (default ``m0``, ``m1``, ...)."""
+    n = int(frame["modality"].max()) + 1 if len(frame) else 0
+    names = list(modalities) if modalities is not None else [f"m{i}" for i in range(n)]
+    if len(names) < n:
+        raise ValueError(f"{n} modalities in the table but only {len(names)} names given")
+    return np.asarray(names, dtype=object)
+
+
+def select_layers(frame: pd.DataFrame, layers: Sequence[str] | None) -> tuple[pd.DataFrame, list[str]]:
+    """Rows of the chosen layers (default all, in order of first appearance) and that order."""
+    present = list(dict.fromkeys(frame["layer"].astype(str)))
+    order = present if layers is None else list(layers)
+    unknown = [name for name in order if name not in present]
+    if unknown:
+        raise ValueError(f"no layer {unknown[0]!r} in the table; it has {present}")
+    return frame[frame["layer"].isin(order)], order
+
+
+def sort_by_layer(frame: pd.DataFrame, order: list[str], keys: list[str]) -> pd.DataFrame:
+    rank = frame["layer"].map({name: i for i, name in enumerate(order)})
+    return (frame.assign(_rank=rank).sort_values(["_rank", *keys], kind="stable")
+            .drop(columns="_rank").reset_index(drop=True))
+
+
+def modality_table(frame: pd.DataFrame) -> list[tuple[int, str]]:
+    """(index, name) pairs of the modalities in ``frame``, in index order."""
+    pairs = frame[["modality", "modality_name"]].drop_duplicates().sort_values("modality")
+    return [(int(m), str(n)) for m, n in pairs.itertuples(index=False)]
+
+
+def mpl_figure(nrows: int, ncols: int, panel_size: tuple[float, float], **kw):
+    """A pyplot-free matplotlib figure with a grid of axes (always 2-D)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def plotly_grid(nrows: int, ncols: int, titles: list[str], *, shared_xaxes: bool = True, height_per_row: int = 260,
+                **kw):
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=titles, shared_xaxes=shared_xaxes,
+                        vertical_spacing=min(0.12, 0.35 / max(nrows, 1)), **kw)
+    fig.update_layout(height=80 + height_per_row * nrows, template="plotly_white", margin=dict(t=70, l=60, r=20, b=50))
+    return fig

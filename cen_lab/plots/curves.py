@@ -1,0 +1,152 @@
+"""Figures of the metrics table: losses and scores per branch and ensemble, and alpha."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ._common import ENSEMBLE_COLOUR, MODALITY_COLOURS, check_backend, mpl_figure, plotly_grid
+
+__all__ = ["compute_training_curves", "plot_training_curves", "compute_metric_across_runs", "plot_metric_across_runs"]
+
+# (split, kind) of each panel, in display order, and its title
+_PANELS = [(("train", "loss"), "train loss (minibatch)"), (("val", "loss"), "validation loss"),
+           (("val", "miou"), "validation mIoU"), (("val", "accuracy"), "validation accuracy"),
+           (("train", "alpha"), "ensemble weight softmax(alpha)")]
+
+
+def compute_training_curves(metrics: pd.DataFrame, modalities: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-branch curves from the ``metrics`` table.
+
+    Names ``<kind>/<branch>`` are split into ``kind`` and ``branch``; names without a branch (``penalty``,
+    ``sparsity/below_threshold``, ``exchange/ratio``, ``loss/total``) are dropped.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``step, split, kind, branch, value``, with ``branch`` a modality name or ``"ensemble"``;
+        sorted by split, kind, branch order (modalities first, then the ensemble) and step.
+    """
+    parts = metrics["name"].astype(str).str.split("/", n=1, expand=True)
+    if parts.shape[1] < 2:
+        parts[1] = None
+    df = pd.DataFrame({"step": metrics["step"].to_numpy(), "split": metrics["split"].astype(str).to_numpy(),
+                       "kind": parts[0].to_numpy(), "branch": parts[1].to_numpy(), "value": metrics["value"].to_numpy()})
+    branches = list(modalities) if modalities is not None else sorted(
+        {b for b in df["branch"].dropna() if b not in ("ensemble", "total", "below_threshold", "ratio")})
+    keep = df["kind"].isin(["loss", "miou", "accuracy", "alpha"]) & df["branch"].isin(branches + ["ensemble"])
+    df = df[keep].copy()
+    df["_order"] = df["branch"].map({b: i for i, b in enumerate(branches + ["ensemble"])})
+    df = df.sort_values(["split", "kind", "_order", "step"], kind="stable").drop(columns="_order")
+    return df.reset_index(drop=True)
+
+
+def _colour(branch: str, branches: list[str]) -> str:
+    return ENSEMBLE_COLOUR if branch == "ensemble" else MODALITY_COLOURS[branches.index(branch) % len(MODALITY_COLOURS)]
+
+
+def plot_training_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", marker_step: int | None = None,
+                         title: str | None = None, panel_size: tuple[float, float] = (3.6, 2.6)):
+    """Losses, validation scores and alpha over training, one line per branch (ensemble in black).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Output of ``compute_training_curves``.
+    marker_step : int, optional
+        Draw a vertical line at this step (used by the explorer).
+    """
+    check_backend(backend)
+    if frame.empty:
+        raise ValueError("no metric records to plot")
+    present = set(zip(frame["split"], frame["kind"]))
+    panels = [(key, name) for key, name in _PANELS if key in present]
+    branches = list(dict.fromkeys(b for b in frame["branch"] if b != "ensemble"))
+    title = title or "Training curves"
+    if backend == "plotly":
+        fig = plotly_grid(1, len(panels), [name for _, name in panels], shared_xaxes=False, height_per_row=320)
+        for j, ((split, kind), _) in enumerate(panels):
+            sub = frame[(frame["split"] == split) & (frame["kind"] == kind)]
+            for branch, line in sub.groupby("branch", sort=False):
+                fig.add_scatter(x=line["step"], y=line["value"], mode="lines", name=branch, legendgroup=branch,
+                                showlegend=j == 0, line=dict(color=_colour(branch, branches)), row=1, col=j + 1)
+            if marker_step is not None:
+                fig.add_vline(x=marker_step, line_dash="dot", line_color="grey", row=1, col=j + 1)
+        fig.update_xaxes(title_text="step")
+        fig.update_layout(title=title)
+        return fig
+    fig, axes = mpl_figure(1, len(panels), panel_size)
+    for j, ((split, kind), name) in enumerate(panels):
+        ax = axes[0, j]
+        sub = frame[(frame["split"] == split) & (frame["kind"] == kind)]
+        for branch, line in sub.groupby("branch", sort=False):
+            ax.plot(line["step"], line["value"], label=branch, color=_colour(branch, branches),
+                    lw=1.6 if branch == "ensemble" else 1.1)
+        if marker_step is not None:
+            ax.axvline(marker_step, color="grey", ls=":", lw=1.0)
+        ax.set(title=name, xlabel="step")
+        ax.grid(alpha=0.3)
+        if kind in ("miou", "accuracy", "alpha"):
+            ax.set_ylim(0, 1.0 if kind != "alpha" else max(0.6, float(np.nanmax(sub["value"])) * 1.1))
+    axes[0, 0].legend(fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def compute_metric_across_runs(runs: Mapping[str, Any], name: str, split: str = "train") -> pd.DataFrame:
+    """One metric of several runs over training.
+
+    Parameters
+    ----------
+    runs : mapping of str -> Run
+        Label -> run (e.g. from ``cen_lab.reports.obtain_runs``).
+    name : str
+        A ``metrics`` name such as ``"sparsity/below_threshold"``, ``"exchange/ratio"`` or ``"miou/ensemble"``;
+        ``"score/<branch>"`` means ``miou/<branch>`` for segmentation runs and ``accuracy/<branch>`` for
+        classification runs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``run, step, value`` in run order, then step.
+    """
+    frames = []
+    for label, run in runs.items():
+        m = run.metrics
+        wanted = name
+        if name.startswith("score/"):
+            wanted = ("miou/" if run.manifest["task"] == "seg" else "accuracy/") + name.split("/", 1)[1]
+        sub = m[(m["name"] == wanted) & (m["split"] == split)]
+        frames.append(pd.DataFrame({"run": label, "step": sub["step"].to_numpy(), "value": sub["value"].to_numpy()}))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", "value"])
+    if out.empty:
+        raise ValueError(f"no {split!r} records named {name!r} in these runs")
+    return out
+
+
+def plot_metric_across_runs(frame: pd.DataFrame, *, ylabel: str = "value", backend: str = "matplotlib",
+                            title: str | None = None, figsize: tuple[float, float] = (5.5, 3.2)):
+    """One line per run (output of ``compute_metric_across_runs``)."""
+    check_backend(backend)
+    runs = list(dict.fromkeys(frame["run"]))
+    title = title or ylabel
+    if backend == "plotly":
+        fig = plotly_grid(1, 1, [title], height_per_row=340)
+        for i, label in enumerate(runs):
+            sub = frame[frame["run"] == label]
+            fig.add_scatter(x=sub["step"], y=sub["value"], mode="lines", name=label,
+                            line=dict(color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)]))
+        fig.update_xaxes(title_text="step")
+        fig.update_yaxes(title_text=ylabel)
+        return fig
+    fig, axes = mpl_figure(1, 1, figsize)
+    ax = axes[0, 0]
+    for i, label in enumerate(runs):
+        sub = frame[frame["run"] == label]
+        ax.plot(sub["step"], sub["value"], label=label, color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)])
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return fig

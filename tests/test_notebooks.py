@@ -1,0 +1,46 @@
+"""Notebooks are thin: a parameters cell, then library calls; committed without outputs."""
+
+import ast
+
+import nbformat
+import pytest
+
+from cen_lab.reports import NOTEBOOK_DIR, notebook_parameters, run_notebook
+
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "exchange_dynamics", "explorer"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_clean_and_holds_no_logic(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        assert not cell.outputs and cell.execution_count is None, "commit notebooks without outputs"
+        for node in ast.walk(ast.parse(cell.source)):
+            assert not isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Lambda, ast.For, ast.While, ast.If,
+                                         ast.IfExp, ast.ListComp, ast.DictComp)), f"logic in {path.name}: {cell.source}"
+    params = notebook_parameters(path)
+    assert params and all(p.help for p in params.values())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_sees_every_parameter_with_its_type(path):
+    import papermill
+
+    seen = papermill.inspect_notebook(str(path))
+    assert set(seen) == set(notebook_parameters(path))  # papermill skips lines it cannot parse
+    assert all(p["inferred_type_name"] != "None" and p["help"] for p in seen.values())
+
+
+def test_explorer_notebook_executes_headless(tmp_path):
+    out = run_notebook(NOTEBOOK_DIR / "explorer.ipynb", {"preset": "tiny", "runs_dir": str(tmp_path / "runs"),
+                                                         "progress": False}, tmp_path, progress_bar=False)
+    executed = nbformat.read(out, as_version=4)
+    mimes = {m for c in executed.cells for o in c.get("outputs", []) for m in o.get("data", {})}
+    assert "application/vnd.jupyter.widget-view+json" in mimes

@@ -1,0 +1,76 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cen_lab import plots
+
+
+def _metrics():
+    return pd.DataFrame({
+        "step": [0, 0, 0, 0, 0, 5, 5],
+        "epoch": [0] * 7,
+        "split": ["train", "train", "train", "train", "val", "val", "train"],
+        "name": ["loss/rgb", "loss/ensemble", "penalty", "alpha/rgb", "miou/rgb", "miou/ensemble", "loss/total"],
+        "value": [1.0, 0.5, 0.1, 0.6, 0.2, 0.3, 2.0],
+    })
+
+
+def test_compute_training_curves_splits_names_and_drops_totals():
+    df = plots.compute_training_curves(_metrics(), ["rgb", "depth"])
+    assert list(df.columns) == ["step", "split", "kind", "branch", "value"]
+    assert df[["split", "kind", "branch", "value"]].values.tolist() == [
+        ["train", "alpha", "rgb", 0.6], ["train", "loss", "rgb", 1.0], ["train", "loss", "ensemble", 0.5],
+        ["val", "miou", "rgb", 0.2], ["val", "miou", "ensemble", 0.3]]
+
+
+def test_compute_sparsity_and_gamma_snapshot_exact():
+    gammas = pd.DataFrame({"step": [0, 0, 0, 4, 4, 4], "epoch": 0, "layer": "l", "modality": [0, 0, 1] * 2,
+                           "channel": [0, 1, 0] * 2, "gamma": np.array([1, 1, 1, 0.01, -0.5, 0.0], np.float32),
+                           "beta": np.float32(0), "penalised": [True, False, True] * 2})
+    sp = plots.compute_sparsity(gammas, 0.02, ["rgb", "depth"])
+    assert sp[["step", "modality_name", "below_threshold", "n_penalised"]].values.tolist() == [
+        [0, "rgb", 0.0, 1], [0, "depth", 0.0, 1], [4, "rgb", 1.0, 1], [4, "depth", 1.0, 1]]
+    snap = plots.compute_gamma_snapshot(gammas, 0.02, ["rgb", "depth"])
+    assert snap["step"].unique().tolist() == [4]
+    assert snap["below_threshold"].tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="no gammas logged at step 3"):
+        plots.compute_gamma_snapshot(gammas, 0.02, step=3)
+
+
+@pytest.mark.parametrize("backend", ["matplotlib", "plotly"])
+def test_curve_and_gamma_figures_on_a_real_run(tiny_run, backend):
+    curves = plots.compute_training_curves(tiny_run.metrics, tiny_run.modalities)
+    fig = plots.plot_training_curves(curves, backend=backend, marker_step=6)
+    panels = ["train loss (minibatch)", "validation loss", "validation mIoU", "ensemble weight softmax(alpha)"]
+    if backend == "plotly":
+        assert [a.text for a in fig.layout.annotations if a.text in panels] == panels
+        assert {t.name for t in fig.data} == {"rgb", "depth", "ensemble"}
+    else:
+        assert [ax.get_title() for ax in fig.get_axes()] == panels
+    thr = tiny_run.config.model.threshold
+    fig = plots.plot_gamma_trajectories(plots.compute_gamma_trajectories(tiny_run.gammas, tiny_run.modalities), thr,
+                                        backend=backend)
+    n_lines = len(fig.data) if backend == "plotly" else sum(len(ax.get_lines()) - 1 for ax in fig.get_axes())
+    assert n_lines == 32  # 2 layers x 2 modalities x 8 channels
+    snap = plots.compute_gamma_snapshot(tiny_run.gammas, thr, tiny_run.modalities)
+    fig = plots.plot_gamma_distributions(snap, thr, backend=backend)
+    if backend == "plotly":
+        assert [t.type for t in fig.data] == ["histogram"] * 4
+    else:
+        assert [ax.get_title().split(",")[0] for ax in fig.get_axes()] == ["rgb", "depth"]
+    fig = plots.plot_sparsity(plots.compute_sparsity(tiny_run.gammas, thr, tiny_run.modalities), backend=backend)
+    assert (len(fig.data) if backend == "plotly" else len(fig.get_axes()[0].get_lines())) == 2
+
+
+def test_metric_across_runs(tiny_run):
+    runs = {"a": tiny_run, "b": tiny_run}
+    frame = plots.compute_metric_across_runs(runs, "score/ensemble", split="val")
+    assert frame["run"].unique().tolist() == ["a", "b"] and frame["step"].tolist() == [0, 6, 12] * 2
+    expected = tiny_run.metrics.query("split == 'val' and name == 'miou/ensemble'")["value"].tolist()
+    assert frame["value"].tolist() == expected * 2
+    fig = plots.plot_metric_across_runs(frame, ylabel="mIoU")
+    assert [line.get_label() for line in fig.get_axes()[0].get_lines()] == ["a", "b"]
+    fig = plots.plot_metric_across_runs(frame, ylabel="mIoU", backend="plotly")
+    assert [t.name for t in fig.data] == ["a", "b"]
+    with pytest.raises(ValueError, match="no 'train' records named 'nope'"):
+        plots.compute_metric_across_runs(runs, "nope")

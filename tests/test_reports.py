@@ -1,0 +1,161 @@
+import json
+import math
+
+import matplotlib.figure
+import nbformat
+import plotly.graph_objects as go
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from cen_lab.analysis import compute_run_summary
+from cen_lab.reports import (NOTEBOOK_DIR, REPORT_NOTEBOOKS, FigureSink, NotebookExecutionError,
+                             NotebookParameterError, build_report, notebook_parameters, run_notebook,
+                             validate_parameters)
+
+QUICKSTART = NOTEBOOK_DIR / "quickstart.ipynb"
+
+
+def _notebook(tmp_path, name, *cells, params='x = 1  # a number\nmarker = ""  # a path'):
+    nb = new_notebook(cells=[new_code_cell(params, metadata={"tags": ["parameters"]}),
+                             *[new_code_cell(c) for c in cells]],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_parameters_cell_is_the_signature():
+    params = notebook_parameters(QUICKSTART)
+    assert params["preset"].default == "default" and "preset" in params["preset"].help
+    assert params["overrides"].default == {} and params["run_dir"].default == ""
+    assert all(p.help for p in params.values())
+
+
+@pytest.mark.parametrize(
+    "given, match",
+    [({"presett": "tiny"}, "unknown parameter 'presett'; did you mean 'preset'"),
+     ({"progress": "yes"}, "parameter 'progress' must be of type bool"),
+     ({"overrides": [1]}, "parameter 'overrides' must be of type dict"),
+     ({"preset": "huge"}, "parameter 'preset' must be one of"),
+     ({"run_dir": "/no/such/run"}, "run directory '/no/such/run' does not exist"),
+     ({"overrides": {"train.lamda": 1}}, "parameter 'overrides': unknown config key 'train.lamda'")],
+)
+def test_bad_parameters_are_rejected(given, match):
+    with pytest.raises(NotebookParameterError, match=match):
+        validate_parameters(QUICKSTART, given)
+
+
+def test_list_parameters_check_element_types():
+    nb = NOTEBOOK_DIR / "exchange_dynamics.ipynb"
+    assert validate_parameters(nb, {"lams": [1, 0.5]})["lams"] == [1, 0.5]  # ints are fine where floats are
+    with pytest.raises(NotebookParameterError, match="parameter 'lams' must be of type list"):
+        validate_parameters(nb, {"lams": ["a"]})
+
+
+def test_rejection_happens_before_any_cell_runs(tmp_path):
+    marker = tmp_path / "ran"
+    nb = _notebook(tmp_path, "m", "import pathlib; pathlib.Path(marker).write_text('ran')")
+    with pytest.raises(NotebookParameterError, match="unknown parameter 'y'"):
+        run_notebook(nb, {"marker": str(marker), "y": 2}, tmp_path / "out", progress_bar=False)
+    assert not marker.exists() and not (tmp_path / "out" / "m.ipynb").exists()
+    run_notebook(nb, {"marker": str(marker)}, tmp_path / "out", progress_bar=False)
+    assert marker.read_text() == "ran"
+
+
+def test_failing_notebook_names_the_notebook_and_cell_and_keeps_output(tmp_path):
+    nb = _notebook(tmp_path, "broken", "y = x + 1", "raise ValueError(f'bad value {y}')")
+    with pytest.raises(NotebookExecutionError) as info:
+        run_notebook(nb, {"x": 41}, tmp_path / "out", progress_bar=False)
+    err = info.value
+    assert "broken.ipynb" in str(err) and "ValueError: bad value 42" in str(err) and err.cell is not None
+    executed = nbformat.read(err.output, as_version=4)
+    assert any(o.get("ename") == "ValueError" for c in executed.cells for o in c.get("outputs", []))
+
+
+def test_figure_sink_writes_files_and_summary(tmp_path):
+    js = tmp_path / "plotly.min.js"
+    js.write_text("// plotly")
+    sink = FigureSink(tmp_path / "figs", plotly_js=js)
+    fig = matplotlib.figure.Figure()
+    fig.subplots().plot([0, 1])
+    sink.show(fig, "line")
+    sink.show(go.Figure(go.Scatter(x=[0], y=[1])), "scatter")
+    assert (tmp_path / "figs" / "line.png").stat().st_size > 0 and (tmp_path / "figs" / "line.svg").is_file()
+    page = (tmp_path / "figs" / "scatter.html").read_text()
+    assert 'src="../plotly.min.js"' in page and "cdn.plot.ly" not in page
+    sink.record("n", 3)
+    assert json.loads((tmp_path / "figs" / "summary.json").read_text()) == {"n": 3}
+    with pytest.raises(ValueError, match="plain file stem"):
+        sink.show(fig, "a/b")
+
+
+def test_run_summary_numbers(tiny_run):
+    row = compute_run_summary({"t": tiny_run}).iloc[0]
+    assert row["run"] == "t" and row["steps"] == 12 and row["lam"] == tiny_run.config.train.lam
+    expected = tiny_run.metrics.query("split == 'val' and step == 12 and name == 'miou/ensemble'")["value"].item()
+    assert row["val/miou/ensemble"] == expected and 0 <= row["exchange_ratio"] <= 1
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    common = {"preset": "tiny", "runs_dir": str(root / "runs"), "progress": False}
+    result = build_report(root / "report", {"exchange_dynamics": {"lams": [0.001, 0.01]}}, common=common,
+                          log_output=False, echo=lambda _: None)
+    return result
+
+
+def test_report_notebooks_execute_and_write_every_artifact(tiny_report):
+    out = tiny_report.out_dir
+    assert tiny_report.ok, tiny_report.failures
+    for name in REPORT_NOTEBOOKS:
+        assert (out / f"{name}.ipynb").is_file() and (out / f"{name}.html").stat().st_size > 10_000
+    figs = out / "figures" / "quickstart"
+    for stem in ("gamma_trajectories", "exchange_maps", "exchange_ratio", "flip_counts", "gamma_distributions",
+                 "sparsity", "training_curves"):
+        assert (figs / f"{stem}.png").stat().st_size > 1000 and (figs / f"{stem}.svg").is_file()
+    for stem in ("gamma_trajectories_interactive", "exchange_animation", "training_curves_interactive"):
+        assert 'src="../../plotly.min.js"' in (figs / f"{stem}.html").read_text()
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
+
+
+def test_executed_notebooks_store_images_not_reprs(tiny_report):
+    executed = nbformat.read(tiny_report.out_dir / "quickstart.ipynb", as_version=4)
+    outputs = [o for c in executed.cells for o in c.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 7
+    assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) == 3
+    assert not any(set(o.get("data", {})) == {"text/plain"} and o["data"]["text/plain"].startswith("<Figure size")
+                   for o in outputs)
+
+
+def test_report_summary_holds_numbers_and_index_links_everything(tiny_report):
+    out = tiny_report.out_dir
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and set(summary["notebooks"]) == set(REPORT_NOTEBOOKS)
+    runs = summary["notebooks"]["exchange_dynamics"]["summary"]["runs"]
+    assert [r["lam"] for r in runs] == [0.001, 0.01]
+    for row in runs + summary["notebooks"]["quickstart"]["summary"]["runs"]:
+        assert math.isfinite(row["val/miou/ensemble"]) and math.isfinite(row["exchange_ratio"])
+    index = (out / "index.html").read_text()
+    for name in REPORT_NOTEBOOKS:
+        assert f"href='{name}.html'" in index
+    assert "figures/quickstart/gamma_trajectories.png" in index
+
+
+def test_report_html_works_offline(tiny_report):
+    page = (tiny_report.out_dir / "quickstart.html").read_text()
+    assert 'src="plotly.min.js"' in page
+    assert "cdn.plot.ly" not in page and "cdn.jsdelivr.net/npm/plotly" not in page
+
+
+def test_failing_report_notebook_keeps_what_succeeded(tmp_path):
+    good = _notebook(tmp_path, "good", "print(x)", params='x = 1  # a number\nfigures_dir = ""  # f\nplotly_js = ""  # p')
+    bad = _notebook(tmp_path, "bad", "1 / 0", params='figures_dir = ""  # f\nplotly_js = ""  # p')
+    assert good.is_file() and bad.is_file()
+    result = build_report(tmp_path / "rep", notebooks=["bad", "good"], notebook_dir=tmp_path, log_output=False,
+                          echo=lambda _: None)
+    assert not result.ok and "ZeroDivisionError" in result.failures["bad"] and "bad.ipynb" in result.failures["bad"]
+    assert (tmp_path / "rep" / "good.html").is_file() and (tmp_path / "rep" / "bad.html").is_file()
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["notebooks"]["bad"]["status"] == "failed" and summary["notebooks"]["good"]["status"] == "ok"
+    assert "failed" in (tmp_path / "rep" / "index.html").read_text()

@@ -1,0 +1,30 @@
+import pytest
+
+from cen_lab.widgets import explore
+
+
+def test_explorer_follows_the_slider_layer_and_modality(tiny_run):
+    ex = explore(tiny_run)
+    assert ex.steps == [0, 2, 4, 6, 8, 10, 12] and ex.slider.max == 6 and ex.play.max == 6
+    assert ex.figures["gammas"].get_suptitle() == "blocks.0.bn: |gamma| at step 0"
+    ex.slider.value = 3
+    assert ex.step == 6 and ex.step_label.value == "step 6"
+    assert ex.figures["exchange"].get_axes()[0].get_title() == "blocks.0.bn at step 6"
+    ex.layer_picker.value = "blocks.1.bn"
+    assert ex.figures["gammas"].get_suptitle() == "blocks.1.bn: |gamma| at step 6"
+    ex.modality_picker.value = 1
+    assert [ax.get_title().split(",")[0] for ax in ex.figures["gammas"].get_axes()] == ["depth"]
+    curves = ex.figures["curves"].get_axes()[0]
+    assert any(list(line.get_xdata()) == [6, 6] for line in curves.get_lines())  # the step marker
+
+
+def test_explorer_switches_runs(tiny_run):
+    ex = explore({"a": tiny_run, "b": tiny_run})
+    assert list(ex.run_picker.options) == ["a", "b"]
+    ex.run_picker.value = "b"
+    assert ex.run is tiny_run and ex.figures
+
+
+def test_explorer_needs_a_run():
+    with pytest.raises(ValueError, match="at least one run"):
+        explore({})
