@@ -129,6 +129,7 @@ class ModelConfig:
     exchange_blocks: tuple[int, ...] | None = None  # blocks whose BN is penalised and exchanges; None = all
     threshold: float = 2e-2  # |gamma| below this is exchanged
     share_convs: bool = True  # False gives each modality its own convolutions (an ablation)
+    gamma_init: float = 1.0  # initial BN scaling factor (PyTorch's default is 1)
 
     def __post_init__(self) -> None:
         if len(self.widths) < 1:
@@ -151,6 +152,7 @@ class ModelConfig:
                     f"got {list(self.exchange_blocks)}"
                 )
         _positive("model.threshold", self.threshold, strict=False)
+        _positive("model.gamma_init", self.gamma_init)
 
     @property
     def cen_blocks(self) -> tuple[int, ...]:
@@ -175,6 +177,7 @@ class TrainConfig:
     sparsity: str = "disjoint"  # which gammas are penalised: "disjoint" (paper), "all", "none"
     device: str = "cpu"  # "cpu", "cuda", "cuda:N", or "auto" (CUDA when present)
     ckpt_every: int = 100  # steps between periodic checkpoints (and log flushes)
+    init_from: str | None = None  # start from these weights: a checkpoint .pt or a run directory (its latest)
 
     def __post_init__(self) -> None:
         _positive("train.steps", self.steps)
@@ -190,6 +193,8 @@ class TrainConfig:
         if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
         _positive("train.ckpt_every", self.ckpt_every)
+        if self.init_from is not None and not self.init_from:
+            raise ConfigError("train.init_from must be a path or null, not an empty string")
 
 
 @dataclass(frozen=True)
@@ -373,6 +378,8 @@ def _parse_cli(text: str, tp: Any, key: str) -> Any:
         return stripped
     if stripped.lower() in ("none", "null"):
         return None
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp):  # str | None
+        return stripped
     if stripped.lower() in ("true", "false"):
         return stripped.lower() == "true"
     try:

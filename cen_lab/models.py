@@ -128,6 +128,7 @@ class CENNet(nn.Module):
         for b, (width, stride) in enumerate(zip(config.widths, config.strides)):
             mode = config.exchange if (b in cen and num_modalities > 1) else "none"
             blocks.append(CENBlock(num_modalities, cin, width, stride, config.share_convs, mode, config.threshold))
+            nn.init.constant_(blocks[-1].bn.weight, config.gamma_init)
             if b in cen:
                 blocks[-1].bn.penalty_mask.copy_(sparsity_mask(width, num_modalities, sparsity))
             cin = width

@@ -38,7 +38,7 @@ __all__ = ["NOTEBOOK_DIR", "REPORT_NOTEBOOKS", "FigureSink", "NotebookParameterE
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 # notebooks the report executes, in order; the explorer needs a live kernel and is not part of it
-REPORT_NOTEBOOKS = ("quickstart", "exchange_dynamics")
+REPORT_NOTEBOOKS = ("quickstart", "exchange_dynamics", "theorem1")
 PLOTLY_JS = "plotly.min.js"
 
 
@@ -105,6 +105,11 @@ class FigureSink:
         return {"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
                 "text/html": fig.to_html(full_html=False, include_plotlyjs=src),
                 "text/plain": f"<plotly figure: {fig.layout.title.text or ''}>"}
+
+    def record_all(self, values: Mapping[str, Any]) -> None:
+        """``record`` every item of ``values``."""
+        for key, value in values.items():
+            self.record(key, value)
 
     def record(self, key: str, value: Any) -> None:
         """Add ``key: value`` to this notebook's summary (``<out_dir>/summary.json`` when writing).
@@ -449,10 +454,11 @@ def _index_html(summary: dict[str, Any]) -> str:
         parts.append(f"<li><b>{esc(name)}</b> ({status}) {links}</li>")
     parts.append("</ul>")
     for name, e in summary["notebooks"].items():
-        runs = e.get("summary", {}).get("runs")
-        if runs:
-            parts.append(f"<h2>Runs of {esc(name)}</h2>")
-            parts.append(pd.DataFrame(runs).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+        for key, heading in (("verdicts", "Verdicts of"), ("runs", "Runs of")):
+            rows = e.get("summary", {}).get(key)
+            if rows:
+                parts.append(f"<h2>{heading} {esc(name)}</h2>")
+                parts.append(pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
         figs = e.get("figures", [])
         if figs:
             parts.append(f"<h2>Figures of {esc(name)}</h2><div class='figs'>")

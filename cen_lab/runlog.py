@@ -144,7 +144,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def _checkpoint_steps(run_dir: Path) -> list[int]:
+def _checkpoint_steps(run_dir: Path) -> list[int]:  # sorted steps of the checkpoints in run_dir
     steps = []
     for p in (run_dir / "checkpoints").glob("step-*.pt"):
         try:

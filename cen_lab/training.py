@@ -238,6 +238,9 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
             optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"] if ckpt is not None else 0
     else:
+        if cfg.train.init_from is not None:
+            _load_initial_weights(model, cfg.train.init_from)
+            info["init_from"] = str(Path(cfg.train.init_from).resolve())
         writer, start = RunWriter.create(out, cfg, info), 0
     logger = _Logger(model, writer, cfg, list(ds.modalities))
     end = stop_at if stop_at is not None else cfg.train.steps
@@ -319,6 +322,24 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
         raise
     bar.close()
     return load_run(out)
+
+
+def _load_initial_weights(model: CENNet, source: str) -> None:
+    """Load model weights (not the optimizer state) from a checkpoint file or a run directory's latest one."""
+    from .errors import RunFormatError
+    from .runlog import _checkpoint_steps, checkpoint_path, load_checkpoint
+
+    path = Path(source)
+    if path.is_dir():
+        steps = _checkpoint_steps(path)
+        if not steps:
+            raise RunFormatError(f"train.init_from={source!r}: that run directory has no checkpoint")
+        path = checkpoint_path(path, steps[-1])
+    ckpt = load_checkpoint(path)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ConfigError(f"train.init_from={source!r}: its weights do not fit this model ({e})") from None
 
 
 def _progress_bar(**kwargs):

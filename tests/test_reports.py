@@ -100,8 +100,10 @@ def test_run_summary_numbers(tiny_run):
 def tiny_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     common = {"preset": "tiny", "runs_dir": str(root / "runs"), "progress": False}
-    result = build_report(root / "report", {"exchange_dynamics": {"lams": [0.001, 0.01]}}, common=common,
-                          log_output=False, echo=lambda _: None)
+    theorem1 = {"lams": [0.01, 0.5], "seeds": [0, 1], "steps": 12, "checkpoints": 2, "n_batches": 2, "mc_trials": 500,
+                "mc_points": 6, "corollary_lam": 0.5, "finetune_steps": 4}
+    result = build_report(root / "report", {"exchange_dynamics": {"lams": [0.001, 0.01]}, "theorem1": theorem1},
+                          common=common, log_output=False, echo=lambda _: None)
     return result
 
 
@@ -159,3 +161,19 @@ def test_failing_report_notebook_keeps_what_succeeded(tmp_path):
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert summary["notebooks"]["bad"]["status"] == "failed" and summary["notebooks"]["good"]["status"] == "ok"
     assert "failed" in (tmp_path / "rep" / "index.html").read_text()
+
+
+def test_theorem_notebook_writes_its_summary_and_figures(tiny_report):
+    figs = tiny_report.out_dir / "figures" / "theorem1"
+    for stem in ("controlled_check", "dynamic_check", "reliability", "qq", "outcome", "corollary"):
+        assert (figs / f"{stem}.png").stat().st_size > 1000
+    summary = json.loads((figs / "summary.json").read_text())
+    assert 0 <= summary["controlled"]["within_ci_fraction"] <= 1 and summary["controlled"]["max_abs_error"] < 0.2
+    for key in ("brier", "ece", "spearman"):
+        assert isinstance(summary["trained"][key], float)
+    assert [r["lam"] for r in summary["outcome"]["rows"]] == [0.01, 0.5]
+    assert {"lam", "predicted", "observed", "ci_low", "ci_high"} <= set(summary["outcome"]["rows"][0])
+    assert len(summary["corollary"]["rows"]) == 4 and {r["verdict"] for r in summary["verdicts"]} <= {
+        "holds", "does not hold", "inconclusive"}
+    top = json.loads((tiny_report.out_dir / "summary.json").read_text())
+    assert top["notebooks"]["theorem1"]["summary"]["trained"]["ece"] == summary["trained"]["ece"]

@@ -238,3 +238,16 @@ def test_three_modalities_classification_and_adam_train(tiny, tmp_path):
     assert "accuracy/ensemble" in set(run.metrics["name"])
     g = run.gammas
     assert not (g.query("step == 4")["gamma"].to_numpy() == g.query("step == 0")["gamma"].to_numpy()).any()
+
+
+def test_init_from_starts_from_another_runs_weights(tiny, tmp_path):
+    base = cen_lab.train(tiny, tmp_path / "base", progress=False)
+    cfg = tiny.override({"train.init_from": str(base.path), "model.exchange": "none", "train.steps": 2})
+    tuned = cen_lab.train(cfg, tmp_path / "tuned", progress=False)
+    first = tuned.gammas.query("step == 0").reset_index(drop=True)
+    last = base.gammas.query("step == 12").reset_index(drop=True)
+    assert np.array_equal(first["gamma"], last["gamma"])
+    assert tuned.manifest["init_from"] == str(base.path.resolve())
+    wrong = tiny.override({"train.init_from": str(base.path), "model.widths": [4, 4]})
+    with pytest.raises(ConfigError, match="do not fit this model"):
+        cen_lab.train(wrong, tmp_path / "wrong", progress=False)

@@ -11,6 +11,8 @@ from .curves import compute_metric_across_runs, compute_training_curves, plot_me
 from .exchange import (compute_exchange_maps, compute_exchange_ratio, compute_flip_counts, compute_flip_events,
                        plot_exchange_animation, plot_exchange_maps, plot_exchange_ratio, plot_exchange_snapshot,
                        plot_flip_counts)
+from .theory import (compute_qq, plot_controlled_check, plot_corollary, plot_dynamic_check, plot_outcome, plot_qq,
+                     plot_reliability)
 from .gammas import (compute_gamma_snapshot, compute_gamma_trajectories, compute_sparsity, plot_gamma_distributions,
                      plot_gamma_trajectories, plot_sparsity)
 
@@ -20,5 +22,6 @@ __all__ = [
     "compute_gamma_snapshot", "compute_metric_across_runs", "plot_metric_across_runs", "compute_gamma_trajectories", "compute_sparsity", "compute_training_curves",
     "plot_exchange_animation", "plot_exchange_maps", "plot_exchange_ratio", "plot_exchange_snapshot",
     "plot_flip_counts", "plot_gamma_distributions", "plot_gamma_trajectories", "plot_sparsity",
-    "plot_training_curves",
+    "plot_training_curves", "compute_qq", "plot_controlled_check", "plot_corollary", "plot_dynamic_check",
+    "plot_outcome", "plot_qq", "plot_reliability",
 ]

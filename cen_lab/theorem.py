@@ -1,0 +1,462 @@
+"""Theorem 1 and Corollary 1 checked on trained networks (see ``cen_lab.theory`` for the statement).
+
+- ``theorem_config``: the compact no-exchange network the checks train (proximal L1 by default, so that
+  "attracted to zero" is an exact zero).
+- ``local_check``: at checkpoints, for every penalised channel and many minibatches, set that channel's gamma
+  to 0 and measure the data-loss gradient ``g_c`` and ``||dL/dx'_c||``; the theorem predicts
+  ``P(|g_c| <= lam) = attraction_probability(lam, ||dL/dx'_c||)``.
+- ``calibration_summary``: Brier score, expected calibration error, Spearman correlation (with channel
+  bootstrap intervals), reliability table, and the Gaussianity of ``g_c / ||dL/dx'_c||``.
+- ``outcome_table``: which channels end training at zero, against the prediction from an early checkpoint.
+- ``corollary_check``: train without exchange, then fine-tune with and without exchange from the same weights;
+  compare the training losses per seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from .config import ExperimentConfig
+from .data import load_data
+from .hooks import record_bn_output_grad_norms
+from .models import build_model
+from .runlog import Run
+from .theory import attraction_probability, brier_score, expected_calibration_error, proportion_ci, reliability_table
+from .training import data_losses, train
+
+log = logging.getLogger(__name__)
+
+__all__ = ["theorem_config", "train_theorem_runs", "local_check", "calibration_summary", "outcome_table", "verdict_table",
+           "training_loss", "corollary_check", "corollary_summary", "local_check_runs", "theorem_summary",
+           "calibration_frame"]
+
+
+def theorem_config(preset: str = "default", lam: float = 1e-2, seed: int = 0, steps: int = 400,
+                   l1_rule: str = "proximal", checkpoints: int = 4, **overrides) -> ExperimentConfig:
+    """A compact network *without* exchange (the setting of Theorem 1), checkpointed ``checkpoints`` times.
+
+    Defaults: widths (16, 16), gamma initialised at 0.25 so that the L1 penalty can reach zero within a few
+    hundred steps, proximal L1 (exact zeros), gradient logging on. ``overrides`` are dotted config keys with
+    ``__`` for dots (``model__widths=(8, 8)``).
+    """
+    base = {"model.exchange": "none", "model.widths": (16, 16), "model.strides": (1, 2), "model.gamma_init": 0.25,
+            "train.lam": lam, "train.l1_rule": l1_rule, "train.steps": steps, "seed": seed,
+            "train.ckpt_every": max(1, steps // checkpoints), "log.grads": True,
+            "name": f"theorem-{preset}-{l1_rule}-lam{lam:g}-seed{seed}"}
+    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    if base.get("model.share_convs") is False:
+        base["name"] += "-unshared"
+    return ExperimentConfig.preset(preset).override(base)
+
+
+def train_theorem_runs(lams: Sequence[float], seeds: Sequence[int], runs_dir: str | Path, *, preset: str = "default",
+                       steps: int = 400, l1_rule: str = "proximal", checkpoints: int = 4, progress: bool = True,
+                       **overrides) -> dict[tuple[float, int], Run]:
+    """Train (or reuse) one theorem run per (lam, seed) in ``runs_dir``; returns (lam, seed) -> Run."""
+    runs = {}
+    for lam in lams:
+        for seed in seeds:
+            cfg = theorem_config(preset, lam, seed, steps, l1_rule, checkpoints, **overrides)
+            runs[(lam, seed)] = train(cfg, Path(runs_dir) / cfg.name, resume=True, progress=progress)
+    return runs
+
+
+def _penalised(model) -> list[tuple[int, int, int]]:
+    out = []
+    for li, (_, bn) in enumerate(model.cen_layers()):
+        out += [(li, int(m), int(c)) for m, c in torch.nonzero(bn.penalty_mask).tolist()]
+    return out
+
+
+def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 16, seed: int = 0,
+                progress: bool = False) -> pd.DataFrame:
+    """Evaluate Theorem 1's local condition at gamma = 0 for every penalised channel of ``run``.
+
+    For each checkpoint step and each of ``n_batches`` training minibatches (drawn once with ``seed``), each
+    penalised channel's gamma is set to 0 (others unchanged, BN in training mode as during training), and one
+    forward/backward pass of the data loss gives ``g = dL/dgamma_c`` and ``norm = ||dL/dx'_c||_2``. Without
+    exchange the modality branches do not interact, so one channel per modality is zeroed in the same pass.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``run, lam, step, layer, modality, channel, batch, gamma`` (its trained value), ``g, norm, z`` (g / norm),
+        ``predicted`` (``attraction_probability(lam, norm)``), ``attracted`` (``|g| <= lam``).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = run.config
+    lam = cfg.train.lam
+    steps = list(run.checkpoint_steps if steps is None else steps)
+    ds = load_data(cfg.data)
+    x_np, y_np = ds.stacked(0)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    rng = np.random.default_rng(seed)
+    batches = [torch.from_numpy(rng.choice(x.shape[1], cfg.train.batch_size, replace=False)) for _ in range(n_batches)]
+    rows: list[tuple] = []
+    bar = tqdm(total=len(steps) * n_batches, desc=f"local check {run.path.name}", disable=not progress, leave=False)
+    for step in steps:
+        model = run.load_model(step)
+        model.train()
+        layers = model.cen_layers()
+        penalised = _penalised(model)
+        if cfg.model.exchange == "none":
+            by_mod: dict[int, list] = {}
+            for item in penalised:
+                by_mod.setdefault(item[1], []).append(item)
+            groups = [list(g) for g in zip(*by_mod.values())]
+            leftovers = set(penalised) - {i for g in groups for i in g}
+            groups += [[i] for i in sorted(leftovers)]
+        else:
+            groups = [[item] for item in penalised]
+        trained = {(li, m, c): layers[li][1].weight.detach()[m, c].item() for li, m, c in penalised}
+        for b, idx in enumerate(batches):
+            xb, yb = x[:, idx], y[idx]
+            for group in groups:
+                with torch.no_grad():
+                    for li, m, c in group:
+                        layers[li][1].weight[m, c] = 0.0
+                model.zero_grad(set_to_none=True)
+                with record_bn_output_grad_norms(layers) as norms:
+                    out = model(xb)
+                    branch, ens = data_losses(out.logits, out.ensemble, yb)
+                    (branch.sum() + ens).backward()
+                with torch.no_grad():
+                    for li, m, c in group:
+                        name, bn = layers[li]
+                        rows.append((step, name, m, c, b, trained[(li, m, c)], float(bn.weight.grad[m, c]),
+                                     float(norms[name][m, c])))
+                        bn.weight[m, c] = trained[(li, m, c)]
+            bar.update(1)
+    bar.close()
+    df = pd.DataFrame(rows, columns=["step", "layer", "modality", "channel", "batch", "gamma", "g", "norm"])
+    df.insert(0, "lam", lam)
+    df.insert(0, "run", run.path.name)
+    df["z"] = df["g"] / df["norm"]
+    df["predicted"] = attraction_probability(lam, df["norm"].to_numpy())
+    df["attracted"] = df["g"].abs() <= lam
+    return df
+
+
+def local_check_runs(runs: Mapping[tuple[float, int], Run], n_batches: int = 16, seed: int = 0,
+                     progress: bool = True) -> pd.DataFrame:
+    """``local_check`` of every run at every checkpoint, concatenated (with a progress bar over runs)."""
+    from tqdm.auto import tqdm
+
+    frames = [local_check(run, None, n_batches, seed) for run in tqdm(list(runs.values()), desc="local check",
+                                                                       disable=not progress)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _channel_key(df: pd.DataFrame) -> pd.Series:
+    return df["run"].astype(str) + "|" + df["step"].astype(str) + "|" + df["layer"] + "|" + df["modality"].astype(str) \
+        + "|" + df["channel"].astype(str)
+
+
+def calibration_summary(local: pd.DataFrame, bins: int = 10, n_boot: int = 300, level: float = 0.95,
+                        seed: int = 0) -> dict:
+    """How well ``predicted`` matches ``attracted`` in a ``local_check`` frame.
+
+    Returns
+    -------
+    dict
+        ``brier``, ``ece``, ``spearman`` (per channel: mean prediction against observed fraction over
+        minibatches), each with ``<name>_ci`` from a bootstrap over channels; ``reliability`` (a DataFrame with
+        Wilson intervals per bin); ``normality`` (D'Agostino-Pearson test of ``z``, its mean and std, and the
+        number of values).
+    """
+    p, y = local["predicted"].to_numpy(), local["attracted"].to_numpy().astype(float)
+    key = _channel_key(local).to_numpy()
+    codes, inverse = np.unique(key, return_inverse=True)
+    per_p = np.bincount(inverse, weights=p) / np.bincount(inverse)
+    per_y = np.bincount(inverse, weights=y) / np.bincount(inverse)
+
+    def spearman(pp: np.ndarray, yy: np.ndarray) -> float:
+        return float(stats.spearmanr(pp, yy).statistic) if np.ptp(pp) > 0 and np.ptp(yy) > 0 else float("nan")
+
+    rng = np.random.default_rng(seed)
+    boot = {"brier": [], "ece": [], "spearman": []}
+    members = [np.flatnonzero(inverse == i) for i in range(len(codes))]
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(codes), len(codes))
+        rows = np.concatenate([members[i] for i in pick])
+        boot["brier"].append(brier_score(p[rows], y[rows]))
+        boot["ece"].append(expected_calibration_error(p[rows], y[rows], bins))
+        boot["spearman"].append(spearman(per_p[pick], per_y[pick]))
+    alpha = (1 - level) / 2
+    out = {"brier": brier_score(p, y), "ece": expected_calibration_error(p, y, bins), "spearman": spearman(per_p, per_y),
+           "n_rows": int(len(p)), "n_channels": int(len(codes))}
+    for name, values in boot.items():
+        v = np.asarray(values, float)
+        v = v[np.isfinite(v)]
+        out[f"{name}_ci"] = [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] if len(v) else [np.nan, np.nan]
+    z = local["z"].to_numpy()
+    z = z[np.isfinite(z)]
+    test = stats.normaltest(z) if len(z) >= 20 else None
+    out["normality"] = {"n": int(len(z)), "mean": float(np.mean(z)), "std": float(np.std(z)),
+                        "statistic": float(test.statistic) if test else float("nan"),
+                        "pvalue": float(test.pvalue) if test else float("nan")}
+    out["reliability"] = reliability_table(p, y, bins, level)
+    return out
+
+
+def calibration_frame(calibration: dict) -> pd.DataFrame:
+    """The scalar results of ``calibration_summary`` as a table: ``measure, value, ci_low, ci_high``."""
+    rows = [{"measure": name, "value": calibration[name], "ci_low": calibration[f"{name}_ci"][0],
+             "ci_high": calibration[f"{name}_ci"][1]} for name in ("brier", "ece", "spearman")]
+    nrm = calibration["normality"]
+    rows += [{"measure": "mean of g/||dL/dx'|| (N(0,1): 0)", "value": nrm["mean"], "ci_low": np.nan, "ci_high": np.nan},
+             {"measure": "std of g/||dL/dx'|| (N(0,1): 1)", "value": nrm["std"], "ci_low": np.nan, "ci_high": np.nan},
+             {"measure": "normality test p-value", "value": nrm["pvalue"], "ci_low": np.nan, "ci_high": np.nan}]
+    return pd.DataFrame(rows)
+
+
+def outcome_table(runs: Mapping[tuple[float, int], Run], local: pd.DataFrame, early_step: int | None = None,
+                  zero_tol: float | None = None, level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Which penalised channels end training at zero, against the prediction at an early checkpoint.
+
+    Parameters
+    ----------
+    runs : mapping (lam, seed) -> Run
+    local : pandas.DataFrame
+        ``local_check`` rows of those runs (must include ``early_step``).
+    early_step : int, optional
+        Checkpoint whose mean predicted probability per channel is the prediction (default: each run's first).
+    zero_tol : float, optional
+        |gamma| at or below this counts as zero; default 0 for the proximal rule (exact zeros) and
+        ``lr * lam / (1 - momentum)`` (the size of one subgradient step) for the subgradient rule.
+
+    Returns
+    -------
+    (per_lam, per_channel) : pandas.DataFrame
+        ``per_lam``: ``lam, n_seeds, n_channels, predicted, observed, ci_low, ci_high`` (Wilson), ``seed_spread``
+        (std of the per-seed observed fraction), ``zero_tol``, ``early_step``. ``per_channel``: one row per
+        channel with its ``predicted`` and ``zero``.
+    """
+    channel_rows = []
+    for (lam, seed), run in runs.items():
+        cfg = run.config
+        tol = zero_tol if zero_tol is not None else (
+            0.0 if cfg.train.l1_rule == "proximal" else cfg.train.lr * lam / (1 - cfg.train.momentum))
+        sub = local[local["run"] == run.path.name]
+        step = early_step if early_step is not None else int(sub["step"].min())
+        pred = sub[sub["step"] == step].groupby(["layer", "modality", "channel"])["predicted"].mean()
+        final = run.gammas[(run.gammas["step"] == run.gammas["step"].max()) & run.gammas["penalised"]]
+        final = final.set_index(["layer", "modality", "channel"])["gamma"]
+        joined = pd.DataFrame({"predicted": pred, "final_gamma": final}).dropna()
+        joined["zero"] = joined["final_gamma"].abs() <= tol
+        joined = joined.reset_index().assign(lam=lam, seed=seed, zero_tol=tol, early_step=step)
+        channel_rows.append(joined)
+    per_channel = pd.concat(channel_rows, ignore_index=True)
+    rows = []
+    for lam, sub in per_channel.groupby("lam", sort=True):
+        k, n = int(sub["zero"].sum()), len(sub)
+        low, high = proportion_ci(k, n, level)
+        per_seed = sub.groupby("seed")["zero"].mean()
+        rows.append({"lam": lam, "n_seeds": int(sub["seed"].nunique()), "n_channels": n,
+                     "predicted": float(sub["predicted"].mean()), "observed": k / n, "ci_low": float(low),
+                     "ci_high": float(high), "seed_spread": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"),
+                     "zero_tol": float(sub["zero_tol"].max()), "early_step": int(sub["early_step"].min())})
+    return pd.DataFrame(rows), per_channel
+
+
+@torch.no_grad()
+def training_loss(model: torch.nn.Module, cfg: ExperimentConfig, batch_size: int | None = None) -> float:
+    """Mean data loss over the training split, BN in training mode (batch statistics) on a copy of the model,
+    in fixed order with the last partial batch dropped."""
+    ds = load_data(cfg.data)
+    x_np, y_np = ds.stacked(0)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    m = copy.deepcopy(model).train()
+    bs = batch_size or cfg.train.batch_size
+    losses = []
+    for start in range(0, x.shape[1] - bs + 1, bs):
+        out = m(x[:, start:start + bs])
+        branch, ens = data_losses(out.logits, out.ensemble, y[start:start + bs])
+        losses.append(float(branch.sum() + ens))
+    return float(np.mean(losses))
+
+
+def corollary_check(seeds: Sequence[int], runs_dir: str | Path, *, preset: str = "default", lam: float = 2e-2,
+                    base_steps: int = 400, finetune_steps: int = 100, shares: Sequence[bool] = (True, False),
+                    checkpoints: int = 4, progress: bool = True, **overrides) -> pd.DataFrame:
+    """Corollary 1: train without exchange, then fine-tune from the same weights with and without exchange.
+
+    For each ``share_convs`` setting and seed: the base run (``theorem_config``: no exchange, L1 on), then two
+    fine-tunings of
+    ``finetune_steps`` from its final weights, one with exchange switched on and one without (the control:
+    same extra training, no exchange). Training losses are measured with ``training_loss``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``share_convs, seed, exchanged_channels`` (portion exchanged when switched on), ``loss_base``,
+        ``loss_switched`` (exchange on, no fine-tuning), ``loss_exchange`` (after fine-tuning with exchange),
+        ``loss_control`` (after fine-tuning without), ``delta`` (``loss_exchange - loss_control``).
+    """
+    rows = []
+    for share in shares:
+        for seed in seeds:
+            # the base run is the theorem run of the same settings, so the two checks share it
+            base_cfg = theorem_config(preset, lam, seed, base_steps, "proximal", checkpoints,
+                                      model__share_convs=share, **overrides)
+            base = train(base_cfg, Path(runs_dir) / base_cfg.name, resume=True, progress=progress)
+            tuned = {}
+            for mode in ("mean", "none"):
+                cfg = base_cfg.override({"name": f"{base_cfg.name}-finetune-{mode}", "model.exchange": mode,
+                                         "train.steps": finetune_steps, "train.init_from": str(base.path.resolve()),
+                                         "train.ckpt_every": finetune_steps})
+                tuned[mode] = train(cfg, Path(runs_dir) / cfg.name, resume=True, progress=progress)
+            model = base.load_model()
+            switched_cfg = base_cfg.override({"model.exchange": "mean"})
+            m = base.manifest
+            switched = build_model(switched_cfg.model, len(m["modalities"]), m["in_channels"], m["num_classes"],
+                                   m["task"], switched_cfg.train.sparsity)
+            switched.load_state_dict(model.state_dict())  # the same weights, exchange switched on
+            ex = tuned["mean"].exchange
+            rows.append({
+                "share_convs": share, "seed": seed,
+                "exchanged_channels": float(ex[ex["step"] == 0]["exchanged"].mean()),
+                "loss_base": training_loss(model, base_cfg), "loss_switched": training_loss(switched, switched_cfg),
+                "loss_exchange": training_loss(tuned["mean"].load_model(), tuned["mean"].config),
+                "loss_control": training_loss(tuned["none"].load_model(), tuned["none"].config),
+            })
+    df = pd.DataFrame(rows)
+    df["delta"] = df["loss_exchange"] - df["loss_control"]
+    return df
+
+
+def corollary_summary(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Corollary 1's direction (exchange does not raise the training loss) per ``share_convs``, two ways:
+
+    - ``after fine-tuning``: ``loss_exchange - loss_control`` (same extra training, with and without exchange);
+    - ``immediately``: ``loss_switched - loss_base`` (exchange switched on, weights unchanged).
+
+    Each row: the mean difference with a t interval across seeds, how many seeds were lower with exchange, and
+    the verdict: ``holds`` when the interval lies at or below 0, ``does not hold`` when it lies above 0, else
+    ``inconclusive`` (also with fewer than two seeds).
+    """
+    rows = []
+    for share, sub in df.groupby("share_convs", sort=False):
+        for comparison, d in (("after fine-tuning", sub["loss_exchange"] - sub["loss_control"]),
+                              ("immediately", sub["loss_switched"] - sub["loss_base"])):
+            d = d.to_numpy()
+            mean = float(d.mean())
+            if len(d) > 1 and d.std(ddof=1) > 0:
+                low, high = (float(v) for v in stats.t.interval(level, len(d) - 1, loc=mean, scale=stats.sem(d)))
+            else:
+                low = high = float("nan")
+            verdict = "inconclusive"
+            if np.isfinite(high) and high <= 0:
+                verdict = "holds"
+            elif np.isfinite(low) and low > 0:
+                verdict = "does not hold"
+            rows.append({"share_convs": bool(share), "comparison": comparison, "n_seeds": len(d), "mean_delta": mean,
+                         "ci_low": low, "ci_high": high, "seeds_lower_with_exchange": int((d < 0).sum()),
+                         "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def _coverage(within: np.ndarray, level: float) -> tuple[float, list[float], str]:
+    """Fraction of grid points inside their interval, its Wilson interval, and whether the misses are
+    consistent with the intervals' nominal level (binomial test at 1%)."""
+    n, k_in = len(within), int(np.sum(within))
+    low, high = proportion_ci(k_in, n, 0.95)
+    p = stats.binomtest(n - k_in, n, 1 - level, alternative="greater").pvalue
+    return k_in / n, [float(low), float(high)], "holds" if p >= 0.01 else "does not hold"
+
+
+def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataFrame, corollary: pd.DataFrame,
+                  level: float = 0.99, ece_tolerance: float = 0.05) -> pd.DataFrame:
+    """One row per claim: ``claim, measured, number, interval, verdict``.
+
+    Rules (stated so that a reader can disagree with them):
+
+    - controlled checks: ``holds`` when the number of grid points whose prediction falls outside the Monte Carlo
+      interval (at ``level``) is consistent with that level (binomial test at 1%), else ``does not hold``;
+    - calibration in trained networks: ``holds`` when the ECE bootstrap interval lies below ``ece_tolerance``,
+      ``does not hold`` when it lies above, else ``inconclusive``;
+    - ranking: ``holds`` when the Spearman interval lies above 0;
+    - Gaussianity of ``g / ||dL/dx'||``: ``holds`` when the normality test gives p >= 0.01 and the std is within
+      10% of 1;
+    - outcome: ``holds`` when every lam's predicted fraction lies inside the observed interval;
+    - Corollary 1: as ``corollary_summary`` says.
+    """
+    rows = []
+    frac, ci, verdict = _coverage(controlled["within_ci"].to_numpy(), level)
+    rows.append({"claim": "Theorem 1, 2*Phi(lam/|dL/dx'|)-1, where its assumptions hold (controlled)",
+                 "measured": f"grid points whose prediction lies in the {level:.0%} Monte Carlo interval "
+                             f"(max |error| {controlled['abs_error'].max():.3f})",
+                 "number": frac, "interval": ci, "verdict": verdict})
+    frac, ci, verdict = _coverage(controlled["inverseless_within_ci"].to_numpy(), level)
+    rows.append({"claim": "Inverse-less variant 2*Phi(lam*|dL/dx'|)-1 (controlled)",
+                 "measured": f"grid points whose prediction lies in the {level:.0%} Monte Carlo interval",
+                 "number": frac, "interval": ci, "verdict": verdict})
+    lo, hi = calibration["ece_ci"]
+    verdict = "holds" if hi < ece_tolerance else "does not hold" if lo > ece_tolerance else "inconclusive"
+    rows.append({"claim": "Theorem 1 in trained networks: predicted P(|dL/dgamma| <= lam) at gamma = 0",
+                 "measured": f"expected calibration error (tolerance {ece_tolerance}); Brier "
+                             f"{calibration['brier']:.3f}", "number": calibration["ece"], "interval": [lo, hi],
+                 "verdict": verdict})
+    lo, hi = calibration["spearman_ci"]
+    rows.append({"claim": "The formula ranks channels by how often they are attracted",
+                 "measured": "Spearman correlation, predicted vs observed per channel", "number": calibration["spearman"],
+                 "interval": [lo, hi], "verdict": "holds" if lo > 0 else "does not hold" if hi <= 0 else "inconclusive"})
+    nrm = calibration["normality"]
+    ok = nrm["pvalue"] >= 0.01 and abs(nrm["std"] - 1) <= 0.1
+    rows.append({"claim": "dL/dgamma / ||dL/dx'|| ~ N(0, 1) in trained networks (the independence assumption)",
+                 "measured": f"std of the ratio (mean {nrm['mean']:.2f}); normality test p = {nrm['pvalue']:.2g}",
+                 "number": nrm["std"], "interval": [float("nan"), float("nan")],
+                 "verdict": "holds" if ok else "does not hold"})
+    inside = (outcome["predicted"] >= outcome["ci_low"]) & (outcome["predicted"] <= outcome["ci_high"])
+    rows.append({"claim": "Early-training prediction of which channels end at zero",
+                 "measured": f"largest |predicted - observed| fraction over lam ({int(inside.sum())}/{len(inside)} "
+                             "predictions inside the observed 95% interval)",
+                 "number": float((outcome["predicted"] - outcome["observed"]).abs().max()),
+                 "interval": [float("nan"), float("nan")], "verdict": "holds" if inside.all() else "does not hold"})
+    for r in corollary.itertuples(index=False):
+        rows.append({"claim": f"Corollary 1 ({'shared' if r.share_convs else 'unshared'} convolutions, {r.comparison})",
+                     "measured": f"training loss with exchange minus without, mean over {r.n_seeds} seeds "
+                                 f"({r.seeds_lower_with_exchange} lower with exchange)",
+                     "number": r.mean_delta, "interval": [r.ci_low, r.ci_high], "verdict": r.verdict})
+    return pd.DataFrame(rows)
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return json.loads(df.to_json(orient="records"))
+
+
+def theorem_summary(controlled: pd.DataFrame, controlled_bn: pd.DataFrame, dynamic: pd.DataFrame, calibration: dict,
+                    outcome: pd.DataFrame, corollary: pd.DataFrame, corollary_sum: pd.DataFrame,
+                    verdicts: pd.DataFrame) -> dict:
+    """The machine-readable summary of the Theorem 1 notebook (``summary.json``).
+
+    Keys: ``controlled`` (``max_abs_error``, ``within_ci_fraction``, ``inverseless_within_ci_fraction``, the same
+    for the real-BatchNorm variant, and ``rows``), ``dynamic.rows``, ``trained`` (``brier``, ``ece``, ``spearman``
+    with ``*_ci``, ``normality``, ``reliability``), ``outcome.rows`` (lam, predicted, observed, ci_low, ci_high,
+    ...), ``corollary`` (``rows`` per seed and ``summary``) and ``verdicts``.
+    """
+    trained = {k: v for k, v in calibration.items() if k != "reliability"}
+    trained["reliability"] = _records(calibration["reliability"])
+    return {
+        "controlled": {"max_abs_error": float(controlled["abs_error"].max()),
+                       "within_ci_fraction": float(controlled["within_ci"].mean()),
+                       "inverseless_within_ci_fraction": float(controlled["inverseless_within_ci"].mean()),
+                       "batchnorm_max_abs_error": float(controlled_bn["abs_error"].max()),
+                       "batchnorm_within_ci_fraction": float(controlled_bn["within_ci"].mean()),
+                       "rows": _records(controlled)},
+        "dynamic": {"rows": _records(dynamic)},
+        "trained": trained,
+        "outcome": {"rows": _records(outcome)},
+        "corollary": {"rows": _records(corollary), "summary": _records(corollary_sum)},
+        "verdicts": _records(verdicts),
+    }

@@ -1,0 +1,108 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cen_lab import theorem
+from cen_lab.data import load_data
+from cen_lab.training import data_losses
+
+TINY = {"preset": "tiny", "steps": 12, "checkpoints": 2, "model__widths": (8, 8)}
+
+
+@pytest.fixture(scope="module")
+def theorem_runs(tmp_path_factory):
+    torch.set_num_threads(1)
+    return theorem.train_theorem_runs([0.01, 0.5], [0, 1], tmp_path_factory.mktemp("th"), progress=False, **TINY)
+
+
+def test_theorem_config_is_the_no_exchange_network():
+    cfg = theorem.theorem_config("tiny", 0.01, 3, 12, checkpoints=2)
+    assert cfg.model.exchange == "none" and cfg.train.l1_rule == "proximal" and cfg.train.lam == 0.01
+    assert cfg.seed == 3 and cfg.train.ckpt_every == 6 and cfg.log.grads
+    assert theorem.theorem_config("tiny", model__share_convs=False).name.endswith("-unshared")
+
+
+def test_local_check_matches_an_independent_gradient(theorem_runs):
+    run = theorem_runs[(0.01, 0)]
+    local = theorem.local_check(run, n_batches=2, seed=5)
+    assert sorted(local["step"].unique()) == [6, 12]
+    assert len(local) == 2 * 2 * 16  # checkpoints x batches x penalised channels (2 layers x 8 channels)
+    # recompute one channel alone: gamma set to 0, one backward pass
+    row = local.query("step == 12 and batch == 1").iloc[3]
+    model = run.load_model(12).train()
+    rng = np.random.default_rng(5)
+    idx = [rng.choice(64, 16, replace=False) for _ in range(2)][1]
+    ds = load_data(run.config.data)
+    x, y = ds.stacked(0)
+    xb, yb = torch.from_numpy(x[:, idx]), torch.from_numpy(y[idx])
+    bn = dict(model.cen_layers())[row["layer"]]
+    with torch.no_grad():
+        bn.weight[row["modality"], row["channel"]] = 0.0
+    out = model(xb)
+    branch, ens = data_losses(out.logits, out.ensemble, yb)
+    (branch.sum() + ens).backward()
+    assert row["g"] == pytest.approx(float(bn.weight.grad[row["modality"], row["channel"]]), rel=1e-4, abs=1e-9)
+    assert row["predicted"] == pytest.approx(float(np.asarray(theorem.attraction_probability(0.01, row["norm"]))))
+    assert row["attracted"] == (abs(row["g"]) <= 0.01)
+
+
+def test_calibration_summary_on_synthetic_local_frames():
+    rng = np.random.default_rng(0)
+    n = 4000
+    norm = rng.uniform(0.001, 0.05, n)
+    z = rng.standard_normal(n)  # the theorem's assumption holds exactly
+    df = pd.DataFrame({"run": "r", "lam": 0.01, "step": 0, "layer": "l", "modality": 0,
+                       "channel": np.arange(n) // 10, "batch": np.arange(n) % 10, "gamma": 0.0,
+                       "g": z * norm, "norm": norm, "z": z})
+    df["predicted"] = theorem.attraction_probability(0.01, df["norm"].to_numpy())
+    df["attracted"] = df["g"].abs() <= 0.01
+    good = theorem.calibration_summary(df, n_boot=50)
+    assert good["ece"] < 0.05 and good["ece_ci"][0] <= good["ece"] <= good["ece_ci"][1]
+    assert good["spearman"] > 0.5 and abs(good["normality"]["std"] - 1) < 0.05 and good["normality"]["pvalue"] > 0.01
+    bad = theorem.calibration_summary(df.assign(predicted=rng.permutation(df["predicted"].to_numpy())), n_boot=50)
+    assert bad["ece"] > good["ece"] + 0.1
+    assert set(theorem.calibration_frame(good)["measure"]) >= {"brier", "ece", "spearman"}
+
+
+def test_outcome_table_counts_exact_zeros(theorem_runs):
+    local = theorem.local_check_runs(theorem_runs, n_batches=1, progress=False)
+    per_lam, per_channel = theorem.outcome_table(theorem_runs, local)
+    assert per_lam["lam"].tolist() == [0.01, 0.5] and (per_lam["n_channels"] == 32).all()
+    assert (per_lam["zero_tol"] == 0).all() and (per_lam["n_seeds"] == 2).all()
+    final = pd.concat([r.gammas.query("step == 12 and penalised") for r in theorem_runs.values()])
+    assert per_channel["zero"].sum() == int((final["gamma"] == 0).sum())
+    big = per_lam.set_index("lam").loc[0.5]
+    assert big["observed"] > 0 and big["ci_low"] <= big["observed"] <= big["ci_high"]
+
+
+def test_corollary_summary_verdicts():
+    rows = [{"share_convs": True, "seed": s, "loss_base": 1.0, "loss_switched": 1.0 + d, "loss_exchange": 0.5 + d / 10,
+             "loss_control": 0.9, "delta": 0} for s, d in enumerate([0.1, 0.12, 0.11])]
+    rows += [{"share_convs": False, "seed": s, "loss_base": 1.0, "loss_switched": 1.0 + d, "loss_exchange": 0.9 + d,
+              "loss_control": 0.9, "delta": 0} for s, d in enumerate([-0.2, 0.3, 0.01])]
+    summary = theorem.corollary_summary(pd.DataFrame(rows)).set_index(["share_convs", "comparison"])["verdict"]
+    assert summary[(True, "after fine-tuning")] == "holds"
+    assert summary[(True, "immediately")] == "does not hold"
+    assert summary[(False, "after fine-tuning")] == "inconclusive"
+
+
+def test_corollary_check_runs_and_measures_losses(tmp_path):
+    df = theorem.corollary_check([0, 1], tmp_path, lam=0.5, base_steps=12, finetune_steps=4, checkpoints=2,
+                                 progress=False, preset="tiny", model__widths=(8, 8))
+    assert len(df) == 4 and set(df["share_convs"]) == {True, False}
+    assert np.isfinite(df[["loss_base", "loss_switched", "loss_exchange", "loss_control"]].to_numpy()).all()
+    assert (df["exchanged_channels"] > 0).all()  # lam 0.5 zeroes channels, so switching exchange on changes them
+    assert np.allclose(df["delta"], df["loss_exchange"] - df["loss_control"])
+
+
+def test_verdict_table_rules():
+    controlled = pd.DataFrame({"within_ci": [True] * 20, "inverseless_within_ci": [False] * 19 + [True],
+                               "abs_error": [0.01] * 20})
+    calibration = {"ece": 0.4, "ece_ci": [0.35, 0.45], "brier": 0.3, "spearman": 0.8, "spearman_ci": [0.7, 0.9],
+                   "normality": {"mean": 0.0, "std": 1.02, "pvalue": 0.5, "n": 100}}
+    outcome = pd.DataFrame({"lam": [0.01], "predicted": [0.5], "observed": [0.45], "ci_low": [0.4], "ci_high": [0.55]})
+    corollary = pd.DataFrame([{"share_convs": True, "comparison": "after fine-tuning", "n_seeds": 3, "mean_delta": -0.4,
+                               "ci_low": -0.5, "ci_high": -0.3, "seeds_lower_with_exchange": 3, "verdict": "holds"}])
+    v = theorem.verdict_table(controlled, calibration, outcome, corollary)["verdict"].tolist()
+    assert v == ["holds", "does not hold", "does not hold", "holds", "holds", "holds", "holds"]
