@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: report test venv data lab clean-venv
 
-$(STAMP): pyproject.toml requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-cluster.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)

@@ -16,6 +16,7 @@ from .config import ExperimentConfig
 from .errors import CenLabError, ConfigError, DataFormatError, NonFiniteLossError, RunExistsError, RunFormatError
 from .runlog import Run, load_run
 from .sparsity import sparsity_mask
+from .sweeps import sweep
 from .training import train
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "exchange",
     "load_run",
     "sparsity_mask",
+    "sweep",
     "train",
 ]

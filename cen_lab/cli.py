@@ -108,6 +108,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_grid(items: Sequence[str]) -> dict[str, list]:
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"--grid expects KEY=V1,V2,... or KEY=START:STOP (e.g. seed=0:4), got {item!r}")
+        value = value.strip()
+        start, colon, stop = value.partition(":")
+        if colon and start.lstrip("-").isdigit() and stop.lstrip("-").isdigit():
+            grid[key.strip()] = list(range(int(start), int(stop)))
+        elif value.startswith("["):
+            grid[key.strip()] = [json.dumps(v) if isinstance(v, list) else str(v) for v in json.loads(value)]
+        else:
+            grid[key.strip()] = [v.strip() for v in value.split(",")]
+    return grid
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweeps import sweep
+
+    if not args.grid:
+        raise ConfigError("give at least one --grid KEY=VALUES")
+    table = sweep(_config_from_args(args), _parse_grid(args.grid), args.out, backend=args.backend, n_jobs=args.jobs,
+                  threads_per_worker=args.threads, scheduler=args.scheduler, progress=not args.no_progress)
+    print(table.to_string(index=False))
+    return 1 if (table["status"] == "failed").any() else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cen-lab",
@@ -125,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at", type=int, metavar="N", help="stop after N steps, resumable later")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="train a grid of runs in parallel (resumable)")
+    _add_config_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=VALUES",
+                   help="grid axis: KEY=V1,V2,... or KEY=START:STOP, e.g. --grid train.lam=0.001,0.01 --grid seed=0:4")
+    p.add_argument("--out", required=True, metavar="DIR", help="parent folder of the run directories")
+    p.add_argument("--backend", default="loky", choices=["serial", "loky", "dask"], help="default: loky")
+    p.add_argument("--jobs", type=int, metavar="N", help="parallel workers (default: 2 for loky, the cluster's for dask)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per worker (default: 1)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(p)

@@ -30,44 +30,56 @@ from .data import load_data
 from .hooks import record_bn_output_grad_norms
 from .models import build_model
 from .runlog import Run
+from .sweeps import run_name, sweep
 from .theory import attraction_probability, brier_score, expected_calibration_error, proportion_ci, reliability_table
 from .training import data_losses, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["theorem_config", "train_theorem_runs", "local_check", "calibration_summary", "outcome_table", "verdict_table",
+__all__ = ["theorem_base", "theorem_config", "train_theorem_runs", "local_check", "calibration_summary", "outcome_table", "verdict_table",
            "training_loss", "corollary_check", "corollary_summary", "local_check_runs", "theorem_summary",
            "calibration_frame"]
 
 
-def theorem_config(preset: str = "default", lam: float = 1e-2, seed: int = 0, steps: int = 400,
-                   l1_rule: str = "proximal", checkpoints: int = 4, **overrides) -> ExperimentConfig:
-    """A compact network *without* exchange (the setting of Theorem 1), checkpointed ``checkpoints`` times.
+def theorem_base(preset: str = "default", steps: int = 400, l1_rule: str = "proximal", checkpoints: int = 4,
+                 **overrides) -> ExperimentConfig:
+    """The compact network *without* exchange (the setting of Theorem 1), checkpointed ``checkpoints`` times.
 
     Defaults: widths (16, 16), gamma initialised at 0.25 so that the L1 penalty can reach zero within a few
     hundred steps, proximal L1 (exact zeros), gradient logging on. ``overrides`` are dotted config keys with
-    ``__`` for dots (``model__widths=(8, 8)``).
+    ``__`` for dots (``model__widths=(8, 8)``). The name is ``theorem-<preset>-<rule>`` (plus ``-unshared``).
     """
     base = {"model.exchange": "none", "model.widths": (16, 16), "model.strides": (1, 2), "model.gamma_init": 0.25,
-            "train.lam": lam, "train.l1_rule": l1_rule, "train.steps": steps, "seed": seed,
-            "train.ckpt_every": max(1, steps // checkpoints), "log.grads": True,
-            "name": f"theorem-{preset}-{l1_rule}-lam{lam:g}-seed{seed}"}
+            "train.l1_rule": l1_rule, "train.steps": steps, "train.ckpt_every": max(1, steps // checkpoints),
+            "log.grads": True, "name": f"theorem-{preset}-{l1_rule}"}
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
     if base.get("model.share_convs") is False:
         base["name"] += "-unshared"
     return ExperimentConfig.preset(preset).override(base)
 
 
+def theorem_config(preset: str = "default", lam: float = 1e-2, seed: int = 0, steps: int = 400,
+                   l1_rule: str = "proximal", checkpoints: int = 4, **overrides) -> ExperimentConfig:
+    """``theorem_base`` at one (lam, seed), named as ``cen_lab.sweep`` names that grid point."""
+    base = theorem_base(preset, steps, l1_rule, checkpoints, **overrides)
+    point = {"train.lam": lam, "seed": seed}
+    return base.override({**point, "name": run_name(base.name, point)})
+
+
 def train_theorem_runs(lams: Sequence[float], seeds: Sequence[int], runs_dir: str | Path, *, preset: str = "default",
-                       steps: int = 400, l1_rule: str = "proximal", checkpoints: int = 4, progress: bool = True,
-                       **overrides) -> dict[tuple[float, int], Run]:
-    """Train (or reuse) one theorem run per (lam, seed) in ``runs_dir``; returns (lam, seed) -> Run."""
-    runs = {}
-    for lam in lams:
-        for seed in seeds:
-            cfg = theorem_config(preset, lam, seed, steps, l1_rule, checkpoints, **overrides)
-            runs[(lam, seed)] = train(cfg, Path(runs_dir) / cfg.name, resume=True, progress=progress)
-    return runs
+                       steps: int = 400, l1_rule: str = "proximal", checkpoints: int = 4, n_jobs: int = 1,
+                       progress: bool = True, **overrides) -> dict[tuple[float, int], Run]:
+    """Train (or reuse) one theorem run per (lam, seed) in ``runs_dir`` with ``cen_lab.sweep`` (loky workers when
+    ``n_jobs > 1``); returns (lam, seed) -> Run. Raises if any run failed, naming it and its error."""
+    from .runlog import load_run
+
+    base = theorem_base(preset, steps, l1_rule, checkpoints, **overrides)
+    table = sweep(base, {"train.lam": list(lams), "seed": list(seeds)}, runs_dir,
+                  backend="loky" if n_jobs > 1 else "serial", n_jobs=n_jobs, progress=progress)
+    failed = table[table["status"] == "failed"]
+    if len(failed):
+        raise RuntimeError("theorem runs failed: " + "; ".join(f"{r.name}: {r.error}" for r in failed.itertuples()))
+    return {(row["train.lam"], row["seed"]): load_run(row["path"]) for _, row in table.iterrows()}
 
 
 def _penalised(model) -> list[tuple[int, int, int]]:

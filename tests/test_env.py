@@ -13,7 +13,7 @@ def test_pyproject_reads_the_requirement_files():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     dynamic = project["tool"]["setuptools"]["dynamic"]
     assert dynamic["dependencies"]["file"] == ["requirements.txt"]
-    assert dynamic["optional-dependencies"]["dev"]["file"] == ["requirements-dev.txt"]
+    assert dynamic["optional-dependencies"]["dev"]["file"] == ["requirements-dev.txt", "requirements-cluster.txt"]
     assert project["project"]["scripts"]["cen-lab"] == "cen_lab.cli:main"
 
 

@@ -20,7 +20,8 @@ def test_theorem_config_is_the_no_exchange_network():
     cfg = theorem.theorem_config("tiny", 0.01, 3, 12, checkpoints=2)
     assert cfg.model.exchange == "none" and cfg.train.l1_rule == "proximal" and cfg.train.lam == 0.01
     assert cfg.seed == 3 and cfg.train.ckpt_every == 6 and cfg.log.grads
-    assert theorem.theorem_config("tiny", model__share_convs=False).name.endswith("-unshared")
+    assert cfg.name == "theorem-tiny-proximal-train.lam=0.01-seed=3"
+    assert theorem.theorem_config("tiny", model__share_convs=False).name.startswith("theorem-tiny-proximal-unshared-")
 
 
 def test_local_check_matches_an_independent_gradient(theorem_runs):

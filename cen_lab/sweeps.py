@@ -1,0 +1,177 @@
+"""Parallel sweeps over a grid of config overrides: joblib (loky processes) on one machine, Dask beyond it.
+
+``sweep(base, grid={"train.lam": [...], "seed": range(16)}, out_dir=...)`` trains one run per grid point into
+``out_dir/<name>``, where ``<name>`` is the base name plus the grid point. A run already complete there is
+skipped, so a sweep resumes where it stopped; an incomplete one is resumed. A failing run is recorded with
+its error and does not stop the others. Each worker uses ``threads_per_worker`` torch threads (default 1):
+for small networks, two single-threaded processes train about 1.8x as many steps per second as one process
+with two threads. The serial, loky and Dask backends give the same runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from ._io import atomic_path
+from .config import ExperimentConfig
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BACKENDS", "sweep", "grid_points", "run_name"]
+
+BACKENDS = ("serial", "loky", "dask")
+
+
+def grid_points(grid: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of ``grid`` as a list of override dicts, in key order."""
+    keys = list(grid)
+    values = [list(v) for v in grid.values()]
+    for key, vals in zip(keys, values):
+        if not vals:
+            raise ConfigError(f"grid key {key!r} has no values")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _fmt(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text.replace("/", "_").replace(" ", "").replace("(", "[").replace(")", "]")
+
+
+def run_name(base: str, point: Mapping[str, Any]) -> str:
+    """``<base>-<key>=<value>-...`` (dotted keys kept, so two keys never collide)."""
+    return "-".join([base] + [f"{k}={_fmt(v)}" for k, v in point.items()])
+
+
+def _train_one(config: dict[str, Any], path: str, threads: int) -> dict[str, Any]:
+    """Train one run in the current process (a worker); never raises."""
+    import torch
+
+    from .training import train
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        run = train(ExperimentConfig.from_dict(config), path, resume=True, progress=False)
+        status, error = run.status, None
+    except Exception as e:  # recorded, so that one failing run does not stop the sweep
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        log.debug("run %s failed:\n%s", path, traceback.format_exc())
+    finally:
+        torch.set_num_threads(previous)
+    return {"status": status, "error": error, "seconds": time.perf_counter() - start}
+
+
+def _already_complete(path: Path, cfg: ExperimentConfig) -> bool:
+    from .runlog import load_run
+
+    if not (path / "manifest.json").is_file():
+        return False
+    try:
+        run = load_run(path)
+    except Exception:  # an unreadable folder is left to train(), which reports it
+        return False
+    return run.complete and run.config == cfg
+
+
+def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: str | Path, *, backend: str = "loky",
+          n_jobs: int | None = None, threads_per_worker: int = 1, scheduler: Any = None,
+          progress: bool = True) -> pd.DataFrame:
+    """Train one run per point of ``grid`` in parallel; skip runs already complete in ``out_dir``.
+
+    Parameters
+    ----------
+    base : ExperimentConfig
+        The config every run starts from.
+    grid : mapping of dotted key -> values
+        E.g. ``{"train.lam": [1e-3, 1e-2], "seed": range(4)}``; runs are the cartesian product.
+    out_dir : str or Path
+        Parent folder of the run directories.
+    backend : {"serial", "loky", "dask"}
+        ``"serial"``: one after the other in this process; ``"loky"``: joblib worker processes;
+        ``"dask"``: joblib's Dask backend on a ``dask.distributed`` cluster (see ``scheduler``).
+    n_jobs : int, optional
+        Parallel workers (default: 2 for loky; all of the cluster's for Dask).
+    threads_per_worker : int
+        torch threads in each worker (default 1).
+    scheduler : str or dask.distributed.Client, optional
+        For ``backend="dask"``: a Client, or a scheduler address to connect to (a client made here is closed
+        again); default: the current default client.
+    progress : bool
+        A progress bar over runs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per grid point: the grid keys, ``name``, ``path``, ``status`` (``complete``, ``skipped``
+        (already complete), ``incomplete`` or ``failed``), ``error`` and ``seconds``. Also written to
+        ``out_dir/sweep.parquet``.
+    """
+    from tqdm.auto import tqdm
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if threads_per_worker < 1:
+        raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    points = grid_points(grid)
+    rows, todo = [], []
+    for point in points:
+        name = run_name(base.name, point)
+        cfg = base.override({**point, "name": name})  # validates every point before anything runs
+        path = out / name
+        row = {**{k: v for k, v in point.items()}, "name": name, "path": str(path)}
+        if _already_complete(path, cfg):
+            row.update(status="skipped", error=None, seconds=0.0)
+        else:
+            todo.append((len(rows), cfg.to_dict(), str(path)))
+        rows.append(row)
+
+    bar = tqdm(total=len(todo), desc=f"sweep ({backend})", unit="run", disable=not progress)
+    if backend == "serial" or not todo:
+        results = (_train_one(c, p, threads_per_worker) for _, c, p in todo)
+        for (i, _, _), result in zip(todo, results):
+            rows[i].update(result)
+            bar.update(1)
+    else:
+        from joblib import Parallel, delayed, parallel_config
+
+        client, own_client = None, False
+        if backend == "dask":
+            from dask.distributed import Client, default_client
+
+            if scheduler is None:
+                client = default_client()
+            elif isinstance(scheduler, Client):
+                client = scheduler
+            else:
+                client, own_client = Client(scheduler), True
+        try:
+            jobs = n_jobs or (2 if backend == "loky" else -1)
+            with parallel_config(backend=backend, n_jobs=jobs, inner_max_num_threads=threads_per_worker
+                                 if backend == "loky" else None):
+                results = Parallel(return_as="generator")(delayed(_train_one)(c, p, threads_per_worker)
+                                                          for _, c, p in todo)
+                for (i, _, _), result in zip(todo, results):
+                    rows[i].update(result)
+                    bar.update(1)
+        finally:
+            if own_client:
+                client.close()
+    bar.close()
+    table = pd.DataFrame(rows)
+    with atomic_path(out / "sweep.parquet") as tmp:
+        table.astype({k: str for k in grid if table[k].map(type).nunique() > 1}).to_parquet(tmp, index=False)
+    failed = table[table["status"] == "failed"]
+    if len(failed):
+        log.warning("%d of %d runs failed; see the 'error' column", len(failed), len(table))
+    return table
