@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cen_lab-installed
 REPORT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: report test venv data lab clean-venv
+.PHONY: report test venv data lab bench clean-venv
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-cluster.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lab: $(STAMP) $(VENV)/.cen_lab-lab
 $(VENV)/.cen_lab-lab: requirements-lab.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,lab]"
 	touch $@
+
+## Benchmarks: ratios measured side by side in one run, written to benchmarks/results.json.
+bench: $(STAMP)
+	$(PY) -m benchmarks
 
 ## Regenerate the canonical datasets in data/ (bit-identical to the committed ones).
 data: $(STAMP)

@@ -48,19 +48,56 @@ def channel_exchange(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mod
     Returns
     -------
     torch.Tensor
-        Same shape as ``x``. Gradients flow to whichever branch supplied each value.
+        Same shape as ``x`` (``x`` itself when nothing is exchanged on the CPU). Gradients flow to whichever
+        branch supplied each value.
     """
     _check(x, gamma, threshold, mode)
     if mode == "none":
         return x
     m = x.shape[0]
     keep = (gamma.detach().abs() >= threshold).view(m, 1, x.shape[2], *([1] * (x.dim() - 3)))  # [M, 1, C, 1, ...]
+    if not x.is_cuda and bool(keep.all()):  # nothing exchanged (checking would cost a host sync on a GPU)
+        return x
     if m == 2:
-        others = x.flip(0)  # exact: the other modality
-    else:
-        idx = torch.tensor([[j for j in range(m) if j != i] for i in range(m)], device=x.device)  # [M, M-1]
-        others = x[idx].mean(dim=1)  # [M, M-1, N, C, ...] -> [M, N, C, ...]
+        return _ExchangeTwo.apply(x, keep)
+    # mean of the others as (sum - own) / (M - 1): one reduction instead of M gathers
+    others = (x.sum(dim=0, keepdim=True) - x) / (m - 1)
     return torch.where(keep, x, others)
+
+
+class _ExchangeTwo(torch.autograd.Function):
+    """Exchange for M = 2 with a lean backward (same values and gradients as ``torch.where(keep, x, x.flip(0))``).
+
+    Forward writes each modality's ``where`` straight into one output. Backward gives each modality its own
+    gradient where it kept the channel, then adds, for the exchanged channels of the *other* modality only, the
+    gradient that flowed through them (an ``index_add_`` over those channels).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:  # x [2, N, C, ...], keep [2, 1, C, 1...]
+        out = torch.empty_like(x)
+        torch.where(keep[0], x[0], x[1], out=out[0])
+        torch.where(keep[1], x[1], x[0], out=out[1])
+        ctx.save_for_backward(keep)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        grad = grad.contiguous()
+        gx = torch.empty_like(grad)
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        for i in (0, 1):
+            torch.where(keep[i], grad[i], zero, out=gx[i])
+        for i in (0, 1):
+            # channels that modality 1 - i took from modality i: the gradient of out[1 - i] there flows to x[i]
+            if grad.is_cuda:  # a full masked pass, but no host sync
+                gx[i].add_(torch.where(keep[1 - i], zero, grad[1 - i]))
+                continue
+            donated = torch.nonzero(~keep[1 - i].flatten()).flatten()
+            if donated.numel():
+                gx[i].index_add_(1, donated, grad[1 - i].index_select(1, donated))
+        return gx, None
 
 
 def exchange_sources(gamma: torch.Tensor, threshold: float, mode: str = "mean") -> torch.Tensor:

@@ -41,7 +41,7 @@ from .sparsity import add_l1_subgradient, apply_l1_proximal, l1_penalty
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "resolve_device", "evaluate", "data_losses"]
+__all__ = ["train", "resolve_device", "evaluate", "data_losses", "forward_backward", "penalised_update"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -167,6 +167,30 @@ class _Logger:
                         name=np.array(list(values), dtype=object), value=np.array(list(values.values()), np.float64))
 
 
+def forward_backward(model: CENNet, optimizer: torch.optim.Optimizer, xb: torch.Tensor,
+                     yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward a minibatch and back-propagate the data loss (no penalty yet).
+
+    Returns the detached data loss and the per-branch ``[M]`` and ensemble losses.
+    """
+    out = model(xb)
+    branch, ens = data_losses(out.logits, out.ensemble, yb)
+    loss = branch.sum() + ens
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.detach(), branch, ens
+
+
+def penalised_update(optimizer: torch.optim.Optimizer, weights: list[torch.Tensor], masks: list[torch.Tensor],
+                     tcfg) -> None:
+    """The L1 penalty on the masked gammas (subgradient before, or proximal after the step) and the step."""
+    if tcfg.l1_rule == "subgradient" and tcfg.lam > 0:
+        add_l1_subgradient(weights, masks, tcfg.lam)
+    optimizer.step()
+    if tcfg.l1_rule == "proximal" and tcfg.lam > 0:
+        apply_l1_proximal(weights, masks, tcfg.lr * tcfg.lam)
+
+
 def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume: bool = False,
           overwrite: bool = False, progress: bool = True, stop_at: int | None = None) -> Run:
     """Train a CEN as ``config`` describes and log it to a run directory.
@@ -268,12 +292,8 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
             observe = record_bn_output_grad_norms(model.cen_layers()) if (logging_step and cfg.log.grads) \
                 else contextlib.nullcontext({})
             with observe as dxprime:
-                out_ = model(xb)
-                branch, ens = data_losses(out_.logits, out_.ensemble, yb)
-                loss = branch.sum() + ens
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            loss_value = float(loss.detach())  # one host sync per step, to stop at the first non-finite loss
+                loss, branch, ens = forward_backward(model, optimizer, xb, yb)
+            loss_value = float(loss)  # one host sync per step, to stop at the first non-finite loss
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
                     f"data loss is {loss_value} at step {s} (epoch {epoch}); everything logged before is kept in "
@@ -293,11 +313,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
                     logger.grads(s, dxprime)
                 bar.set_postfix(loss=f"{loss_value:.3f}", below_thr=f"{values['sparsity/below_threshold']:.2f}", refresh=False)
 
-            if cfg.train.l1_rule == "subgradient" and lam > 0:
-                add_l1_subgradient(weights, masks, lam)
-            optimizer.step()
-            if cfg.train.l1_rule == "proximal" and lam > 0:
-                apply_l1_proximal(weights, masks, cfg.train.lr * lam)
+            penalised_update(optimizer, weights, masks, cfg.train)
             bar.update(1)
 
             done = s + 1

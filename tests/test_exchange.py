@@ -48,3 +48,30 @@ def test_gradient_flows_to_the_supplying_branch():
 def test_bad_arguments(x_shape, gamma_shape, mode, match):
     with pytest.raises(ValueError, match=match):
         channel_exchange(torch.zeros(x_shape), torch.zeros(gamma_shape), 0.02, mode=mode)
+
+
+def _straightforward(x, gamma, threshold):
+    """The plain definition: every channel from its source, by explicit indexing."""
+    m = x.shape[0]
+    keep = gamma.abs() >= threshold
+    outs = []
+    for i in range(m):
+        others = torch.stack([x[j] for j in range(m) if j != i]).mean(0)
+        outs.append(torch.stack([x[i][:, c] if keep[i, c] else others[:, c] for c in range(x.shape[2])], dim=1))
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_fast_exchange_equals_the_straightforward_one_in_values_and_gradients(m):
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 3, 6, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    gamma = torch.where(torch.rand(m, 6, generator=gen) < 0.4, 0.0, 1.0).double()
+    gamma[0] = 0.0  # one modality exchanges everything
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    fast = channel_exchange(x, gamma, 0.02)
+    (g_fast,) = torch.autograd.grad(fast, x, grad)
+    slow = _straightforward(x, gamma, 0.02)
+    (g_slow,) = torch.autograd.grad(slow, x, grad)
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(g_fast, g_slow)
+    assert torch.autograd.gradcheck(lambda t: channel_exchange(t, gamma, 0.02), (x[:, :1, :, :2, :2].detach().requires_grad_(),))

@@ -1,0 +1,58 @@
+"""Run the benchmark suite, print a table of ratios against their goals, write benchmarks/results.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from cen_lab._io import atomic_write_json
+
+from . import suite
+
+# name -> (goal, direction): ">=" means at least, "<=" at most
+GOALS = {
+    "exchange_speedup_vs_mask_reference": (1.5, ">="),
+    "cen_step_over_unimodal": (2.2, "<="),
+    "log_overhead_gamma": (0.03, "<="),
+    "log_overhead_full": (0.15, "<="),
+    "sweep_speedup_2_workers": (1.7, ">="),
+}
+PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,
+         "sweep": suite.bench_sweep}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts")
+    parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")), help="results file")
+    args = parser.parse_args()
+    results: dict = {}
+    for name, fn in PARTS.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"[bench] {name} ...", flush=True)
+        results.update(fn())
+    print(f"\n{'measure':<38} {'value':>8}  {'goal':>8}  met")
+    for key, (goal, direction) in GOALS.items():
+        if key in results:
+            value = results[key]
+            met = value >= goal if direction == ">=" else value <= goal
+            print(f"{key:<38} {value:>8.3f}  {direction}{goal:>6}  {'yes' if met else 'NO'}")
+    if "train_gflops_over_gemm" in results:
+        for k, v in results["train_gflops_over_gemm"].items():
+            print(f"{'train_gflops_over_gemm (' + k + ')':<38} {v:>8.3f}  (report only; GEMM {results['gemm_gflops']:.1f} GFLOP/s)")
+    results["meta"] = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "machine": platform.machine(), "python": platform.python_version(),
+                       "goals": {k: {"goal": g, "direction": d} for k, (g, d) in GOALS.items()}}
+    atomic_write_json(args.out, results)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
