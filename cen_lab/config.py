@@ -35,7 +35,8 @@ __all__ = [
     "PRESETS",
 ]
 
-EXCHANGE_MODES = ("mean", "none")
+EXCHANGE_MODES = ("mean", "cyclic", "random", "none")
+FUSIONS = ("cen", "early", "late", "aggregate-sum", "aggregate-concat")
 SPARSITY_SCHEMES = ("disjoint", "all", "none")
 L1_RULES = ("subgradient", "proximal")
 OPTIMIZERS = ("sgd", "adam")
@@ -125,11 +126,14 @@ class ModelConfig:
 
     widths: tuple[int, ...] = (32, 32, 64, 64)  # output channels of each conv block
     strides: tuple[int, ...] = (1, 2, 1, 2)  # stride of each block's 3x3 convolution
-    exchange: str = "mean"  # "mean": the paper's rule; "none": the no-exchange network of Theorem 1
+    exchange: str = "mean"  # "mean" (paper), "cyclic", "random" (control), or "none" (the network of Theorem 1)
     exchange_blocks: tuple[int, ...] | None = None  # blocks whose BN is penalised and exchanges; None = all
     threshold: float = 2e-2  # |gamma| below this is exchanged
     share_convs: bool = True  # False gives each modality its own convolutions (an ablation)
     gamma_init: float = 1.0  # initial BN scaling factor (PyTorch's default is 1)
+    fusion: str = "cen"  # "cen"; baselines: "early" (inputs concatenated), "late" (logits averaged),
+    #                      "aggregate-sum" / "aggregate-concat" (streams merged after block fusion_block)
+    fusion_block: int = 1  # for "aggregate-*": the last block that still has one stream per modality
 
     def __post_init__(self) -> None:
         if len(self.widths) < 1:
@@ -153,13 +157,25 @@ class ModelConfig:
                 )
         _positive("model.threshold", self.threshold, strict=False)
         _positive("model.gamma_init", self.gamma_init)
+        _choice("model.fusion", self.fusion, FUSIONS)
+        if self.fusion.startswith("aggregate") and not 0 <= self.fusion_block < len(self.widths):
+            raise ConfigError(f"model.fusion_block must be a block index in 0..{len(self.widths) - 1}, got {self.fusion_block}")
+        if self.fusion == "early" and self.exchange != "none":
+            raise ConfigError("model.fusion='early' has a single stream: set model.exchange='none'")
 
     @property
     def cen_blocks(self) -> tuple[int, ...]:
-        """Indices of the blocks whose BN is penalised and exchange-capable."""
-        if self.exchange_blocks is None:
-            return tuple(range(len(self.widths)))
-        return tuple(sorted(self.exchange_blocks))
+        """Indices of the blocks whose BN is penalised and exchange-capable (for "aggregate-*" fusion only
+        blocks up to ``fusion_block``, which still have one stream per modality)."""
+        blocks = range(len(self.widths)) if self.exchange_blocks is None else sorted(self.exchange_blocks)
+        if self.fusion.startswith("aggregate"):
+            blocks = [b for b in blocks if b <= self.fusion_block]
+        return tuple(blocks)
+
+    @property
+    def streams_merged(self) -> bool:
+        """True when the network ends in a single stream (early fusion, feature aggregation)."""
+        return self.fusion == "early" or self.fusion.startswith("aggregate")
 
 
 @dataclass(frozen=True)
@@ -233,13 +249,14 @@ class ExperimentConfig:
             raise ConfigError(f"name must be a non-empty string without path separators, got {self.name!r}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.model.exchange != "none" and len(self.data.modalities) < 2:
+        if self.model.exchange != "none" and self.model.fusion != "early" and len(self.data.modalities) < 2:
             raise ConfigError(
                 f"a CEN with exchange needs M >= 2 modalities; data.modalities is {list(self.data.modalities)}"
             )
-        if self.train.sparsity == "disjoint" and min(self.model.widths[b] for b in self.model.cen_blocks) < len(
-            self.data.modalities
-        ):
+        streams = 1 if self.model.fusion == "early" else len(self.data.modalities)
+        if self.train.sparsity == "disjoint" and self.model.cen_blocks and min(
+            self.model.widths[b] for b in self.model.cen_blocks
+        ) < streams:
             raise ConfigError("train.sparsity='disjoint' needs at least one channel per modality in every CEN block")
 
     # -- construction ---------------------------------------------------------------------------------------

@@ -1,23 +1,46 @@
 """Channel exchange between modality branches (Wang et al., NeurIPS 2020).
 
 After a penalised BatchNorm, channel ``c`` of modality ``m`` keeps its own output where
-``|gamma[m, c]| >= threshold``; otherwise it is replaced by the mean of the other modalities' BN outputs
-for that channel (for M = 2: the other modality's). A gamma exactly at the threshold is kept.
+``|gamma[m, c]| >= threshold`` (a gamma exactly at the threshold is kept); otherwise it receives another
+branch's output for that channel. Which one is the *rule*:
+
+- ``"mean"`` (the paper's): the mean of the other modalities' outputs (for M = 2: the other modality's);
+- ``"cyclic"``: modality m receives from modality (m + 1) mod M. The TPAMI paper's cycle-fusion rule is not
+  public in code; this is cen_lab's reading of it (for M = 2 it equals ``"mean"``);
+- ``"random"``: the mean rule applied to as many channels as the gamma criterion selects, but chosen by a fixed
+  random order instead of by gamma (a control: is the gamma criterion better than chance?);
+- ``"none"``: nothing is exchanged.
+
+A rule is one small function ``(x [M, N, C, ...]) -> donors [M, N, C, ...]`` in ``DONOR_RULES``; add one there
+to try another. ``channel_exchange`` then keeps ``x`` where ``keep`` and takes the donors elsewhere.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-__all__ = ["EXCHANGE_MODES", "channel_exchange", "exchange_sources"]
-
-EXCHANGE_MODES = ("mean", "none")
+__all__ = ["EXCHANGE_MODES", "DONOR_RULES", "channel_exchange", "exchange_keep", "exchange_sources"]
 
 # source code of a channel that receives the mean of all other modalities (only when M > 2)
 SOURCE_MEAN_OF_OTHERS = -1
 
 
-def _check(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mode: str) -> None:
+def _mean_of_others(x: torch.Tensor) -> torch.Tensor:
+    m = x.shape[0]
+    return (x.sum(dim=0, keepdim=True) - x) / (m - 1)  # one reduction instead of M gathers
+
+
+def _next_modality(x: torch.Tensor) -> torch.Tensor:
+    return x.roll(shifts=-1, dims=0)  # donors[m] = x[(m + 1) % M]
+
+
+DONOR_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": _mean_of_others, "cyclic": _next_modality}
+EXCHANGE_MODES = ("mean", "cyclic", "random", "none")
+
+
+def _check(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mode: str, rank: torch.Tensor | None) -> None:
     if mode not in EXCHANGE_MODES:
         raise ValueError(f"mode must be one of {list(EXCHANGE_MODES)}, got {mode!r}")
     if x.dim() < 3:
@@ -28,9 +51,28 @@ def _check(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mode: str) ->
         raise ValueError(f"exchange needs M >= 2 modalities, got M = {x.shape[0]}")
     if not threshold >= 0:
         raise ValueError(f"threshold must be >= 0, got {threshold!r}")
+    if mode == "random" and (rank is None or rank.shape != gamma.shape):
+        raise ValueError("mode 'random' needs rank, an [M, C] tensor of each channel's place in a random order")
 
 
-def channel_exchange(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mode: str = "mean") -> torch.Tensor:
+def exchange_keep(gamma: torch.Tensor, threshold: float, mode: str = "mean",
+                  rank: torch.Tensor | None = None) -> torch.Tensor:
+    """bool ``[M, C]``: which channels keep their own output.
+
+    For ``"random"``, modality m exchanges as many channels as ``|gamma[m]| < threshold`` selects, namely those
+    with the smallest ``rank[m]`` (a fixed random permutation of ``0..C-1`` per modality).
+    """
+    if mode == "none":
+        return torch.ones_like(gamma, dtype=torch.bool)
+    keep = gamma.detach().abs() >= threshold
+    if mode == "random":
+        count = (~keep).sum(dim=1, keepdim=True)  # [M, 1] channels to exchange per modality
+        keep = rank >= count
+    return keep
+
+
+def channel_exchange(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mode: str = "mean",
+                     rank: torch.Tensor | None = None) -> torch.Tensor:
     """Exchange channels whose BN scaling factor is small.
 
     Parameters
@@ -42,8 +84,10 @@ def channel_exchange(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mod
         flows through the choice).
     threshold : float
         Channels with ``|gamma| < threshold`` are replaced.
-    mode : {"mean", "none"}
-        ``"mean"``: replace by the mean of the other modalities' outputs; ``"none"``: return ``x`` unchanged.
+    mode : {"mean", "cyclic", "random", "none"}
+        The rule (see the module docstring); ``"none"`` returns ``x`` unchanged.
+    rank : torch.Tensor, optional
+        For ``"random"``: ``[M, C]`` places of the channels in a fixed random order.
 
     Returns
     -------
@@ -51,18 +95,18 @@ def channel_exchange(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mod
         Same shape as ``x`` (``x`` itself when nothing is exchanged on the CPU). Gradients flow to whichever
         branch supplied each value.
     """
-    _check(x, gamma, threshold, mode)
+    _check(x, gamma, threshold, mode, rank)
     if mode == "none":
         return x
     m = x.shape[0]
-    keep = (gamma.detach().abs() >= threshold).view(m, 1, x.shape[2], *([1] * (x.dim() - 3)))  # [M, 1, C, 1, ...]
+    keep = exchange_keep(gamma, threshold, mode, rank)
     if not x.is_cuda and bool(keep.all()):  # nothing exchanged (checking would cost a host sync on a GPU)
         return x
-    if m == 2:
+    keep = keep.view(m, 1, x.shape[2], *([1] * (x.dim() - 3)))  # [M, 1, C, 1, ...]
+    if m == 2:  # every rule gives the other modality
         return _ExchangeTwo.apply(x, keep)
-    # mean of the others as (sum - own) / (M - 1): one reduction instead of M gathers
-    others = (x.sum(dim=0, keepdim=True) - x) / (m - 1)
-    return torch.where(keep, x, others)
+    donors = DONOR_RULES["mean" if mode == "random" else mode](x)
+    return torch.where(keep, x, donors)
 
 
 class _ExchangeTwo(torch.autograd.Function):
@@ -100,26 +144,24 @@ class _ExchangeTwo(torch.autograd.Function):
         return gx, None
 
 
-def exchange_sources(gamma: torch.Tensor, threshold: float, mode: str = "mean") -> torch.Tensor:
+def exchange_sources(gamma: torch.Tensor, threshold: float, mode: str = "mean",
+                     rank: torch.Tensor | None = None) -> torch.Tensor:
     """Where each channel's value comes from after ``channel_exchange``.
-
-    Parameters
-    ----------
-    gamma : torch.Tensor
-        ``[M, C]`` BN scaling factors.
 
     Returns
     -------
     torch.Tensor
-        int64 ``[M, C]``: ``m`` itself when kept; the other modality's index when exchanged and M = 2;
-        ``-1`` (mean of all others) when exchanged and M > 2. With ``mode="none"`` every channel is its own.
+        int64 ``[M, C]``: ``m`` itself when kept; when exchanged, the donor modality's index (M = 2, or the
+        ``"cyclic"`` rule) or ``-1`` for the mean of all others (M > 2). With ``mode="none"`` every channel is
+        its own.
     """
-    m, c = gamma.shape
-    own = torch.arange(m, device=gamma.device).view(m, 1).expand(m, c)
-    if mode == "none":
-        return own.clone()
     if mode not in EXCHANGE_MODES:
         raise ValueError(f"mode must be one of {list(EXCHANGE_MODES)}, got {mode!r}")
-    keep = gamma.detach().abs() >= threshold
-    donor = own.flip(0) if m == 2 else torch.full_like(own, SOURCE_MEAN_OF_OTHERS)
+    m, c = gamma.shape
+    own = torch.arange(m, device=gamma.device).view(m, 1).expand(m, c)
+    keep = exchange_keep(gamma, threshold, mode, rank)
+    if m == 2 or mode == "cyclic":
+        donor = (own + 1) % m
+    else:
+        donor = torch.full_like(own, SOURCE_MEAN_OF_OTHERS)
     return torch.where(keep, own, donor)

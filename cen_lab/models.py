@@ -8,6 +8,11 @@ shifts and running statistics per modality, so gamma is a single ``[M, C]`` para
 Block ``b``: 3x3 conv (stride s_b) -> ModalBatchNorm2d -> channel exchange (if b is a CEN block and the
 mode is not "none") -> ReLU. Then a 1x1 conv head per branch (segmentation: upsampled to the input size;
 classification: after global average pooling) and an ensemble ``sum_m softmax(alpha)_m * logits_m.detach()``.
+
+Baselines share the code (``ModelConfig.fusion``): ``"late"`` averages the branch logits (with gradient) instead
+of the alpha ensemble; ``"aggregate-sum"`` / ``"aggregate-concat"`` merge the streams after block
+``fusion_block`` (sum, or concatenation along channels) into one stream with one head; ``"early"`` is a
+one-stream network fed the concatenated inputs (``MultimodalDataset.concatenated``).
 """
 
 from __future__ import annotations
@@ -93,10 +98,14 @@ class CENBlock(nn.Module):
         self.conv = ModalConv2d(num_modalities, cin, cout, 3, stride=stride, share=share_convs)
         self.bn = ModalBatchNorm2d(num_modalities, cout)
         self.exchange, self.threshold = exchange, threshold
+        if exchange == "random":  # a fixed random order of the channels per modality (drawn from torch's RNG)
+            self.register_buffer("exchange_rank", torch.stack([torch.randperm(cout) for _ in range(num_modalities)]))
+        else:
+            self.exchange_rank = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(self.conv(x))
-        y = channel_exchange(y, self.bn.weight, self.threshold, self.exchange)
+        y = channel_exchange(y, self.bn.weight, self.threshold, self.exchange, self.exchange_rank)
         return F.relu(y)
 
 
@@ -124,23 +133,31 @@ class CENNet(nn.Module):
             raise ValueError(f"task must be 'seg' or 'cls', got {task!r}")
         self.num_modalities, self.task, self.config = num_modalities, task, config
         cen = set(config.cen_blocks)
-        blocks, cin = [], in_channels
+        aggregate = config.fusion.startswith("aggregate") and num_modalities > 1
+        self.merge_after = config.fusion_block if aggregate else None  # streams merged after this block
+        blocks, cin, streams = [], in_channels, num_modalities
         for b, (width, stride) in enumerate(zip(config.widths, config.strides)):
-            mode = config.exchange if (b in cen and num_modalities > 1) else "none"
-            blocks.append(CENBlock(num_modalities, cin, width, stride, config.share_convs, mode, config.threshold))
+            mode = config.exchange if (b in cen and streams > 1) else "none"
+            blocks.append(CENBlock(streams, cin, width, stride, config.share_convs, mode, config.threshold))
             nn.init.constant_(blocks[-1].bn.weight, config.gamma_init)
             if b in cen:
-                blocks[-1].bn.penalty_mask.copy_(sparsity_mask(width, num_modalities, sparsity))
+                blocks[-1].bn.penalty_mask.copy_(sparsity_mask(width, streams, sparsity))
             cin = width
+            if b == self.merge_after:
+                cin = width * streams if config.fusion == "aggregate-concat" else width
+                streams = 1
         self.blocks = nn.ModuleList(blocks)
-        self.head = ModalConv2d(num_modalities, cin, num_classes, 1, bias=True, share=config.share_convs)
-        self.alpha = nn.Parameter(torch.ones(num_modalities))
+        self.outputs = streams  # prediction branches: M, or 1 once the streams are merged
+        self.head = ModalConv2d(streams, cin, num_classes, 1, bias=True, share=config.share_convs)
+        self.alpha = nn.Parameter(torch.ones(streams))
 
     def forward(self, x: torch.Tensor) -> CENOutput:
         """``x``: ``[M, N, C_in, H, W]``."""
         size = x.shape[-2:]
-        for block in self.blocks:
+        for b, block in enumerate(self.blocks):
             x = block(x)
+            if b == self.merge_after:  # [M, N, C, h, w] -> [1, N, C or M*C, h, w]
+                x = x.sum(0, keepdim=True) if self.config.fusion == "aggregate-sum" else x.transpose(0, 1).flatten(1, 2).unsqueeze(0)
         if self.task == "cls":
             x = x.mean(dim=(-2, -1), keepdim=True)  # [M, N, C, 1, 1]
             logits = self.head(x).flatten(2)  # [M, N, K]
@@ -150,6 +167,8 @@ class CENNet(nn.Module):
                 m, n = logits.shape[:2]
                 logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
                 logits = logits.view(m, n, *logits.shape[1:])
+        if self.config.fusion == "late":  # late fusion: the prediction is the average of the branch logits
+            return CENOutput(logits, logits.mean(0))
         w = torch.softmax(self.alpha, 0).view(-1, *([1] * (logits.dim() - 1)))
         ensemble = (w * logits.detach()).sum(0)
         return CENOutput(logits, ensemble)

@@ -33,13 +33,14 @@ exchange
     source (int32: the modality the channel's value comes from; itself when kept; -1 = mean of all other
     modalities, M > 2).
 metrics
-    step, epoch, split (str: ``train`` or ``val``), name (str), value (float64). ``train`` rows are measured
-    on the minibatch of the update that starts at state ``s``: ``loss/<modality>``, ``loss/ensemble``,
+    step, epoch, split (str: ``train`` or ``val``), name (str), value (float64); ``<branch>`` below is one of
+    ``manifest["outputs"]`` (the modalities, or ``fused`` when the streams merge). ``train`` rows are measured
+    on the minibatch of the update that starts at state ``s``: ``loss/<branch>``, ``loss/ensemble``,
     ``loss/total`` (data loss: sum of the branch and ensemble losses), ``penalty`` (lam * sum|gamma| over
-    penalised gammas), ``alpha/<modality>`` (softmax weight), ``sparsity/below_threshold`` (portion of
+    penalised gammas), ``alpha/<branch>`` (softmax weight), ``sparsity/below_threshold`` (portion of
     penalised gammas with |gamma| < threshold, the number the reference code prints), ``exchange/ratio``.
     ``val`` rows, on the whole validation split every ``log.eval_every`` steps: ``loss/<branch>``,
-    ``miou/<branch>`` (segmentation) or ``accuracy/<branch>`` (classification), branch a modality or
+    ``miou/<branch>`` (segmentation) or ``accuracy/<branch>`` (classification), branch an output or
     ``ensemble``.
 grads
     step, layer, modality, channel, dgamma (float32: dL/dgamma of the data loss at state ``s``, before the
@@ -395,7 +396,14 @@ class Run:
 
     @property
     def modalities(self) -> list[str]:
+        """Names of the streams that the tables' ``modality`` column indexes (the data modalities, or one
+        concatenated stream for early fusion)."""
         return list(self.manifest["modalities"])
+
+    @property
+    def outputs(self) -> list[str]:
+        """Names of the prediction branches in the metrics (the modalities, or ``fused`` once streams merge)."""
+        return list(self.manifest.get("outputs", self.manifest["modalities"]))
 
     @property
     def checkpoint_steps(self) -> list[int]:

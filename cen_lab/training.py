@@ -133,7 +133,9 @@ class _Logger:
         self.channel_col = np.concatenate(chans)
         self.penalised = np.concatenate(pen)
         self.shapes = [tuple(bn.weight.shape) for _, bn in self.layers]
-        self.modes = [blk.exchange for b, blk in enumerate(model.blocks) if b in set(cfg.model.cen_blocks)]
+        cen_blocks = [blk for b, blk in enumerate(model.blocks) if b in set(cfg.model.cen_blocks)]
+        self.modes = [blk.exchange for blk in cen_blocks]
+        self.ranks = [None if blk.exchange_rank is None else blk.exchange_rank.cpu() for blk in cen_blocks]
 
     def _gather(self, tensors: list[torch.Tensor]) -> np.ndarray:
         return torch.cat([t.detach().reshape(-1).float() for t in tensors]).cpu().numpy()
@@ -145,9 +147,9 @@ class _Logger:
         w.add("gammas", step=step, epoch=epoch, layer=self.layer_col, modality=self.modality_col,
               channel=self.channel_col, gamma=gamma, beta=beta, penalised=self.penalised)
         sources, offset = [], 0
-        for (m, c), mode in zip(self.shapes, self.modes):
+        for (m, c), mode, rank in zip(self.shapes, self.modes, self.ranks):
             g = torch.from_numpy(gamma[offset:offset + m * c].reshape(m, c))
-            sources.append(exchange_sources(g, self.cfg.model.threshold, mode).numpy().ravel())
+            sources.append(exchange_sources(g, self.cfg.model.threshold, mode, rank).numpy().ravel())
             offset += m * c
         source = np.concatenate(sources).astype(np.int32)
         w.add("exchange", step=step, layer=self.layer_col, modality=self.modality_col, channel=self.channel_col,
@@ -234,8 +236,9 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
 
     device = resolve_device(cfg.train.device)
     ds: MultimodalDataset = load_data(cfg.data)
-    x_np, y_np = ds.stacked(0)
-    xv_np, yv_np = ds.stacked(1)
+    early = cfg.model.fusion == "early"
+    x_np, y_np = ds.concatenated(0) if early else ds.stacked(0)
+    xv_np, yv_np = ds.concatenated(1) if early else ds.stacked(1)
     n_train, bs = x_np.shape[1], cfg.train.batch_size
     if bs > n_train:
         raise ConfigError(f"train.batch_size={bs} exceeds the {n_train} training samples of data.source={cfg.data.source!r}")
@@ -244,14 +247,17 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
     steps_per_epoch = n_train // bs  # the last partial batch of an epoch is dropped, as in the reference
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(ds.modalities), x.shape[2], ds.num_classes, ds.task, cfg.train.sparsity)
+    model = build_model(cfg.model, x.shape[0], x.shape[2], ds.num_classes, ds.task, cfg.train.sparsity)
+    streams = ["+".join(ds.modalities)] if early else list(ds.modalities)  # what the tables' modality indexes
+    names = streams if model.outputs > 1 else ["fused" if len(ds.modalities) > 1 else streams[0]]  # predictions
     model.to(device).train()
     optimizer = _make_optimizer(model, cfg)
     masks = [bn.penalty_mask for _, bn in model.cen_layers()]
     weights = [bn.weight for _, bn in model.cen_layers()]
     lam, thr = cfg.train.lam, cfg.model.threshold
 
-    info = {"modalities": list(ds.modalities), "class_names": list(ds.class_names), "task": ds.task,
+    info = {"modalities": streams, "input_modalities": list(ds.modalities), "outputs": names,
+            "class_names": list(ds.class_names), "task": ds.task,
             "num_classes": ds.num_classes, "in_channels": int(x.shape[2]), "device": str(device),
             "layers": [name for name, _ in model.cen_layers()], "n_train": n_train, "n_val": int(xv.shape[1]),
             "steps_per_epoch": steps_per_epoch}
@@ -266,9 +272,8 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
             _load_initial_weights(model, cfg.train.init_from)
             info["init_from"] = str(Path(cfg.train.init_from).resolve())
         writer, start = RunWriter.create(out, cfg, info), 0
-    logger = _Logger(model, writer, cfg, list(ds.modalities))
+    logger = _Logger(model, writer, cfg, streams)
     end = stop_at if stop_at is not None else cfg.train.steps
-    names = list(ds.modalities)
     perm_epoch, perm = -1, None
 
     bar = _progress_bar(total=end, initial=start, desc=f"train {cfg.name}", unit="step", disable=not progress)

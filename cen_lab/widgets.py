@@ -68,7 +68,7 @@ class Explorer:
         p = self._plots
         self.steps = sorted(int(s) for s in run.gammas["step"].unique())
         self.exchange_frame = p.compute_exchange_maps(run.exchange, run.modalities)
-        self.curves_frame = p.compute_training_curves(run.metrics, run.modalities)
+        self.curves_frame = p.compute_training_curves(run.metrics, run.outputs)
         self._updating = True  # one redraw for the whole change of run
         layer, modality = self.layer_picker.value, self.modality_picker.value
         layers = list(dict.fromkeys(run.gammas["layer"].astype(str)))

@@ -108,6 +108,13 @@ class MultimodalDataset:
             x[m, :, : a.shape[1]] = a
         return x, self.labels[rows]
 
+    def concatenated(self, split: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs of one split concatenated along channels (early fusion): ``x`` float32
+        ``[1, N, sum C_m, H, W]`` and ``y``."""
+        rows = self.split == split
+        x = np.concatenate([self.inputs[m][rows] for m in self.modalities], axis=1)[None]
+        return np.ascontiguousarray(x, dtype=np.float32), self.labels[rows]
+
 
 def save_dataset(path: str | Path, arrays: Mapping[str, np.ndarray], manifest: Mapping[str, Any]) -> Path:
     """Write ``arrays`` to ``path`` (.npz) and ``manifest`` plus the content hash to ``path.with_suffix('.json')``.
