@@ -136,6 +136,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if (table["status"] == "failed").any() else 0
 
 
+def cmd_bench_fusion(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from . import fusion
+
+    variants = args.variants.split(",") if args.variants else None
+    table = fusion.run_fusion_benchmark(args.out, preset=args.preset, variants=variants, seeds=range(args.seeds),
+                                        steps=args.steps, n_jobs=args.jobs, progress=not args.no_progress)
+    results = fusion.compute_fusion_results(table)
+    summary = fusion.fusion_summary(results)
+    summary.to_csv(Path(args.out) / "fusion_summary.csv", index=False)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(summary.round(4).to_string(index=False))
+        if "cen" in set(table.get("variant", [])):
+            print("\nCEN minus each variant (final ensemble score, 95% Welch interval):")
+            print(fusion.compare_to(table).round(4).to_string(index=False))
+    print(f"\nwrote {Path(args.out) / 'fusion_summary.csv'}")
+    return 1 if (table["status"] == "failed").any() else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cen-lab",
@@ -165,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("bench-fusion", help="CEN against baselines and ablations over seeds (the ablation table)")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="preset of the shared base")
+    p.add_argument("--variants", metavar="A,B", help="only these variants (default: all)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per variant (default: 5)")
+    p.add_argument("--steps", type=int, default=300, help="training steps per run (default: 300)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")
+    p.add_argument("--out", default="runs/fusion", metavar="DIR", help="where the runs go (default: runs/fusion)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench_fusion)
 
     p = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(p)

@@ -252,9 +252,17 @@ def _check_paths(value: Any) -> None:
             raise NotebookParameterError(f"run directory {p!r} does not exist")
 
 
+def _check_variants(value: Any) -> None:
+    from .fusion import VARIANTS
+
+    unknown = [v for v in value if v not in VARIANTS]
+    if unknown:
+        raise NotebookParameterError(f"parameter 'variants': unknown variant {unknown[0]!r}; choose from {list(VARIANTS)}")
+
+
 # parameters with a meaning across notebooks get a semantic check on top of the type check
 _VALIDATORS: dict[str, Callable[[Any], None]] = {"preset": _check_preset, "run_dir": _check_paths,
-                                                  "run_dirs": _check_paths}
+                                                  "run_dirs": _check_paths, "variants": _check_variants}
 
 
 def validate_parameters(path: str | Path, parameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ Run directory layout (schema version 1)
       grads/part-*.parquet   only when log.grads is on
       checkpoints/step-*.pt  periodic and final checkpoints (torch.save of plain dicts; load with weights_only)
 
+``manifest.json["train_seconds"]`` is the wall time of the training loop (summed over resumed parts).
 ``manifest.json["status"]`` is ``"incomplete"`` while training (and after a kill), ``"complete"`` after the
 last step, ``"failed"`` after an error (with ``error``). Tables are flushed in parts at every checkpoint:
 ``part-<K>.parquet`` holds rows with ``step < K`` not in earlier parts, so ``pandas.read_parquet(<run>/gammas)``

@@ -84,7 +84,7 @@ def _already_complete(path: Path, cfg: ExperimentConfig) -> bool:
 
 def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: str | Path, *, backend: str = "loky",
           n_jobs: int | None = None, threads_per_worker: int = 1, scheduler: Any = None,
-          progress: bool = True) -> pd.DataFrame:
+          variants: Mapping[str, Mapping[str, Any]] | None = None, progress: bool = True) -> pd.DataFrame:
     """Train one run per point of ``grid`` in parallel; skip runs already complete in ``out_dir``.
 
     Parameters
@@ -105,13 +105,17 @@ def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: st
     scheduler : str or dask.distributed.Client, optional
         For ``backend="dask"``: a Client, or a scheduler address to connect to (a client made here is closed
         again); default: the current default client.
+    variants : mapping of str -> overrides, optional
+        Named bundles of overrides (e.g. baselines) crossed with ``grid``; the run name then starts with
+        ``<base>-<variant>`` and the table has a ``variant`` column.
     progress : bool
         A progress bar over runs.
 
     Returns
     -------
     pandas.DataFrame
-        One row per grid point: the grid keys, ``name``, ``path``, ``status`` (``complete``, ``skipped``
+        One row per run: ``variant`` (with ``variants``), the grid keys, ``name``, ``path``, ``status``
+        (``complete``, ``skipped``
         (already complete), ``incomplete`` or ``failed``), ``error`` and ``seconds``. Also written to
         ``out_dir/sweep.parquet``.
     """
@@ -124,12 +128,15 @@ def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     points = grid_points(grid)
+    bundles = dict(variants) if variants is not None else {None: {}}
     rows, todo = [], []
-    for point in points:
-        name = run_name(base.name, point)
-        cfg = base.override({**point, "name": name})  # validates every point before anything runs
+    for (variant, overrides), point in itertools.product(bundles.items(), points):
+        prefix = base.name if variant is None else f"{base.name}-{variant}"
+        name = run_name(prefix, point)
+        cfg = base.override({**overrides, **point, "name": name})  # validates every run before anything runs
         path = out / name
-        row = {**{k: v for k, v in point.items()}, "name": name, "path": str(path)}
+        row = {} if variant is None else {"variant": variant}
+        row.update({**point, "name": name, "path": str(path)})
         if _already_complete(path, cfg):
             row.update(status="skipped", error=None, seconds=0.0)
         else:

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -278,6 +279,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
 
     bar = _progress_bar(total=end, initial=start, desc=f"train {cfg.name}", unit="step", disable=not progress)
     s = start
+    clock = time.perf_counter()
     try:
         for s in range(start, end):
             epoch = s // steps_per_epoch
@@ -330,9 +332,11 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
             logger.state(end, final_epoch)
             logger.metrics(end, final_epoch, "val", evaluate(model, xv, yv, names, ds.num_classes))
             writer.flush(upper=end + 1)
+            writer.manifest["train_seconds"] = writer.manifest.get("train_seconds", 0.0) + time.perf_counter() - clock
             writer.checkpoint(end, model, optimizer)
             writer.finish("complete", end)
         else:
+            writer.manifest["train_seconds"] = writer.manifest.get("train_seconds", 0.0) + time.perf_counter() - clock
             writer.checkpoint(end, model, optimizer)
     except BaseException as e:
         bar.close()

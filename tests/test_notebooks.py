@@ -44,3 +44,17 @@ def test_explorer_notebook_executes_headless(tmp_path):
     executed = nbformat.read(out, as_version=4)
     mimes = {m for c in executed.cells for o in c.get("outputs", []) for m in o.get("data", {})}
     assert "application/vnd.jupyter.widget-view+json" in mimes
+
+
+def test_fusion_benchmark_notebook_executes_at_tiny_size(tmp_path):
+    import json
+
+    figs = tmp_path / "figs"
+    run_notebook(NOTEBOOK_DIR / "fusion_benchmark.ipynb",
+                 {"preset": "tiny", "seeds": [0, 1], "steps": 4, "n_jobs": 1, "runs_dir": str(tmp_path / "runs"),
+                  "figures_dir": str(figs), "progress": False}, tmp_path, progress_bar=False)
+    for stem in ("fusion_results", "exchange_ratio", "sparsity", "training_loss"):
+        assert (figs / f"{stem}.png").stat().st_size > 1000
+    summary = json.loads((figs / "summary.json").read_text())
+    assert len(summary["summary"]) == 13 and {r["verdict"] for r in summary["cen_vs"]} <= {
+        "better", "worse", "no clear difference"}

@@ -78,3 +78,11 @@ def test_cli_sweep(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("complete") == 4 and "tiny-train.lam=0.01-seed=1" in out
     assert main(["sweep", "--preset", "tiny", "--out", str(tmp_path)]) == 2
+
+
+def test_variants_are_crossed_with_the_grid(base, tmp_path):
+    variants = {"a": {"train.lam": 0.0}, "b": {"model.exchange": "none"}}
+    table = cen_lab.sweep(base, {"seed": [0, 1]}, tmp_path, backend="serial", variants=variants, progress=False)
+    assert table["variant"].tolist() == ["a", "a", "b", "b"]
+    assert table["name"].tolist() == ["tiny-a-seed=0", "tiny-a-seed=1", "tiny-b-seed=0", "tiny-b-seed=1"]
+    assert cen_lab.load_run(table["path"][2]).config.model.exchange == "none"

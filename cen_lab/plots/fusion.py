@@ -1,0 +1,55 @@
+"""Figure of the fusion benchmark (frames from ``cen_lab.fusion.compute_fusion_results``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ._common import ENSEMBLE_COLOUR, MODALITY_COLOURS, check_backend, mpl_figure, plotly_grid
+
+__all__ = ["plot_fusion_results"]
+
+FAMILY_COLOURS = {"unimodal": "#7f7f7f", "baseline": MODALITY_COLOURS[0], "cen": "#c0392b", "ablation": MODALITY_COLOURS[1]}
+
+
+def plot_fusion_results(results: pd.DataFrame, *, backend: str = "matplotlib", figsize=(7.0, 4.8)):
+    """The final prediction's score per variant (mean across seeds with its t interval), best at the top,
+    coloured by family; small grey marks are the per-branch means."""
+    check_backend(backend)
+    ens = results[results["branch"] == "ensemble"].sort_values("mean")
+    if ens.empty:
+        raise ValueError("no ensemble rows to plot")
+    metric = ens["metric"].iloc[0]
+    lo = (ens["mean"] - ens["ci_low"]).fillna(0).to_numpy()
+    hi = (ens["ci_high"] - ens["mean"]).fillna(0).to_numpy()
+    branches = results[results["branch"] != "ensemble"]
+    title = f"Fusion benchmark: final {metric} (mean and 95% interval over seeds)"
+    colours = [FAMILY_COLOURS.get(f, ENSEMBLE_COLOUR) for f in ens["family"]]
+    if backend == "plotly":
+        fig = plotly_grid(1, 1, [title], height_per_row=40 * len(ens) + 120)
+        fig.add_scatter(x=ens["mean"], y=ens["variant"], mode="markers", name="prediction",
+                        error_x=dict(type="data", array=hi, arrayminus=lo), marker=dict(color=colours, size=9),
+                        customdata=ens[["n_seeds", "params"]].to_numpy(),
+                        hovertemplate="%{y}: %{x:.3f}<br>seeds %{customdata[0]}, params %{customdata[1]}<extra></extra>")
+        fig.add_scatter(x=branches["mean"], y=branches["variant"], mode="markers", name="branches",
+                        text=branches["branch"], marker=dict(color="lightgrey", symbol="line-ns-open", size=10))
+        fig.update_xaxes(title_text=metric)
+        return fig
+    fig, axes = mpl_figure(1, 1, figsize)
+    ax = axes[0, 0]
+    y = np.arange(len(ens))
+    order = {v: i for i, v in enumerate(ens["variant"])}
+    ax.scatter(branches["mean"], [order[v] for v in branches["variant"]], marker="|", s=120, color="lightgrey",
+               label="branch means", zorder=1)
+    ax.errorbar(ens["mean"], y, xerr=np.vstack([lo, hi]), fmt="none", ecolor="black", elinewidth=1, zorder=2)
+    ax.scatter(ens["mean"], y, color=colours, s=40, zorder=3)
+    ax.set_yticks(y, ens["variant"], fontsize=8)
+    ax.set(xlabel=metric, title=title)
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3, axis="x")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=f) for f, c in FAMILY_COLOURS.items()
+               if f in set(ens["family"])]
+    ax.legend(handles=handles, fontsize=8, frameon=False, loc="lower right")
+    return fig

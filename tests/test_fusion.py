@@ -1,0 +1,78 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from cen_lab import fusion, plots
+from cen_lab.cli import main
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fusion")
+    table = fusion.run_fusion_benchmark(out, preset="tiny", seeds=[0, 1], steps=4, n_jobs=1, progress=False)
+    return out, table
+
+
+def test_every_variant_trains_in_the_same_schema(bench):
+    _, table = bench
+    assert (table["status"] == "complete").all() and set(table["variant"]) == set(fusion.VARIANTS)
+    assert len(table) == 2 * len(fusion.VARIANTS)
+    assert table["name"].iloc[0] == "fusion-tiny-unimodal-rgb-seed=0"
+
+
+def test_results_and_summary(bench):
+    _, table = bench
+    results = fusion.compute_fusion_results(table)
+    ens = results[results["branch"] == "ensemble"].set_index("variant")
+    assert set(ens.index) == set(fusion.VARIANTS) and (ens["n_seeds"] == 2).all()
+    assert (ens["params"].loc["late-fusion"] > ens["params"].loc["cen"])  # separate networks
+    assert set(results.loc[results["variant"] == "early-fusion", "branch"]) == {"fused", "ensemble"}
+    assert set(results.loc[results["variant"] == "cen", "branch"]) == {"rgb", "depth", "ensemble"}
+    assert (ens["seconds"] > 0).all()
+    scores = fusion.per_run_scores(table)
+    cen = scores.query("variant == 'cen' and branch == 'ensemble'")["value"]
+    assert ens.loc["cen", "mean"] == pytest.approx(cen.mean())
+    summary = fusion.fusion_summary(results)
+    assert summary["mean"].is_monotonic_decreasing and "branch/rgb" in summary.columns
+
+
+def test_compare_to_uses_the_ensemble_scores(bench):
+    _, table = bench
+    cmp = fusion.compare_to(table, "cen").set_index("variant")
+    scores = fusion.per_run_scores(table).query("branch == 'ensemble'").groupby("variant")["value"].mean()
+    assert cmp.loc["unimodal-rgb", "difference"] == pytest.approx(scores["cen"] - scores["unimodal-rgb"])
+    assert set(cmp["verdict"]) <= {"better", "worse", "no clear difference"}
+    with pytest.raises(ValueError, match="no completed runs"):
+        fusion.compare_to(table[table["variant"] != "cen"], "cen")
+
+
+def test_compare_to_verdicts_on_known_scores(monkeypatch):
+    scores = pd.DataFrame({"variant": ["cen"] * 3 + ["a"] * 3 + ["b"] * 3, "branch": "ensemble",
+                           "value": [0.80, 0.81, 0.82, 0.50, 0.51, 0.52, 0.70, 0.90, 0.80]})
+    monkeypatch.setattr(fusion, "per_run_scores", lambda table: scores)
+    cmp = fusion.compare_to(None, "cen").set_index("variant")["verdict"]
+    assert cmp["a"] == "better" and cmp["b"] == "no clear difference"
+
+
+def test_fusion_figure(bench):
+    _, table = bench
+    results = fusion.compute_fusion_results(table)
+    fig = plots.plot_fusion_results(results)
+    labels = [t.get_text() for t in fig.get_axes()[0].get_yticklabels()]
+    assert set(labels) == set(fusion.VARIANTS)
+    fig = plots.plot_fusion_results(results, backend="plotly")
+    assert set(fig.data[0].y) == set(fusion.VARIANTS)
+
+
+def test_unknown_variant_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown fusion variant 'cen2'"):
+        fusion.run_fusion_benchmark(tmp_path, preset="tiny", variants=["cen2"], progress=False)
+
+
+def test_cli_bench_fusion(tmp_path, capsys):
+    rc = main(["bench-fusion", "--preset", "tiny", "--variants", "cen,early-fusion", "--seeds", "2", "--steps", "4",
+               "--jobs", "1", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "early-fusion" in out and "CEN minus each variant" in out
+    assert pd.read_csv(tmp_path / "fusion_summary.csv")["variant"].tolist() != []
