@@ -19,7 +19,6 @@ import cen_lab
 from cen_lab.config import ExperimentConfig
 from cen_lab.exchange import channel_exchange
 from cen_lab.models import build_model
-from cen_lab.sparsity import sparsity_mask
 from cen_lab.training import forward_backward, penalised_update, _make_optimizer
 
 

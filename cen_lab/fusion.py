@@ -9,7 +9,7 @@ parameter count, training time); ``compare_to`` gives differences with Welch int
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -154,8 +154,8 @@ def compare_to(table: pd.DataFrame, reference: str = "cen", level: float = 0.95)
     for variant, v in per_seed.items():
         if variant == reference:
             continue
-        low = high = float("nan")
-        if len(ref) > 1 and len(v) > 1:
+        low = high = float("nan")  # no interval from fewer than two seeds, or when both sides never vary
+        if len(ref) > 1 and len(v) > 1 and (np.ptp(ref) > 0 or np.ptp(v) > 0):
             ci = stats.ttest_ind(ref, v, equal_var=False).confidence_interval(level)
             low, high = float(ci.low), float(ci.high)
         verdict = "better" if low > 0 else "worse" if high < 0 else "no clear difference"
