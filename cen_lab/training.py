@@ -119,8 +119,8 @@ def evaluate(model: CENNet, x: torch.Tensor, y: torch.Tensor, modalities: list[s
 class _Logger:
     """Turns model state into table rows with one host transfer per record (no per-layer sync)."""
 
-    def __init__(self, model: CENNet, writer: RunWriter, cfg: ExperimentConfig, modalities: list[str]):
-        self.model, self.writer, self.cfg, self.modalities = model, writer, cfg, modalities
+    def __init__(self, model: CENNet, writer: RunWriter, cfg: ExperimentConfig):
+        self.model, self.writer, self.cfg = model, writer, cfg
         self.layers = model.cen_layers()
         names, mods, chans, pen = [], [], [], []
         for name, bn in self.layers:
@@ -262,18 +262,16 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
             "num_classes": ds.num_classes, "in_channels": int(x.shape[2]), "device": str(device),
             "layers": [name for name, _ in model.cen_layers()], "n_train": n_train, "n_val": int(xv.shape[1]),
             "steps_per_epoch": steps_per_epoch}
-    if action == "resume":
-        writer, ckpt = RunWriter.reopen(out, cfg)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        start = ckpt["step"] if ckpt is not None else 0
-    else:
-        if cfg.train.init_from is not None:
-            _load_initial_weights(model, cfg.train.init_from)
-            info["init_from"] = str(Path(cfg.train.init_from).resolve())
-        writer, start = RunWriter.create(out, cfg, info), 0
-    logger = _Logger(model, writer, cfg, streams)
+    if cfg.train.init_from is not None:
+        info["init_from"] = str(Path(cfg.train.init_from).resolve())
+    writer, ckpt = RunWriter.reopen(out, cfg) if action == "resume" else (RunWriter.create(out, cfg, info), None)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    elif cfg.train.init_from is not None:  # a new run, or one resumed before its first checkpoint
+        _load_initial_weights(model, cfg.train.init_from)
+    start = ckpt["step"] if ckpt is not None else 0
+    logger = _Logger(model, writer, cfg)
     end = stop_at if stop_at is not None else cfg.train.steps
     perm_epoch, perm = -1, None
 

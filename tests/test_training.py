@@ -251,3 +251,24 @@ def test_init_from_starts_from_another_runs_weights(tiny, tmp_path):
     wrong = tiny.override({"train.init_from": str(base.path), "model.widths": [4, 4]})
     with pytest.raises(ConfigError, match="do not fit this model"):
         cen_lab.train(wrong, tmp_path / "wrong", progress=False)
+
+
+def test_resume_before_the_first_checkpoint_keeps_init_from(tiny, tmp_path, monkeypatch):
+    base = cen_lab.train(tiny, tmp_path / "base", progress=False)
+    cfg = tiny.override({"train.init_from": str(base.path)})
+    full = cen_lab.train(cfg, tmp_path / "full", progress=False)
+    calls = {"n": 0}
+    real = cen_lab.training.data_losses
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # before the first checkpoint (step 6)
+            raise RuntimeError("early crash")
+        return real(*args)
+
+    monkeypatch.setattr(cen_lab.training, "data_losses", failing)
+    with pytest.raises(RuntimeError, match="early crash"):
+        cen_lab.train(cfg, tmp_path / "crash", progress=False)
+    monkeypatch.setattr(cen_lab.training, "data_losses", real)
+    resumed = cen_lab.train(cfg, tmp_path / "crash", progress=False, resume=True)
+    assert_same_logs(full, resumed)
