@@ -115,9 +115,8 @@ def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: st
     -------
     pandas.DataFrame
         One row per run: ``variant`` (with ``variants``), the grid keys, ``name``, ``path``, ``status``
-        (``complete``, ``skipped``
-        (already complete), ``incomplete`` or ``failed``), ``error`` and ``seconds``. Also written to
-        ``out_dir/sweep.parquet``.
+        (``complete``, ``skipped`` (already complete), ``incomplete`` or ``failed``), ``error`` and
+        ``seconds``. Also written to ``out_dir/sweep.parquet``.
     """
     from tqdm.auto import tqdm
 
@@ -164,8 +163,8 @@ def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: st
                 client, own_client = Client(scheduler), True
         try:
             jobs = n_jobs or (2 if backend == "loky" else -1)
-            with parallel_config(backend=backend, n_jobs=jobs, inner_max_num_threads=threads_per_worker
-                                 if backend == "loky" else None):
+            extra = {"inner_max_num_threads": threads_per_worker} if backend == "loky" else {"client": client}
+            with parallel_config(backend=backend, n_jobs=jobs, **extra):
                 results = Parallel(return_as="generator")(delayed(_train_one)(c, p, threads_per_worker)
                                                           for _, c, p in todo)
                 for (i, _, _), result in zip(todo, results):
