@@ -13,7 +13,8 @@ FREE_COLOUR = "#2e86c1"
 KEPT_COLOUR = "#eeeeee"
 MEAN_COLOUR = "#7f7f7f"
 # colour of "received from modality k"; also the colour of branch k in curves
-MODALITY_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
+MODALITY_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+                    "#7f7f7f", "#d62728")  # matplotlib tab10, red last (red marks penalised channels)
 ENSEMBLE_COLOUR = "#222222"
 
 
