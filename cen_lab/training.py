@@ -137,11 +137,14 @@ class _Logger:
         cen_blocks = [blk for b, blk in enumerate(model.blocks) if b in set(cfg.model.cen_blocks)]
         self.modes = [blk.exchange for blk in cen_blocks]
         self.ranks = [None if blk.exchange_rank is None else blk.exchange_rank.cpu() for blk in cen_blocks]
+        # rows of the layers that exchange at all (their mode is not "none")
+        self.exchanging = np.concatenate([np.full(m * c, mode != "none") for (m, c), mode in zip(self.shapes, self.modes)])
 
     def _gather(self, tensors: list[torch.Tensor]) -> np.ndarray:
         return torch.cat([t.detach().reshape(-1).float() for t in tensors]).cpu().numpy()
 
-    def state(self, step: int, epoch: int) -> np.ndarray:
+    def state(self, step: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Record gammas, betas and the exchange map of this state; return the gammas and the exchanged flags."""
         gamma = self._gather([bn.weight for _, bn in self.layers])
         beta = self._gather([bn.bias for _, bn in self.layers])
         w = self.writer
@@ -153,9 +156,14 @@ class _Logger:
             sources.append(exchange_sources(g, self.cfg.model.threshold, mode, rank).numpy().ravel())
             offset += m * c
         source = np.concatenate(sources).astype(np.int32)
+        exchanged = source != self.modality_col
         w.add("exchange", step=step, layer=self.layer_col, modality=self.modality_col, channel=self.channel_col,
-              exchanged=source != self.modality_col, source=source)
-        return gamma
+              exchanged=exchanged, source=source)
+        return gamma, exchanged
+
+    def exchange_ratio(self, exchanged: np.ndarray) -> float:
+        """Portion of the channels of exchanging layers that are exchanged (0 when no layer exchanges)."""
+        return float(exchanged[self.exchanging].mean()) if self.exchanging.any() else 0.0
 
     def grads(self, step: int, dxprime: dict[str, torch.Tensor]) -> None:
         grads = [bn.weight.grad if bn.weight.grad is not None else torch.zeros_like(bn.weight) for _, bn in self.layers]
@@ -290,7 +298,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
 
             logging_step = s % cfg.log.every == 0
             if logging_step:
-                gamma = logger.state(s, epoch)
+                gamma, exchanged = logger.state(s, epoch)
             if s % cfg.log.eval_every == 0:
                 logger.metrics(s, epoch, "val", evaluate(model, xv, yv, names, ds.num_classes))
 
@@ -312,7 +320,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
                 values.update({"loss/ensemble": float(ens.detach()), "loss/total": loss_value, "penalty": penalty})
                 values.update({f"alpha/{n}": a for n, a in zip(names, alpha)})
                 values["sparsity/below_threshold"] = float((pen_g < thr).mean()) if pen_g.size else float("nan")
-                values["exchange/ratio"] = _exchange_ratio(gamma, logger, thr)
+                values["exchange/ratio"] = logger.exchange_ratio(exchanged)
                 logger.metrics(s, epoch, "train", values)
                 if cfg.log.grads:
                     logger.grads(s, dxprime)
@@ -377,15 +385,3 @@ def _progress_bar(**kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(leave=True, **kwargs)
-
-
-def _exchange_ratio(gamma: np.ndarray, logger: _Logger, threshold: float) -> float:
-    """Portion of channels of exchanging layers that are exchanged at this state."""
-    exchanging, offset, total, count = False, 0, 0, 0
-    for (m, c), mode in zip(logger.shapes, logger.modes):
-        if mode != "none":
-            exchanging = True
-            total += int((np.abs(gamma[offset:offset + m * c]) < threshold).sum())
-            count += m * c
-        offset += m * c
-    return total / count if exchanging else 0.0

@@ -113,6 +113,9 @@ def test_proximal_rule_reaches_exact_zeros_on_penalised_gammas_only(tiny, tmp_pa
     final = run.gammas.query("step == 12")
     assert (final.loc[final["penalised"], "gamma"] == 0.0).all()
     assert (final.loc[~final["penalised"], "gamma"] != 0.0).all()
+    ratio = run.metrics.query("split == 'train' and name == 'exchange/ratio'").set_index("step")["value"]
+    table = run.exchange.groupby("step")["exchanged"].mean()
+    assert ratio.max() > 0 and np.allclose(ratio.to_numpy(), table.loc[ratio.index].to_numpy())
     ex = run.exchange.query("step == 12").merge(final, on=["step", "layer", "modality", "channel"])
     assert (ex["exchanged"] == ex["penalised"]).all()  # zeroed gammas are exchanged, the others are kept
     assert (ex.loc[ex["exchanged"], "source"] == 1 - ex.loc[ex["exchanged"], "modality"]).all()
