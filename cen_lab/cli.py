@@ -144,14 +144,14 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     variants = args.variants.split(",") if args.variants else None
     table = fusion.run_fusion_benchmark(args.out, preset=args.preset, variants=variants, seeds=range(args.seeds),
                                         steps=args.steps, n_jobs=args.jobs, progress=not args.no_progress)
-    results = fusion.compute_fusion_results(table)
-    summary = fusion.fusion_summary(results)
+    scores = fusion.per_run_scores(table)
+    summary = fusion.fusion_summary(fusion.compute_fusion_results(scores))
     summary.to_csv(Path(args.out) / "fusion_summary.csv", index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary.round(4).to_string(index=False))
         if "cen" in set(table.get("variant", [])):
             print("\nCEN minus each variant (final ensemble score, 95% Welch interval):")
-            print(fusion.compare_to(table).round(4).to_string(index=False))
+            print(fusion.compare_to(scores).round(4).to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'fusion_summary.csv'}")
     return 1 if (table["status"] == "failed").any() else 0
 

@@ -104,8 +104,8 @@ def per_run_scores(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compute_fusion_results(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """One row per (variant, prediction branch) from a ``run_fusion_benchmark`` table.
+def compute_fusion_results(scores: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """One row per (variant, prediction branch) from ``per_run_scores`` of a benchmark table.
 
     Returns
     -------
@@ -115,7 +115,7 @@ def compute_fusion_results(table: pd.DataFrame, level: float = 0.95) -> pd.DataF
         of the training loop per run, from the run manifests), in variant order, then the branches in
         output order with ``ensemble`` last. Failed runs are left out (``n_seeds`` shows it).
     """
-    df = per_run_scores(table)
+    df = scores
     out = []
     for (variant, branch), sub in df.groupby(["variant", "branch"], sort=False):
         v = sub["value"].to_numpy()
@@ -138,13 +138,12 @@ def fusion_summary(results: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("mean", ascending=False).reset_index()
 
 
-def compare_to(table: pd.DataFrame, reference: str = "cen", level: float = 0.95) -> pd.DataFrame:
+def compare_to(scores: pd.DataFrame, reference: str = "cen", level: float = 0.95) -> pd.DataFrame:
     """Ensemble score of ``reference`` minus each other variant's (means over seeds) with a Welch t interval.
 
-    Rows: ``variant, difference, ci_low, ci_high, verdict`` (``better`` / ``worse`` when the interval
-    excludes 0, else ``no clear difference``).
+    ``scores`` is ``per_run_scores`` of a benchmark table. Rows: ``variant, difference, ci_low, ci_high,
+    verdict`` (``better`` / ``worse`` when the interval excludes 0, else ``no clear difference``).
     """
-    scores = per_run_scores(table)
     ens = scores[scores["branch"] == "ensemble"]
     per_seed = {v: sub["value"].to_numpy() for v, sub in ens.groupby("variant", sort=False)}
     if reference not in per_seed:

@@ -21,7 +21,7 @@ def test_every_variant_trains_in_the_same_schema(bench):
 
 def test_results_and_summary(bench):
     _, table = bench
-    results = fusion.compute_fusion_results(table)
+    results = fusion.compute_fusion_results(fusion.per_run_scores(table))
     ens = results[results["branch"] == "ensemble"].set_index("variant")
     assert set(ens.index) == set(fusion.VARIANTS) and (ens["n_seeds"] == 2).all()
     assert (ens["params"].loc["late-fusion"] > ens["params"].loc["cen"])  # separate networks
@@ -37,25 +37,25 @@ def test_results_and_summary(bench):
 
 def test_compare_to_uses_the_ensemble_scores(bench):
     _, table = bench
-    cmp = fusion.compare_to(table, "cen").set_index("variant")
-    scores = fusion.per_run_scores(table).query("branch == 'ensemble'").groupby("variant")["value"].mean()
-    assert cmp.loc["unimodal-rgb", "difference"] == pytest.approx(scores["cen"] - scores["unimodal-rgb"])
+    scores = fusion.per_run_scores(table)
+    cmp = fusion.compare_to(scores, "cen").set_index("variant")
+    means = scores.query("branch == 'ensemble'").groupby("variant")["value"].mean()
+    assert cmp.loc["unimodal-rgb", "difference"] == pytest.approx(means["cen"] - means["unimodal-rgb"])
     assert set(cmp["verdict"]) <= {"better", "worse", "no clear difference"}
     with pytest.raises(ValueError, match="no completed runs"):
-        fusion.compare_to(table[table["variant"] != "cen"], "cen")
+        fusion.compare_to(scores[scores["variant"] != "cen"], "cen")
 
 
-def test_compare_to_verdicts_on_known_scores(monkeypatch):
+def test_compare_to_verdicts_on_known_scores():
     scores = pd.DataFrame({"variant": ["cen"] * 3 + ["a"] * 3 + ["b"] * 3, "branch": "ensemble",
                            "value": [0.80, 0.81, 0.82, 0.50, 0.51, 0.52, 0.70, 0.90, 0.80]})
-    monkeypatch.setattr(fusion, "per_run_scores", lambda table: scores)
-    cmp = fusion.compare_to(None, "cen").set_index("variant")["verdict"]
+    cmp = fusion.compare_to(scores, "cen").set_index("variant")["verdict"]
     assert cmp["a"] == "better" and cmp["b"] == "no clear difference"
 
 
 def test_fusion_figure(bench):
     _, table = bench
-    results = fusion.compute_fusion_results(table)
+    results = fusion.compute_fusion_results(fusion.per_run_scores(table))
     fig = plots.plot_fusion_results(results)
     labels = [t.get_text() for t in fig.get_axes()[0].get_yticklabels()]
     assert set(labels) == set(fusion.VARIANTS)
