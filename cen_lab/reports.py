@@ -17,7 +17,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import product
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -153,10 +152,10 @@ def obtain_runs(preset: str = "default", grid: Mapping[str, Sequence[Any]] | Non
 
     if run_dirs:
         return {Path(d).name: load_run(d) for d in run_dirs}
-    grid = dict(grid or {})
+    from .sweeps import grid_points
+
     runs = {}
-    for values in product(*grid.values()):
-        overrides = dict(zip(grid, values))
+    for overrides in grid_points(grid or {}):
         label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or preset
         runs[label] = obtain_run(preset, overrides, "", runs_dir, progress)
     return runs
