@@ -26,12 +26,15 @@ __all__ = ["training_loss", "corollary_check", "corollary_summary"]
 
 
 @torch.no_grad()
-def training_loss(model: torch.nn.Module, cfg: ExperimentConfig, batch_size: int | None = None) -> float:
+def training_loss(model: torch.nn.Module, cfg: ExperimentConfig, batch_size: int | None = None,
+                  data: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """Mean data loss over the training split, BN in training mode (batch statistics) on a copy of the model,
-    in fixed order with the last partial batch dropped."""
-    ds = load_data(cfg.data)
-    x_np, y_np = ds.stacked(0)
-    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    in fixed order with the last partial batch dropped. ``data`` is the training split ``(x, y)`` as
+    ``MultimodalDataset.stacked(0)`` gives it, to skip loading ``cfg.data`` again."""
+    if data is None:
+        x_np, y_np = load_data(cfg.data).stacked(0)
+        data = (torch.from_numpy(x_np), torch.from_numpy(y_np))
+    x, y = data
     m = copy.deepcopy(model).train()
     bs = batch_size or cfg.train.batch_size
     losses = []
@@ -59,7 +62,7 @@ def corollary_check(seeds: Sequence[int], runs_dir: str | Path, *, preset: str =
         ``loss_switched`` (exchange on, no fine-tuning), ``loss_exchange`` (after fine-tuning with exchange),
         ``loss_control`` (after fine-tuning without), ``delta`` (``loss_exchange - loss_control``).
     """
-    rows = []
+    rows, data = [], None
     for share in shares:
         for seed in seeds:
             # the base run is the theorem run of the same settings, so the two checks share it
@@ -68,6 +71,9 @@ def corollary_check(seeds: Sequence[int], runs_dir: str | Path, *, preset: str =
             base_cfg = theorem_config(preset, lam, seed, base_steps, "proximal", checkpoints,
                                       model__share_convs=share, **overrides)
             base = train(base_cfg, Path(runs_dir) / base_cfg.name, resume=True, progress=progress)
+            if data is None:  # every run here trains on the same data (only model and training settings vary)
+                x_np, y_np = load_data(base_cfg.data).stacked(0)
+                data = (torch.from_numpy(x_np), torch.from_numpy(y_np))
             tuned = {}
             for mode in ("mean", "none"):
                 cfg = base_cfg.override({"name": f"{base_cfg.name}-finetune-{mode}", "model.exchange": mode,
@@ -84,9 +90,10 @@ def corollary_check(seeds: Sequence[int], runs_dir: str | Path, *, preset: str =
             rows.append({
                 "share_convs": share, "seed": seed,
                 "exchanged_channels": float(ex[ex["step"] == 0]["exchanged"].mean()),
-                "loss_base": training_loss(model, base_cfg), "loss_switched": training_loss(switched, switched_cfg),
-                "loss_exchange": training_loss(tuned["mean"].load_model(), tuned["mean"].config),
-                "loss_control": training_loss(tuned["none"].load_model(), tuned["none"].config),
+                "loss_base": training_loss(model, base_cfg, data=data),
+                "loss_switched": training_loss(switched, switched_cfg, data=data),
+                "loss_exchange": training_loss(tuned["mean"].load_model(), tuned["mean"].config, data=data),
+                "loss_control": training_loss(tuned["none"].load_model(), tuned["none"].config, data=data),
             })
     df = pd.DataFrame(rows)
     df["delta"] = df["loss_exchange"] - df["loss_control"]
