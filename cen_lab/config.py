@@ -41,6 +41,8 @@ SPARSITY_SCHEMES = ("disjoint", "all", "none")
 L1_RULES = ("subgradient", "proximal")
 OPTIMIZERS = ("sgd", "adam")
 TASKS = ("seg", "cls")
+PREDICTION_TASKS = ("seg", "cls", "depth", "edges")  # what a network's heads can predict (cen_lab.tasks)
+EXCHANGE_BETWEEN = ("auto", "modalities", "tasks", "both")
 MODALITY_NAMES = ("rgb", "depth", "edges")
 
 
@@ -104,6 +106,8 @@ class DataConfig:
 
     source: str = "scenes-seg"
     modalities: tuple[str, ...] = ("rgb", "depth")
+    tasks: tuple[str, ...] | None = None  # predicted tasks ("seg"/"cls" = the labels, "depth", "edges");
+    #                                      None = the dataset's labels only (single task)
     scene: SceneParams = field(default_factory=SceneParams)
 
     def __post_init__(self) -> None:
@@ -118,6 +122,18 @@ class DataConfig:
             raise ConfigError("data.modalities must name at least one modality")
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError(f"data.modalities has duplicates: {list(self.modalities)}")
+        if self.tasks is not None:
+            if not self.tasks:
+                raise ConfigError("data.tasks must name at least one task, or be null for the dataset's labels")
+            for t in self.tasks:
+                _choice("data.tasks entries", t, PREDICTION_TASKS)
+            if len(set(self.tasks)) != len(self.tasks) or {"seg", "cls"} <= set(self.tasks):
+                raise ConfigError(f"data.tasks must be distinct with at most one of 'seg'/'cls', got {list(self.tasks)}")
+
+    @property
+    def num_tasks(self) -> int:
+        """T, the number of task branches per modality (1 unless ``tasks`` names several)."""
+        return 1 if self.tasks is None else len(self.tasks)
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,9 @@ class ModelConfig:
     strides: tuple[int, ...] = (1, 2, 1, 2)  # stride of each block's 3x3 convolution
     exchange: str = "mean"  # "mean" (paper), "cyclic", "random" (control), or "none" (the network of Theorem 1)
     exchange_blocks: tuple[int, ...] | None = None  # blocks whose BN is penalised and exchanges; None = all
+    exchange_between: str = "auto"  # which branches exchange: "modalities" (same task), "tasks" (same
+    #                                 modality), "both"; "auto" = modalities if one task, tasks if one modality,
+    #                                 else both (see cen_lab.exchange.BranchGrid)
     threshold: float = 2e-2  # |gamma| below this is exchanged
     share_convs: bool = True  # False gives each modality its own convolutions (an ablation)
     gamma_init: float = 1.0  # initial BN scaling factor (PyTorch's default is 1)
@@ -148,6 +167,7 @@ class ModelConfig:
             if s not in (1, 2):
                 raise ConfigError(f"model.strides entries must be 1 or 2, got {s}")
         _choice("model.exchange", self.exchange, EXCHANGE_MODES)
+        _choice("model.exchange_between", self.exchange_between, EXCHANGE_BETWEEN)
         if self.exchange_blocks is not None:
             bad = [b for b in self.exchange_blocks if not 0 <= b < len(self.widths)]
             if bad or len(set(self.exchange_blocks)) != len(self.exchange_blocks):
@@ -160,8 +180,6 @@ class ModelConfig:
         _choice("model.fusion", self.fusion, FUSIONS)
         if self.fusion.startswith("aggregate") and not 0 <= self.fusion_block < len(self.widths):
             raise ConfigError(f"model.fusion_block must be a block index in 0..{len(self.widths) - 1}, got {self.fusion_block}")
-        if self.fusion == "early" and self.exchange != "none":
-            raise ConfigError("model.fusion='early' has a single stream: set model.exchange='none'")
 
     @property
     def cen_blocks(self) -> tuple[int, ...]:
@@ -194,6 +212,7 @@ class TrainConfig:
     device: str = "cpu"  # "cpu", "cuda", "cuda:N", or "auto" (CUDA when present)
     ckpt_every: int = 100  # steps between periodic checkpoints (and log flushes)
     init_from: str | None = None  # start from these weights: a checkpoint .pt or a run directory (its latest)
+    task_weights: tuple[float, ...] | None = None  # loss weight of each of data.tasks; None = all 1
 
     def __post_init__(self) -> None:
         _positive("train.steps", self.steps)
@@ -211,6 +230,9 @@ class TrainConfig:
         _positive("train.ckpt_every", self.ckpt_every)
         if self.init_from is not None and not self.init_from:
             raise ConfigError("train.init_from must be a path or null, not an empty string")
+        if self.task_weights is not None:
+            for w in self.task_weights:
+                _positive("train.task_weights entries", w, strict=False)
 
 
 @dataclass(frozen=True)
@@ -249,15 +271,29 @@ class ExperimentConfig:
             raise ConfigError(f"name must be a non-empty string without path separators, got {self.name!r}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.model.exchange != "none" and self.model.fusion != "early" and len(self.data.modalities) < 2:
-            raise ConfigError(
-                f"a CEN with exchange needs M >= 2 modalities; data.modalities is {list(self.data.modalities)}"
-            )
-        streams = 1 if self.model.fusion == "early" else len(self.data.modalities)
-        if self.train.sparsity == "disjoint" and self.model.cen_blocks and min(
-            self.model.widths[b] for b in self.model.cen_blocks
-        ) < streams:
-            raise ConfigError("train.sparsity='disjoint' needs at least one channel per modality in every CEN block")
+        mc, tasks = self.model, self.data.num_tasks
+        streams = 1 if mc.fusion == "early" else len(self.data.modalities)
+        between = resolve_between(streams, tasks, mc.exchange_between)
+        if mc.exchange != "none":
+            if between in ("modalities", "both") and streams < 2:
+                raise ConfigError(
+                    f"a CEN exchanging between modalities needs M >= 2 modalities; data.modalities is "
+                    f"{list(self.data.modalities)}" + (" (one stream with model.fusion='early')" if mc.fusion == "early" else "")
+                )
+            if between in ("tasks", "both") and tasks < 2:
+                raise ConfigError(f"model.exchange_between={between!r} needs T >= 2 tasks in data.tasks")
+            if between == "both" and mc.exchange == "cyclic":
+                raise ConfigError("model.exchange='cyclic' is defined within one group; with "
+                                  "exchange_between='both' use 'mean' or 'random'")
+        if tasks > 1 and mc.fusion.startswith("aggregate"):
+            raise ConfigError(f"model.fusion={mc.fusion!r} merges the modality streams; it is not defined for "
+                              "several tasks (use 'cen', 'late' or 'early')")
+        if self.train.task_weights is not None and len(self.train.task_weights) != tasks:
+            raise ConfigError(f"train.task_weights needs one weight per task ({tasks}), got {list(self.train.task_weights)}")
+        branches = streams * tasks
+        if self.train.sparsity == "disjoint" and mc.cen_blocks and min(mc.widths[b] for b in mc.cen_blocks) < branches:
+            raise ConfigError(f"train.sparsity='disjoint' needs at least one channel per branch ({branches}) in "
+                              "every CEN block")
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -313,6 +349,16 @@ class ExperimentConfig:
                     node = node[part]
                     cls = hint
         return type(self).from_dict(d)
+
+
+def resolve_between(num_modalities: int, num_tasks: int, between: str) -> str:
+    """``model.exchange_between`` with ``"auto"`` resolved: ``"modalities"`` for one task, ``"tasks"`` for
+    one modality stream, ``"both"`` for several of each."""
+    if between != "auto":
+        return between
+    if num_tasks == 1:
+        return "modalities"
+    return "tasks" if num_modalities == 1 else "both"
 
 
 def _field_names(cls: type) -> list[str]:

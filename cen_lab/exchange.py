@@ -13,15 +13,31 @@ branch's output for that channel. Which one is the *rule*:
 
 A rule is one small function ``(x [M, N, C, ...]) -> donors [M, N, C, ...]`` in ``DONOR_RULES``; add one there
 to try another. ``channel_exchange`` then keeps ``x`` where ``keep`` and takes the donors elsewhere.
+
+Branches: modalities x tasks
+----------------------------
+In a multitask CEN the first dimension holds *branches*, not modalities: branch ``b = m * T + t`` carries
+modality m for task t (``BranchGrid``). Which branches exchange with which is ``BranchGrid.between``:
+
+- ``"modalities"``: branch (m, t) exchanges with the other modalities of the same task (T groups of M);
+  with T = 1 this is the paper's multimodal fusion;
+- ``"tasks"``: with the other tasks of the same modality (M groups of T); with M = 1 this is multitask learning
+  on one input (the TPAMI extension's multitask scenario);
+- ``"both"``: with the union of the two, i.e. every branch that shares its modality or its task (never one
+  that shares neither); only the mean rule (and "random", which uses it) is defined on this union.
+
+The rule is applied within each group exactly as it is for modalities. ``donor_matrix`` gives the resulting
+``[B, B]`` weights, computed by the same code path, so the logged sources always match the forward pass.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
-__all__ = ["EXCHANGE_MODES", "DONOR_RULES", "channel_exchange", "exchange_keep", "exchange_sources"]
+__all__ = ["EXCHANGE_MODES", "DONOR_RULES", "BranchGrid", "channel_exchange", "exchange_keep", "exchange_sources",
+           "donor_matrix"]
 
 # source code of a channel that receives the mean of all other modalities (only when M > 2)
 SOURCE_MEAN_OF_OTHERS = -1
@@ -38,9 +54,70 @@ def _next_modality(x: torch.Tensor) -> torch.Tensor:
 
 DONOR_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": _mean_of_others, "cyclic": _next_modality}
 EXCHANGE_MODES = ("mean", "cyclic", "random", "none")
+BETWEEN = ("modalities", "tasks", "both")
 
 
-def _check(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mode: str, rank: torch.Tensor | None) -> None:
+class BranchGrid(NamedTuple):
+    """The branches of a layer: ``modalities * tasks`` of them, branch ``b = m * tasks + t``, and which of them
+    exchange (``between``; see the module docstring). ``BranchGrid(M)`` is plain multimodal fusion."""
+
+    modalities: int
+    tasks: int = 1
+    between: str = "modalities"
+
+    @property
+    def size(self) -> int:
+        return self.modalities * self.tasks
+
+    def groups(self) -> str:
+        """``between`` reduced to what it means for this grid: ``"all"`` when every branch is in one group."""
+        m, t, between = self.modalities, self.tasks, self.between
+        if between == "both" and (m == 1 or t == 1):
+            between = "tasks" if m == 1 else "modalities"
+        if (between == "modalities" and t == 1) or (between == "tasks" and m == 1):
+            return "all"
+        return between
+
+
+def _donors(x: torch.Tensor, rule: str, grid: BranchGrid | None) -> torch.Tensor:
+    """Apply DONOR_RULES[rule] within each group of branches: ``x`` ``[B, N, C, ...]`` -> donors, same shape."""
+    fn = DONOR_RULES[rule]
+    groups = "all" if grid is None else grid.groups()
+    if groups == "all":
+        return fn(x)
+    m, t, n = grid.modalities, grid.tasks, x.shape[1]
+    if groups == "modalities":  # [M, T*N, C, ...]: the modality axis first, tasks folded into the batch
+        return fn(x.reshape(m, t * n, *x.shape[2:])).view_as(x)
+    if groups == "tasks":  # [T, M*N, C, ...]
+        by_task = x.view(m, t, *x.shape[1:]).transpose(0, 1).reshape(t, m * n, *x.shape[2:])
+        return fn(by_task).view(t, m, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
+    if rule != "mean":
+        raise ValueError(f"exchange_between='both' is defined for the mean rule only, not {rule!r}")
+    # mean over the union of the two groups (they share only the branch itself)
+    across_mod = _donors(x, rule, grid._replace(between="modalities"))
+    across_task = _donors(x, rule, grid._replace(between="tasks"))
+    return (across_mod * (m - 1) + across_task * (t - 1)) / (m + t - 2)
+
+
+def donor_matrix(mode: str, grid: BranchGrid) -> torch.Tensor:
+    """float64 ``[B, B]``: row b holds the weights with which branch b's exchanged channels mix the branches'
+    outputs (zero on the diagonal; rows sum to 1). ``"random"`` uses the mean rule's weights."""
+    if mode not in EXCHANGE_MODES or mode == "none":
+        raise ValueError(f"mode must be one of {list(EXCHANGE_MODES[:-1])}, got {mode!r}")
+    b = grid.size
+    eye = torch.eye(b, dtype=torch.float64).view(b, 1, b)  # branch k's "output" is the indicator of k
+    return _donors(eye, "mean" if mode == "random" else mode, grid).view(b, b)
+
+
+def _check(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mode: str, rank: torch.Tensor | None,
+           grid: BranchGrid | None) -> None:
+    if grid is not None:
+        if grid.between not in BETWEEN:
+            raise ValueError(f"grid.between must be one of {list(BETWEEN)}, got {grid.between!r}")
+        if grid.size != x.shape[0]:
+            raise ValueError(f"grid has {grid.modalities} x {grid.tasks} branches but x has {x.shape[0]}")
+        if mode == "cyclic" and grid.groups() == "both":
+            raise ValueError("mode 'cyclic' is defined within one group; with between='both' use 'mean' or 'random'")
     if mode not in EXCHANGE_MODES:
         raise ValueError(f"mode must be one of {list(EXCHANGE_MODES)}, got {mode!r}")
     if x.dim() < 3:
@@ -48,7 +125,7 @@ def _check(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mode: str, ra
     if gamma.shape != (x.shape[0], x.shape[2]):
         raise ValueError(f"gamma must have shape [M, C] = {[x.shape[0], x.shape[2]]}, got {list(gamma.shape)}")
     if mode != "none" and x.shape[0] < 2:
-        raise ValueError(f"exchange needs M >= 2 modalities, got M = {x.shape[0]}")
+        raise ValueError(f"exchange needs M >= 2 branches, got M = {x.shape[0]}")
     if not threshold >= 0:
         raise ValueError(f"threshold must be >= 0, got {threshold!r}")
     if mode == "random" and (rank is None or rank.shape != gamma.shape):
@@ -72,7 +149,7 @@ def exchange_keep(gamma: torch.Tensor, threshold: float, mode: str = "mean",
 
 
 def channel_exchange(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mode: str = "mean",
-                     rank: torch.Tensor | None = None) -> torch.Tensor:
+                     rank: torch.Tensor | None = None, grid: BranchGrid | None = None) -> torch.Tensor:
     """Exchange channels whose BN scaling factor is small.
 
     Parameters
@@ -88,6 +165,9 @@ def channel_exchange(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mod
         The rule (see the module docstring); ``"none"`` returns ``x`` unchanged.
     rank : torch.Tensor, optional
         For ``"random"``: ``[M, C]`` places of the channels in a fixed random order.
+    grid : BranchGrid, optional
+        When the first dimension holds modality x task branches: their arrangement and which exchange
+        (default: all M are modalities of one task).
 
     Returns
     -------
@@ -95,7 +175,7 @@ def channel_exchange(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mod
         Same shape as ``x`` (``x`` itself when nothing is exchanged on the CPU). Gradients flow to whichever
         branch supplied each value.
     """
-    _check(x, gamma, threshold, mode, rank)
+    _check(x, gamma, threshold, mode, rank, grid)
     if mode == "none":
         return x
     m = x.shape[0]
@@ -103,9 +183,9 @@ def channel_exchange(x: torch.Tensor, gamma: torch.Tensor, threshold: float, mod
     if not x.is_cuda and bool(keep.all()):  # nothing exchanged (checking would cost a host sync on a GPU)
         return x
     keep = keep.view(m, 1, x.shape[2], *([1] * (x.dim() - 3)))  # [M, 1, C, 1, ...]
-    if m == 2:  # every rule gives the other modality
+    if m == 2 and (grid is None or grid.groups() == "all"):  # every rule gives the other branch
         return _ExchangeTwo.apply(x, keep)
-    donors = DONOR_RULES["mean" if mode == "random" else mode](x)
+    donors = _donors(x, "mean" if mode == "random" else mode, grid)
     return torch.where(keep, x, donors)
 
 
@@ -145,23 +225,24 @@ class _ExchangeTwo(torch.autograd.Function):
 
 
 def exchange_sources(gamma: torch.Tensor, threshold: float, mode: str = "mean",
-                     rank: torch.Tensor | None = None) -> torch.Tensor:
+                     rank: torch.Tensor | None = None, grid: BranchGrid | None = None) -> torch.Tensor:
     """Where each channel's value comes from after ``channel_exchange``.
 
     Returns
     -------
     torch.Tensor
-        int64 ``[M, C]``: ``m`` itself when kept; when exchanged, the donor modality's index (M = 2, or the
-        ``"cyclic"`` rule) or ``-1`` for the mean of all others (M > 2). With ``mode="none"`` every channel is
-        its own.
+        int64 ``[M, C]`` (M branches): ``m`` itself when kept; when exchanged, the donor branch's index when
+        there is a single donor (M = 2, the ``"cyclic"`` rule, groups of two) or ``-1`` for a mean of several
+        branches (``donor_matrix`` tells which). With ``mode="none"`` every channel is its own.
     """
     if mode not in EXCHANGE_MODES:
         raise ValueError(f"mode must be one of {list(EXCHANGE_MODES)}, got {mode!r}")
     m, c = gamma.shape
     own = torch.arange(m, device=gamma.device).view(m, 1).expand(m, c)
     keep = exchange_keep(gamma, threshold, mode, rank)
-    if m == 2 or mode == "cyclic":
-        donor = (own + 1) % m
-    else:
-        donor = torch.full_like(own, SOURCE_MEAN_OF_OTHERS)
-    return torch.where(keep, own, donor)
+    if mode == "none" or m < 2:
+        return own.clone()
+    weights = donor_matrix(mode, grid if grid is not None else BranchGrid(m))
+    single = (weights > 0).sum(1) == 1  # [M]: exactly one donor branch
+    donor = torch.where(single, weights.argmax(1), torch.full((m,), SOURCE_MEAN_OF_OTHERS)).to(gamma.device)
+    return torch.where(keep, own, donor.view(m, 1).expand(m, c))

@@ -1,37 +1,43 @@
-"""Compact Channel-Exchanging Networks for dense prediction and classification.
+"""Compact Channel-Exchanging Networks for dense prediction and classification, single- or multitask.
 
-Activations of all modality branches travel together as one tensor ``[M, N, C, H, W]``. Every convolution is
-shared by the branches (one ``nn.Conv2d`` applied to the ``[M * N, C, H, W]`` view) unless
-``share_convs=False``; every BatchNorm is private: ``ModalBatchNorm2d`` keeps one row of scaling factors,
-shifts and running statistics per modality, so gamma is a single ``[M, C]`` parameter per layer.
+Activations of all branches travel together as one tensor ``[B, N, C, H, W]``. With one task the branches
+are the M modalities; with T tasks (``DataConfig.tasks``) there are B = M * T branches, branch
+``b = m * T + t`` reading modality m for task t (``cen_lab.exchange.BranchGrid``). Every convolution is shared
+by the branches (one ``nn.Conv2d`` applied to the ``[B * N, C, H, W]`` view) unless ``share_convs=False``;
+every BatchNorm is private: ``ModalBatchNorm2d`` keeps one row of scaling factors, shifts and running
+statistics per branch, so gamma is a single ``[B, C]`` parameter per layer.
 
 Block ``b``: 3x3 conv (stride s_b) -> ModalBatchNorm2d -> channel exchange (if b is a CEN block and the
-mode is not "none") -> ReLU. Then a 1x1 conv head per branch (segmentation: upsampled to the input size;
-classification: after global average pooling) and an ensemble ``sum_m softmax(alpha)_m * logits_m.detach()``.
+mode is not "none") -> ReLU. Then, per task, a 1x1 conv head shared by that task's branches (dense tasks:
+upsampled to the input size; classification: after global average pooling) and an ensemble
+``sum_m softmax(alpha[t])_m * logits_m.detach()`` over the task's modality branches.
 
 Baselines share the code (``ModelConfig.fusion``): ``"late"`` averages the branch logits (with gradient) instead
 of the alpha ensemble; ``"aggregate-sum"`` / ``"aggregate-concat"`` merge the streams after block
-``fusion_block`` (sum, or concatenation along channels) into one stream with one head; ``"early"`` is a
-one-stream network fed the concatenated inputs (``MultimodalDataset.concatenated``).
+``fusion_block`` (sum, or concatenation along channels) into one stream with one head (single task only);
+``"early"`` is a one-stream network fed the concatenated inputs (``MultimodalDataset.concatenated``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .exchange import channel_exchange
+from .config import ModelConfig, resolve_between
+from .exchange import BranchGrid, channel_exchange
 from .sparsity import sparsity_mask
+from .tasks import task_specs
 
 __all__ = ["CENOutput", "ModalConv2d", "ModalBatchNorm2d", "CENBlock", "CENNet", "build_model"]
 
 
 class CENOutput(NamedTuple):
-    logits: torch.Tensor  # [M, N, K, H, W] (seg) or [M, N, K] (cls): one prediction per modality branch
+    """One task's predictions."""
+
+    logits: torch.Tensor  # [M, N, K, H, W] (dense) or [M, N, K] (cls): one prediction per modality branch
     ensemble: torch.Tensor  # [N, K, ...]: softmax(alpha)-weighted sum of the detached branch logits
 
 
@@ -55,7 +61,8 @@ class ModalConv2d(nn.Module):
 
 
 class ModalBatchNorm2d(nn.Module):
-    """BatchNorm private to each modality: parameters and running statistics of shape ``[M, C]``.
+    """BatchNorm private to each branch (modality, or modality x task): parameters and running statistics of
+    shape ``[M, C]``, M the number of branches.
 
     Attributes
     ----------
@@ -92,20 +99,20 @@ class ModalBatchNorm2d(nn.Module):
 class CENBlock(nn.Module):
     """conv (shared) -> BN (private) -> exchange -> ReLU."""
 
-    def __init__(self, num_modalities: int, cin: int, cout: int, stride: int, share_convs: bool,
+    def __init__(self, grid: BranchGrid, cin: int, cout: int, stride: int, share_convs: bool,
                  exchange: str, threshold: float):
         super().__init__()
-        self.conv = ModalConv2d(num_modalities, cin, cout, 3, stride=stride, share=share_convs)
-        self.bn = ModalBatchNorm2d(num_modalities, cout)
-        self.exchange, self.threshold = exchange, threshold
-        if exchange == "random":  # a fixed random order of the channels per modality (drawn from torch's RNG)
-            self.register_buffer("exchange_rank", torch.stack([torch.randperm(cout) for _ in range(num_modalities)]))
+        self.conv = ModalConv2d(grid.size, cin, cout, 3, stride=stride, share=share_convs)
+        self.bn = ModalBatchNorm2d(grid.size, cout)
+        self.grid, self.exchange, self.threshold = grid, exchange, threshold
+        if exchange == "random":  # a fixed random order of the channels per branch (drawn from torch's RNG)
+            self.register_buffer("exchange_rank", torch.stack([torch.randperm(cout) for _ in range(grid.size)]))
         else:
             self.exchange_rank = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, C_in, H, W] -> [B, N, C_out, H', W']
         y = self.bn(self.conv(x))
-        y = channel_exchange(y, self.bn.weight, self.threshold, self.exchange, self.exchange_rank)
+        y = channel_exchange(y, self.bn.weight, self.threshold, self.exchange, self.exchange_rank, self.grid)
         return F.relu(y)
 
 
@@ -115,63 +122,97 @@ class CENNet(nn.Module):
     Parameters
     ----------
     num_modalities : int
-        M >= 1 (M = 1 gives the unimodal network of the same architecture).
+        M >= 1 input streams (M = 1 gives the unimodal network of the same architecture).
     in_channels : int
         Input channels (modalities are zero-padded to the widest one).
     num_classes : int
-        K.
-    task : {"seg", "cls"}
+        K, classes of the ``seg`` / ``cls`` labels.
+    tasks : str or sequence of str
+        The task (``"seg"``, ``"cls"``) or tasks (also ``"depth"``, ``"edges"``; see ``cen_lab.tasks``).
     config : ModelConfig
     sparsity : {"disjoint", "all", "none"}
-        Which gammas of the CEN blocks carry the penalty (``penalty_mask``).
+        Which gammas of the CEN blocks carry the penalty (``penalty_mask``); ``"disjoint"`` cuts the channels
+        into one chunk per branch (M * T chunks).
+
+    Attributes
+    ----------
+    grid : BranchGrid
+        Arrangement of the branches and which of them exchange.
+    outputs : int
+        Prediction branches per task: M, or 1 once the streams are merged.
     """
 
-    def __init__(self, num_modalities: int, in_channels: int, num_classes: int, task: str,
+    def __init__(self, num_modalities: int, in_channels: int, num_classes: int, tasks: str | Sequence[str],
                  config: ModelConfig, sparsity: str = "disjoint"):
         super().__init__()
-        if task not in ("seg", "cls"):
-            raise ValueError(f"task must be 'seg' or 'cls', got {task!r}")
-        self.num_modalities, self.task, self.config = num_modalities, task, config
+        tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        self.specs = task_specs(tasks, num_classes)
+        self.num_modalities, self.tasks, self.config = num_modalities, tasks, config
+        t = len(tasks)
         cen = set(config.cen_blocks)
         aggregate = config.fusion.startswith("aggregate") and num_modalities > 1
+        if aggregate and t > 1:
+            raise ValueError(f"fusion {config.fusion!r} is defined for a single task, got tasks {list(tasks)}")
         self.merge_after = config.fusion_block if aggregate else None  # streams merged after this block
-        blocks, cin, streams = [], in_channels, num_modalities
+        self.grid = BranchGrid(num_modalities, t, resolve_between(num_modalities, t, config.exchange_between))
+        blocks, cin, grid = [], in_channels, self.grid
         for b, (width, stride) in enumerate(zip(config.widths, config.strides)):
-            mode = config.exchange if (b in cen and streams > 1) else "none"
-            blocks.append(CENBlock(streams, cin, width, stride, config.share_convs, mode, config.threshold))
+            mode = config.exchange if (b in cen and grid.size > 1) else "none"
+            blocks.append(CENBlock(grid, cin, width, stride, config.share_convs, mode, config.threshold))
             nn.init.constant_(blocks[-1].bn.weight, config.gamma_init)
             if b in cen:
-                blocks[-1].bn.penalty_mask.copy_(sparsity_mask(width, streams, sparsity))
+                blocks[-1].bn.penalty_mask.copy_(sparsity_mask(width, grid.size, sparsity))
             cin = width
             if b == self.merge_after:
-                cin = width * streams if config.fusion == "aggregate-concat" else width
-                streams = 1
+                cin = width * grid.modalities if config.fusion == "aggregate-concat" else width
+                grid = BranchGrid(1)
         self.blocks = nn.ModuleList(blocks)
-        self.outputs = streams  # prediction branches: M, or 1 once the streams are merged
-        self.head = ModalConv2d(streams, cin, num_classes, 1, bias=True, share=config.share_convs)
-        self.alpha = nn.Parameter(torch.ones(streams))
+        self.outputs = grid.modalities
+        self.heads = nn.ModuleList(
+            ModalConv2d(self.outputs, cin, spec.channels, 1, bias=True, share=config.share_convs) for spec in self.specs
+        )
+        self.alpha = nn.Parameter(torch.ones(t, self.outputs))  # [T, M] ensemble weights (before softmax)
 
-    def forward(self, x: torch.Tensor) -> CENOutput:
-        """``x``: ``[M, N, C_in, H, W]``."""
+    @property
+    def task(self) -> str:
+        """The task of a single-task network."""
+        if len(self.tasks) != 1:
+            raise AttributeError(f"this network has {len(self.tasks)} tasks {list(self.tasks)}; use .tasks")
+        return self.tasks[0]
+
+    def forward_tasks(self, x: torch.Tensor) -> dict[str, CENOutput]:
+        """``x``: ``[M, N, C_in, H, W]`` -> task name -> ``CENOutput``."""
         size = x.shape[-2:]
+        t = len(self.tasks)
+        if t > 1:
+            x = x.repeat_interleave(t, dim=0)  # [M * T, N, C_in, H, W]: branch m * T + t reads modality m
         for b, block in enumerate(self.blocks):
             x = block(x)
             if b == self.merge_after:  # [M, N, C, h, w] -> [1, N, C or M*C, h, w]
                 x = x.sum(0, keepdim=True) if self.config.fusion == "aggregate-sum" else x.transpose(0, 1).flatten(1, 2).unsqueeze(0)
-        if self.task == "cls":
-            x = x.mean(dim=(-2, -1), keepdim=True)  # [M, N, C, 1, 1]
-            logits = self.head(x).flatten(2)  # [M, N, K]
-        else:
-            logits = self.head(x)  # [M, N, K, h, w]
-            if logits.shape[-2:] != size:
-                m, n = logits.shape[:2]
-                logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
-                logits = logits.view(m, n, *logits.shape[1:])
-        if self.config.fusion == "late":  # late fusion: the prediction is the average of the branch logits
-            return CENOutput(logits, logits.mean(0))
-        w = torch.softmax(self.alpha, 0).view(-1, *([1] * (logits.dim() - 1)))
-        ensemble = (w * logits.detach()).sum(0)
-        return CENOutput(logits, ensemble)
+        feats = x.view(self.outputs, t, *x.shape[1:])  # [M, T, N, C, h, w]
+        out = {}
+        for i, (spec, head) in enumerate(zip(self.specs, self.heads)):
+            f = feats[:, i]  # [M, N, C, h, w]
+            if not spec.dense:
+                logits = head(f.mean(dim=(-2, -1), keepdim=True)).flatten(2)  # [M, N, K]
+            else:
+                logits = head(f)  # [M, N, K, h, w]
+                if logits.shape[-2:] != size:
+                    m, n = logits.shape[:2]
+                    logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
+                    logits = logits.view(m, n, *logits.shape[1:])
+            if self.config.fusion == "late":  # late fusion: the prediction is the average of the branch logits
+                out[spec.name] = CENOutput(logits, logits.mean(0))
+                continue
+            w = torch.softmax(self.alpha[i], 0).view(-1, *([1] * (logits.dim() - 1)))
+            out[spec.name] = CENOutput(logits, (w * logits.detach()).sum(0))
+        return out
+
+    def forward(self, x: torch.Tensor) -> CENOutput:
+        """``x``: ``[M, N, C_in, H, W]`` -> the ``CENOutput`` of a single-task network (``forward_tasks`` for
+        several tasks)."""
+        return self.forward_tasks(x)[self.task]
 
     def cen_layers(self) -> list[tuple[str, ModalBatchNorm2d]]:
         """(dotted name, module) of every penalised, exchange-capable BN layer, in depth order."""
@@ -179,7 +220,7 @@ class CENNet(nn.Module):
         return [(f"blocks.{b}.bn", blk.bn) for b, blk in enumerate(self.blocks) if b in cen]
 
 
-def build_model(config: ModelConfig, num_modalities: int, in_channels: int, num_classes: int, task: str,
-                sparsity: str = "disjoint") -> CENNet:
+def build_model(config: ModelConfig, num_modalities: int, in_channels: int, num_classes: int,
+                tasks: str | Sequence[str], sparsity: str = "disjoint") -> CENNet:
     """Construct a ``CENNet`` (parameters drawn from torch's global RNG: seed it first)."""
-    return CENNet(num_modalities, in_channels, num_classes, task, config, sparsity)
+    return CENNet(num_modalities, in_channels, num_classes, tasks, config, sparsity)

@@ -1,6 +1,6 @@
 """Run directories: the written schema, the writer used during training, and ``load_run``.
 
-Run directory layout (schema version 1)
+Run directory layout (schema version 2)
 ---------------------------------------
 ::
 
@@ -25,26 +25,34 @@ Tables (long format, one row per observation)
 ---------------------------------------------
 ``step`` counts completed optimizer updates; state ``s`` is the model after ``s`` updates.
 
+Branches. The BN layers have one row of gammas per *branch*: ``manifest["branches"]`` lists them, each with
+its ``name``, ``modality`` (index into ``manifest["modalities"]``) and ``task`` (index into
+``manifest["tasks"]``). With one task the branches are the modalities (branch = modality, task = 0, name =
+the modality's); with T tasks branch ``b = modality * T + task`` and its name is ``<task>/<modality>``.
+``manifest["exchange_between"]`` says which branches exchange (``cen_lab.exchange.BranchGrid``).
+
 gammas
-    step (int64), epoch (int64), layer (str: dotted module name, e.g. ``blocks.0.bn``), modality (int32,
-    index into ``manifest["modalities"]``), channel (int32), gamma (float32), beta (float32),
-    penalised (bool: carries the L1 penalty). Logged at state ``s`` every ``log.every`` steps and at the end.
+    step (int64), epoch (int64), layer (str: dotted module name, e.g. ``blocks.0.bn``), branch (int32, index
+    into ``manifest["branches"]``), modality (int32), task (int32) of that branch, channel (int32),
+    gamma (float32), beta (float32), penalised (bool: carries the L1 penalty). Logged at state ``s`` every
+    ``log.every`` steps and at the end.
 exchange
-    step, layer, modality, channel, exchanged (bool: replaced in the forward pass at that state),
-    source (int32: the modality the channel's value comes from; itself when kept; -1 = mean of all other
-    modalities, M > 2).
+    step, layer, branch, modality, task, channel, exchanged (bool: replaced in the forward pass at that
+    state), source (int32: the branch the channel's value comes from; itself when kept; -1 = a mean of
+    several branches, see ``cen_lab.exchange.donor_matrix``).
 metrics
     step, epoch, split (str: ``train`` or ``val``), name (str), value (float64); ``<branch>`` below is one of
-    ``manifest["outputs"]`` (the modalities, or ``fused`` when the streams merge). ``train`` rows are measured
-    on the minibatch of the update that starts at state ``s``: ``loss/<branch>``, ``loss/ensemble``,
-    ``loss/total`` (data loss: sum of the branch and ensemble losses), ``penalty`` (lam * sum|gamma| over
-    penalised gammas), ``alpha/<branch>`` (softmax weight), ``sparsity/below_threshold`` (portion of
-    penalised gammas with |gamma| < threshold, the number the reference code prints), ``exchange/ratio``.
-    ``val`` rows, on the whole validation split every ``log.eval_every`` steps: ``loss/<branch>``,
-    ``miou/<branch>`` (segmentation) or ``accuracy/<branch>`` (classification), branch an output or
-    ``ensemble``.
+    ``manifest["outputs"]`` (the modalities, or ``fused`` when the streams merge; ``<task>/<modality>`` with
+    several tasks) and ``<ensemble>`` one of ``manifest["ensembles"]`` (``ensemble``, or ``<task>/ensemble``).
+    ``train`` rows are measured on the minibatch of the update that starts at state ``s``: ``loss/<branch>``,
+    ``loss/<ensemble>``, ``loss/total`` (data loss: task-weighted sum of the branch and ensemble losses),
+    ``penalty`` (lam * sum|gamma| over penalised gammas), ``alpha/<branch>`` (softmax weight),
+    ``sparsity/below_threshold`` (portion of penalised gammas with |gamma| < threshold, the number the
+    reference code prints), ``exchange/ratio``. ``val`` rows, on the whole validation split every
+    ``log.eval_every`` steps: ``loss/<x>`` and ``miou/<x>`` (segmentation), ``accuracy/<x>`` (classification),
+    ``mae/<x>`` (depth) or ``f1/<x>`` (edges), ``<x>`` a branch or an ensemble (``cen_lab.tasks``).
 grads
-    step, layer, modality, channel, dgamma (float32: dL/dgamma of the data loss at state ``s``, before the
+    step, layer, branch, modality, task, channel, dgamma (float32: dL/dgamma of the data loss at state ``s``, before the
     penalty and the update), dxprime_norm (float32: L2 norm of dL/dx' over batch and space, x' the BN output).
 """
 
@@ -70,20 +78,22 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SCHEMA_VERSION", "TABLES", "Run", "RunWriter", "load_run", "validate_table", "load_checkpoint"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: branch and task columns, manifest branches/tasks (multitask); 1 is not read
 CHECKPOINT_FORMAT = "cen_lab.checkpoint"
 
+_BRANCH = {"branch": "int32", "modality": "int32", "task": "int32"}
 # table -> column -> dtype ("str" for strings)
 TABLES: dict[str, dict[str, str]] = {
-    "gammas": {"step": "int64", "epoch": "int64", "layer": "str", "modality": "int32", "channel": "int32",
+    "gammas": {"step": "int64", "epoch": "int64", "layer": "str", **_BRANCH, "channel": "int32",
                "gamma": "float32", "beta": "float32", "penalised": "bool"},
-    "exchange": {"step": "int64", "layer": "str", "modality": "int32", "channel": "int32", "exchanged": "bool",
+    "exchange": {"step": "int64", "layer": "str", **_BRANCH, "channel": "int32", "exchanged": "bool",
                  "source": "int32"},
     "metrics": {"step": "int64", "epoch": "int64", "split": "str", "name": "str", "value": "float64"},
-    "grads": {"step": "int64", "layer": "str", "modality": "int32", "channel": "int32", "dgamma": "float32",
+    "grads": {"step": "int64", "layer": "str", **_BRANCH, "channel": "int32", "dgamma": "float32",
               "dxprime_norm": "float32"},
 }
-_MANIFEST_KEYS = ("schema_version", "status", "seed", "modalities", "last_step", "total_steps")
+_MANIFEST_KEYS = ("schema_version", "status", "seed", "modalities", "tasks", "branches", "outputs", "last_step",
+                  "total_steps")
 
 
 def _now() -> str:
@@ -340,13 +350,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise RunFormatError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict):
         raise RunFormatError(f"{mpath}: expected a JSON object")
+    if "schema_version" in manifest and manifest["schema_version"] != SCHEMA_VERSION:
+        raise RunFormatError(
+            f"{mpath}: schema_version {manifest['schema_version']!r} is not supported (this cen_lab reads "
+            f"{SCHEMA_VERSION}); train the run again (overwrite=True, or --overwrite)"
+        )
     missing = [k for k in _MANIFEST_KEYS if k not in manifest]
     if missing:
         raise RunFormatError(f"{mpath}: missing key {missing[0]!r}")
-    if manifest["schema_version"] != SCHEMA_VERSION:
-        raise RunFormatError(
-            f"{mpath}: schema_version {manifest['schema_version']!r} is not supported (this cen_lab reads {SCHEMA_VERSION})"
-        )
     return manifest
 
 
@@ -402,9 +413,20 @@ class Run:
         return list(self.manifest["modalities"])
 
     @property
+    def branches(self) -> list[str]:
+        """Names of the branches that the tables' ``branch`` column indexes (the modalities with one task,
+        ``<task>/<modality>`` with several)."""
+        return [b["name"] for b in self.manifest["branches"]]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.manifest["tasks"])
+
+    @property
     def outputs(self) -> list[str]:
-        """Names of the prediction branches in the metrics (the modalities, or ``fused`` once streams merge)."""
-        return list(self.manifest.get("outputs", self.manifest["modalities"]))
+        """Names of the prediction branches in the metrics (the modalities, or ``fused`` once streams merge;
+        ``<task>/<name>`` with several tasks)."""
+        return list(self.manifest["outputs"])
 
     @property
     def checkpoint_steps(self) -> list[int]:
@@ -426,8 +448,8 @@ class Run:
         from .models import build_model
 
         m = self.manifest
-        model = build_model(self.config.model, len(m["modalities"]), m["in_channels"], m["num_classes"], m["task"],
-                            self.config.train.sparsity)
+        model = build_model(self.config.model, len(m["modalities"]), m["in_channels"], m["num_classes"],
+                            m["tasks"], self.config.train.sparsity)
         ckpt = self.checkpoint(step, map_location=device)
         try:
             model.load_state_dict(ckpt["model"])

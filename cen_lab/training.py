@@ -4,8 +4,10 @@ One training step at state ``s`` (the model after ``s`` updates):
 
 1. every ``log.every`` steps: record gammas, betas and the exchange map of state ``s``; every
    ``log.eval_every`` steps: evaluate on the validation split;
-2. forward the minibatch, data loss ``L = sum_m CE(logits_m) + CE(ensemble)`` (each output has its own loss,
-   as in the reference code; the ensemble loss only trains alpha because the branch logits are detached);
+2. forward the minibatch, data loss ``L = sum_t w_t (sum_m loss_t(pred_tm) + loss_t(ensemble_t))`` over tasks t
+   (one task: ``sum_m CE(logits_m) + CE(ensemble)``; each output has its own loss, as in the reference code;
+   the ensemble loss only trains alpha because the branch logits are detached; ``w_t`` is
+   ``train.task_weights``, loss_t as in ``cen_lab.tasks``);
 3. backward of ``L`` alone; at logging steps record the train losses, and with ``log.grads`` the data-loss
    gradients ``dL/dgamma`` and ``||dL/dx'||`` of state ``s``;
 4. the L1 penalty on the penalised gammas: ``lam * sign(gamma)`` added to their gradients (subgradient rule),
@@ -21,6 +23,7 @@ randomness). CUDA kernels are not all deterministic, so runs on a GPU may differ
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -35,6 +38,7 @@ from .config import ExperimentConfig
 from .data import MultimodalDataset, load_data
 from .errors import ConfigError, NonFiniteLossError
 from .exchange import exchange_sources
+from .tasks import TaskMetrics, resolve_tasks, target_modalities, task_loss, task_targets
 from .hooks import record_bn_output_grad_norms
 from .models import CENNet, build_model
 from .runlog import Run, RunWriter, load_run
@@ -42,7 +46,8 @@ from .sparsity import add_l1_subgradient, apply_l1_proximal, l1_penalty
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "resolve_device", "evaluate", "data_losses", "forward_backward", "penalised_update"]
+__all__ = ["train", "resolve_device", "evaluate", "data_losses", "task_losses", "prediction_names",
+           "forward_backward", "penalised_update"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,7 +76,7 @@ def _make_optimizer(model: CENNet, cfg: ExperimentConfig) -> torch.optim.Optimiz
 
 
 def data_losses(logits: torch.Tensor, ensemble: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-branch and ensemble cross-entropy.
+    """Per-branch and ensemble cross-entropy of one classification/segmentation task.
 
     Returns ``(branch [M], ensemble [])``; the data loss is ``branch.sum() + ensemble``.
     """
@@ -79,40 +84,53 @@ def data_losses(logits: torch.Tensor, ensemble: torch.Tensor, y: torch.Tensor) -
     return branch, F.cross_entropy(ensemble, y)
 
 
-@torch.no_grad()
-def evaluate(model: CENNet, x: torch.Tensor, y: torch.Tensor, modalities: list[str], num_classes: int,
-             batch_size: int = 256) -> dict[str, float]:
-    """Validation losses and mIoU (segmentation) or accuracy (classification) per branch and ensemble.
+def prediction_names(tasks: list[str] | tuple[str, ...], outputs: list[str]) -> dict[str, list[str]]:
+    """task -> names of its predictions in the metrics: the ``outputs`` (stream names) and ``ensemble``, each
+    prefixed ``<task>/`` when there are several tasks (``seg/rgb``, ``depth/ensemble``)."""
+    prefix = (lambda t: f"{t}/") if len(tasks) > 1 else (lambda t: "")
+    return {t: [f"{prefix(t)}{o}" for o in list(outputs) + ["ensemble"]] for t in tasks}
 
-    mIoU averages the IoU over classes that occur in the labels or the predictions of the split.
+
+def task_losses(outs: dict, targets: dict[str, torch.Tensor],
+                weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted data loss of ``CENNet.forward_tasks`` outputs and each task's losses.
+
+    Returns ``(total [], {task: [M + 1] losses of the branches then the ensemble}``.
+    """
+    total, per_task = None, {}
+    for task, out in outs.items():
+        y = targets[task]
+        losses = torch.stack([task_loss(task, p, y) for p in out.logits] + [task_loss(task, out.ensemble, y)])
+        per_task[task] = losses
+        term = losses.sum() * (1.0 if weights is None else weights[task])
+        total = term if total is None else total + term
+    return total, per_task
+
+
+@torch.no_grad()
+def evaluate(model: CENNet, x: torch.Tensor, y: torch.Tensor | dict[str, torch.Tensor], outputs: list[str],
+             num_classes: int, batch_size: int = 256) -> dict[str, float]:
+    """Validation loss and metric of every prediction: mIoU (seg), accuracy (cls), MAE (depth), F1 (edges).
+
+    ``y`` is the target tensor of a single-task model or a dict task -> targets; ``outputs`` names the
+    prediction streams (see ``prediction_names``). mIoU averages the IoU over classes that occur in the labels
+    or the predictions of the split.
     """
     was_training = model.training
     model.eval()
-    names = list(modalities) + ["ensemble"]
-    loss_sum = torch.zeros(len(names), dtype=torch.float64)
-    conf = torch.zeros(len(names), num_classes, num_classes, dtype=torch.int64)
+    targets = y if isinstance(y, dict) else {model.task: y}
+    names = prediction_names(model.tasks, outputs)
+    acc = {t: TaskMetrics(t, len(names[t]), num_classes) for t in model.tasks}
     n = x.shape[1]
     for start in range(0, n, batch_size):
-        xb, yb = x[:, start:start + batch_size], y[start:start + batch_size]
-        out = model(xb)
-        preds = torch.cat([out.logits, out.ensemble.unsqueeze(0)])  # [M+1, N, K, ...]
-        for i in range(len(names)):
-            loss_sum[i] += F.cross_entropy(preds[i], yb, reduction="sum").double().cpu()
-            idx = yb.flatten() * num_classes + preds[i].argmax(1).flatten()
-            conf[i] += torch.bincount(idx, minlength=num_classes**2).view(num_classes, num_classes).cpu()
+        outs = model.forward_tasks(x[:, start:start + batch_size])
+        for t, out in outs.items():
+            preds = torch.cat([out.logits, out.ensemble.unsqueeze(0)])  # [M+1, N, K, ...]
+            acc[t].update(preds, targets[t][start:start + batch_size])
     model.train(was_training)
-    count = y.numel()
     metrics = {}
-    for i, name in enumerate(names):
-        metrics[f"loss/{name}"] = float(loss_sum[i] / count)
-        c = conf[i].double()
-        if model.task == "seg":
-            inter = c.diag()
-            union = c.sum(0) + c.sum(1) - inter
-            present = union > 0
-            metrics[f"miou/{name}"] = float((inter[present] / union[present]).mean())
-        else:
-            metrics[f"accuracy/{name}"] = float(c.diag().sum() / c.sum())
+    for t in model.tasks:
+        metrics.update(acc[t].result(names[t]))
     return metrics
 
 
@@ -122,20 +140,24 @@ class _Logger:
     def __init__(self, model: CENNet, writer: RunWriter, cfg: ExperimentConfig):
         self.model, self.writer, self.cfg = model, writer, cfg
         self.layers = model.cen_layers()
-        names, mods, chans, pen = [], [], [], []
+        tasks = model.grid.tasks
+        names, branches, chans, pen = [], [], [], []
         for name, bn in self.layers:
             m, c = bn.weight.shape
             names.append(np.full(m * c, name, dtype=object))
-            mods.append(np.repeat(np.arange(m, dtype=np.int32), c))
+            branches.append(np.repeat(np.arange(m, dtype=np.int32), c))
             chans.append(np.tile(np.arange(c, dtype=np.int32), m))
             pen.append(bn.penalty_mask.cpu().numpy().ravel())
         self.layer_col = np.concatenate(names)
-        self.modality_col = np.concatenate(mods)
-        self.channel_col = np.concatenate(chans)
+        self.branch_col = np.concatenate(branches)
+        # branch b = m * T + t reads modality m for task t (cen_lab.exchange.BranchGrid)
+        self.ids = {"layer": self.layer_col, "branch": self.branch_col, "modality": self.branch_col // tasks,
+                    "task": self.branch_col % tasks, "channel": np.concatenate(chans)}
         self.penalised = np.concatenate(pen)
         self.shapes = [tuple(bn.weight.shape) for _, bn in self.layers]
         cen_blocks = [blk for b, blk in enumerate(model.blocks) if b in set(cfg.model.cen_blocks)]
         self.modes = [blk.exchange for blk in cen_blocks]
+        self.grids = [blk.grid for blk in cen_blocks]
         self.ranks = [None if blk.exchange_rank is None else blk.exchange_rank.cpu() for blk in cen_blocks]
         # rows of the layers that exchange at all (their mode is not "none")
         self.exchanging = np.concatenate([np.full(m * c, mode != "none") for (m, c), mode in zip(self.shapes, self.modes)])
@@ -148,17 +170,15 @@ class _Logger:
         gamma = self._gather([bn.weight for _, bn in self.layers])
         beta = self._gather([bn.bias for _, bn in self.layers])
         w = self.writer
-        w.add("gammas", step=step, epoch=epoch, layer=self.layer_col, modality=self.modality_col,
-              channel=self.channel_col, gamma=gamma, beta=beta, penalised=self.penalised)
+        w.add("gammas", step=step, epoch=epoch, **self.ids, gamma=gamma, beta=beta, penalised=self.penalised)
         sources, offset = [], 0
-        for (m, c), mode, rank in zip(self.shapes, self.modes, self.ranks):
+        for (m, c), mode, rank, grid in zip(self.shapes, self.modes, self.ranks, self.grids):
             g = torch.from_numpy(gamma[offset:offset + m * c].reshape(m, c))
-            sources.append(exchange_sources(g, self.cfg.model.threshold, mode, rank).numpy().ravel())
+            sources.append(exchange_sources(g, self.cfg.model.threshold, mode, rank, grid).numpy().ravel())
             offset += m * c
         source = np.concatenate(sources).astype(np.int32)
-        exchanged = source != self.modality_col
-        w.add("exchange", step=step, layer=self.layer_col, modality=self.modality_col, channel=self.channel_col,
-              exchanged=exchanged, source=source)
+        exchanged = source != self.branch_col
+        w.add("exchange", step=step, **self.ids, exchanged=exchanged, source=source)
         return gamma, exchanged
 
     def exchange_ratio(self, exchanged: np.ndarray) -> float:
@@ -170,8 +190,7 @@ class _Logger:
         norms = [dxprime.get(name, torch.full_like(bn.weight, float("nan"))) for name, bn in self.layers]
         flat = self._gather(grads + norms)
         half = flat.size // 2
-        self.writer.add("grads", step=step, layer=self.layer_col, modality=self.modality_col,
-                        channel=self.channel_col, dgamma=flat[:half], dxprime_norm=flat[half:])
+        self.writer.add("grads", step=step, **self.ids, dgamma=flat[:half], dxprime_norm=flat[half:])
 
     def metrics(self, step: int, epoch: int, split: str, values: dict[str, float]) -> None:
         self.writer.add("metrics", step=step, epoch=epoch, split=split,
@@ -179,17 +198,18 @@ class _Logger:
 
 
 def forward_backward(model: CENNet, optimizer: torch.optim.Optimizer, xb: torch.Tensor,
-                     yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     yb: torch.Tensor | dict[str, torch.Tensor],
+                     weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward a minibatch and back-propagate the data loss (no penalty yet).
 
-    Returns the detached data loss and the per-branch ``[M]`` and ensemble losses.
+    ``yb``: the targets of a single-task model, or task -> targets. Returns the detached data loss and, per
+    task, the ``[M + 1]`` losses of the branches and the ensemble (see ``task_losses``).
     """
-    out = model(xb)
-    branch, ens = data_losses(out.logits, out.ensemble, yb)
-    loss = branch.sum() + ens
+    targets = yb if isinstance(yb, dict) else {model.task: yb}
+    loss, per_task = task_losses(model.forward_tasks(xb), targets, weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    return loss.detach(), branch, ens
+    return loss.detach(), per_task
 
 
 def penalised_update(optimizer: torch.optim.Optimizer, weights: list[torch.Tensor], masks: list[torch.Tensor],
@@ -244,28 +264,30 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
         return load_run(out)
 
     device = resolve_device(cfg.train.device)
-    ds: MultimodalDataset = load_data(cfg.data)
-    early = cfg.model.fusion == "early"
-    x_np, y_np = ds.concatenated(0) if early else ds.stacked(0)
-    xv_np, yv_np = ds.concatenated(1) if early else ds.stacked(1)
-    n_train, bs = x_np.shape[1], cfg.train.batch_size
+    ds, tasks, (x, y), (xv, yv) = _load_splits(cfg, device)
+    n_train, bs = x.shape[1], cfg.train.batch_size
     if bs > n_train:
         raise ConfigError(f"train.batch_size={bs} exceeds the {n_train} training samples of data.source={cfg.data.source!r}")
-    x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
-    xv, yv = torch.from_numpy(xv_np).to(device), torch.from_numpy(yv_np).to(device)
     steps_per_epoch = n_train // bs  # the last partial batch of an epoch is dropped, as in the reference
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, x.shape[0], x.shape[2], ds.num_classes, ds.task, cfg.train.sparsity)
+    model = build_model(cfg.model, x.shape[0], x.shape[2], ds.num_classes, tasks, cfg.train.sparsity)
+    early = cfg.model.fusion == "early"
     streams = ["+".join(ds.modalities)] if early else list(ds.modalities)  # what the tables' modality indexes
-    names = streams if model.outputs > 1 else ["fused" if len(ds.modalities) > 1 else streams[0]]  # predictions
+    outputs = streams if model.outputs > 1 else ["fused" if len(ds.modalities) > 1 else streams[0]]  # per task
+    names = prediction_names(tasks, outputs)  # task -> its predictions' names in the metrics
+    task_weights = dict(zip(tasks, cfg.train.task_weights or [1.0] * len(tasks)))
     model.to(device).train()
     optimizer = _make_optimizer(model, cfg)
     masks = [bn.penalty_mask for _, bn in model.cen_layers()]
     weights = [bn.weight for _, bn in model.cen_layers()]
     lam, thr = cfg.train.lam, cfg.model.threshold
 
-    info = {"modalities": streams, "input_modalities": list(ds.modalities), "outputs": names,
+    branches = [{"name": streams[b // len(tasks)] if len(tasks) == 1 else f"{tasks[b % len(tasks)]}/{streams[b // len(tasks)]}",
+                 "modality": b // len(tasks), "task": b % len(tasks)} for b in range(model.grid.size)]
+    info = {"modalities": streams, "input_modalities": list(ds.modalities), "tasks": list(tasks),
+            "branches": branches, "exchange_between": model.grid.between,
+            "outputs": [n for t in tasks for n in names[t][:-1]], "ensembles": [names[t][-1] for t in tasks],
             "class_names": list(ds.class_names), "task": ds.task,
             "num_classes": ds.num_classes, "in_channels": int(x.shape[2]), "device": str(device),
             "layers": [name for name, _ in model.cen_layers()], "n_train": n_train, "n_val": int(xv.shape[1]),
@@ -294,18 +316,18 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
                 perm_epoch = epoch
             j = s % steps_per_epoch
             idx = perm[j * bs:(j + 1) * bs]
-            xb, yb = x[:, idx], y[idx]
+            xb, yb = x[:, idx], {t: target[idx] for t, target in y.items()}
 
             logging_step = s % cfg.log.every == 0
             if logging_step:
                 gamma, exchanged = logger.state(s, epoch)
             if s % cfg.log.eval_every == 0:
-                logger.metrics(s, epoch, "val", evaluate(model, xv, yv, names, ds.num_classes))
+                logger.metrics(s, epoch, "val", evaluate(model, xv, yv, outputs, ds.num_classes))
 
             observe = record_bn_output_grad_norms(model.cen_layers()) if (logging_step and cfg.log.grads) \
                 else contextlib.nullcontext({})
             with observe as dxprime:
-                loss, branch, ens = forward_backward(model, optimizer, xb, yb)
+                loss, per_task = forward_backward(model, optimizer, xb, yb, task_weights)
             loss_value = float(loss)  # one host sync per step, to stop at the first non-finite loss
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
@@ -314,11 +336,13 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
                 )
             if logging_step:
                 penalty = float(l1_penalty([w.detach() for w in weights], masks, lam))
-                alpha = torch.softmax(model.alpha.detach(), 0).cpu().tolist()
+                alpha = torch.softmax(model.alpha.detach(), 1).cpu().tolist()  # [T][M]
                 pen_g = np.abs(gamma[logger.penalised])
-                values = {f"loss/{n}": float(v) for n, v in zip(names, branch.detach().cpu().tolist())}
-                values.update({"loss/ensemble": float(ens.detach()), "loss/total": loss_value, "penalty": penalty})
-                values.update({f"alpha/{n}": a for n, a in zip(names, alpha)})
+                values = {}
+                for i, t in enumerate(tasks):
+                    values.update({f"loss/{n}": v for n, v in zip(names[t], per_task[t].detach().cpu().tolist())})
+                    values.update({f"alpha/{n}": a for n, a in zip(names[t], alpha[i])})
+                values.update({"loss/total": loss_value, "penalty": penalty})
                 values["sparsity/below_threshold"] = float((pen_g < thr).mean()) if pen_g.size else float("nan")
                 values["exchange/ratio"] = logger.exchange_ratio(exchanged)
                 logger.metrics(s, epoch, "train", values)
@@ -336,7 +360,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
         final_epoch = (end - 1) // steps_per_epoch if end > 0 else 0
         if end == cfg.train.steps:  # the final state is logged and evaluated once more
             logger.state(end, final_epoch)
-            logger.metrics(end, final_epoch, "val", evaluate(model, xv, yv, names, ds.num_classes))
+            logger.metrics(end, final_epoch, "val", evaluate(model, xv, yv, outputs, ds.num_classes))
             writer.flush(upper=end + 1)
             writer.manifest["train_seconds"] = writer.manifest.get("train_seconds", 0.0) + time.perf_counter() - clock
             writer.checkpoint(end, model, optimizer)
@@ -353,6 +377,23 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
         raise
     bar.close()
     return load_run(out)
+
+
+def _load_splits(cfg: ExperimentConfig, device: torch.device):
+    """The dataset (input modalities only), the resolved tasks, and ``(x, targets)`` of the train and validation
+    splits on ``device``: ``x`` ``[M, N, C, H, W]`` (``[1, N, sum C, H, W]`` for early fusion), targets a dict
+    task -> tensor."""
+    tasks = cfg.data.tasks or ()
+    extra = [m for m in target_modalities(tasks) if m not in cfg.data.modalities]
+    full = load_data(dataclasses.replace(cfg.data, modalities=tuple(cfg.data.modalities) + tuple(extra)))
+    ds: MultimodalDataset = full.select(cfg.data.modalities)
+    tasks = resolve_tasks(cfg.data.tasks, ds.task)
+    splits = []
+    for split in (0, 1):
+        x_np, _ = ds.concatenated(split) if cfg.model.fusion == "early" else ds.stacked(split)
+        targets = {t: torch.from_numpy(a).to(device) for t, a in task_targets(full, tasks, split).items()}
+        splits.append((torch.from_numpy(x_np).to(device), targets))
+    return ds, tasks, splits[0], splits[1]
 
 
 def _load_initial_weights(model: CENNet, source: str) -> None:

@@ -14,7 +14,7 @@ def _net(task="seg", m=2, **kw):
 
 def test_convolutions_shared_batchnorm_private():
     net = _net()
-    assert len(net.blocks[0].conv.convs) == 1 and len(net.head.convs) == 1
+    assert len(net.blocks[0].conv.convs) == 1 and len(net.heads[0].convs) == 1
     bn = net.blocks[0].bn
     assert bn.weight.shape == (2, 6) and bn.running_mean.shape == (2, 6)
     x = torch.randn(2, 4, 3, 8, 8)
@@ -49,7 +49,7 @@ def test_output_shapes_and_ensemble(task, shape):
     net = _net(task)
     out = net(torch.randn(2, 3, 3, 8, 8))
     assert tuple(out.logits.shape) == shape and tuple(out.ensemble.shape) == shape[1:]
-    w = torch.softmax(net.alpha, 0)
+    w = torch.softmax(net.alpha[0], 0)
     assert torch.allclose(out.ensemble, w[0] * out.logits[0] + w[1] * out.logits[1], atol=1e-6)
 
 

@@ -135,7 +135,7 @@ def test_stop_and_resume_equals_uninterrupted(tiny, tmp_path):
 def test_resume_after_an_error_drops_rows_past_the_checkpoint(tiny, tmp_path, monkeypatch):
     full = cen_lab.train(tiny, tmp_path / "full", progress=False)
     calls = {"n": 0}
-    real = cen_lab.training.data_losses
+    real = cen_lab.training.task_losses
 
     def failing(*args):
         calls["n"] += 1
@@ -143,7 +143,7 @@ def test_resume_after_an_error_drops_rows_past_the_checkpoint(tiny, tmp_path, mo
             raise RuntimeError("simulated crash")
         return real(*args)
 
-    monkeypatch.setattr(cen_lab.training, "data_losses", failing)
+    monkeypatch.setattr(cen_lab.training, "task_losses", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         cen_lab.train(tiny, tmp_path / "crash", progress=False)
     crashed = cen_lab.load_run(tmp_path / "crash")
@@ -182,14 +182,14 @@ def test_hard_killed_run_is_readable_and_resumes_to_the_same_result(tiny, tmp_pa
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_logs(tiny, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = cen_lab.training.data_losses
+    real = cen_lab.training.task_losses
 
     def nan_at_step_5(*args):
         calls["n"] += 1
-        branch, ens = real(*args)
-        return (branch * float("nan"), ens) if calls["n"] == 6 else (branch, ens)
+        total, per_task = real(*args)
+        return (total * float("nan"), per_task) if calls["n"] == 6 else (total, per_task)
 
-    monkeypatch.setattr(cen_lab.training, "data_losses", nan_at_step_5)
+    monkeypatch.setattr(cen_lab.training, "task_losses", nan_at_step_5)
     with pytest.raises(NonFiniteLossError, match="data loss is nan at step 5"):
         cen_lab.train(tiny, tmp_path / "nan", progress=False)
     run = cen_lab.load_run(tmp_path / "nan")
@@ -261,7 +261,7 @@ def test_resume_before_the_first_checkpoint_keeps_init_from(tiny, tmp_path, monk
     cfg = tiny.override({"train.init_from": str(base.path)})
     full = cen_lab.train(cfg, tmp_path / "full", progress=False)
     calls = {"n": 0}
-    real = cen_lab.training.data_losses
+    real = cen_lab.training.task_losses
 
     def failing(*args):
         calls["n"] += 1
@@ -269,7 +269,7 @@ def test_resume_before_the_first_checkpoint_keeps_init_from(tiny, tmp_path, monk
             raise RuntimeError("early crash")
         return real(*args)
 
-    monkeypatch.setattr(cen_lab.training, "data_losses", failing)
+    monkeypatch.setattr(cen_lab.training, "task_losses", failing)
     with pytest.raises(RuntimeError, match="early crash"):
         cen_lab.train(cfg, tmp_path / "crash", progress=False)
     monkeypatch.setattr(cen_lab.training, "data_losses", real)
