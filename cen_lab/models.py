@@ -212,7 +212,9 @@ class CENNet(nn.Module):
     def forward(self, x: torch.Tensor) -> CENOutput:
         """``x``: ``[M, N, C_in, H, W]`` -> the ``CENOutput`` of a single-task network (``forward_tasks`` for
         several tasks)."""
-        return self.forward_tasks(x)[self.task]
+        if len(self.tasks) != 1:
+            raise TypeError(f"this network has {len(self.tasks)} tasks {list(self.tasks)}; call forward_tasks(x)")
+        return self.forward_tasks(x)[self.tasks[0]]
 
     def cen_layers(self) -> list[tuple[str, ModalBatchNorm2d]]:
         """(dotted name, module) of every penalised, exchange-capable BN layer, in depth order."""
