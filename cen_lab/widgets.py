@@ -1,7 +1,7 @@
 """An ipywidgets explorer of exchange dynamics, for JupyterLab.
 
-``explore(run)`` (or several runs) shows: a run, layer and modality picker; a step slider with a play button;
-and, at the chosen step, the exchange state of the layer, the |gamma| histogram of that layer and modality,
+``explore(run)`` (or several runs) shows: a run, layer and branch picker; a step slider with a play button;
+and, at the chosen step, the exchange state of the layer, the |gamma| histogram of that layer and branch,
 and the training curves with a marker at the step. Every picture comes from a ``cen_lab.plots`` function.
 Widgets need a live kernel: exported HTML shows them only as placeholders, so the report uses the static and
 plotly figures instead.
@@ -38,21 +38,21 @@ class Explorer:
         self.figures: dict[str, Any] = {}
         self.run_picker = w.Dropdown(options=list(self.runs), description="run")
         self.layer_picker = w.Dropdown(description="layer")
-        self.modality_picker = w.Dropdown(description="modality")
+        self.branch_picker = w.Dropdown(description="branch")
         self.slider = w.IntSlider(min=0, max=0, description="step index", continuous_update=False)
         self.play = w.Play(min=0, max=0, interval=400, description="play")
         w.jslink((self.play, "value"), (self.slider, "value"))
         self.step_label = w.Label()
         self.outputs = {k: w.Output() for k in ("exchange", "gammas", "curves")}
         self.widget = w.VBox([
-            w.HBox([self.run_picker, self.layer_picker, self.modality_picker]),
+            w.HBox([self.run_picker, self.layer_picker, self.branch_picker]),
             w.HBox([self.play, self.slider, self.step_label]),
             w.HBox([self.outputs["exchange"], self.outputs["gammas"]]),
             self.outputs["curves"],
         ])
         self._load_run()
         self.run_picker.observe(lambda _: self._load_run(), names="value")
-        for picker in (self.layer_picker, self.modality_picker, self.slider):
+        for picker in (self.layer_picker, self.branch_picker, self.slider):
             picker.observe(lambda _: self.update(), names="value")
 
     @property
@@ -67,22 +67,22 @@ class Explorer:
         run = self.run
         p = self._plots
         self.steps = sorted(int(s) for s in run.gammas["step"].unique())
-        self.exchange_frame = p.compute_exchange_maps(run.exchange, run.modalities)
+        self.exchange_frame = p.compute_exchange_maps(run.exchange, run.branches)
         self.curves_frame = p.compute_training_curves(run.metrics, run.outputs)
         self._updating = True  # one redraw for the whole change of run
-        layer, modality = self.layer_picker.value, self.modality_picker.value
+        layer, branch = self.layer_picker.value, self.branch_picker.value
         layers = list(dict.fromkeys(run.gammas["layer"].astype(str)))
         self.layer_picker.options = layers
         self.layer_picker.value = layer if layer in layers else layers[0]  # ipywidgets 8 leaves None otherwise
-        self.modality_picker.options = [(name, i) for i, name in enumerate(run.modalities)]
-        self.modality_picker.value = modality if modality is not None and modality < len(run.modalities) else 0
+        self.branch_picker.options = [(name, i) for i, name in enumerate(run.branches)]
+        self.branch_picker.value = branch if branch is not None and branch < len(run.branches) else 0
         self.slider.max = self.play.max = len(self.steps) - 1
         self.slider.value = min(self.slider.value, self.slider.max)
         self._updating = False
         self.update()
 
     def update(self) -> None:
-        """Redraw the three pictures for the current run, layer, modality and step."""
+        """Redraw the three pictures for the current run, layer, branch and step."""
         if getattr(self, "_updating", False) or self.layer_picker.value is None:
             return
         from .display import display_figure
@@ -90,8 +90,8 @@ class Explorer:
         p, run, step, layer = self._plots, self.run, self.step, self.layer_picker.value
         self.step_label.value = f"step {step}"
         thr = run.config.model.threshold
-        snapshot = p.compute_gamma_snapshot(run.gammas, thr, run.modalities, step=step, layers=[layer])
-        snapshot = snapshot[snapshot["modality"] == self.modality_picker.value]
+        snapshot = p.compute_gamma_snapshot(run.gammas, thr, run.branches, step=step, layers=[layer])
+        snapshot = snapshot[snapshot["branch"] == self.branch_picker.value]
         layer_frame = self.exchange_frame[self.exchange_frame["layer"] == layer]
         self.figures = {
             "exchange": p.plot_exchange_snapshot(layer_frame, step, title=f"{layer} at step {step}", figsize=(5.5, 2.2)),

@@ -11,18 +11,18 @@ def _gammas():
         for layer in ("blocks.0.bn", "blocks.1.bn"):
             for m in (0, 1):
                 for c in (0, 1):
-                    rows.append({"step": step, "epoch": 0, "layer": layer, "modality": m, "channel": c,
+                    rows.append({"step": step, "epoch": 0, "layer": layer, "branch": m, "channel": c,
                                  "gamma": -scale * (c + 1), "beta": 0.0, "penalised": c == m})
     return pd.DataFrame(rows)
 
 
 def test_compute_gamma_trajectories_exact():
     df = compute_gamma_trajectories(_gammas(), ["rgb", "depth"], layers=["blocks.1.bn"])
-    assert list(df.columns) == ["layer", "modality", "modality_name", "channel", "penalised", "step", "gamma",
+    assert list(df.columns) == ["layer", "branch", "branch_name", "channel", "penalised", "step", "gamma",
                                 "abs_gamma"]
     assert set(df["layer"]) == {"blocks.1.bn"} and len(df) == 8
     first = df.iloc[:2]
-    assert first[["modality_name", "channel", "step"]].values.tolist() == [["rgb", 0, 0], ["rgb", 0, 5]]
+    assert first[["branch_name", "channel", "step"]].values.tolist() == [["rgb", 0, 0], ["rgb", 0, 5]]
     assert first["abs_gamma"].tolist() == [1.0, 0.5] and first["gamma"].tolist() == [-1.0, -0.5]
     with pytest.raises(ValueError, match="no layer 'blocks.9.bn'"):
         compute_gamma_trajectories(_gammas(), layers=["blocks.9.bn"])
@@ -33,17 +33,17 @@ def test_plot_gamma_trajectories_structure():
     axes = fig.get_axes()
     assert [ax.get_title() for ax in axes] == ["blocks.0.bn · rgb", "blocks.0.bn · depth", "blocks.1.bn · rgb",
                                                "blocks.1.bn · depth"]
-    for ax, modality in zip(axes, (0, 1, 0, 1)):
+    for ax, branch in zip(axes, (0, 1, 0, 1)):
         channel_lines = [line for line in ax.get_lines() if line.get_label().startswith("channel")]
         assert len(channel_lines) == 2
         colours = {line.get_label(): mcolors.to_hex(line.get_color()) for line in channel_lines}
-        assert colours[f"channel {modality}"] == PENALISED_COLOUR and colours[f"channel {1 - modality}"] == FREE_COLOUR
+        assert colours[f"channel {branch}"] == PENALISED_COLOUR and colours[f"channel {1 - branch}"] == FREE_COLOUR
         assert any(list(line.get_ydata()) == [0.02, 0.02] for line in ax.get_lines())  # the threshold
     assert axes[2].get_xlabel() == "step" and axes[0].get_ylabel() == "|gamma|"
 
 
 def test_plot_on_a_real_run(tiny_run):
-    fig = plot_gamma_trajectories(compute_gamma_trajectories(tiny_run.gammas, tiny_run.modalities), threshold=0.02)
+    fig = plot_gamma_trajectories(compute_gamma_trajectories(tiny_run.gammas, tiny_run.branches), threshold=0.02)
     assert len(fig.get_axes()) == 4
 
 

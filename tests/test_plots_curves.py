@@ -17,18 +17,34 @@ def _metrics():
 
 def test_compute_training_curves_splits_names_and_drops_totals():
     df = plots.compute_training_curves(_metrics(), ["rgb", "depth"])
-    assert list(df.columns) == ["step", "split", "kind", "branch", "value"]
+    assert list(df.columns) == ["step", "split", "kind", "task", "branch", "value"]
+    assert (df["task"] == "").all()
     assert df[["split", "kind", "branch", "value"]].values.tolist() == [
         ["train", "alpha", "rgb", 0.6], ["train", "loss", "rgb", 1.0], ["train", "loss", "ensemble", 0.5],
         ["val", "miou", "rgb", 0.2], ["val", "miou", "ensemble", 0.3]]
 
 
+def test_training_curves_of_several_tasks_split_the_task_and_get_one_row_each():
+    metrics = pd.DataFrame({
+        "step": [0] * 6, "epoch": [0] * 6, "split": ["val"] * 6,
+        "name": ["mae/depth/rgb", "mae/depth/ensemble", "f1/edges/rgb", "loss/seg/rgb", "miou/seg/rgb", "loss/total"],
+        "value": [0.1, 0.2, 0.3, 0.4, 0.5, 9.0],
+    })
+    df = plots.compute_training_curves(metrics, ["seg/rgb", "depth/rgb", "edges/rgb"])
+    assert df[["kind", "task", "branch", "value"]].values.tolist() == [
+        ["f1", "edges", "rgb", 0.3], ["loss", "seg", "rgb", 0.4], ["mae", "depth", "rgb", 0.1],
+        ["mae", "depth", "ensemble", 0.2], ["miou", "seg", "rgb", 0.5]]
+    fig = plots.plot_training_curves(df, backend="plotly")
+    titles = [a.text for a in fig.layout.annotations]
+    assert {"depth: validation depth MAE", "edges: validation edge F1", "seg: validation mIoU"} <= set(titles)
+
+
 def test_compute_sparsity_and_gamma_snapshot_exact():
-    gammas = pd.DataFrame({"step": [0, 0, 0, 4, 4, 4], "epoch": 0, "layer": "l", "modality": [0, 0, 1] * 2,
+    gammas = pd.DataFrame({"step": [0, 0, 0, 4, 4, 4], "epoch": 0, "layer": "l", "branch": [0, 0, 1] * 2,
                            "channel": [0, 1, 0] * 2, "gamma": np.array([1, 1, 1, 0.01, -0.5, 0.0], np.float32),
                            "beta": np.float32(0), "penalised": [True, False, True] * 2})
     sp = plots.compute_sparsity(gammas, 0.02, ["rgb", "depth"])
-    assert sp[["step", "modality_name", "below_threshold", "n_penalised"]].values.tolist() == [
+    assert sp[["step", "branch_name", "below_threshold", "n_penalised"]].values.tolist() == [
         [0, "rgb", 0.0, 1], [0, "depth", 0.0, 1], [4, "rgb", 1.0, 1], [4, "depth", 1.0, 1]]
     snap = plots.compute_gamma_snapshot(gammas, 0.02, ["rgb", "depth"])
     assert snap["step"].unique().tolist() == [4]
@@ -39,7 +55,7 @@ def test_compute_sparsity_and_gamma_snapshot_exact():
 
 @pytest.mark.parametrize("backend", ["matplotlib", "plotly"])
 def test_curve_and_gamma_figures_on_a_real_run(tiny_run, backend):
-    curves = plots.compute_training_curves(tiny_run.metrics, tiny_run.modalities)
+    curves = plots.compute_training_curves(tiny_run.metrics, tiny_run.branches)
     fig = plots.plot_training_curves(curves, backend=backend, marker_step=6)
     panels = ["train loss (minibatch)", "validation loss", "validation mIoU", "ensemble weight softmax(alpha)"]
     if backend == "plotly":
@@ -48,17 +64,17 @@ def test_curve_and_gamma_figures_on_a_real_run(tiny_run, backend):
     else:
         assert [ax.get_title() for ax in fig.get_axes()] == panels
     thr = tiny_run.config.model.threshold
-    fig = plots.plot_gamma_trajectories(plots.compute_gamma_trajectories(tiny_run.gammas, tiny_run.modalities), thr,
+    fig = plots.plot_gamma_trajectories(plots.compute_gamma_trajectories(tiny_run.gammas, tiny_run.branches), thr,
                                         backend=backend)
     n_lines = len(fig.data) if backend == "plotly" else sum(len(ax.get_lines()) - 1 for ax in fig.get_axes())
-    assert n_lines == 32  # 2 layers x 2 modalities x 8 channels
-    snap = plots.compute_gamma_snapshot(tiny_run.gammas, thr, tiny_run.modalities)
+    assert n_lines == 32  # 2 layers x 2 branches x 8 channels
+    snap = plots.compute_gamma_snapshot(tiny_run.gammas, thr, tiny_run.branches)
     fig = plots.plot_gamma_distributions(snap, thr, backend=backend)
     if backend == "plotly":
         assert [t.type for t in fig.data] == ["histogram"] * 4
     else:
         assert [ax.get_title().split(",")[0] for ax in fig.get_axes()] == ["rgb", "depth"]
-    fig = plots.plot_sparsity(plots.compute_sparsity(tiny_run.gammas, thr, tiny_run.modalities), backend=backend)
+    fig = plots.plot_sparsity(plots.compute_sparsity(tiny_run.gammas, thr, tiny_run.branches), backend=backend)
     assert (len(fig.data) if backend == "plotly" else len(fig.get_axes()[0].get_lines())) == 2
 
 

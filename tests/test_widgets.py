@@ -12,7 +12,7 @@ def test_explorer_follows_the_slider_layer_and_modality(tiny_run):
     assert ex.figures["exchange"].get_axes()[0].get_title() == "blocks.0.bn at step 6"
     ex.layer_picker.value = "blocks.1.bn"
     assert ex.figures["gammas"].get_suptitle() == "blocks.1.bn: |gamma| at step 6"
-    ex.modality_picker.value = 1
+    ex.branch_picker.value = 1
     assert [ax.get_title().split(",")[0] for ax in ex.figures["gammas"].get_axes()] == ["depth"]
     curves = ex.figures["curves"].get_axes()[0]
     assert any(list(line.get_xdata()) == [6, 6] for line in curves.get_lines())  # the step marker

@@ -1,4 +1,4 @@
-"""Shared pieces of the figure functions: colours, modality names, layer order, backend dispatch."""
+"""Shared pieces of the figure functions: colours, branch names, layer order, backend dispatch."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ PENALISED_COLOUR = "#c0392b"
 FREE_COLOUR = "#2e86c1"
 KEPT_COLOUR = "#eeeeee"
 MEAN_COLOUR = "#7f7f7f"
-# colour of "received from modality k"; also the colour of branch k in curves
-MODALITY_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+# colour of "received from branch k"; also the colour of branch k in curves
+BRANCH_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
                     "#7f7f7f", "#d62728")  # matplotlib tab10, red last (red marks penalised channels)
 ENSEMBLE_COLOUR = "#222222"
 
@@ -23,12 +23,12 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
 
 
-def modality_names(frame: pd.DataFrame, modalities: Sequence[str] | None) -> np.ndarray:
-    """Names for the ``modality`` indices of ``frame`` (default ``m0``, ``m1``, ...)."""
-    n = int(frame["modality"].max()) + 1 if len(frame) else 0
-    names = list(modalities) if modalities is not None else [f"m{i}" for i in range(n)]
+def branch_names(frame: pd.DataFrame, branches: Sequence[str] | None) -> np.ndarray:
+    """Names for the ``branch`` indices of ``frame`` (default ``m0``, ``m1``, ...)."""
+    n = int(frame["branch"].max()) + 1 if len(frame) else 0
+    names = list(branches) if branches is not None else [f"b{i}" for i in range(n)]
     if len(names) < n:
-        raise ValueError(f"{n} modalities in the table but only {len(names)} names given")
+        raise ValueError(f"{n} branches in the table but only {len(names)} names given")
     return np.asarray(names, dtype=object)
 
 
@@ -48,9 +48,9 @@ def sort_by_layer(frame: pd.DataFrame, order: list[str], keys: list[str]) -> pd.
             .drop(columns="_rank").reset_index(drop=True))
 
 
-def modality_table(frame: pd.DataFrame) -> list[tuple[int, str]]:
-    """(index, name) pairs of the modalities in ``frame``, in index order."""
-    pairs = frame[["modality", "modality_name"]].drop_duplicates().sort_values("modality")
+def branch_table(frame: pd.DataFrame) -> list[tuple[int, str]]:
+    """(index, name) pairs of the branches in ``frame``, in index order."""
+    pairs = frame[["branch", "branch_name"]].drop_duplicates().sort_values("branch")
     return [(int(m), str(n)) for m, n in pairs.itertuples(index=False)]
 
 

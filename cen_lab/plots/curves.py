@@ -7,49 +7,66 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import ENSEMBLE_COLOUR, MODALITY_COLOURS, check_backend, mpl_figure, plotly_grid
+from ._common import ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["compute_training_curves", "plot_training_curves", "compute_metric_across_runs", "plot_metric_across_runs"]
 
 # (split, kind) of each panel, in display order, and its title
 _PANELS = [(("train", "loss"), "train loss (minibatch)"), (("val", "loss"), "validation loss"),
            (("val", "miou"), "validation mIoU"), (("val", "accuracy"), "validation accuracy"),
+           (("val", "mae"), "validation depth MAE"), (("val", "f1"), "validation edge F1"),
            (("train", "alpha"), "ensemble weight softmax(alpha)")]
+_KINDS = [kind for (_, kind), _ in _PANELS]
+_UNIT_RANGE = ("miou", "accuracy", "f1")  # scores in [0, 1]
 
 
-def compute_training_curves(metrics: pd.DataFrame, modalities: Sequence[str] | None = None) -> pd.DataFrame:
+def compute_training_curves(metrics: pd.DataFrame, outputs: Sequence[str] | None = None) -> pd.DataFrame:
     """Per-branch curves from the ``metrics`` table.
 
-    Names ``<kind>/<branch>`` are split into ``kind`` and ``branch``; names without a branch (``penalty``,
-    ``sparsity/below_threshold``, ``exchange/ratio``, ``loss/total``) are dropped.
+    Names ``<kind>/<branch>`` (one task) or ``<kind>/<task>/<branch>`` (several tasks) are split into
+    ``kind``, ``task`` and ``branch``; names without a branch (``penalty``, ``sparsity/below_threshold``,
+    ``exchange/ratio``, ``loss/total``) are dropped.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        A run's ``metrics`` table.
+    outputs : sequence of str, optional
+        The prediction branches to keep, in display order (``Run.outputs``; a ``<task>/`` prefix is ignored);
+        default all, sorted by name.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``step, split, kind, branch, value``, with ``branch`` a modality name or ``"ensemble"``;
-        sorted by split, kind, branch order (modalities first, then the ensemble) and step.
+        Columns ``step, split, kind, task, branch, value``: ``task`` is ``""`` for single-task runs, ``branch``
+        a modality name (or ``fused``) or ``"ensemble"``; sorted by split, kind, task, branch order (modalities
+        first, then the ensemble) and step.
     """
-    parts = metrics["name"].astype(str).str.split("/", n=1, expand=True)
-    if parts.shape[1] < 2:
-        parts[1] = None
+    parts = metrics["name"].astype(str).str.split("/", n=2, expand=True)
+    for col in (1, 2):
+        if col not in parts:
+            parts[col] = None
+    three = parts[2].notna()
     df = pd.DataFrame({"step": metrics["step"].to_numpy(), "split": metrics["split"].astype(str).to_numpy(),
-                       "kind": parts[0].to_numpy(), "branch": parts[1].to_numpy(), "value": metrics["value"].to_numpy()})
-    branches = list(modalities) if modalities is not None else sorted(
+                       "kind": parts[0].to_numpy(), "task": np.where(three, parts[1], "").astype(object),
+                       "branch": np.where(three, parts[2], parts[1]), "value": metrics["value"].to_numpy()})
+    branches = list(dict.fromkeys(o.rsplit("/", 1)[-1] for o in outputs)) if outputs is not None else sorted(
         {b for b in df["branch"].dropna() if b not in ("ensemble", "total", "below_threshold", "ratio")})
-    keep = df["kind"].isin(["loss", "miou", "accuracy", "alpha"]) & df["branch"].isin(branches + ["ensemble"])
+    keep = df["kind"].isin(_KINDS) & df["branch"].isin(branches + ["ensemble"])
     df = df[keep].copy()
     df["_order"] = df["branch"].map({b: i for i, b in enumerate(branches + ["ensemble"])})
-    df = df.sort_values(["split", "kind", "_order", "step"], kind="stable").drop(columns="_order")
+    df = df.sort_values(["split", "kind", "task", "_order", "step"], kind="stable").drop(columns="_order")
     return df.reset_index(drop=True)
 
 
 def _colour(branch: str, branches: list[str]) -> str:
-    return ENSEMBLE_COLOUR if branch == "ensemble" else MODALITY_COLOURS[branches.index(branch) % len(MODALITY_COLOURS)]
+    return ENSEMBLE_COLOUR if branch == "ensemble" else BRANCH_COLOURS[branches.index(branch) % len(BRANCH_COLOURS)]
 
 
 def plot_training_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", marker_step: int | None = None,
                          title: str | None = None, panel_size: tuple[float, float] = (3.6, 2.6)):
-    """Losses, validation scores and alpha over training, one line per branch (ensemble in black).
+    """Losses, validation scores and alpha over training, one line per branch (ensemble in black); one row of
+    panels per task.
 
     Parameters
     ----------
@@ -61,35 +78,49 @@ def plot_training_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", ma
     check_backend(backend)
     if frame.empty:
         raise ValueError("no metric records to plot")
-    present = set(zip(frame["split"], frame["kind"]))
-    panels = [(key, name) for key, name in _PANELS if key in present]
+    tasks = list(dict.fromkeys(frame["task"]))
+    rows = []  # per task: the (split, kind) panels it has, and their titles
+    for task in tasks:
+        present = set(zip(*[frame.loc[frame["task"] == task, c] for c in ("split", "kind")]))
+        rows.append([(key, f"{task}: {name}" if task else name) for key, name in _PANELS if key in present])
+    ncols = max(len(r) for r in rows)
     branches = list(dict.fromkeys(b for b in frame["branch"] if b != "ensemble"))
     title = title or "Training curves"
+
+    def lines(task, split, kind):
+        sub = frame[(frame["task"] == task) & (frame["split"] == split) & (frame["kind"] == kind)]
+        return sub, sub.groupby("branch", sort=False)
+
     if backend == "plotly":
-        fig = plotly_grid(1, len(panels), [name for _, name in panels], shared_xaxes=False, height_per_row=320)
-        for j, ((split, kind), _) in enumerate(panels):
-            sub = frame[(frame["split"] == split) & (frame["kind"] == kind)]
-            for branch, line in sub.groupby("branch", sort=False):
-                fig.add_scatter(x=line["step"], y=line["value"], mode="lines", name=branch, legendgroup=branch,
-                                showlegend=j == 0, line=dict(color=_colour(branch, branches)), row=1, col=j + 1)
-            if marker_step is not None:
-                fig.add_vline(x=marker_step, line_dash="dot", line_color="grey", row=1, col=j + 1)
+        titles = [name for r in rows for name in [n for _, n in r] + [""] * (ncols - len(r))]
+        fig = plotly_grid(len(rows), ncols, titles, shared_xaxes=False, height_per_row=320)
+        for i, (task, row) in enumerate(zip(tasks, rows)):
+            for j, ((split, kind), _) in enumerate(row):
+                for branch, line in lines(task, split, kind)[1]:
+                    fig.add_scatter(x=line["step"], y=line["value"], mode="lines", name=branch, legendgroup=branch,
+                                    showlegend=i == 0 and j == 0, line=dict(color=_colour(branch, branches)),
+                                    row=i + 1, col=j + 1)
+                if marker_step is not None:
+                    fig.add_vline(x=marker_step, line_dash="dot", line_color="grey", row=i + 1, col=j + 1)
         fig.update_xaxes(title_text="step")
         fig.update_layout(title=title)
         return fig
-    fig, axes = mpl_figure(1, len(panels), panel_size)
-    for j, ((split, kind), name) in enumerate(panels):
-        ax = axes[0, j]
-        sub = frame[(frame["split"] == split) & (frame["kind"] == kind)]
-        for branch, line in sub.groupby("branch", sort=False):
-            ax.plot(line["step"], line["value"], label=branch, color=_colour(branch, branches),
-                    lw=1.6 if branch == "ensemble" else 1.1)
-        if marker_step is not None:
-            ax.axvline(marker_step, color="grey", ls=":", lw=1.0)
-        ax.set(title=name, xlabel="step")
-        ax.grid(alpha=0.3)
-        if kind in ("miou", "accuracy", "alpha"):
-            ax.set_ylim(0, 1.0 if kind != "alpha" else max(0.6, float(np.nanmax(sub["value"])) * 1.1))
+    fig, axes = mpl_figure(len(rows), ncols, panel_size)
+    for i, (task, row) in enumerate(zip(tasks, rows)):
+        for j in range(len(row), ncols):
+            axes[i, j].set_visible(False)
+        for j, ((split, kind), name) in enumerate(row):
+            ax = axes[i, j]
+            sub, groups = lines(task, split, kind)
+            for branch, line in groups:
+                ax.plot(line["step"], line["value"], label=branch, color=_colour(branch, branches),
+                        lw=1.6 if branch == "ensemble" else 1.1)
+            if marker_step is not None:
+                ax.axvline(marker_step, color="grey", ls=":", lw=1.0)
+            ax.set(title=name, xlabel="step")
+            ax.grid(alpha=0.3)
+            if kind in _UNIT_RANGE + ("alpha",):
+                ax.set_ylim(0, 1.0 if kind != "alpha" else max(0.6, float(np.nanmax(sub["value"])) * 1.1))
     axes[0, 0].legend(fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     return fig
@@ -137,7 +168,7 @@ def plot_metric_across_runs(frame: pd.DataFrame, *, ylabel: str = "value", backe
         for i, label in enumerate(runs):
             sub = frame[frame["run"] == label]
             fig.add_scatter(x=sub["step"], y=sub["value"], mode="lines", name=label,
-                            line=dict(color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)]))
+                            line=dict(color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)]))
         fig.update_xaxes(title_text="step")
         fig.update_yaxes(title_text=ylabel)
         return fig
@@ -145,7 +176,7 @@ def plot_metric_across_runs(frame: pd.DataFrame, *, ylabel: str = "value", backe
     ax = axes[0, 0]
     for i, label in enumerate(runs):
         sub = frame[frame["run"] == label]
-        ax.plot(sub["step"], sub["value"], label=label, color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)])
+        ax.plot(sub["step"], sub["value"], label=label, color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)])
     ax.set(xlabel="step", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import (KEPT_COLOUR, MEAN_COLOUR, MODALITY_COLOURS, check_backend, modality_names, modality_table,
+from ._common import (KEPT_COLOUR, MEAN_COLOUR, BRANCH_COLOURS, check_backend, branch_names, branch_table,
                       mpl_figure, plotly_grid, select_layers, sort_by_layer)
 
 __all__ = ["compute_exchange_maps", "plot_exchange_maps", "plot_exchange_snapshot", "plot_exchange_animation",
@@ -15,35 +15,35 @@ __all__ = ["compute_exchange_maps", "plot_exchange_maps", "plot_exchange_snapsho
            "plot_flip_counts"]
 
 
-def compute_exchange_maps(exchange: pd.DataFrame, modalities: Sequence[str] | None = None,
+def compute_exchange_maps(exchange: pd.DataFrame, branches: Sequence[str] | None = None,
                           layers: Sequence[str] | None = None) -> pd.DataFrame:
     """The exchange state of every channel at every logged step.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``layer, modality, modality_name, channel, step, exchanged, source, code, state``: ``code`` is
-        0 when kept, ``1 + j`` when received from modality j, ``M + 1`` when it is the mean of all others;
+        Columns ``layer, branch, branch_name, channel, step, exchanged, source, code, state``: ``code`` is
+        0 when kept, ``1 + j`` when received from branch j, ``M + 1`` when it is the mean of all others;
         ``state`` is the same as text (``"kept"``, ``"from <name>"``, ``"mean of others"``).
     """
     df, order = select_layers(exchange, layers)
-    names = modality_names(exchange, modalities)
-    n_mod = len(names)
+    names = branch_names(exchange, branches)
+    n_branch = len(names)
     source = df["source"].to_numpy()
-    code = np.where(~df["exchanged"].to_numpy(), 0, np.where(source < 0, n_mod + 1, source + 1))
+    code = np.where(~df["exchanged"].to_numpy(), 0, np.where(source < 0, n_branch + 1, source + 1))
     labels = np.array(["kept"] + [f"from {n}" for n in names] + ["mean of others"], dtype=object)
     out = pd.DataFrame({
-        "layer": df["layer"].astype(str).to_numpy(), "modality": df["modality"].to_numpy(),
-        "modality_name": names[df["modality"].to_numpy()], "channel": df["channel"].to_numpy(),
+        "layer": df["layer"].astype(str).to_numpy(), "branch": df["branch"].to_numpy(),
+        "branch_name": names[df["branch"].to_numpy()], "channel": df["channel"].to_numpy(),
         "step": df["step"].to_numpy(), "exchanged": df["exchanged"].to_numpy(), "source": source,
         "code": code.astype(np.int64), "state": labels[code],
     })
     out.attrs["state_labels"] = list(labels)
-    return sort_by_layer(out, order, ["modality", "channel", "step"])
+    return sort_by_layer(out, order, ["branch", "channel", "step"])
 
 
-def _palette(n_mod: int) -> list[str]:
-    return [KEPT_COLOUR] + [MODALITY_COLOURS[j % len(MODALITY_COLOURS)] for j in range(n_mod)] + [MEAN_COLOUR]
+def _palette(n_branch: int) -> list[str]:
+    return [KEPT_COLOUR] + [BRANCH_COLOURS[j % len(BRANCH_COLOURS)] for j in range(n_branch)] + [MEAN_COLOUR]
 
 
 def _discrete_scale(colours: list[str]) -> list[list]:
@@ -54,12 +54,12 @@ def _discrete_scale(colours: list[str]) -> list[list]:
 
 def _labels(frame: pd.DataFrame) -> list[str]:
     return frame.attrs.get("state_labels") or (
-        ["kept"] + [f"from {n}" for _, n in modality_table(frame)] + ["mean of others"])
+        ["kept"] + [f"from {n}" for _, n in branch_table(frame)] + ["mean of others"])
 
 
 def plot_exchange_maps(frame: pd.DataFrame, *, backend: str = "matplotlib", title: str | None = None,
                        panel_size: tuple[float, float] = (4.2, 2.2)):
-    """Channel x step maps per (layer, modality): which channels are exchanged, and from which modality.
+    """Channel x step maps per (layer, branch): which channels are exchanged, and from which branch.
 
     Parameters
     ----------
@@ -72,13 +72,13 @@ def plot_exchange_maps(frame: pd.DataFrame, *, backend: str = "matplotlib", titl
     labels = _labels(frame)
     colours = _palette(len(labels) - 2)
     layers = list(dict.fromkeys(frame["layer"]))
-    mods = modality_table(frame)
+    mods = branch_table(frame)
     steps = np.sort(frame["step"].unique())
     title = title or "Exchange maps over training"
     panels = [(layer, m, name) for layer in layers for m, name in mods]
 
     def matrix(layer: str, m: int) -> np.ndarray:  # [C, steps]
-        sub = frame[(frame["layer"] == layer) & (frame["modality"] == m)]
+        sub = frame[(frame["layer"] == layer) & (frame["branch"] == m)]
         return sub.pivot(index="channel", columns="step", values="code").reindex(columns=steps).to_numpy()
 
     if backend == "plotly":
@@ -120,22 +120,22 @@ def plot_exchange_maps(frame: pd.DataFrame, *, backend: str = "matplotlib", titl
 
 
 def _snapshot(frame: pd.DataFrame, step: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """[rows = (layer, modality), cols = channel] codes at ``step`` (NaN where a layer has fewer channels)."""
+    """[rows = (layer, branch), cols = channel] codes at ``step`` (NaN where a layer has fewer channels)."""
     sub = frame[frame["step"] == step]
     if sub.empty:
         raise ValueError(f"no exchange records at step {step}")
-    rows = list(dict.fromkeys(zip(sub["layer"], sub["modality_name"])))
+    rows = list(dict.fromkeys(zip(sub["layer"], sub["branch_name"])))
     width = int(sub["channel"].max()) + 1
     z = np.full((len(rows), width), np.nan)
     index = {r: i for i, r in enumerate(rows)}
-    r = np.array([index[key] for key in zip(sub["layer"], sub["modality_name"])])
+    r = np.array([index[key] for key in zip(sub["layer"], sub["branch_name"])])
     z[r, sub["channel"].to_numpy()] = sub["code"].to_numpy()
     return z, [f"{layer} · {name}" for layer, name in rows], np.arange(width)
 
 
 def plot_exchange_snapshot(frame: pd.DataFrame, step: int, *, backend: str = "matplotlib", title: str | None = None,
                            figsize: tuple[float, float] = (7.0, 3.0)):
-    """All exchange maps at one step: rows are (layer, modality), columns channels."""
+    """All exchange maps at one step: rows are (layer, branch), columns channels."""
     check_backend(backend)
     labels = _labels(frame)
     colours = _palette(len(labels) - 2)
@@ -195,37 +195,37 @@ def plot_exchange_animation(frame: pd.DataFrame, *, title: str | None = None, fr
     return fig
 
 
-def compute_exchange_ratio(exchange: pd.DataFrame, modalities: Sequence[str] | None = None) -> pd.DataFrame:
-    """Portion of exchanged channels per step, layer and modality.
+def compute_exchange_ratio(exchange: pd.DataFrame, branches: Sequence[str] | None = None) -> pd.DataFrame:
+    """Portion of exchanged channels per step, layer and branch.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``step, layer, modality, modality_name, ratio``.
+        Columns ``step, layer, branch, branch_name, ratio``.
     """
-    names = modality_names(exchange, modalities)
+    names = branch_names(exchange, branches)
     _, order = select_layers(exchange, None)
     out = (exchange.assign(layer=exchange["layer"].astype(str))
-           .groupby(["layer", "modality", "step"], sort=False)["exchanged"].mean().rename("ratio").reset_index())
-    out["modality_name"] = names[out["modality"].to_numpy()]
-    out = sort_by_layer(out, order, ["modality", "step"])
-    return out[["step", "layer", "modality", "modality_name", "ratio"]]
+           .groupby(["layer", "branch", "step"], sort=False)["exchanged"].mean().rename("ratio").reset_index())
+    out["branch_name"] = names[out["branch"].to_numpy()]
+    out = sort_by_layer(out, order, ["branch", "step"])
+    return out[["step", "layer", "branch", "branch_name", "ratio"]]
 
 
 def plot_exchange_ratio(frame: pd.DataFrame, *, backend: str = "matplotlib", title: str | None = None,
                         panel_size: tuple[float, float] = (4.2, 2.8)):
-    """Exchange ratio over training: one panel per modality, one line per layer."""
+    """Exchange ratio over training: one panel per branch, one line per layer."""
     check_backend(backend)
-    mods = modality_table(frame)
+    mods = branch_table(frame)
     layers = list(dict.fromkeys(frame["layer"]))
     title = title or "Exchange ratio over training"
     if backend == "plotly":
         fig = plotly_grid(1, len(mods), [name for _, name in mods])
         for j, (m, _) in enumerate(mods):
             for i, layer in enumerate(layers):
-                sub = frame[(frame["modality"] == m) & (frame["layer"] == layer)]
+                sub = frame[(frame["branch"] == m) & (frame["layer"] == layer)]
                 fig.add_scatter(x=sub["step"], y=sub["ratio"], mode="lines", name=layer, legendgroup=layer,
-                                showlegend=j == 0, line=dict(color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)]),
+                                showlegend=j == 0, line=dict(color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)]),
                                 row=1, col=j + 1)
         fig.update_yaxes(title_text="exchanged portion", range=[0, 1.02], col=1)
         fig.update_xaxes(title_text="step")
@@ -235,8 +235,8 @@ def plot_exchange_ratio(frame: pd.DataFrame, *, backend: str = "matplotlib", tit
     for j, (m, name) in enumerate(mods):
         ax = axes[0, j]
         for i, layer in enumerate(layers):
-            sub = frame[(frame["modality"] == m) & (frame["layer"] == layer)]
-            ax.plot(sub["step"], sub["ratio"], label=layer, color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)])
+            sub = frame[(frame["branch"] == m) & (frame["layer"] == layer)]
+            ax.plot(sub["step"], sub["ratio"], label=layer, color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)])
         ax.set(title=name, xlabel="step", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("exchanged portion")
@@ -245,59 +245,59 @@ def plot_exchange_ratio(frame: pd.DataFrame, *, backend: str = "matplotlib", tit
     return fig
 
 
-def compute_flip_events(exchange: pd.DataFrame, modalities: Sequence[str] | None = None) -> pd.DataFrame:
+def compute_flip_events(exchange: pd.DataFrame, branches: Sequence[str] | None = None) -> pd.DataFrame:
     """Channels entering or leaving exchange between consecutive logged steps.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``step, layer, modality, modality_name, channel, event``; ``event`` is ``"enter"`` (exchanged at
+        Columns ``step, layer, branch, branch_name, channel, event``; ``event`` is ``"enter"`` (exchanged at
         ``step`` but not at the previous logged step) or ``"leave"``.
     """
-    names = modality_names(exchange, modalities)
-    df = exchange.sort_values(["layer", "modality", "channel", "step"], kind="stable")
-    prev = df.groupby(["layer", "modality", "channel"], sort=False)["exchanged"].shift()
+    names = branch_names(exchange, branches)
+    df = exchange.sort_values(["layer", "branch", "channel", "step"], kind="stable")
+    prev = df.groupby(["layer", "branch", "channel"], sort=False)["exchanged"].shift()
     changed = prev.notna() & (prev.astype("boolean") != df["exchanged"])
     ev = df[changed.to_numpy(dtype=bool)]
     out = pd.DataFrame({
         "step": ev["step"].to_numpy(), "layer": ev["layer"].astype(str).to_numpy(),
-        "modality": ev["modality"].to_numpy(), "modality_name": names[ev["modality"].to_numpy()],
+        "branch": ev["branch"].to_numpy(), "branch_name": names[ev["branch"].to_numpy()],
         "channel": ev["channel"].to_numpy(),
         "event": np.where(ev["exchanged"].to_numpy(), "enter", "leave").astype(object),
     })
-    return out.sort_values(["step", "layer", "modality", "channel"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["step", "layer", "branch", "channel"], kind="stable").reset_index(drop=True)
 
 
-def compute_flip_counts(exchange: pd.DataFrame, modalities: Sequence[str] | None = None) -> pd.DataFrame:
-    """Number of channels entering and leaving exchange per logged step and modality (all layers pooled),
+def compute_flip_counts(exchange: pd.DataFrame, branches: Sequence[str] | None = None) -> pd.DataFrame:
+    """Number of channels entering and leaving exchange per logged step and branch (all layers pooled),
     zeros included.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``step, modality, modality_name, entered, left``.
+        Columns ``step, branch, branch_name, entered, left``.
     """
-    names = modality_names(exchange, modalities)
-    events = compute_flip_events(exchange, modalities)
-    grid = pd.MultiIndex.from_product([np.sort(exchange["step"].unique()), np.sort(exchange["modality"].unique())],
-                                      names=["step", "modality"])
+    names = branch_names(exchange, branches)
+    events = compute_flip_events(exchange, branches)
+    grid = pd.MultiIndex.from_product([np.sort(exchange["step"].unique()), np.sort(exchange["branch"].unique())],
+                                      names=["step", "branch"])
     counts = (events.assign(entered=events["event"] == "enter", left=events["event"] == "leave")
-              .groupby(["step", "modality"])[["entered", "left"]].sum()
+              .groupby(["step", "branch"])[["entered", "left"]].sum()
               .reindex(grid, fill_value=0).astype("int64").reset_index())
-    counts["modality_name"] = names[counts["modality"].to_numpy()]
-    return counts[["step", "modality", "modality_name", "entered", "left"]]
+    counts["branch_name"] = names[counts["branch"].to_numpy()]
+    return counts[["step", "branch", "branch_name", "entered", "left"]]
 
 
 def plot_flip_counts(frame: pd.DataFrame, *, backend: str = "matplotlib", title: str | None = None,
                      panel_size: tuple[float, float] = (4.2, 2.6)):
-    """Channels entering (up) and leaving (down) exchange per logged step, one panel per modality."""
+    """Channels entering (up) and leaving (down) exchange per logged step, one panel per branch."""
     check_backend(backend)
-    mods = modality_table(frame)
+    mods = branch_table(frame)
     title = title or "Channels entering and leaving exchange"
     if backend == "plotly":
         fig = plotly_grid(1, len(mods), [name for _, name in mods])
         for j, (m, _) in enumerate(mods):
-            sub = frame[frame["modality"] == m]
+            sub = frame[frame["branch"] == m]
             fig.add_bar(x=sub["step"], y=sub["entered"], name="entered", marker_color="#c0392b", showlegend=j == 0,
                         row=1, col=j + 1)
             fig.add_bar(x=sub["step"], y=-sub["left"], name="left", marker_color="#2e86c1", showlegend=j == 0,
@@ -309,7 +309,7 @@ def plot_flip_counts(frame: pd.DataFrame, *, backend: str = "matplotlib", title:
     fig, axes = mpl_figure(1, len(mods), panel_size, sharey=True)
     for j, (m, name) in enumerate(mods):
         ax = axes[0, j]
-        sub = frame[frame["modality"] == m]
+        sub = frame[frame["branch"] == m]
         width = float(np.diff(np.sort(sub["step"].unique())).min()) if sub["step"].nunique() > 1 else 1.0
         ax.bar(sub["step"], sub["entered"], width=width, color="#c0392b", label="entered")
         ax.bar(sub["step"], -sub["left"], width=width, color="#2e86c1", label="left")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import ENSEMBLE_COLOUR, MODALITY_COLOURS, check_backend, mpl_figure, plotly_grid
+from ._common import ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_fusion_results"]
 
-FAMILY_COLOURS = {"unimodal": "#7f7f7f", "baseline": MODALITY_COLOURS[0], "cen": "#c0392b", "ablation": MODALITY_COLOURS[1]}
+FAMILY_COLOURS = {"unimodal": "#7f7f7f", "baseline": BRANCH_COLOURS[0], "cen": "#c0392b", "ablation": BRANCH_COLOURS[1]}
 
 
 def plot_fusion_results(results: pd.DataFrame, *, backend: str = "matplotlib", figsize=(7.0, 4.8)):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._common import ENSEMBLE_COLOUR, MODALITY_COLOURS, check_backend, mpl_figure, plotly_grid
+from ._common import ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_controlled_check", "plot_dynamic_check", "plot_reliability", "compute_qq", "plot_qq",
            "plot_outcome", "plot_corollary"]
@@ -36,7 +36,7 @@ def plot_controlled_check(frame: pd.DataFrame, *, backend: str = "matplotlib", f
         for i, g in enumerate(norms):
             sub = frame[frame["grad_norm"] == g]
             lo, hi = _errors(sub, "frequency")
-            colour = MODALITY_COLOURS[i % len(MODALITY_COLOURS)]
+            colour = BRANCH_COLOURS[i % len(BRANCH_COLOURS)]
             fig.add_scatter(x=sub["ratio"], y=sub["frequency"], mode="markers", name=f"Monte Carlo, |dL/dx'|={g:g}",
                             error_y=dict(type="data", array=hi, arrayminus=lo), marker=dict(color=colour))
             fig.add_scatter(x=sub["ratio"], y=sub["predicted_inverseless"], mode="lines", line=dict(dash="dash", color=colour),
@@ -49,7 +49,7 @@ def plot_controlled_check(frame: pd.DataFrame, *, backend: str = "matplotlib", f
     ax.plot(r, p, color=FORMULA_COLOUR, label="2Φ(λ/|dL/dx'|)−1")
     for i, g in enumerate(norms):
         sub = frame[frame["grad_norm"] == g]
-        colour = MODALITY_COLOURS[i % len(MODALITY_COLOURS)]
+        colour = BRANCH_COLOURS[i % len(BRANCH_COLOURS)]
         ax.errorbar(sub["ratio"], sub["frequency"], yerr=np.vstack(_errors(sub, "frequency")), fmt="o", ms=3,
                     color=colour, label=f"Monte Carlo, |dL/dx'| = {g:g}")
         ax.plot(sub["ratio"], sub["predicted_inverseless"], ls="--", color=colour, label=f"inverse-less, |dL/dx'| = {g:g}")
@@ -74,7 +74,7 @@ def plot_dynamic_check(frame: pd.DataFrame, *, backend: str = "matplotlib", figs
             lo, hi = _errors(sub, "frequency")
             fig.add_scatter(x=sub["ratio"], y=sub["frequency"], mode="markers+lines", name=rule,
                             error_y=dict(type="data", array=hi, arrayminus=lo),
-                            line=dict(color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)]))
+                            line=dict(color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)]))
         fig.update_xaxes(type="log", title_text="λ / |dL/dx'|")
         fig.update_yaxes(title_text="fraction at zero", range=[-0.02, 1.02])
         return fig
@@ -84,7 +84,7 @@ def plot_dynamic_check(frame: pd.DataFrame, *, backend: str = "matplotlib", figs
     for i, rule in enumerate(rules):
         sub = frame[frame["rule"] == rule]
         ax.errorbar(sub["ratio"], sub["frequency"], yerr=np.vstack(_errors(sub, "frequency")), fmt="o-", ms=3,
-                    color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)], label=f"{rule} (tol {sub['tol'].max():.2g})")
+                    color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)], label=f"{rule} (tol {sub['tol'].max():.2g})")
     ax.set(xscale="log", xlabel="λ / |dL/dx'|", ylabel="fraction at zero", ylim=(-0.02, 1.02), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
@@ -202,7 +202,7 @@ def plot_corollary(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_si
             for i, row in enumerate(frame[frame["share_convs"] == share].itertuples(index=False)):
                 fig.add_scatter(x=[label.replace("\n", " ") for label in labels], y=[getattr(row, c) for c, _ in _STAGES],
                                 mode="lines+markers", name=f"seed {row.seed}", showlegend=j == 0,
-                                line=dict(color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)]), row=1, col=j + 1)
+                                line=dict(color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)]), row=1, col=j + 1)
         fig.update_yaxes(title_text="training loss", col=1)
         fig.update_layout(title="Corollary 1: training loss before and after exchange")
         return fig
@@ -211,7 +211,7 @@ def plot_corollary(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_si
         ax = axes[0, j]
         for i, row in enumerate(frame[frame["share_convs"] == share].itertuples(index=False)):
             ax.plot(range(len(_STAGES)), [getattr(row, c) for c, _ in _STAGES], "o-",
-                    color=MODALITY_COLOURS[i % len(MODALITY_COLOURS)], label=f"seed {row.seed}")
+                    color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)], label=f"seed {row.seed}")
         ax.set_xticks(range(len(_STAGES)), labels, fontsize=7)
         ax.set_title(titles[j], fontsize=10)
         ax.grid(alpha=0.3)
