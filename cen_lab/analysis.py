@@ -15,9 +15,9 @@ __all__ = ["compute_run_summary"]
 def compute_run_summary(runs: Sequence[Run] | Mapping[str, Run]) -> pd.DataFrame:
     """One row per run: settings and final numbers.
 
-    Columns: ``run, status, steps, seed, lam, threshold, l1_rule, exchange, modalities``, then for the last
-    validation pass ``val/<score>/<branch>`` (score ``miou`` or ``accuracy``, branch a modality or
-    ``ensemble``), and at the last logged state ``exchange_ratio`` (portion of channels exchanged) and
+    Columns: ``run, status, steps, seed, lam, threshold, l1_rule, exchange, modalities, tasks``, then for the
+    last validation pass ``val/<score>/<branch>`` (score ``miou``, ``accuracy``, ``mae`` or ``f1``, see
+    ``cen_lab.tasks``; branch a modality or ``ensemble``, prefixed ``<task>/`` with several tasks), and at the last logged state ``exchange_ratio`` (portion of channels exchanged) and
     ``penalised_below_threshold`` (portion of penalised gammas with |gamma| < threshold).
     """
     items = runs.items() if isinstance(runs, Mapping) else ((run.path.name, run) for run in runs)
@@ -26,12 +26,13 @@ def compute_run_summary(runs: Sequence[Run] | Mapping[str, Run]) -> pd.DataFrame
         cfg = run.config
         row = {"run": name, "status": run.status, "steps": run.manifest["last_step"], "seed": cfg.seed,
                "lam": cfg.train.lam, "threshold": cfg.model.threshold, "l1_rule": cfg.train.l1_rule,
-               "exchange": cfg.model.exchange, "modalities": "+".join(run.modalities)}
+               "exchange": cfg.model.exchange, "modalities": "+".join(run.modalities),
+               "tasks": "+".join(run.tasks)}
         val = run.metrics[(run.metrics["split"] == "val")]
         if len(val):
             last = val[val["step"] == val["step"].max()]
             for metric, value in zip(last["name"], last["value"]):
-                if metric.startswith(("miou/", "accuracy/")):
+                if not metric.startswith("loss/"):
                     row[f"val/{metric}"] = float(value)
         if len(run.gammas):
             final = run.gammas[run.gammas["step"] == run.gammas["step"].max()]

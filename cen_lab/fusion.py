@@ -4,6 +4,12 @@ Every variant is a bundle of config overrides on one base (``fusion_base``), tra
 the same code paths and logs, over several seeds with ``cen_lab.sweep``. ``compute_fusion_results`` turns the
 runs into a long table (one row per variant and prediction branch, mean and t interval across seeds,
 parameter count, training time); ``compare_to`` gives differences with Welch intervals.
+
+``SCENARIOS`` adds the TPAMI extension's other scenarios on the same base and machinery: cycle fusion of three
+modalities, multitask learning on one input (segmentation, depth, edges) and multimodal multitask learning,
+with the single-task networks and the no-exchange multitask network to compare them with. Every table then has
+a ``task`` column, and each task is scored by its own metric (``cen_lab.tasks``: mIoU, depth MAE where lower is
+better, edge F1).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from .config import ExperimentConfig
 from .runlog import load_run
 from .sweeps import sweep
 
-__all__ = ["VARIANTS", "FAMILIES", "fusion_base", "run_fusion_benchmark", "per_run_scores", "compute_fusion_results",
+LOWER_IS_BETTER = ("mae",)  # metrics where a smaller value is better
+
+__all__ = ["VARIANTS", "SCENARIOS", "DEFAULT_SCENARIOS", "FAMILIES", "fusion_base", "run_fusion_benchmark", "per_run_scores", "compute_fusion_results",
            "fusion_summary", "compare_to", "runs_of_seed"]
 
 _NO_CEN = {"model.exchange": "none", "train.sparsity": "none"}
@@ -40,7 +48,22 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cen-proximal": ("ablation", {"train.l1_rule": "proximal"}),
     "cen-random-exchange": ("ablation", {"model.exchange": "random"}),
 }
-FAMILIES = ("unimodal", "baseline", "cen", "ablation")
+_MT = {"data.modalities": ["rgb"], "data.tasks": ["seg", "depth", "edges"]}
+# name -> (family, overrides on fusion_base): the other CEN scenarios and what they are compared with
+SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cycle-fusion": ("scenario", {"data.modalities": ["rgb", "depth", "edges"], "model.exchange": "cyclic"}),
+    "three-modal-mean": ("cen", {"data.modalities": ["rgb", "depth", "edges"]}),
+    "multitask": ("scenario", _MT),
+    "multitask-no-exchange": ("ablation", {**_MT, "model.exchange": "none"}),
+    "single-task-depth": ("single-task", {"data.modalities": ["rgb"], "data.tasks": ["depth"], **_NO_CEN}),
+    "single-task-edges": ("single-task", {"data.modalities": ["rgb"], "data.tasks": ["edges"], **_NO_CEN}),
+    "multimodal-multitask": ("scenario", {"data.modalities": ["rgb", "depth"], "data.tasks": ["seg", "edges"]}),
+}
+# the scenario runs of the scenarios notebook: the paper's fusion (``cen``) and rgb-only segmentation come from
+# VARIANTS
+DEFAULT_SCENARIOS = ("cen", "unimodal-rgb", *SCENARIOS)
+FAMILIES = ("unimodal", "single-task", "baseline", "cen", "scenario", "ablation")
+_CATALOGUE = {**VARIANTS, **SCENARIOS}
 
 
 def fusion_base(preset: str = "default", steps: int = 300, **overrides) -> ExperimentConfig:
@@ -59,12 +82,13 @@ def run_fusion_benchmark(runs_dir: str | Path, *, preset: str = "default", varia
                          seeds: Sequence[int] = range(5), steps: int = 300, n_jobs: int = 2, progress: bool = True,
                          **overrides) -> pd.DataFrame:
     """Train (or reuse) every variant for every seed with ``cen_lab.sweep``; returns the sweep table (with
-    ``variant``, ``seed``, ``path``, ``status``, ``seconds``). Unknown variant names are errors."""
+    ``variant``, ``seed``, ``path``, ``status``, ``seconds``). ``variants`` are names from ``VARIANTS`` (the
+    default: all of them) or ``SCENARIOS``; unknown names are errors."""
     names = list(VARIANTS) if variants is None else list(variants)
-    unknown = [v for v in names if v not in VARIANTS]
+    unknown = [v for v in names if v not in _CATALOGUE]
     if unknown:
-        raise ValueError(f"unknown fusion variant {unknown[0]!r}; choose from {list(VARIANTS)}")
-    bundles = {v: VARIANTS[v][1] for v in names}
+        raise ValueError(f"unknown fusion variant {unknown[0]!r}; choose from {list(_CATALOGUE)}")
+    bundles = {v: _CATALOGUE[v][1] for v in names}
     return sweep(fusion_base(preset, steps, **overrides), {"seed": list(seeds)}, runs_dir, variants=bundles,
                  backend="loky" if n_jobs > 1 else "serial", n_jobs=n_jobs, progress=progress)
 
@@ -87,77 +111,94 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def per_run_scores(table: pd.DataFrame) -> pd.DataFrame:
-    """The final validation score of every prediction branch of every completed run in a benchmark table:
-    ``variant, seed, branch, metric, value, params, seconds``."""
+    """The final validation score of every prediction of every completed run in a benchmark table:
+    ``variant, seed, task, branch, metric, value, params, seconds`` (``branch`` a stream name or ``ensemble``,
+    ``metric`` the task's, see ``cen_lab.tasks.TaskMetrics``)."""
+    from .tasks import TaskMetrics
+    from .training import prediction_names
+
     rows = []
     for row in table[table["status"].isin(["complete", "skipped"])].itertuples(index=False):
         run = load_run(row.path)
         val = run.metrics[run.metrics["split"] == "val"]
-        last = val[val["step"] == val["step"].max()]
-        metric = "miou" if run.manifest["task"] == "seg" else "accuracy"
+        last = val[val["step"] == val["step"].max()].set_index("name")["value"]
         params = sum(p.numel() for p in run.load_model().parameters())
-        for branch in run.outputs + ["ensemble"]:
-            value = last.loc[last["name"] == f"{metric}/{branch}", "value"]
-            rows.append({"variant": row.variant, "seed": row.seed, "branch": branch, "metric": metric,
-                         "value": float(value.iloc[0]), "params": params,
-                         "seconds": float(run.manifest.get("train_seconds", float("nan")))})
+        streams = list(dict.fromkeys(o.rsplit("/", 1)[-1] for o in run.outputs))
+        for task, names in prediction_names(run.tasks, streams).items():
+            metric = TaskMetrics.METRIC[task]
+            for branch, name in zip(streams + ["ensemble"], names):
+                rows.append({"variant": row.variant, "seed": row.seed, "task": task, "branch": branch,
+                             "metric": metric, "value": float(last[f"{metric}/{name}"]), "params": params,
+                             "seconds": float(run.manifest.get("train_seconds", float("nan")))})
     return pd.DataFrame(rows)
 
 
 def compute_fusion_results(scores: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """One row per (variant, prediction branch) from ``per_run_scores`` of a benchmark table.
+    """One row per (variant, task, prediction branch) from ``per_run_scores`` of a benchmark table.
 
     Returns
     -------
     pandas.DataFrame
-        ``variant, family, branch, metric`` (``miou`` or ``accuracy``), ``n_seeds, mean, std, ci_low, ci_high``
+        ``variant, family, task, branch, metric`` (``miou``, ``accuracy``, ``mae`` or ``f1``), ``n_seeds, mean, std, ci_low, ci_high``
         (t interval across seeds at ``level``), ``params`` (trainable parameters), ``seconds`` (mean wall time
         of the training loop per run, from the run manifests), in variant order, then the branches in
         output order with ``ensemble`` last. Failed runs are left out (``n_seeds`` shows it).
     """
     df = scores
     out = []
-    for (variant, branch), sub in df.groupby(["variant", "branch"], sort=False):
+    for (variant, task, branch), sub in df.groupby(["variant", "task", "branch"], sort=False):
         v = sub["value"].to_numpy()
         low, high = _interval(v, level)
         timed = sub["seconds"].dropna()
-        out.append({"variant": variant, "family": VARIANTS[variant][0] if variant in VARIANTS else "other",
-                    "branch": branch, "metric": sub["metric"].iloc[0], "n_seeds": len(v), "mean": float(v.mean()),
+        out.append({"variant": variant, "family": _CATALOGUE[variant][0] if variant in _CATALOGUE else "other",
+                    "task": task, "branch": branch, "metric": sub["metric"].iloc[0], "n_seeds": len(v), "mean": float(v.mean()),
                     "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"), "ci_low": low, "ci_high": high,
                     "params": int(sub["params"].iloc[0]), "seconds": float(timed.mean()) if len(timed) else float("nan")})
     return pd.DataFrame(out)
 
 
 def fusion_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: the ensemble (the variant's final prediction) with its interval, each branch's mean,
-    parameters and training time, best ensemble first."""
-    ens = results[results["branch"] == "ensemble"].set_index("variant")
-    branches = results[results["branch"] != "ensemble"].pivot(index="variant", columns="branch", values="mean")
+    """One row per (variant, task): the ensemble (the variant's final prediction) with its interval, each
+    branch's mean, parameters and training time; tasks in order of appearance, best ensemble first within each
+    (highest score, lowest MAE)."""
+    ens = results[results["branch"] == "ensemble"].set_index(["variant", "task"])
+    branches = results[results["branch"] != "ensemble"].pivot(index=["variant", "task"], columns="branch",
+                                                               values="mean")
     out = ens[["family", "metric", "n_seeds", "mean", "ci_low", "ci_high", "params", "seconds"]].join(
-        branches.add_prefix("branch/"))
-    return out.sort_values("mean", ascending=False).reset_index()
+        branches.add_prefix("branch/")).reset_index()
+    tasks = {t: i for i, t in enumerate(dict.fromkeys(out["task"]))}
+    key = np.where(out["metric"].isin(LOWER_IS_BETTER), out["mean"], -out["mean"])
+    order = np.lexsort((key, out["task"].map(tasks).to_numpy()))
+    return out.iloc[order].reset_index(drop=True)
 
 
 def compare_to(scores: pd.DataFrame, reference: str = "cen", level: float = 0.95) -> pd.DataFrame:
-    """Ensemble score of ``reference`` minus each other variant's (means over seeds) with a Welch t interval.
+    """Ensemble score of ``reference`` minus each other variant's (means over seeds) with a Welch t interval,
+    per task that both predict.
 
-    ``scores`` is ``per_run_scores`` of a benchmark table. Rows: ``variant, difference, ci_low, ci_high,
-    verdict`` (``better`` / ``worse`` when the interval excludes 0, else ``no clear difference``).
+    ``scores`` is ``per_run_scores`` of a benchmark table. Rows: ``variant, task, metric, difference, ci_low,
+    ci_high, verdict`` (``better`` / ``worse`` for the reference when the interval excludes 0, else ``no clear
+    difference``; for MAE a negative difference is better).
     """
     ens = scores[scores["branch"] == "ensemble"]
-    per_seed = {v: sub["value"].to_numpy() for v, sub in ens.groupby("variant", sort=False)}
-    if reference not in per_seed:
+    if reference not in set(ens["variant"]):
         raise ValueError(f"no completed runs of the reference variant {reference!r}")
-    ref = per_seed[reference]
     rows = []
-    for variant, v in per_seed.items():
-        if variant == reference:
+    for task, by_task in ens.groupby("task", sort=False):
+        per_seed = {v: sub["value"].to_numpy() for v, sub in by_task.groupby("variant", sort=False)}
+        if reference not in per_seed:
             continue
-        low = high = float("nan")  # no interval from fewer than two seeds, or when both sides never vary
-        if len(ref) > 1 and len(v) > 1 and (np.ptp(ref) > 0 or np.ptp(v) > 0):
-            ci = stats.ttest_ind(ref, v, equal_var=False).confidence_interval(level)
-            low, high = float(ci.low), float(ci.high)
-        verdict = "better" if low > 0 else "worse" if high < 0 else "no clear difference"
-        rows.append({"variant": variant, "difference": float(ref.mean() - v.mean()), "ci_low": low, "ci_high": high,
-                     "verdict": verdict})
+        ref, sign = per_seed[reference], -1.0 if by_task["metric"].iloc[0] in LOWER_IS_BETTER else 1.0
+        for variant, v in per_seed.items():
+            if variant == reference:
+                continue
+            low = high = float("nan")  # no interval from fewer than two seeds, or when both sides never vary
+            if len(ref) > 1 and len(v) > 1 and (np.ptp(ref) > 0 or np.ptp(v) > 0):
+                ci = stats.ttest_ind(ref, v, equal_var=False).confidence_interval(level)
+                low, high = float(ci.low), float(ci.high)
+            better, worse = (low > 0, high < 0) if sign > 0 else (high < 0, low > 0)
+            verdict = "better" if better else "worse" if worse else "no clear difference"
+            rows.append({"variant": variant, "task": task, "metric": by_task["metric"].iloc[0],
+                         "difference": float(ref.mean() - v.mean()), "ci_low": low, "ci_high": high,
+                         "verdict": verdict})
     return pd.DataFrame(rows)

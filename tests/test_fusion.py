@@ -47,7 +47,7 @@ def test_compare_to_uses_the_ensemble_scores(bench):
 
 
 def test_compare_to_verdicts_on_known_scores():
-    scores = pd.DataFrame({"variant": ["cen"] * 3 + ["a"] * 3 + ["b"] * 3, "branch": "ensemble",
+    scores = pd.DataFrame({"variant": ["cen"] * 3 + ["a"] * 3 + ["b"] * 3, "branch": "ensemble", "task": "seg", "metric": "miou",
                            "value": [0.80, 0.81, 0.82, 0.50, 0.51, 0.52, 0.70, 0.90, 0.80]})
     cmp = fusion.compare_to(scores, "cen").set_index("variant")["verdict"]
     assert cmp["a"] == "better" and cmp["b"] == "no clear difference"
@@ -75,3 +75,42 @@ def test_cli_bench_fusion(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "early-fusion" in out and "CEN minus each variant" in out
     assert pd.read_csv(tmp_path / "fusion_summary.csv")["variant"].tolist() != []
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scenarios")
+    return fusion.run_fusion_benchmark(out, preset="tiny", variants=list(fusion.DEFAULT_SCENARIOS), seeds=[0, 1],
+                                       steps=4, n_jobs=1, progress=False)
+
+
+def test_scenarios_train_and_are_scored_per_task(scenarios):
+    assert (scenarios["status"] == "complete").all()
+    scores = fusion.per_run_scores(scenarios)
+    mt = scores[scores["variant"] == "multitask"]
+    assert set(zip(mt["task"], mt["metric"])) == {("seg", "miou"), ("depth", "mae"), ("edges", "f1")}
+    assert set(mt["branch"]) == {"rgb", "ensemble"}
+    mmt = scores[scores["variant"] == "multimodal-multitask"]
+    assert set(mmt["task"]) == {"seg", "edges"} and set(mmt["branch"]) == {"rgb", "depth", "ensemble"}
+    assert set(scores.loc[scores["variant"] == "cycle-fusion", "branch"]) == {"rgb", "depth", "edges", "ensemble"}
+    summary = fusion.fusion_summary(fusion.compute_fusion_results(scores))
+    depth = summary[summary["task"] == "depth"]
+    assert set(depth["variant"]) == {"multitask", "multitask-no-exchange", "single-task-depth"}
+    assert depth["mean"].is_monotonic_increasing  # MAE: the best (lowest) first
+    assert summary.loc[summary["task"] == "seg", "mean"].is_monotonic_decreasing
+
+
+def test_compare_to_per_task_with_mae_lower_is_better():
+    scores = pd.DataFrame({"variant": ["multitask"] * 3 + ["single"] * 3, "branch": "ensemble", "task": "depth",
+                           "metric": "mae", "value": [0.10, 0.11, 0.12, 0.20, 0.21, 0.22]})
+    row = fusion.compare_to(scores, "multitask").iloc[0]
+    assert row["task"] == "depth" and row["difference"] == pytest.approx(-0.1) and row["verdict"] == "better"
+
+
+def test_scenario_figure_needs_a_task(scenarios):
+    results = fusion.compute_fusion_results(fusion.per_run_scores(scenarios))
+    with pytest.raises(ValueError, match="several tasks"):
+        plots.plot_fusion_results(results)
+    fig = plots.plot_fusion_results(results, task="edges", backend="plotly")
+    assert set(fig.data[0].y) == {"multitask", "multitask-no-exchange", "single-task-edges", "multimodal-multitask"}
+    assert "edges: final f1" in fig.layout.annotations[0].text

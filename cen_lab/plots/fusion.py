@@ -9,21 +9,32 @@ from ._common import ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure,
 
 __all__ = ["plot_fusion_results"]
 
-FAMILY_COLOURS = {"unimodal": "#7f7f7f", "baseline": BRANCH_COLOURS[0], "cen": "#c0392b", "ablation": BRANCH_COLOURS[1]}
+FAMILY_COLOURS = {"unimodal": "#7f7f7f", "single-task": "#7f7f7f", "baseline": BRANCH_COLOURS[0], "cen": "#c0392b",
+                  "scenario": BRANCH_COLOURS[2], "ablation": BRANCH_COLOURS[1]}
 
 
-def plot_fusion_results(results: pd.DataFrame, *, backend: str = "matplotlib", figsize=(7.0, 4.8)):
-    """The final prediction's score per variant (mean across seeds with its t interval), best at the top,
-    coloured by family; small grey marks are the per-branch means."""
+def plot_fusion_results(results: pd.DataFrame, *, task: str | None = None, backend: str = "matplotlib",
+                        figsize=(7.0, 4.8)):
+    """The final prediction's score on one task per variant (mean across seeds with its t interval), best at
+    the top, coloured by family; small grey marks are the per-branch means.
+
+    ``task`` is needed when ``results`` holds several tasks (``compute_fusion_results`` of scenario runs).
+    """
     check_backend(backend)
-    ens = results[results["branch"] == "ensemble"].sort_values("mean")
+    tasks = list(dict.fromkeys(results["task"]))
+    if task is None and len(tasks) > 1:
+        raise ValueError(f"results hold several tasks {tasks}; choose one with task=")
+    task = tasks[0] if task is None else task
+    results = results[results["task"] == task]
+    ens = results[results["branch"] == "ensemble"]
     if ens.empty:
-        raise ValueError("no ensemble rows to plot")
+        raise ValueError(f"no ensemble rows to plot for task {task!r}")
     metric = ens["metric"].iloc[0]
+    ens = ens.sort_values("mean", ascending=metric != "mae")  # the best at the top
     lo = (ens["mean"] - ens["ci_low"]).fillna(0).to_numpy()
     hi = (ens["ci_high"] - ens["mean"]).fillna(0).to_numpy()
     branches = results[results["branch"] != "ensemble"]
-    title = f"Fusion benchmark: final {metric} (mean and 95% interval over seeds)"
+    title = f"{task}: final {metric} (mean and 95% interval over seeds)"
     colours = [FAMILY_COLOURS.get(f, ENSEMBLE_COLOUR) for f in ens["family"]]
     if backend == "plotly":
         fig = plotly_grid(1, 1, [title], height_per_row=40 * len(ens) + 120)
