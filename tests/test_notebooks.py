@@ -58,3 +58,18 @@ def test_fusion_benchmark_notebook_executes_at_tiny_size(tmp_path):
     summary = json.loads((figs / "summary.json").read_text())
     assert len(summary["summary"]) == 13 and {r["verdict"] for r in summary["cen_vs"]} <= {
         "better", "worse", "no clear difference"}
+
+
+def test_scenarios_notebook_executes_at_tiny_size(tmp_path):
+    import json
+
+    figs = tmp_path / "figs"
+    run_notebook(NOTEBOOK_DIR / "scenarios.ipynb",
+                 {"preset": "tiny", "seeds": [0, 1], "steps": 4, "n_jobs": 1, "runs_dir": str(tmp_path / "runs"),
+                  "figures_dir": str(figs), "progress": False}, tmp_path, progress_bar=False)
+    for stem in ("scores_seg", "scores_depth", "scores_edges", "multitask_exchange_maps", "multitask_curves",
+                 "mmt_exchange_maps", "cycle_exchange_maps"):
+        assert (figs / f"{stem}.png").stat().st_size > 1000
+    summary = json.loads((figs / "summary.json").read_text())
+    assert {r["task"] for r in summary["summary"]} == {"seg", "depth", "edges"}
+    assert {r["task"] for r in summary["multitask_vs"]} == {"seg", "depth", "edges"}
