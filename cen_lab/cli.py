@@ -142,6 +142,8 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     from . import fusion
 
     variants = args.variants.split(",") if args.variants else None
+    if variants == ["scenarios"]:
+        variants = list(fusion.DEFAULT_SCENARIOS)
     table = fusion.run_fusion_benchmark(args.out, preset=args.preset, variants=variants, seeds=range(args.seeds),
                                         steps=args.steps, n_jobs=args.jobs, progress=not args.no_progress)
     scores = fusion.per_run_scores(table)
@@ -188,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench-fusion", help="CEN against baselines and ablations over seeds (the ablation table)")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="preset of the shared base")
-    p.add_argument("--variants", metavar="A,B", help="only these variants (default: all)")
+    p.add_argument("--variants", metavar="A,B", help="only these variants, from cen_lab.fusion.VARIANTS or "
+                   "SCENARIOS (default: all of VARIANTS); 'scenarios' means DEFAULT_SCENARIOS")
     p.add_argument("--seeds", type=int, default=5, help="seeds per variant (default: 5)")
     p.add_argument("--steps", type=int, default=300, help="training steps per run (default: 300)")
     p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")

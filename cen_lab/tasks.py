@@ -10,9 +10,14 @@ task       head output                  target                                  
 ``cls``    ``[N, K]`` logits             the labels, int ``[N]``                       cross-entropy / accuracy
 ``depth``  ``[N, 1, H, W]`` depth        the ``depth`` array, float in [0, 1]; sensor  L1 over valid pixels /
                                          holes (value 0) are ignored                   MAE (same units)
-``edges``  ``[N, 1, H, W]`` logits       ``edges >= 0.5``: the object boundaries       binary cross-entropy /
-                                         (the ``edges`` array is boundary + noise)     F1 of ``logit > 0``
+``edges``  ``[N, 1, H, W]`` logits       ``edges >= 0.5``: the object boundaries       class-balanced binary
+                                         (the ``edges`` array is boundary + noise)     cross-entropy / F1 of
+                                                                                       ``logit > 0``
 =========  ===========================  ============================================  ==========================
+
+Boundary pixels are a small minority, so plain cross-entropy learns to predict "no edge" everywhere. The edge
+loss is balanced as in HED (Xie and Tu, 2015): within a batch, boundary pixels weigh ``1 - p`` and the others
+``p``, ``p`` the portion of boundary pixels (normalised by the total weight).
 
 ``depth`` and ``edges`` take their targets from the dataset's arrays of those names, whether or not they are
 also input modalities (predicting depth while reading depth is allowed but easy).
@@ -104,9 +109,18 @@ def task_loss(task: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
     if task in ("seg", "cls"):
         return F.cross_entropy(pred, target)
     if task == "edges":
-        return F.binary_cross_entropy_with_logits(pred, target)
+        total, weight = _balanced_bce(pred, target)
+        return total / weight
     valid = (target > 0).to(pred.dtype)  # depth: sensor holes carry no target
     return ((pred - target).abs() * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+def _balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted sum of the per-pixel binary cross-entropy (boundary pixels weigh ``1 - p``, others ``p``) and
+    the sum of the weights."""
+    p = target.mean()
+    w = torch.where(target > 0.5, 1.0 - p, p)
+    return (w * F.binary_cross_entropy_with_logits(logits, target, reduction="none")).sum(), w.sum()
 
 
 class TaskMetrics:
@@ -137,8 +151,9 @@ class TaskMetrics:
                 idx = target.flatten() * self.k + pred.argmax(1).flatten()
                 self.conf[i] += torch.bincount(idx, minlength=self.k**2).view(self.k, self.k).cpu()
             elif self.task == "edges":
-                self.loss[i] += F.binary_cross_entropy_with_logits(pred, target, reduction="sum").double().cpu()
-                self.count[i] += target.numel()
+                total, weight = _balanced_bce(pred, target)
+                self.loss[i] += total.double().cpu()
+                self.count[i] += weight.double().cpu()
                 hit, truth = pred > 0, target > 0.5
                 self.tp_fp_fn[i] += torch.stack([(hit & truth).sum(), (hit & ~truth).sum(),
                                                  (~hit & truth).sum()]).double().cpu()

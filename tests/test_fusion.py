@@ -114,3 +114,16 @@ def test_scenario_figure_needs_a_task(scenarios):
     fig = plots.plot_fusion_results(results, task="edges", backend="plotly")
     assert set(fig.data[0].y) == {"multitask", "multitask-no-exchange", "single-task-edges", "multimodal-multitask"}
     assert "edges: final f1" in fig.layout.annotations[0].text
+
+
+def test_cli_bench_fusion_scenarios_word(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(out, **kw):
+        seen.update(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(fusion, "run_fusion_benchmark", fake)
+    with pytest.raises(SystemExit):
+        main(["bench-fusion", "--variants", "scenarios", "--out", str(tmp_path), "--no-progress"])
+    assert seen["variants"] == list(fusion.DEFAULT_SCENARIOS)

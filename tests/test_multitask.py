@@ -54,9 +54,12 @@ def test_task_losses_hand_computed():
     pred = torch.tensor([[[[0.5, 0.2], [0.0, 1.0]]]])
     target = torch.tensor([[[[0.25, 0.0], [0.5, 1.0]]]])
     assert task_loss("depth", pred, target).item() == pytest.approx((0.25 + 0.5 + 0.0) / 3)
-    logits = torch.tensor([[[[2.0, -1.0]]]])
-    edges = torch.tensor([[[[1.0, 0.0]]]])
-    expected = -(np.log(1 / (1 + np.exp(-2.0))) + np.log(1 - 1 / (1 + np.exp(1.0)))) / 2
+    # edges: class-balanced BCE; one boundary pixel in four (p = 1/4) weighs 3/4, the three others 1/4 each
+    logits = torch.tensor([[[[2.0, -1.0, 0.0, 1.0]]]])
+    edges = torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]])
+    bce = [-np.log(1 / (1 + np.exp(-2.0))), -np.log(1 - 1 / (1 + np.exp(1.0))), np.log(2.0),
+           -np.log(1 - 1 / (1 + np.exp(-1.0)))]
+    expected = (0.75 * bce[0] + 0.25 * sum(bce[1:])) / (0.75 + 3 * 0.25)
     assert task_loss("edges", logits, edges).item() == pytest.approx(expected, rel=1e-6)
 
 
