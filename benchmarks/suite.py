@@ -167,6 +167,9 @@ def bench_logging(short: int = 30, long: int = 90, repeats: int = 3) -> dict:
                 "full": {"log.every": 1, "log.grads": True}}
     per_step: dict[str, list[float]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory() as tmp:
+        # the first training in a process pays one-time costs (torch imports torch._dynamo, about 1.5 s, on the
+        # first optimizer step); without this warm-up they land in one variant's short run
+        cen_lab.train(base.override({"train.steps": 2, "name": "warm-up"}), Path(tmp) / "warm-up", progress=False)
         for r in range(repeats):
             for name, over in variants.items():
                 times = {}

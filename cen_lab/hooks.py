@@ -22,7 +22,7 @@ def record_bn_output_grad_norms(layers: Sequence[tuple[str, nn.Module]]) -> Iter
     Parameters
     ----------
     layers : sequence of (name, module)
-        BN modules whose output ``x'`` has shape ``[M, N, C, H, W]``.
+        BN modules whose output ``x'`` has shape ``[M, N, C, H, W]`` (or is a list of M ``[N, C, H, W]``).
 
     Yields
     ------
@@ -34,14 +34,28 @@ def record_bn_output_grad_norms(layers: Sequence[tuple[str, nn.Module]]) -> Iter
     handles = []
 
     def make_hook(name: str):
-        def on_forward(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            if output.requires_grad:
-                dims = [d for d in range(output.dim()) if d not in (0, 2)]  # all but modality and channel
+        def on_forward(module: nn.Module, inputs, output: torch.Tensor | list[torch.Tensor]) -> None:
+            # output: [M, N, C, H, W], or M tensors [N, C, H, W] (ModalBatchNorm2d with stacked=False)
+            parts = [output] if isinstance(output, torch.Tensor) else list(output)
+            if not parts[0].requires_grad:
+                return
+            stacked, count = isinstance(output, torch.Tensor), len(parts)
+            kept = (0, 2) if stacked else (1,)  # branch and channel, or channel
+            found: dict[int, torch.Tensor] = {}
 
+            # the hooks must not refer to the tensors they sit on: such a cycle keeps the whole autograd graph
+            # (every activation) alive until Python's cyclic garbage collector runs
+            def make_grad_hook(i: int):
                 def on_grad(grad: torch.Tensor) -> None:
-                    norms[name] = grad.detach().pow(2).sum(dim=dims).sqrt()  # [M, C]
+                    dims = [d for d in range(grad.dim()) if d not in kept]
+                    found[i] = grad.detach().pow(2).sum(dim=dims).sqrt()  # [M, C] or [C]
+                    if len(found) == count:  # every branch's gradient has arrived
+                        norms[name] = found[0] if stacked else torch.stack([found[j] for j in range(count)])
 
-                output.register_hook(on_grad)
+                return on_grad
+
+            for i, part in enumerate(parts):
+                part.register_hook(make_grad_hook(i))
 
         return on_forward
 

@@ -84,13 +84,15 @@ class ModalBatchNorm2d(nn.Module):
         self.register_buffer("penalty_mask", torch.zeros(num_modalities, num_features, dtype=torch.bool),
                              persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [M, N, C, H, W] -> same
-        # running_mean[m] is a contiguous row view, so batch_norm's in-place update lands in the buffer
-        return torch.stack([
-            F.batch_norm(x[m], self.running_mean[m], self.running_var[m], self.weight[m], self.bias[m],
-                         self.training, self.momentum, self.eps)
-            for m in range(self.num_modalities)
-        ])
+    def forward(self, x: torch.Tensor, stacked: bool = True) -> torch.Tensor | list[torch.Tensor]:
+        """``[M, N, C, H, W]`` -> the same shape, or with ``stacked=False`` the M branches' outputs
+        ``[N, C, H, W]`` as a list (the exchange then writes them into one tensor without a stack copy)."""
+        # running_mean[m] is a contiguous row view, so batch_norm's in-place update lands in the buffer.
+        # unbind, not x[m]: the backward of M selects zero-fills and adds M full-size gradients; unbind's stacks once
+        ys = [F.batch_norm(xm, self.running_mean[m], self.running_var[m], self.weight[m], self.bias[m],
+                           self.training, self.momentum, self.eps)
+              for m, xm in enumerate(x.unbind(0))]
+        return torch.stack(ys) if stacked else ys
 
     def extra_repr(self) -> str:
         return f"num_modalities={self.num_modalities}, num_features={self.num_features}"
@@ -111,8 +113,8 @@ class CENBlock(nn.Module):
             self.exchange_rank = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, C_in, H, W] -> [B, N, C_out, H', W']
-        y = self.bn(self.conv(x))
-        y = channel_exchange(y, self.bn.weight, self.threshold, self.exchange, self.exchange_rank, self.grid)
+        ys = self.bn(self.conv(x), stacked=False)
+        y = channel_exchange(ys, self.bn.weight, self.threshold, self.exchange, self.exchange_rank, self.grid)
         return F.relu(y)
 
 

@@ -353,7 +353,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if "schema_version" in manifest and manifest["schema_version"] != SCHEMA_VERSION:
         raise RunFormatError(
             f"{mpath}: schema_version {manifest['schema_version']!r} is not supported (this cen_lab reads "
-            f"{SCHEMA_VERSION}); train the run again (overwrite=True, or --overwrite)"
+            f"{SCHEMA_VERSION}); an older cen_lab wrote it. Delete {path} or train it again with overwrite=True "
+            "(cen-lab train --overwrite); notebooks and reports then retrain it"
         )
     missing = [k for k in _MANIFEST_KEYS if k not in manifest]
     if missing:

@@ -75,3 +75,24 @@ def test_fast_exchange_equals_the_straightforward_one_in_values_and_gradients(m)
     torch.testing.assert_close(fast, slow)
     torch.testing.assert_close(g_fast, g_slow)
     assert torch.autograd.gradcheck(lambda t: channel_exchange(t, gamma, 0.02), (x[:, :1, :, :2, :2].detach().requires_grad_(),))
+
+
+def test_both_two_modality_paths_match_the_straightforward_exchange_on_every_keep_pattern():
+    from cen_lab.exchange import _channel_runs, _ExchangeTwo, _ExchangeTwoRuns
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 8, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    # channel runs of every (keep0, keep1) pattern: TT, FT, FF, TF, TT (single channels and longer runs)
+    keep = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    gamma = keep.double()
+    runs = _channel_runs(keep.tolist())
+    assert [(s, e, k0, k1) for s, e, k0, k1 in runs] == [(0, 2, True, True), (2, 3, False, True), (3, 5, False, False),
+                                                         (5, 7, True, False), (7, 8, True, True)]
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    slow = _straightforward(x, gamma, 0.02)
+    (g_slow,) = torch.autograd.grad(slow, x, grad)
+    for out in (_ExchangeTwoRuns.apply(x[0], x[1], runs), _ExchangeTwo.apply(x, keep.view(2, 1, 8, 1, 1)),
+                channel_exchange([x[0], x[1]], gamma, 0.02)):
+        (g,) = torch.autograd.grad(out, x, grad)
+        torch.testing.assert_close(out, slow)
+        torch.testing.assert_close(g, g_slow)

@@ -69,8 +69,9 @@ def test_logged_gradients_match_an_independent_computation(tiny_run):
     outputs = {}
 
     def keep(name):
-        def hook(module, inputs, output):
-            output.retain_grad()  # an independent route to dL/dx' (cen_lab uses tensor hooks)
+        def hook(module, inputs, output):  # output: the M branches' BN outputs [N, C, H, W]
+            for part in output:
+                part.retain_grad()  # an independent route to dL/dx' (cen_lab uses tensor hooks)
             outputs[name] = output
         return hook
 
@@ -83,7 +84,7 @@ def test_logged_gradients_match_an_independent_computation(tiny_run):
     logged = tiny_run.grads.query("step == 0")
     for name, bn in model.cen_layers():
         rows = logged[logged["layer"] == name].sort_values(["modality", "channel"])
-        norms = outputs[name].grad.pow(2).sum(dim=(1, 3, 4)).sqrt()
+        norms = torch.stack([part.grad.pow(2).sum(dim=(0, 2, 3)).sqrt() for part in outputs[name]])
         np.testing.assert_allclose(rows["dxprime_norm"], norms.numpy().ravel(), rtol=1e-4)
         np.testing.assert_allclose(rows["dgamma"], bn.weight.grad.numpy().ravel(), rtol=1e-4, atol=1e-7)
 
