@@ -90,3 +90,11 @@ def test_metric_across_runs(tiny_run):
     assert [t.name for t in fig.data] == ["a", "b"]
     with pytest.raises(ValueError, match="no 'train' records named 'nope'"):
         plots.compute_metric_across_runs(runs, "nope")
+
+
+def test_training_curves_keep_the_runs_task_order():
+    metrics = pd.DataFrame({"step": [0] * 3, "epoch": [0] * 3, "split": ["val"] * 3,
+                            "name": ["loss/depth/rgb", "loss/edges/rgb", "loss/seg/rgb"], "value": [0.1, 0.2, 0.3]})
+    df = plots.compute_training_curves(metrics, ["seg/rgb", "depth/rgb", "edges/rgb"])
+    assert df["task"].tolist() == ["seg", "depth", "edges"]
+    assert plots.compute_training_curves(metrics)["task"].tolist() == ["depth", "edges", "seg"]  # by name

@@ -39,8 +39,8 @@ def compute_training_curves(metrics: pd.DataFrame, outputs: Sequence[str] | None
     -------
     pandas.DataFrame
         Columns ``step, split, kind, task, branch, value``: ``task`` is ``""`` for single-task runs, ``branch``
-        a modality name (or ``fused``) or ``"ensemble"``; sorted by split, kind, task, branch order (modalities
-        first, then the ensemble) and step.
+        a modality name (or ``fused``) or ``"ensemble"``; sorted by split, kind, task (in the order of
+        ``outputs``), branch order (modalities first, then the ensemble) and step.
     """
     parts = metrics["name"].astype(str).str.split("/", n=2, expand=True)
     for col in (1, 2):
@@ -55,7 +55,11 @@ def compute_training_curves(metrics: pd.DataFrame, outputs: Sequence[str] | None
     keep = df["kind"].isin(_KINDS) & df["branch"].isin(branches + ["ensemble"])
     df = df[keep].copy()
     df["_order"] = df["branch"].map({b: i for i, b in enumerate(branches + ["ensemble"])})
-    df = df.sort_values(["split", "kind", "task", "_order", "step"], kind="stable").drop(columns="_order")
+    # tasks in the run's order (that of ``outputs``), else by name
+    tasks = list(dict.fromkeys(o.rsplit("/", 1)[0] for o in outputs if "/" in o)) if outputs is not None else []
+    df["_task"] = df["task"].map(lambda t: tasks.index(t) if t in tasks else len(tasks))
+    df = df.sort_values(["split", "kind", "_task", "task", "_order", "step"], kind="stable").drop(
+        columns=["_order", "_task"])
     return df.reset_index(drop=True)
 
 
