@@ -32,6 +32,7 @@ The rule is applied within each group exactly as it is for modalities. ``donor_m
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -104,9 +105,15 @@ def donor_matrix(mode: str, grid: BranchGrid) -> torch.Tensor:
     outputs (zero on the diagonal; rows sum to 1). ``"random"`` uses the mean rule's weights."""
     if mode not in EXCHANGE_MODES or mode == "none":
         raise ValueError(f"mode must be one of {list(EXCHANGE_MODES[:-1])}, got {mode!r}")
+    return _donor_weights("mean" if mode == "random" else mode, grid).clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _donor_weights(rule: str, grid: BranchGrid) -> torch.Tensor:
+    """``donor_matrix`` computed once per (rule, grid): the logger asks for it at every logged step. Read-only."""
     b = grid.size
     eye = torch.eye(b, dtype=torch.float64).view(b, 1, b)  # branch k's "output" is the indicator of k
-    return _donors(eye, "mean" if mode == "random" else mode, grid).view(b, b)
+    return _donors(eye, rule, grid).view(b, b)
 
 
 def _check(shape: tuple[int, ...], gamma: torch.Tensor, threshold: float, mode: str, rank: torch.Tensor | None,
@@ -298,7 +305,7 @@ def exchange_sources(gamma: torch.Tensor, threshold: float, mode: str = "mean",
     keep = exchange_keep(gamma, threshold, mode, rank)
     if mode == "none" or m < 2:
         return own.clone()
-    weights = donor_matrix(mode, grid if grid is not None else BranchGrid(m))
+    weights = _donor_weights("mean" if mode == "random" else mode, grid if grid is not None else BranchGrid(m))
     single = (weights > 0).sum(1) == 1  # [M]: exactly one donor branch
     donor = torch.where(single, weights.argmax(1), torch.full((m,), SOURCE_MEAN_OF_OTHERS)).to(gamma.device)
     return torch.where(keep, own, donor.view(m, 1).expand(m, c))

@@ -36,10 +36,11 @@ def record_bn_output_grad_norms(layers: Sequence[tuple[str, nn.Module]]) -> Iter
     def make_hook(name: str):
         def on_forward(module: nn.Module, inputs, output: torch.Tensor | list[torch.Tensor]) -> None:
             # output: [M, N, C, H, W], or M tensors [N, C, H, W] (ModalBatchNorm2d with stacked=False)
-            parts = [output] if isinstance(output, torch.Tensor) else list(output)
+            stacked = isinstance(output, torch.Tensor)
+            parts = [output] if stacked else list(output)
             if not parts[0].requires_grad:
                 return
-            stacked, count = isinstance(output, torch.Tensor), len(parts)
+            count = len(parts)
             kept = (0, 2) if stacked else (1,)  # branch and channel, or channel
             found: dict[int, torch.Tensor] = {}
 

@@ -283,8 +283,10 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
     weights = [bn.weight for _, bn in model.cen_layers()]
     lam, thr = cfg.train.lam, cfg.model.threshold
 
-    branches = [{"name": streams[b // len(tasks)] if len(tasks) == 1 else f"{tasks[b % len(tasks)]}/{streams[b // len(tasks)]}",
-                 "modality": b // len(tasks), "task": b % len(tasks)} for b in range(model.grid.size)]
+    stream_names = prediction_names(tasks, streams)  # branch (m, t) is named like a prediction of stream m
+    n_tasks = len(tasks)
+    branches = [{"name": stream_names[tasks[b % n_tasks]][b // n_tasks], "modality": b // n_tasks, "task": b % n_tasks}
+                for b in range(model.grid.size)]
     info = {"modalities": streams, "input_modalities": list(ds.modalities), "tasks": list(tasks),
             "branches": branches, "exchange_between": model.grid.between,
             "outputs": [n for t in tasks for n in names[t][:-1]], "ensembles": [names[t][-1] for t in tasks],
