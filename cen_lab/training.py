@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from .config import ExperimentConfig
 from .data import MultimodalDataset, load_data
 from .errors import ConfigError, NonFiniteLossError
-from .exchange import exchange_sources
+from .exchange import exchange_keep, exchange_sources
 from .tasks import TaskMetrics, resolve_tasks, target_modalities, task_loss, task_targets
 from .hooks import record_bn_output_grad_norms
 from .models import CENNet, build_model
 from .runlog import Run, RunWriter, load_run
-from .sparsity import add_l1_subgradient, apply_l1_proximal, l1_penalty
+from .sparsity import add_l1_subgradient, apply_l1_proximal
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +154,22 @@ class _Logger:
         self.ids = {"layer": self.layer_col, "branch": self.branch_col, "modality": self.branch_col // tasks,
                     "task": self.branch_col % tasks, "channel": np.concatenate(chans)}
         self.penalised = np.concatenate(pen)
-        self.shapes = [tuple(bn.weight.shape) for _, bn in self.layers]
+        self.threshold = cfg.model.threshold
         cen_blocks = [blk for b, blk in enumerate(model.blocks) if b in set(cfg.model.cen_blocks)]
-        self.modes = [blk.exchange for blk in cen_blocks]
-        self.grids = [blk.grid for blk in cen_blocks]
-        self.ranks = [None if blk.exchange_rank is None else blk.exchange_rank.cpu() for blk in cen_blocks]
+        # Each channel's donor if it is exchanged: exchange_sources with every gamma at 0 (all exchanged). Per
+        # logged step only the keep mask changes; that is |gamma| >= threshold except under the "random" rule,
+        # whose layers go through exchange_keep (``self.ranked``: row slice, shape and rank of each).
+        donors, self.ranked, offset = [], [], 0
+        for (_, bn), blk in zip(self.layers, cen_blocks):
+            m, c = bn.weight.shape
+            rank = None if blk.exchange_rank is None else blk.exchange_rank.cpu()
+            donors.append(exchange_sources(torch.zeros(m, c), self.threshold, blk.exchange, rank, blk.grid).numpy().ravel())
+            if blk.exchange == "random":
+                self.ranked.append((slice(offset, offset + m * c), (m, c), rank))
+            offset += m * c
+        self.donor = np.concatenate(donors).astype(np.int32)
         # rows of the layers that exchange at all (their mode is not "none")
-        self.exchanging = np.concatenate([np.full(m * c, mode != "none") for (m, c), mode in zip(self.shapes, self.modes)])
+        self.exchanging = self.donor != self.branch_col
 
     def _gather(self, tensors: list[torch.Tensor]) -> np.ndarray:
         return torch.cat([t.detach().reshape(-1).float() for t in tensors]).cpu().numpy()
@@ -171,12 +180,10 @@ class _Logger:
         beta = self._gather([bn.bias for _, bn in self.layers])
         w = self.writer
         w.add("gammas", step=step, epoch=epoch, **self.ids, gamma=gamma, beta=beta, penalised=self.penalised)
-        sources, offset = [], 0
-        for (m, c), mode, rank, grid in zip(self.shapes, self.modes, self.ranks, self.grids):
-            g = torch.from_numpy(gamma[offset:offset + m * c].reshape(m, c))
-            sources.append(exchange_sources(g, self.cfg.model.threshold, mode, rank, grid).numpy().ravel())
-            offset += m * c
-        source = np.concatenate(sources).astype(np.int32)
+        keep = np.abs(gamma) >= np.float32(self.threshold)  # float32, as exchange_keep compares
+        for rows, shape, rank in self.ranked:
+            keep[rows] = exchange_keep(torch.from_numpy(gamma[rows].reshape(shape)), self.threshold, "random", rank).numpy().ravel()
+        source = np.where(keep, self.branch_col, self.donor)
         exchanged = source != self.branch_col
         w.add("exchange", step=step, **self.ids, exchanged=exchanged, source=source)
         return gamma, exchanged
@@ -337,9 +344,9 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
                     f"{out}. Lower train.lr or train.lam, or check the data."
                 )
             if logging_step:
-                penalty = float(l1_penalty([w.detach() for w in weights], masks, lam))
                 alpha = torch.softmax(model.alpha.detach(), 1).cpu().tolist()  # [T][M]
-                pen_g = np.abs(gamma[logger.penalised])
+                pen_g = np.abs(gamma[logger.penalised])  # the gammas are unchanged since logger.state
+                penalty = lam * float(pen_g.sum(dtype=np.float64))  # l1_penalty, without another pass on device
                 values = {}
                 for i, t in enumerate(tasks):
                     values.update({f"loss/{n}": v for n, v in zip(names[t], per_task[t].detach().cpu().tolist())})

@@ -10,6 +10,7 @@ import torch
 import cen_lab
 from cen_lab import ConfigError, NonFiniteLossError, RunExistsError
 from cen_lab.data import load_data
+from cen_lab.exchange import exchange_sources
 from cen_lab.models import build_model
 from cen_lab.runlog import TABLES
 from cen_lab.training import data_losses
@@ -276,3 +277,37 @@ def test_resume_before_the_first_checkpoint_keeps_init_from(tiny, tmp_path, monk
     monkeypatch.setattr(cen_lab.training, "data_losses", real)
     resumed = cen_lab.train(cfg, tmp_path / "crash", progress=False, resume=True)
     assert_same_logs(full, resumed)
+
+
+@pytest.mark.parametrize("over", [
+    {"model.exchange": "mean"},
+    {"model.exchange": "random"},
+    {"model.exchange": "cyclic", "data.modalities": ["rgb", "depth", "edges"]},
+    {"model.exchange": "mean", "data.modalities": ["rgb", "depth", "edges"]},
+    {"model.exchange": "mean", "data.tasks": ["seg", "depth"], "model.exchange_between": "both"},
+    {"model.exchange": "mean", "model.exchange_blocks": [1]},
+], ids=["mean", "random", "cyclic-3", "mean-3", "both", "one-block"])
+def test_logged_exchange_table_follows_the_logged_gammas(tiny, tmp_path, over):
+    # the logger computes sources from the gathered gammas; they must be what exchange_sources gives for them
+    cfg = tiny.override({"train.l1_rule": "proximal", "train.lam": 1.0, "train.lr": 0.2, "log.every": 3, **over})
+    run = cen_lab.train(cfg, tmp_path / "run", progress=False)
+    model = run.load_model()
+    blocks = {f"blocks.{b}.bn": blk for b, blk in enumerate(model.blocks)}
+    keys = ["step", "layer", "branch", "channel"]
+    table = run.exchange.merge(run.gammas, on=keys).sort_values(keys)
+    assert table["exchanged"].any() and (~table["exchanged"]).any()
+    for (step, layer), rows in table.groupby(["step", "layer"]):
+        blk = blocks[layer]
+        gamma = torch.tensor(rows["gamma"].to_numpy().reshape(blk.grid.size, -1))
+        expected = exchange_sources(gamma, cfg.model.threshold, blk.exchange, blk.exchange_rank, blk.grid)
+        assert rows["source"].tolist() == expected.flatten().tolist(), (step, layer)
+        assert (rows["exchanged"] == (rows["source"] != rows["branch"])).all()
+
+
+def test_logged_penalty_is_l1_of_the_logged_gammas(tiny_run):
+    lam = tiny_run.config.train.lam
+    g = tiny_run.gammas.query("penalised")
+    expected = lam * g["gamma"].abs().groupby(g["step"]).sum()
+    logged = tiny_run.metrics.query("split == 'train' and name == 'penalty'").set_index("step")["value"]
+    assert len(logged) > 2 and logged.index.isin(expected.index).all()
+    np.testing.assert_allclose(logged.to_numpy(), expected.loc[logged.index].to_numpy(), rtol=1e-6)
