@@ -156,14 +156,15 @@ class _Logger:
         self.penalised = np.concatenate(pen)
         self.threshold = cfg.model.threshold
         cen_blocks = [blk for b, blk in enumerate(model.blocks) if b in set(cfg.model.cen_blocks)]
-        # Each channel's donor if it is exchanged: exchange_sources with every gamma at 0 (all exchanged). Per
+        # Each channel's donor if it is exchanged: exchange_sources with every channel exchanged. Per
         # logged step only the keep mask changes; that is |gamma| >= threshold except under the "random" rule,
         # whose layers go through exchange_keep (``self.ranked``: row slice, shape and rank of each).
         donors, self.ranked, offset = [], [], 0
         for (_, bn), blk in zip(self.layers, cen_blocks):
             m, c = bn.weight.shape
             rank = None if blk.exchange_rank is None else blk.exchange_rank.cpu()
-            donors.append(exchange_sources(torch.zeros(m, c), self.threshold, blk.exchange, rank, blk.grid).numpy().ravel())
+            everything_exchanged = exchange_sources(torch.zeros(m, c), 1.0, blk.exchange, rank, blk.grid)  # |0| < 1
+            donors.append(everything_exchanged.numpy().ravel())
             if blk.exchange == "random":
                 self.ranked.append((slice(offset, offset + m * c), (m, c), rank))
             offset += m * c

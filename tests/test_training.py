@@ -311,3 +311,11 @@ def test_logged_penalty_is_l1_of_the_logged_gammas(tiny_run):
     logged = tiny_run.metrics.query("split == 'train' and name == 'penalty'").set_index("step")["value"]
     assert len(logged) > 2 and logged.index.isin(expected.index).all()
     np.testing.assert_allclose(logged.to_numpy(), expected.loc[logged.index].to_numpy(), rtol=1e-6)
+
+
+def test_threshold_zero_never_exchanges_and_logs_so(tiny, tmp_path):
+    run = cen_lab.train(tiny.override({"model.threshold": 0.0, "train.steps": 4, "log.every": 2}), tmp_path / "t0",
+                        progress=False)
+    assert not run.exchange["exchanged"].any() and (run.exchange["source"] == run.exchange["branch"]).all()
+    ratio = run.metrics.query("name == 'exchange/ratio'")["value"]
+    assert len(ratio) and (ratio == 0).all()
