@@ -193,62 +193,100 @@ def channel_exchange(x: torch.Tensor | Sequence[torch.Tensor], gamma: torch.Tens
     # nothing exchanged (checking would cost a host sync on a GPU)
     if mode == "none" or (not cuda and bool(keep.all())):
         return x if parts is None else torch.stack(parts)
-    if m == 2 and not cuda and (grid is None or grid.groups() == "all"):  # every rule gives the other branch
-        return _ExchangeTwoRuns.apply(*(x.unbind(0) if parts is None else parts), _channel_runs(keep.tolist()))
+    rule = "mean" if mode == "random" else mode
+    if not cuda and rule in _LINEAR_RULES:
+        runs = _keep_runs(keep.tolist())
+        if len(runs) * _RUN_MIN_ELEMENTS <= first.numel():
+            terms = _donor_terms(rule, grid if grid is not None else BranchGrid(m))
+            return _ExchangeRuns.apply(runs, terms, *(x.unbind(0) if parts is None else parts))
     x = x if parts is None else torch.stack(parts)
     keep = keep.view(m, 1, shape[2], *([1] * (len(shape) - 3)))  # [M, 1, C, 1, ...]
     if m == 2 and (grid is None or grid.groups() == "all"):
         return _ExchangeTwo.apply(x, keep)
-    donors = _donors(x, "mean" if mode == "random" else mode, grid)
-    return torch.where(keep, x, donors)
+    return torch.where(keep, x, _donors(x, rule, grid))
 
 
-def _channel_runs(keep: list[list[bool]]) -> list[tuple[int, int, bool, bool]]:
-    """Maximal runs of channels with the same (keep[0][c], keep[1][c]): ``(start, end, keep0, keep1)``."""
-    pairs = list(zip(keep[0], keep[1]))
+# the built-in rules are linear in x: branch b's donor is sum_k W[b, k] x[k] with W = donor_matrix(rule, grid)
+_LINEAR_RULES = ("mean", "cyclic")
+# The run path costs a few torch calls (~40 us on 2 CPU cores, forward and backward) per run and branch and
+# then moves less data than masked passes; it pays when runs span at least this many elements of a branch on
+# average (measured in benchmarks/; with the disjoint penalty's few long runs it always does).
+_RUN_MIN_ELEMENTS = 20_000
+
+
+def _keep_runs(keep: list[list[bool]]) -> list[tuple[int, int, tuple[bool, ...]]]:
+    """Maximal runs of channels with the same keep column ``(keep[0][c], ..., keep[M-1][c])``:
+    ``(start, end, column)``."""
+    cols = list(zip(*keep))
     runs, start = [], 0
-    for c in range(1, len(pairs) + 1):
-        if c == len(pairs) or pairs[c] != pairs[start]:
-            runs.append((start, c, *pairs[start]))
+    for c in range(1, len(cols) + 1):
+        if c == len(cols) or cols[c] != cols[start]:
+            runs.append((start, c, cols[start]))
             start = c
     return runs
 
 
-class _ExchangeTwoRuns(torch.autograd.Function):
-    """Exchange for M = 2 on the CPU as slice copies over runs of channels (same values and gradients as
-    ``torch.where(keep, x, x.flip(0))``).
+@functools.lru_cache(maxsize=64)
+def _donor_terms(rule: str, grid: BranchGrid) -> tuple[tuple[tuple[int, float], ...], tuple[tuple[int, float], ...]]:
+    """The nonzero entries of ``donor_matrix``: row b as ``((k, W[b, k]), ...)`` (who gives to b), and column k
+    as ``((b, W[b, k]), ...)`` (whom k gives to, which is where k's gradient comes from)."""
+    w = _donor_weights(rule, grid).tolist()
+    rows = tuple(tuple((k, v) for k, v in enumerate(row) if v) for row in w)
+    cols = tuple(tuple((b, w[b][k]) for b in range(len(w)) if w[b][k]) for k in range(len(w)))
+    return rows, cols
 
-    The penalty's disjoint halves make the exchanged channels come in few long runs, so each run is one strided
-    copy (or one add in backward) instead of a masked pass over the whole tensor: about 2x faster than
-    ``_ExchangeTwo`` on the CPU (``benchmarks/``).
+
+def _combine(out: torch.Tensor, terms: list[tuple[torch.Tensor, float]]) -> None:
+    """``out = sum(w * t for t, w in terms)`` in place, in as few passes as possible (zero when no terms)."""
+    if not terms:
+        out.zero_()
+        return
+    (t0, w0), rest = terms[0], terms[1:]
+    if w0 == 1.0 and rest:
+        torch.add(t0, rest[0][0], alpha=rest[0][1], out=out)
+        rest = rest[1:]
+    elif w0 == 1.0:
+        out.copy_(t0)
+    else:
+        torch.mul(t0, w0, out=out)
+    for t, w in rest:
+        out.add_(t, alpha=w)
+
+
+class _ExchangeRuns(torch.autograd.Function):
+    """Exchange with a built-in (linear) rule on the CPU, as slice operations over runs of channels with the
+    same keep column. Same values and gradients as ``torch.where(keep, x, W @ x)`` (W the donor matrix).
+
+    The penalty's disjoint portions make the exchanged channels come in few long runs, so each run and branch
+    is one strided copy or weighted sum of the donors' slices, forward and backward, instead of masked passes
+    over the whole tensor: about 2x faster than ``_ExchangeTwo`` for M = 2 and than the ``where`` path for
+    M = 3 on the CPU (``benchmarks/``). The branches' outputs come in unstacked, so no stack copy either.
     """
 
     @staticmethod
-    def forward(ctx, x0: torch.Tensor, x1: torch.Tensor, runs: list[tuple[int, int, bool, bool]]) -> torch.Tensor:
-        # x0, x1 [N, C, ...] -> [2, N, C, ...]: the two branches' outputs go straight into the exchanged result
-        x = (x0, x1)
-        out = x0.new_empty((2, *x0.shape))
-        for s, e, k0, k1 in runs:
-            out[0, :, s:e] = x[0 if k0 else 1][:, s:e]
-            out[1, :, s:e] = x[1 if k1 else 0][:, s:e]
-        ctx.runs = runs
+    def forward(ctx, runs: list[tuple[int, int, tuple[bool, ...]]], terms, *parts: torch.Tensor) -> torch.Tensor:
+        # parts: B tensors [N, C, ...] -> [B, N, C, ...]; the branches' outputs go straight into the result
+        gives_to_b, _ = terms
+        out = parts[0].new_empty((len(parts), *parts[0].shape))
+        outs = out.unbind(0)  # narrow() on these views: the cheapest slicing per call, which matters per run
+        for s, e, col in runs:
+            for b, kept in enumerate(col):
+                donors = [(parts[b], 1.0)] if kept else [(parts[k], w) for k, w in gives_to_b[b]]
+                _combine(outs[b].narrow(1, s, e - s), [(t.narrow(1, s, e - s), w) for t, w in donors])
+        ctx.runs, ctx.terms = runs, terms
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        gx = torch.empty_like(grad)  # [2, N, C, ...]; returned as two views
-        for s, e, k0, k1 in ctx.runs:
-            # gx[0] = (k0 ? g[0] : 0) + (k1 ? 0 : g[1]); gx[1] = (k1 ? g[1] : 0) + (k0 ? 0 : g[0])
-            if k0 and k1:
-                gx[:, :, s:e] = grad[:, :, s:e]
-            elif not (k0 or k1):  # swapped
-                gx[0, :, s:e] = grad[1, :, s:e]
-                gx[1, :, s:e] = grad[0, :, s:e]
-            else:  # one branch supplies both outputs of these channels; the other is unused
-                used = 0 if k0 else 1
-                torch.add(grad[0, :, s:e], grad[1, :, s:e], out=gx[used, :, s:e])
-                gx[1 - used, :, s:e].zero_()
-        return gx[0], gx[1], None
+        _, k_gives_to = ctx.terms
+        grads, gx = grad.unbind(0), torch.empty_like(grad).unbind(0)  # B views each
+        for s, e, col in ctx.runs:
+            for k, kept in enumerate(col):
+                # branch k's gradient: its own where it kept the channel, plus W[b, k] g[b] from each branch b
+                # that took this channel from it
+                terms = ([(grads[k], 1.0)] if kept else []) + [(grads[b], w) for b, w in k_gives_to[k] if not col[b]]
+                _combine(gx[k].narrow(1, s, e - s), [(t.narrow(1, s, e - s), w) for t, w in terms])
+        return (None, None, *gx)
 
 
 class _ExchangeTwo(torch.autograd.Function):

@@ -1,7 +1,9 @@
+import itertools
+
 import pytest
 import torch
 
-from cen_lab.exchange import channel_exchange, exchange_sources
+from cen_lab.exchange import BranchGrid, channel_exchange, exchange_sources
 
 
 def test_two_modalities_hand_computed():
@@ -77,22 +79,36 @@ def test_fast_exchange_equals_the_straightforward_one_in_values_and_gradients(m)
     assert torch.autograd.gradcheck(lambda t: channel_exchange(t, gamma, 0.02), (x[:, :1, :, :2, :2].detach().requires_grad_(),))
 
 
-def test_both_two_modality_paths_match_the_straightforward_exchange_on_every_keep_pattern():
-    from cen_lab.exchange import _channel_runs, _ExchangeTwo, _ExchangeTwoRuns
+@pytest.mark.parametrize("rule, grid", [
+    ("mean", BranchGrid(2)), ("mean", BranchGrid(3)), ("cyclic", BranchGrid(3)), ("mean", BranchGrid(4)),
+    ("mean", BranchGrid(1, 3, "tasks")), ("mean", BranchGrid(2, 2, "modalities")), ("mean", BranchGrid(2, 2, "tasks")),
+    ("mean", BranchGrid(2, 2, "both")), ("cyclic", BranchGrid(3, 2, "modalities")),
+], ids=str)
+def test_run_path_matches_the_definition_on_every_keep_pattern(rule, grid, monkeypatch):
+    from cen_lab import exchange
+    from cen_lab.exchange import _donor_terms, _donors, _ExchangeRuns, _ExchangeTwo, _keep_runs
 
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 3, 8, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-    # channel runs of every (keep0, keep1) pattern: TT, FT, FF, TF, TT (single channels and longer runs)
-    keep = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0, 1]], dtype=torch.bool)
-    gamma = keep.double()
-    runs = _channel_runs(keep.tolist())
-    assert [(s, e, k0, k1) for s, e, k0, k1 in runs] == [(0, 2, True, True), (2, 3, False, True), (3, 5, False, False),
-                                                         (5, 7, True, False), (7, 8, True, True)]
+    b = grid.size
+    gen = torch.Generator().manual_seed(b)
+    # every keep column once, in runs of one and of two channels (so a run ends at every kind of change)
+    patterns = [col for i, col in enumerate(itertools.product([True, False], repeat=b)) for _ in range(1 + i % 2)]
+    keep = torch.tensor(patterns).T  # [B, C]
+    c = keep.shape[1]
+    x = torch.randn(b, 3, c, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    runs = _keep_runs(keep.tolist())
+    assert len(runs) == 2 ** b and runs[0][:2] == (0, 1) and runs[-1][1] == c
     grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    slow = _straightforward(x, gamma, 0.02)
-    (g_slow,) = torch.autograd.grad(slow, x, grad)
-    for out in (_ExchangeTwoRuns.apply(x[0], x[1], runs), _ExchangeTwo.apply(x, keep.view(2, 1, 8, 1, 1)),
-                channel_exchange([x[0], x[1]], gamma, 0.02)):
+    definition = torch.where(keep.view(b, 1, c, 1, 1), x, _donors(x, rule, grid))
+    (g_def,) = torch.autograd.grad(definition, x, grad)
+    outs = [_ExchangeRuns.apply(runs, _donor_terms(rule, grid), *x.unbind(0))]
+    for min_elements, path in ((1, "_ExchangeRuns"), (10**9, "_ExchangeTwo" if b == 2 else "Where")):
+        # channel_exchange takes the run path only when the runs are long enough to pay (here: forced)
+        monkeypatch.setattr(exchange, "_RUN_MIN_ELEMENTS", min_elements)
+        outs.append(channel_exchange(list(x.unbind(0)), keep.double(), 0.02, rule, grid=grid))
+        assert type(outs[-1].grad_fn).__name__.startswith(path)
+    if b == 2:
+        outs.append(_ExchangeTwo.apply(x, keep.view(2, 1, c, 1, 1)))
+    for out in outs:
         (g,) = torch.autograd.grad(out, x, grad)
-        torch.testing.assert_close(out, slow)
-        torch.testing.assert_close(g, g_slow)
+        torch.testing.assert_close(out, definition)
+        torch.testing.assert_close(g, g_def)
