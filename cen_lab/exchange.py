@@ -259,8 +259,9 @@ class _ExchangeRuns(torch.autograd.Function):
 
     The penalty's disjoint portions make the exchanged channels come in few long runs, so each run and branch
     is one strided copy or weighted sum of the donors' slices, forward and backward, instead of masked passes
-    over the whole tensor: about 2x faster than ``_ExchangeTwo`` for M = 2 and than the ``where`` path for
-    M = 3 on the CPU (``benchmarks/``). The branches' outputs come in unstacked, so no stack copy either.
+    over the whole tensor: about 2x faster than ``_ExchangeTwo`` (M = 2, the training step's pattern) and than
+    the ``where`` path (M = 3) on the CPU (``benchmarks/``). The branches' outputs come in unstacked, so no
+    stack copy either. Each run costs a few torch calls, hence ``_RUN_MIN_ELEMENTS``.
     """
 
     @staticmethod
