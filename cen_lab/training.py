@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._malloc import keep_freed_memory
 from .config import ExperimentConfig
 from .data import MultimodalDataset, load_data
 from .errors import ConfigError, NonFiniteLossError
@@ -255,6 +256,12 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
     Run
         The loaded run directory.
 
+    Notes
+    -----
+    On Linux with glibc, the first call raises the process's malloc trim and mmap thresholds, so that large
+    activations freed at the end of a step are reused rather than returned to the OS and faulted in again
+    (``cen_lab._malloc``; ``CEN_LAB_MALLOC_TUNING=0`` turns this off). Results do not depend on it.
+
     Raises
     ------
     RunExistsError
@@ -271,6 +278,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
         log.info("%s is already complete; loading it", out)
         return load_run(out)
 
+    keep_freed_memory()  # no page-fault churn on large activations (glibc; see cen_lab._malloc)
     device = resolve_device(cfg.train.device)
     ds, tasks, (x, y), (xv, yv) = _load_splits(cfg, device)
     n_train, bs = x.shape[1], cfg.train.batch_size
