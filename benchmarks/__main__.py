@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,26 +31,34 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(PARTS), action="append", help="run only these parts")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")), help="results file")
     args = parser.parse_args()
-    results: dict = {}
+    out = Path(args.out)
+    # a partial run (--only) updates its parts and keeps the other parts' last results
+    previous = json.loads(out.read_text()) if args.only and out.exists() else {}
+    results = {k: v for k, v in previous.items() if k != "meta"}
+    measured = dict(previous.get("meta", {}).get("measured", {}))  # part -> when it was measured
     for name, fn in PARTS.items():
         if args.only and name not in args.only:
             continue
         print(f"[bench] {name} ...", flush=True)
         results.update(fn())
+        measured[name] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(f"\n{'measure':<38} {'value':>8}  {'goal':>8}  met")
     for key, (goal, direction) in GOALS.items():
         if key in results:
             value = results[key]
             met = value >= goal if direction == ">=" else value <= goal
             print(f"{key:<38} {value:>8.3f}  {direction}{goal:>6}  {'yes' if met else 'NO'}")
+            interval = results.get("log_overhead_interval", {}).get(key.removeprefix("log_overhead_"))
+            if key.startswith("log_overhead_") and interval:
+                print(f"{'  95% interval':<38} {interval[0]:>8.3f} to {interval[1]:.3f}")
     if "train_gflops_over_gemm" in results:
         for k, v in results["train_gflops_over_gemm"].items():
             print(f"{'train_gflops_over_gemm (' + k + ')':<38} {v:>8.3f}  (report only; GEMM {results['gemm_gflops']:.1f} GFLOP/s)")
-    results["meta"] = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+    results["meta"] = {"measured": measured, "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "machine": platform.machine(), "python": platform.python_version(),
                        "goals": {k: {"goal": g, "direction": d} for k, (g, d) in GOALS.items()}}
-    atomic_write_json(args.out, results)
-    print(f"\nwrote {args.out}")
+    atomic_write_json(out, results)
+    print(f"\nwrote {out}")
     return 0
 
 

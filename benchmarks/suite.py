@@ -1,24 +1,32 @@
 """The measurements behind ``python -m benchmarks`` (see README.md here).
 
 Every number is a ratio of two timings taken side by side in the same run: after warm-up the two variants are
-run alternately and the medians compared, so that slow phases of a shared, noisy machine hit both alike.
+run alternately and the medians compared, so that slow phases of a shared, noisy machine hit both alike. The
+logging overhead alternates at the finest grain there is: logged and unlogged steps of one training run.
 """
 
 from __future__ import annotations
 
 import math
+import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
+import numpy as np
 import torch
+from scipy import stats
 
 import cen_lab
+from cen_lab import training
+from cen_lab._malloc import keep_freed_memory
 from cen_lab.config import ExperimentConfig
 from cen_lab.exchange import channel_exchange
 from cen_lab.models import build_model
+from cen_lab.runlog import RunWriter
 from cen_lab.training import forward_backward, penalised_update, _make_optimizer
 
 
@@ -54,7 +62,7 @@ def mask_exchange_reference(xs: list[torch.Tensor], gammas: list[torch.Tensor], 
 
 
 def bench_exchange(shapes=((2, 32, 32, 32, 32), (2, 32, 64, 16, 16), (3, 32, 32, 32, 32), (3, 32, 64, 16, 16)),
-                   repeats: int = 15) -> dict:
+                   repeats: int = 25) -> dict:
     """cen_lab's exchange against the mask reference, forward + backward, half the channels exchanged."""
     rows = []
     for shape in shapes:
@@ -137,19 +145,26 @@ def gemm_rate(n: int = 2048, repeats: int = 5) -> float:
     return 2.0 * n**3 / statistics.median(times)
 
 
-def bench_step(repeats: int = 15) -> dict:
+def bench_step(repeats: int = 50) -> dict:
     """One CEN training step (M = 2, exchange and L1 on, half the channels exchanged) against the same
-    architecture with one modality; also the ratio early in training, when nothing is exchanged yet."""
+    architecture with one modality; also the ratio early in training, when nothing is exchanged yet, and the
+    CEN step's minor page faults (near 0 with ``keep_freed_memory``, as in ``cen_lab.train``)."""
+    tuned = keep_freed_memory()  # as cen_lab.train does
     cfg = ExperimentConfig.preset("default")
     cen, cen_model = _step_fn(cfg, 2)
     uni, uni_model = _step_fn(cfg, 1)
     t_cen, t_uni = paired(cen, uni, repeats)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        cen()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 5
     fresh, _ = _step_fn(cfg, 2, exchanging=False)  # nothing below the threshold yet, as early in training
     t_fresh, t_uni2 = paired(fresh, uni, repeats)
     # training ~ 3x the forward FLOPs (forward, and backward to inputs and to weights)
     flops_cen, flops_uni = 3 * conv_flops(cen_model, 2), 3 * conv_flops(uni_model, 1)
     peak = gemm_rate()
     return {"cen_step_over_unimodal": t_cen / t_uni, "cen_step_ms": 1e3 * t_cen, "unimodal_step_ms": 1e3 * t_uni,
+            "malloc_tuned": tuned, "cen_step_page_faults": faults,
             "cen_step_over_unimodal_nothing_exchanged": t_fresh / t_uni2,
             "gemm_gflops": peak / 1e9, "train_gflops_cen": flops_cen / t_cen / 1e9,
             "train_gflops_unimodal": flops_uni / t_uni / 1e9,
@@ -159,47 +174,109 @@ def bench_step(repeats: int = 15) -> dict:
 # -- logging overhead ---------------------------------------------------------------------------------------------
 
 
-def bench_logging(short: int = 30, long: int = 90, repeats: int = 3) -> dict:
-    """Training-time increase from logging every step: the per-step cost is (T(long) - T(short)) / (long - short),
-    which removes set-up, evaluation and the final checkpoint, common to both lengths."""
-    base = ExperimentConfig.preset("default").override({"log.eval_every": 10_000, "train.ckpt_every": 10_000})
-    variants = {"none": {"log.every": 10_000}, "gamma": {"log.every": 1},
-                "full": {"log.every": 1, "log.grads": True}}
-    per_step: dict[str, list[float]] = {k: [] for k in variants}
+def step_times(config: ExperimentConfig, out_dir: Path) -> tuple[np.ndarray, float]:
+    """Train ``config`` with ``cen_lab.train`` and time every step inside it.
+
+    Returns the seconds of steps ``1 .. steps - 1`` (entry ``i`` is step ``i + 1``), each from the end of one
+    optimizer update to the end of the next, so that step ``s`` holds its logging before the forward pass,
+    the forward, backward and logging after it, and its update; and the seconds spent writing buffered rows
+    to Parquet (at checkpoints and at the end, outside the steps).
+    """
+    stamps: list[float] = []
+    flush_seconds = 0.0
+    update, flush = training.penalised_update, RunWriter.flush
+
+    def timed_update(*args, **kwargs):
+        update(*args, **kwargs)
+        stamps.append(time.perf_counter())
+
+    def timed_flush(self, upper):
+        nonlocal flush_seconds
+        start = time.perf_counter()
+        flush(self, upper)
+        flush_seconds += time.perf_counter() - start
+
+    # train() looks both up at call time, so patching them times the real loop without changing it
+    with mock.patch.object(training, "penalised_update", timed_update), mock.patch.object(RunWriter, "flush", timed_flush):
+        cen_lab.train(config, out_dir, progress=False)
+    return np.diff(stamps), flush_seconds
+
+
+def paired_step_overhead(times: np.ndarray, every: int = 2, trim: float = 0.1) -> tuple[float, tuple[float, float]]:
+    """Relative extra time of the logged steps of a run logged every ``every`` steps, and its 95% interval.
+
+    ``times[i]`` is step ``i + 1`` (as ``step_times`` returns). Each logged step is compared with the mean of
+    its two neighbours, which ran moments before and after it, so slow phases of a shared machine hit both
+    alike. Returns the ``trim``-trimmed mean of those ratios minus 1 (trimmed, because a step that another
+    process interrupts is 20-50% slow, whether logged or not) and its 95% bootstrap interval.
+    """
+    steps = np.arange(1, times.size + 1)
+    logged = np.flatnonzero((steps % every == 0) & (steps > 1) & (steps < times.size))  # both neighbours exist
+    if logged.size < 5:
+        raise ValueError(f"need at least 5 logged steps with both neighbours, got {logged.size}")
+    ratios = times[logged] / (0.5 * (times[logged - 1] + times[logged + 1]))
+    estimate = float(stats.trim_mean(ratios, trim)) - 1.0
+    boot = stats.bootstrap((ratios,), lambda r, axis: stats.trim_mean(r, trim, axis=axis), n_resamples=2000,
+                           random_state=0, vectorized=True)
+    return estimate, (float(boot.confidence_interval.low) - 1.0, float(boot.confidence_interval.high) - 1.0)
+
+
+def bench_logging(steps: int = 600, config: ExperimentConfig | None = None) -> dict:
+    """Training-time increase from logging, measured step by step inside one run of ``cen_lab.train``.
+
+    The run logs every second step, so logged and unlogged steps alternate and each logged step is compared
+    with its neighbours (``paired_step_overhead``). The rows' Parquet writes happen outside the steps; their
+    time is spread over the logged steps and added. The result is what logging every step would add. Whole
+    runs with and without logging were tried first: their step times differ by 10-30% from run to run on a
+    shared machine, far more than the 1-2% to be measured (see README.md). ``config``: default the
+    ``"default"`` preset.
+    """
+    every = 2
+    base = (config or ExperimentConfig.preset("default")).override(
+        {"log.eval_every": 10_000, "train.ckpt_every": 10_000, "train.steps": steps, "log.every": every})
+    variants = {"gamma": {}, "full": {"log.grads": True}}
+    out: dict = {"log_overhead_interval": {}, "log_per_step_ms": {}}
     with tempfile.TemporaryDirectory() as tmp:
         # the first training in a process pays one-time costs (torch imports torch._dynamo, about 1.5 s, on the
-        # first optimizer step); without this warm-up they land in one variant's short run
+        # first optimizer step); the warm-up keeps them out of the measured runs
         cen_lab.train(base.override({"train.steps": 2, "name": "warm-up"}), Path(tmp) / "warm-up", progress=False)
-        for r in range(repeats):
-            for name, over in variants.items():
-                times = {}
-                for steps in (short, long):
-                    cfg = base.override({**over, "train.steps": steps, "name": f"{name}-{steps}-{r}"})
-                    start = time.perf_counter()
-                    cen_lab.train(cfg, Path(tmp) / cfg.name, progress=False)
-                    times[steps] = time.perf_counter() - start
-                per_step[name].append((times[long] - times[short]) / (long - short))
-    med = {k: statistics.median(v) for k, v in per_step.items()}
-    return {"log_overhead_gamma": med["gamma"] / med["none"] - 1, "log_overhead_full": med["full"] / med["none"] - 1,
-            "log_per_step_ms": {k: 1e3 * v for k, v in med.items()}}
+        for name, over in variants.items():
+            times, flush_seconds = step_times(base.override({**over, "name": name}), Path(tmp) / name)
+            unlogged = (np.arange(1, times.size + 1) % every) != 0  # entry i is step i + 1
+            plain = float(np.median(times[unlogged]))
+            # all writes count as logging's, the final record and evaluation too (a slight overestimate)
+            extra_flush = flush_seconds / (steps // every) / plain
+            estimate, (low, high) = paired_step_overhead(times, every)
+            out[f"log_overhead_{name}"] = estimate + extra_flush
+            out["log_overhead_interval"][name] = [low + extra_flush, high + extra_flush]
+            out["log_per_step_ms"][name] = {"unlogged_step": 1e3 * plain, "logging": 1e3 * plain * estimate,
+                                            "parquet_writes": 1e3 * plain * extra_flush}
+    return out
 
 
 # -- sweeps -------------------------------------------------------------------------------------------------------
 
 
-def bench_sweep(seeds: int = 4, steps: int = 150) -> dict:
-    """Seeds per second of the sweep runner with 2 loky workers over 1 (both warmed up, one thread per worker)."""
+def bench_sweep(seeds: int = 4, steps: int = 100, repeats: int = 3) -> dict:
+    """Seeds per second of the sweep runner with 2 loky workers over 1 (one thread per worker).
+
+    The two are run alternately ``repeats`` times after a warm-up sweep that starts the workers; the result is
+    the median of the ratios of each adjacent pair, so that one slow phase of the machine spoils one pair only.
+    """
     base = ExperimentConfig.preset("default").override({"train.steps": steps, "model.widths": [16, 16, 32, 32],
                                                        "log.eval_every": 10_000})
-    results = {}
+    rates: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
         cen_lab.sweep(base.override({"train.steps": 2}), {"seed": range(2)}, Path(tmp) / "warm", backend="loky",
                       n_jobs=2, progress=False)  # starts the worker processes and imports torch in them
-        for n_jobs in (1, 2):
-            start = time.perf_counter()
-            table = cen_lab.sweep(base, {"seed": range(seeds)}, Path(tmp) / f"jobs{n_jobs}", backend="loky",
-                                  n_jobs=n_jobs, progress=False)
-            elapsed = time.perf_counter() - start
-            assert (table["status"] == "complete").all(), table
-            results[n_jobs] = seeds / elapsed
-    return {"sweep_speedup_2_workers": results[2] / results[1], "sweep_seeds_per_second": results}
+        for r in range(repeats):
+            for n_jobs in (1, 2):
+                start = time.perf_counter()
+                table = cen_lab.sweep(base, {"seed": range(seeds)}, Path(tmp) / f"jobs{n_jobs}-{r}", backend="loky",
+                                      n_jobs=n_jobs, progress=False)
+                elapsed = time.perf_counter() - start
+                assert (table["status"] == "complete").all(), table
+                rates[n_jobs].append(seeds / elapsed)
+    ratios = [two / one for one, two in zip(rates[1], rates[2])]
+    return {"sweep_speedup_2_workers": statistics.median(ratios), "sweep_speedup_2_workers_repeats": ratios,
+            "sweep_seeds_per_second": {k: statistics.median(v) for k, v in rates.items()}}

@@ -1,9 +1,18 @@
 """The benchmark code runs and its reference agrees with the library (correctness only; no timing asserts)."""
 
+import json
+import sys
+
+import numpy as np
+import pytest
 import torch
 
+import cen_lab
+from benchmarks import __main__ as bench_cli
 from benchmarks import suite
+from cen_lab import training
 from cen_lab.exchange import channel_exchange
+from cen_lab.runlog import RunWriter
 
 
 def test_mask_reference_equals_channel_exchange():
@@ -21,3 +30,44 @@ def test_benchmark_parts_run_at_tiny_size():
     step, model = suite._step_fn(suite.ExperimentConfig.preset("tiny"), 2, batch=2, size=8)
     step()
     assert suite.conv_flops(model, 2, batch=2, size=8) > 0
+
+
+def test_paired_step_overhead_recovers_a_known_overhead_under_drift():
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 402)
+    drift = 1 + 0.3 * np.sin(steps / 20)  # slow phases of a busy machine, larger than the effect
+    base = 0.05 * drift * rng.lognormal(0.0, 0.03, steps.size)
+    logged = np.where(steps % 2 == 0, 1.02, 1.0)
+    est, (low, high) = suite.paired_step_overhead(base * logged)
+    assert low < 0.02 < high and abs(est - 0.02) < 0.005
+    est, (low, high) = suite.paired_step_overhead(base)
+    assert low < 0.0 < high and abs(est) < 0.005
+    with pytest.raises(ValueError, match="at least 5"):
+        suite.paired_step_overhead(base[:8])
+
+
+def test_step_times_time_each_step_of_a_real_run_and_leave_train_unpatched(tmp_path):
+    cfg = suite.ExperimentConfig.preset("tiny").override({"train.steps": 6, "log.every": 2})
+    times, flush_seconds = suite.step_times(cfg, tmp_path / "run")
+    assert times.shape == (5,) and (times > 0).all() and flush_seconds > 0
+    assert cen_lab.load_run(tmp_path / "run").complete
+    assert training.penalised_update is suite.penalised_update and RunWriter.flush.__name__ == "flush"
+    out = suite.bench_logging(steps=24, config=cfg)
+    assert set(out["log_overhead_interval"]) == {"gamma", "full"}
+    for name in ("gamma", "full"):
+        low, high = out["log_overhead_interval"][name]
+        assert low <= out[f"log_overhead_{name}"] <= high
+
+
+def test_partial_benchmark_run_keeps_the_other_parts(tmp_path, monkeypatch):
+    out = tmp_path / "results.json"
+    monkeypatch.setattr(bench_cli, "PARTS", {"a": lambda: {"x": 1.0}, "b": lambda: {"y": 2.0}})
+    monkeypatch.setattr(sys, "argv", ["bench", "--out", str(out)])
+    assert bench_cli.main() == 0
+    first = json.loads(out.read_text())
+    monkeypatch.setattr(bench_cli, "PARTS", {"a": lambda: {"x": 3.0}, "b": lambda: {"y": 4.0}})
+    monkeypatch.setattr(sys, "argv", ["bench", "--out", str(out), "--only", "a"])
+    assert bench_cli.main() == 0
+    second = json.loads(out.read_text())
+    assert (second["x"], second["y"]) == (3.0, 2.0)
+    assert second["meta"]["measured"]["b"] == first["meta"]["measured"]["b"]
