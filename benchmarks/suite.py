@@ -63,7 +63,9 @@ def mask_exchange_reference(xs: list[torch.Tensor], gammas: list[torch.Tensor], 
 
 def bench_exchange(shapes=((2, 32, 32, 32, 32), (2, 32, 64, 16, 16), (3, 32, 32, 32, 32), (3, 32, 64, 16, 16)),
                    repeats: int = 25) -> dict:
-    """cen_lab's exchange against the mask reference, forward + backward, half the channels exchanged."""
+    """cen_lab's exchange against the mask reference, forward + backward, half the channels exchanged (with
+    the allocator settings of ``cen_lab.train``, for both)."""
+    keep_freed_memory()
     rows = []
     for shape in shapes:
         m, n, c = shape[:3]
