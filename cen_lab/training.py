@@ -139,7 +139,7 @@ class _Logger:
     """Turns model state into table rows with one host transfer per record (no per-layer sync)."""
 
     def __init__(self, model: CENNet, writer: RunWriter, cfg: ExperimentConfig):
-        self.model, self.writer, self.cfg = model, writer, cfg
+        self.model, self.writer = model, writer
         self.layers = model.cen_layers()
         tasks = model.grid.tasks
         names, branches, chans, pen = [], [], [], []
