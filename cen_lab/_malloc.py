@@ -14,6 +14,7 @@ never results; set ``CEN_LAB_MALLOC_TUNING=0`` to leave glibc's defaults alone.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -26,27 +27,21 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc'
 MMAP_THRESHOLD = 32 * 2**20  # blocks below this come from the heap (glibc's largest allowed value on 64-bit)
 TRIM_THRESHOLD = 256 * 2**20  # free memory kept at the top of the heap before it is returned to the OS
 
-_state: dict[str, bool] = {}
-
-
+@functools.cache  # decided once per process
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process (once); return whether they are raised.
 
     A no-op returning False off Linux, without glibc's ``mallopt``, or with ``CEN_LAB_MALLOC_TUNING=0``.
     """
-    if "done" in _state:
-        return _state["done"]
-    ok = False
-    if sys.platform.startswith("linux") and os.environ.get("CEN_LAB_MALLOC_TUNING", "1") != "0":
-        try:
-            mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-        except (OSError, AttributeError):
-            mallopt = None
-        if mallopt is not None:
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            # mallopt returns 1 on success; musl's stub returns 0 and changes nothing
-            ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-            if not ok:
-                log.debug("mallopt refused the thresholds; glibc's defaults stay")
-    _state["done"] = ok
+    if not sys.platform.startswith("linux") or os.environ.get("CEN_LAB_MALLOC_TUNING", "1") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success; musl's stub returns 0 and changes nothing
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if not ok:
+        log.debug("mallopt refused the thresholds; glibc's defaults stay")
     return ok

@@ -45,11 +45,14 @@ def test_keep_freed_memory_removes_the_page_faults_of_a_cen_step():
     assert faults < 1000 and faults_default > 5 * max(faults, 100), (faults, faults_default)
 
 
-def test_keep_freed_memory_is_idempotent_and_can_be_turned_off(monkeypatch):
-    from cen_lab import _malloc
+def test_keep_freed_memory_can_be_turned_off_and_decides_once(monkeypatch):
+    from cen_lab._malloc import keep_freed_memory
 
-    monkeypatch.setattr(_malloc, "_state", {})
-    monkeypatch.setenv("CEN_LAB_MALLOC_TUNING", "0")
-    assert _malloc.keep_freed_memory() is False
-    monkeypatch.setattr(_malloc, "_state", {"done": True})
-    assert _malloc.keep_freed_memory() is True  # decided once per process
+    keep_freed_memory.cache_clear()
+    try:
+        monkeypatch.setenv("CEN_LAB_MALLOC_TUNING", "0")
+        assert keep_freed_memory() is False
+        monkeypatch.setenv("CEN_LAB_MALLOC_TUNING", "1")
+        assert keep_freed_memory() is False  # decided once per process
+    finally:
+        keep_freed_memory.cache_clear()  # later trainings in this process tune again
