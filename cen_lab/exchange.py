@@ -110,7 +110,8 @@ def donor_matrix(mode: str, grid: BranchGrid) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _donor_weights(rule: str, grid: BranchGrid) -> torch.Tensor:
-    """``donor_matrix`` computed once per (rule, grid): the logger asks for it at every logged step. Read-only."""
+    """``donor_matrix`` computed once per (rule, grid): ``exchange_sources`` and the run path of
+    ``channel_exchange`` (through ``_donor_terms``) ask for it. Read-only."""
     b = grid.size
     eye = torch.eye(b, dtype=torch.float64).view(b, 1, b)  # branch k's "output" is the indicator of k
     return _donors(eye, rule, grid).view(b, b)
