@@ -13,7 +13,9 @@ __version__ = "0.1.0"
 
 from . import exchange
 from .config import ExperimentConfig
-from .errors import CenLabError, ConfigError, DataFormatError, NonFiniteLossError, RunExistsError, RunFormatError
+from .errors import (CenLabError, ConfigError, DataFormatError, NonFiniteLossError, ObserveError, RunExistsError,
+                     RunFormatError)
+from .observer import Observer, observe
 from .runlog import Run, load_run
 from .sparsity import sparsity_mask
 from .sweeps import sweep
@@ -26,11 +28,14 @@ __all__ = [
     "DataFormatError",
     "ExperimentConfig",
     "NonFiniteLossError",
+    "ObserveError",
+    "Observer",
     "Run",
     "RunExistsError",
     "RunFormatError",
     "exchange",
     "load_run",
+    "observe",
     "sparsity_mask",
     "sweep",
     "train",

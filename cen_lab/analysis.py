@@ -23,10 +23,10 @@ def compute_run_summary(runs: Sequence[Run] | Mapping[str, Run]) -> pd.DataFrame
     items = runs.items() if isinstance(runs, Mapping) else ((run.path.name, run) for run in runs)
     rows = []
     for name, run in items:
-        cfg = run.config
-        row = {"run": name, "status": run.status, "steps": run.manifest["last_step"], "seed": cfg.seed,
-               "lam": cfg.train.lam, "threshold": cfg.model.threshold, "l1_rule": cfg.train.l1_rule,
-               "exchange": cfg.model.exchange, "modalities": "+".join(run.modalities),
+        m = run.manifest
+        row = {"run": name, "status": run.status, "steps": m["last_step"], "seed": m["seed"],
+               "lam": run.lam, "threshold": run.threshold, "l1_rule": m.get("l1_rule"),
+               "exchange": m["exchange"], "modalities": "+".join(run.modalities),
                "tasks": "+".join(run.tasks)}
         val = run.metrics[(run.metrics["split"] == "val")]
         if len(val):
@@ -37,7 +37,7 @@ def compute_run_summary(runs: Sequence[Run] | Mapping[str, Run]) -> pd.DataFrame
         if len(run.gammas):
             final = run.gammas[run.gammas["step"] == run.gammas["step"].max()]
             pen = final[final["penalised"]]
-            row["penalised_below_threshold"] = float((pen["gamma"].abs() < cfg.model.threshold).mean()) if len(pen) else np.nan
+            row["penalised_below_threshold"] = float((pen["gamma"].abs() < run.threshold).mean()) if len(pen) else np.nan
         if len(run.exchange):
             ex = run.exchange[run.exchange["step"] == run.exchange["step"].max()]
             row["exchange_ratio"] = float(ex["exchanged"].mean())

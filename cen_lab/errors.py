@@ -28,3 +28,8 @@ class RunExistsError(CenLabError, FileExistsError):
 
 class NonFiniteLossError(CenLabError, FloatingPointError):
     """Training produced a NaN or infinite loss; everything logged before it is kept."""
+
+
+class ObserveError(CenLabError, ValueError):
+    """A model, layer, mask, step or metric that ``cen_lab.observe`` or ``cen_lab.import_checkpoints`` cannot
+    use; nothing already logged is lost."""

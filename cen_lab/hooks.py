@@ -16,33 +16,40 @@ __all__ = ["record_bn_output_grad_norms"]
 
 
 @contextlib.contextmanager
-def record_bn_output_grad_norms(layers: Sequence[tuple[str, nn.Module]]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record ``||dL/dx'||_2`` per modality and channel for each BN layer during the next backward pass.
+def record_bn_output_grad_norms(
+        layers: Sequence[tuple[str, nn.Module | Sequence[nn.Module]]]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record ``||dL/dx'||_2`` per branch and channel for each BN layer during the next backward pass.
 
     Parameters
     ----------
-    layers : sequence of (name, module)
-        BN modules whose output ``x'`` has shape ``[M, N, C, H, W]`` (or is a list of M ``[N, C, H, W]``).
+    layers : sequence of (name, module or modules)
+        Either one module whose output ``x'`` is ``[M, N, C, H, W]`` or a list of M ``[N, C, H, W]`` tensors
+        (``ModalBatchNorm2d``), or a sequence of M modules, one per branch, each with output ``[N, C, H, W]``
+        (the reference code's ``bn_0 ... bn_{M-1}`` children, or any list of per-modality BatchNorms).
 
     Yields
     ------
     dict of str -> torch.Tensor
         Filled during ``backward()``: name -> ``[M, C]`` L2 norm of the gradient over batch and space
-        (on the model's device, detached). Forward hooks are removed when the block exits, even on error.
+        (on the model's device, detached), once every branch's gradient has arrived. Forward hooks are removed
+        when the block exits, even on error.
     """
     norms: dict[str, torch.Tensor] = {}
     handles = []
 
-    def make_hook(name: str):
+    def make_hook(name: str, branch: int | None, count: int, shared: dict[int, torch.Tensor] | None):
+        # branch None: one module for every branch; else this module is branch `branch` of `count`, and the
+        # layer's modules collect their gradients in `shared`
         def on_forward(module: nn.Module, inputs, output: torch.Tensor | list[torch.Tensor]) -> None:
-            # output: [M, N, C, H, W], or M tensors [N, C, H, W] (ModalBatchNorm2d with stacked=False)
-            stacked = isinstance(output, torch.Tensor)
-            parts = [output] if stacked else list(output)
+            found = {} if shared is None else shared
+            # output: [M, N, C, H, W], M tensors [N, C, H, W] (ModalBatchNorm2d with stacked=False), or one
+            # branch's [N, C, H, W]
+            stacked = branch is None and isinstance(output, torch.Tensor)
+            parts = [output] if stacked or branch is not None else list(output)
             if not parts[0].requires_grad:
                 return
-            count = len(parts)
+            total = 1 if stacked else (count if branch is not None else len(parts))
             kept = (0, 2) if stacked else (1,)  # branch and channel, or channel
-            found: dict[int, torch.Tensor] = {}
 
             # the hooks must not refer to the tensors they sit on: such a cycle keeps the whole autograd graph
             # (every activation) alive until Python's cyclic garbage collector runs
@@ -50,19 +57,25 @@ def record_bn_output_grad_norms(layers: Sequence[tuple[str, nn.Module]]) -> Iter
                 def on_grad(grad: torch.Tensor) -> None:
                     dims = [d for d in range(grad.dim()) if d not in kept]
                     found[i] = grad.detach().pow(2).sum(dim=dims).sqrt()  # [M, C] or [C]
-                    if len(found) == count:  # every branch's gradient has arrived
-                        norms[name] = found[0] if stacked else torch.stack([found[j] for j in range(count)])
+                    if len(found) == total:  # every branch's gradient has arrived
+                        norms[name] = found[0] if stacked else torch.stack([found[j] for j in range(total)])
+                        found.clear()
 
                 return on_grad
 
             for i, part in enumerate(parts):
-                part.register_hook(make_grad_hook(i))
+                part.register_hook(make_grad_hook(i if branch is None else branch))
 
         return on_forward
 
     try:
         for name, module in layers:
-            handles.append(module.register_forward_hook(make_hook(name)))
+            if isinstance(module, nn.Module):
+                handles.append(module.register_forward_hook(make_hook(name, None, 0, None)))
+            else:
+                found: dict[int, torch.Tensor] = {}  # shared by the branches' modules of this layer
+                for b, part in enumerate(module):
+                    handles.append(part.register_forward_hook(make_hook(name, b, len(module), found)))
         yield norms
     finally:
         for h in handles:

@@ -1,17 +1,27 @@
 """Run directories: the written schema, the writer used during training, and ``load_run``.
 
-Run directory layout (schema version 2)
+Run directory layout (schema version 3)
 ---------------------------------------
 ::
 
     <run>/
-      config.json            ExperimentConfig.to_dict()
-      manifest.json          schema_version, versions, seed, times, status, last_step, data description
+      config.json            ExperimentConfig.to_dict() (trained runs), or the observer's settings (other sources)
+      manifest.json          schema_version, source, versions, seed, times, status, last_step, data description
       gammas/part-*.parquet  one table per folder, written in parts (see below)
       exchange/part-*.parquet
       metrics/part-*.parquet
       grads/part-*.parquet   only when log.grads is on
       checkpoints/step-*.pt  periodic and final checkpoints (torch.save of plain dicts; load with weights_only)
+
+Where a run comes from is ``manifest.json["source"]``: ``"trained"`` (``cen_lab.train``), ``"observed"``
+(``cen_lab.observe`` on a model in its user's own training loop) or ``"imported"``
+(``cen_lab.import_checkpoints``). Every source writes the same tables. The manifest of every source also
+holds ``threshold`` (the exchange threshold of the ``exchange`` table), ``lam`` (the L1 weight, None when not
+known), ``penalised_rule`` (which gammas carry the penalty: ``disjoint``, ``alternate-halves``, ``all``,
+``none`` or ``mask``), ``exchange`` (the rule of the exchange map), ``layers`` (the BN layers' names, the
+tables' ``layer`` values) and ``model_class``. Only trained runs have a checkpoint format of cen_lab's own and
+an ``ExperimentConfig``; ``Run.config`` is None for the others. Schema 3 added these manifest keys; a
+version-2 run (every one of them trained) is read by filling them in from its config (``_migrate``).
 
 ``manifest.json["train_seconds"]`` is the wall time of the training loop (summed over resumed parts).
 ``manifest.json["status"]`` is ``"incomplete"`` while training (and after a kill), ``"complete"`` after the
@@ -58,6 +68,7 @@ grads
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -76,9 +87,11 @@ from .errors import ConfigError, RunExistsError, RunFormatError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCHEMA_VERSION", "TABLES", "Run", "RunWriter", "load_run", "validate_table", "load_checkpoint"]
+__all__ = ["SCHEMA_VERSION", "SOURCES", "TABLES", "Run", "RunWriter", "load_run", "validate_table", "load_checkpoint"]
 
-SCHEMA_VERSION = 2  # 2: branch and task columns, manifest branches/tasks (multitask); 1 is not read
+SCHEMA_VERSION = 3  # 3: manifest source, threshold, lam, penalised_rule, exchange, model_class (2 is migrated)
+READABLE_VERSIONS = (2, 3)  # 2: branch and task columns, manifest branches/tasks (multitask); 1 is not read
+SOURCES = ("trained", "observed", "imported")
 CHECKPOINT_FORMAT = "cen_lab.checkpoint"
 
 _BRANCH = {"branch": "int32", "modality": "int32", "task": "int32"}
@@ -93,7 +106,7 @@ TABLES: dict[str, dict[str, str]] = {
               "dxprime_norm": "float32"},
 }
 _MANIFEST_KEYS = ("schema_version", "status", "seed", "modalities", "tasks", "branches", "outputs", "last_step",
-                  "total_steps")
+                  "total_steps", "source", "threshold", "lam", "penalised_rule", "exchange", "layers")
 
 
 def _now() -> str:
@@ -174,13 +187,16 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
 
 
 class RunWriter:
-    """Buffers table rows during training and writes them as atomic Parquet parts.
+    """Buffers table rows and writes them as atomic Parquet parts; the one writer of every run source.
 
-    Use ``RunWriter.create`` for a new run or ``RunWriter.reopen`` to resume one.
+    ``RunWriter.create`` starts a trained run and ``RunWriter.reopen`` resumes one at its checkpoint;
+    ``RunWriter.start`` and ``RunWriter.reopen_observed`` do the same for runs without an ``ExperimentConfig``
+    (``cen_lab.observe``, ``cen_lab.import_checkpoints``).
     """
 
-    def __init__(self, path: Path, config: ExperimentConfig, manifest: dict[str, Any]):
-        self.path, self.config, self.manifest = path, config, manifest
+    def __init__(self, path: Path, settings: dict[str, Any], manifest: dict[str, Any],
+                 config: ExperimentConfig | None = None):
+        self.path, self.settings, self.manifest, self.config = path, settings, manifest, config
         self._rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
 
     # construction
@@ -193,16 +209,7 @@ class RunWriter:
         ``resume`` nor ``overwrite`` is given; never deletes a folder that is not a cen_lab run.
         """
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise RunExistsError(f"{path} exists and is not a directory")
-        if not path.exists() or not any(path.iterdir()):
-            return "new", path
-        is_run = (path / "manifest.json").is_file() or (path / "config.json").is_file()
-        if not is_run:
-            raise RunExistsError(f"{path} holds files that are not a cen_lab run; choose an empty or new directory")
-        if overwrite:
-            log.info("overwriting run in %s", path)
-            shutil.rmtree(path)
+        if _prepare_dir(path, overwrite) == "new":
             return "new", path
         try:
             existing = ExperimentConfig.from_json(str(path / "config.json"))
@@ -224,23 +231,25 @@ class RunWriter:
 
     @classmethod
     def create(cls, path: Path, config: ExperimentConfig, info: dict[str, Any]) -> "RunWriter":
+        """Start a trained run: ``config.json`` is the config, the manifest ``info`` plus the run's settings."""
+        manifest = {"source": "trained", "name": config.name, "seed": config.seed, "total_steps": config.train.steps,
+                    "threshold": config.model.threshold, "lam": config.train.lam, "l1_rule": config.train.l1_rule,
+                    "penalised_rule": config.train.sparsity, "exchange": config.model.exchange,
+                    "model_class": "cen_lab.models.CENNet", **info}
+        return cls.start(path, config.to_dict(), manifest, config)
+
+    @classmethod
+    def start(cls, path: Path, settings: dict[str, Any], manifest: dict[str, Any],
+              config: ExperimentConfig | None = None) -> "RunWriter":
+        """Start a run of any source in ``path``: write ``settings`` as ``config.json`` and the manifest (the
+        common keys, status ``incomplete``, then ``manifest``); ``manifest["source"]`` must be in ``SOURCES``."""
+        if manifest.get("source") not in SOURCES:
+            raise ValueError(f"manifest source must be one of {list(SOURCES)}, got {manifest.get('source')!r}")
         path.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": config.name,
-            "seed": config.seed,
-            "status": "incomplete",
-            "error": None,
-            "started_at": _now(),
-            "ended_at": None,
-            "last_step": 0,
-            "total_steps": config.train.steps,
-            "checkpoints": [],
-            "versions": _versions(),
-            **info,
-        }
-        atomic_write_json(path / "config.json", config.to_dict())
-        w = cls(path, config, manifest)
+        full = {"schema_version": SCHEMA_VERSION, "status": "incomplete", "error": None, "started_at": _now(),
+                "ended_at": None, "last_step": 0, "checkpoints": [], "versions": _versions(), **manifest}
+        atomic_write_json(path / "config.json", settings)
+        w = cls(path, settings, full, config)
         w.write_manifest()
         return w
 
@@ -252,22 +261,36 @@ class RunWriter:
         steps = _checkpoint_steps(path)
         ckpt = load_checkpoint(checkpoint_path(path, steps[-1])) if steps else None
         start = ckpt["step"] if ckpt else 0
-        for table in TABLES:  # drop rows logged after that checkpoint
-            for part in sorted((path / table).glob("part-*.parquet")):
-                if int(part.stem.split("-")[1]) > start:
-                    part.unlink()
         manifest.update(status="incomplete", error=None, ended_at=None, last_step=start,
                         checkpoints=[s for s in manifest.get("checkpoints", []) if s <= start],
-                        versions=_versions())
-        w = cls(path, config, manifest)
+                        versions=_versions(), schema_version=SCHEMA_VERSION)
+        w = cls(path, config.to_dict(), manifest, config)
+        w.truncate(start)  # drop rows logged after that checkpoint
         w.write_manifest()
         return w, ckpt
+
+    @classmethod
+    def reopen_observed(cls, path: Path) -> "RunWriter":
+        """Reopen a run that is not a trained one (an observed run) to continue it: status ``incomplete``,
+        everything on disk kept; ``truncate`` drops rows from a step on."""
+        manifest = _read_manifest(path)
+        if manifest["source"] == "trained":
+            raise RunExistsError(f"{path} holds a run trained by cen_lab.train; resume it with train(..., resume=True)")
+        settings = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        manifest.update(status="incomplete", error=None, ended_at=None, versions=_versions())
+        w = cls(path, settings, manifest)
+        w.write_manifest()
+        return w
 
     # rows
 
     def add(self, table: str, **columns: Any) -> None:
         """Buffer rows: array columns of equal length; scalar columns are broadcast."""
         self._rows[table].append(columns)
+
+    def pending(self) -> int:
+        """Number of buffered, unwritten row groups."""
+        return sum(len(chunks) for chunks in self._rows.values())
 
     def flush(self, upper: int) -> None:
         """Write buffered rows (all with ``step < upper``) as ``<table>/part-<upper>.parquet``."""
@@ -280,6 +303,47 @@ class RunWriter:
             with atomic_path(self.path / table / f"part-{upper:09d}.parquet") as tmp:
                 df.to_parquet(tmp, index=False)
             chunks.clear()
+
+    def last_steps(self) -> dict[str, int | None]:
+        """table -> the largest step written to disk (None for an empty table); reads the step column only."""
+        out: dict[str, int | None] = {}
+        for table in TABLES:
+            top = None
+            for part in sorted((self.path / table).glob("part-*.parquet")):
+                steps = pd.read_parquet(part, columns=["step"])["step"]
+                if len(steps):
+                    top = int(steps.max()) if top is None else max(top, int(steps.max()))
+            out[table] = top
+        return out
+
+    def truncate(self, step: int) -> int:
+        """Drop every row at ``step`` or later, on disk and in the buffer; returns the number of rows dropped.
+
+        Parts hold rows ``step < K`` (``part-<K>``): a part entirely at or after ``step`` is removed, a part that
+        straddles it is rewritten (atomically) as ``part-<step>`` with its earlier rows.
+        """
+        dropped = 0
+        for table in TABLES:
+            for part in sorted((self.path / table).glob("part-*.parquet")):
+                upper = int(part.stem.split("-")[1])
+                if upper <= step:
+                    continue  # every row is below step
+                df = pd.read_parquet(part)
+                keep = df[df["step"] < step]
+                dropped += len(df) - len(keep)
+                if len(keep):
+                    with atomic_path(self.path / table / f"part-{step:09d}.parquet") as tmp:
+                        keep.to_parquet(tmp, index=False)
+                part.unlink()
+            kept = []
+            for chunk in self._rows[table]:
+                s = chunk["step"]
+                if int(np.max(s)) < step:
+                    kept.append(chunk)
+                else:
+                    dropped += max((len(v) for v in chunk.values() if isinstance(v, np.ndarray)), default=1)
+            self._rows[table] = kept
+        return dropped
 
     def checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Flush rows up to ``step``, save the checkpoint of state ``step``, then record it in the manifest."""
@@ -299,6 +363,23 @@ class RunWriter:
 
     def write_manifest(self) -> None:
         atomic_write_json(self.path / "manifest.json", self.manifest)
+
+
+def _prepare_dir(path: Path, overwrite: bool) -> str:
+    """``"new"`` for a missing or empty directory (or a run replaced by ``overwrite``), ``"existing"`` for a run
+    directory; refuses a file or a folder that is not a run, and never deletes one."""
+    if path.exists() and not path.is_dir():
+        raise RunExistsError(f"{path} exists and is not a directory")
+    if not path.exists() or not any(path.iterdir()):
+        return "new"
+    is_run = (path / "manifest.json").is_file() or (path / "config.json").is_file()
+    if not is_run:
+        raise RunExistsError(f"{path} holds files that are not a cen_lab run; choose an empty or new directory")
+    if overwrite:
+        log.info("overwriting run in %s", path)
+        shutil.rmtree(path)
+        return "new"
+    return "existing"
 
 
 def _frame(table: str, chunks: list[dict[str, Any]]) -> pd.DataFrame:
@@ -350,16 +431,33 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise RunFormatError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict):
         raise RunFormatError(f"{mpath}: expected a JSON object")
-    if "schema_version" in manifest and manifest["schema_version"] != SCHEMA_VERSION:
+    version = manifest.get("schema_version")
+    if version not in READABLE_VERSIONS:
         raise RunFormatError(
-            f"{mpath}: schema_version {manifest['schema_version']!r} is not supported (this cen_lab reads "
-            f"{SCHEMA_VERSION}); an older cen_lab wrote it. Delete {path} or train it again with overwrite=True "
+            f"{mpath}: schema_version {version!r} is not supported (this cen_lab reads "
+            f"{list(READABLE_VERSIONS)}); another cen_lab wrote it. Delete {path} or train it again with overwrite=True "
             "(cen-lab train --overwrite); notebooks and reports then retrain it"
         )
+    if version == 2:
+        manifest = _migrate(path, manifest)
     missing = [k for k in _MANIFEST_KEYS if k not in manifest]
     if missing:
         raise RunFormatError(f"{mpath}: missing key {missing[0]!r}")
+    if manifest["source"] not in SOURCES:
+        raise RunFormatError(f"{mpath}: source {manifest['source']!r} is not one of {list(SOURCES)}")
     return manifest
+
+
+def _migrate(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A schema-2 manifest (always a trained run) in schema 3: the settings it lacks come from its config."""
+    try:
+        cfg = ExperimentConfig.from_json(str(path / "config.json"))
+    except (ConfigError, OSError) as e:
+        raise RunFormatError(f"{path / 'config.json'}: cannot read the config of this schema-2 run ({e})") from None
+    filled = {"source": "trained", "threshold": cfg.model.threshold, "lam": cfg.train.lam,
+              "l1_rule": cfg.train.l1_rule, "penalised_rule": cfg.train.sparsity, "exchange": cfg.model.exchange,
+              "model_class": "cen_lab.models.CENNet"}
+    return {**filled, **manifest, "schema_version": SCHEMA_VERSION, "migrated_from": 2}
 
 
 def _read_table(path: Path, table: str) -> pd.DataFrame:
@@ -384,19 +482,41 @@ class Run:
     Attributes
     ----------
     path : Path
-    config : ExperimentConfig
+    config : ExperimentConfig or None
+        The config of a trained run; None for observed and imported runs (see ``settings``).
     manifest : dict
     gammas, exchange, metrics, grads : pandas.DataFrame
-        Long-format tables (schema in this module's docstring); ``grads`` is empty unless ``log.grads``.
+        Long-format tables (schema in this module's docstring); ``grads`` is empty unless gradients were logged.
+    settings : dict
+        ``config.json`` as written: ``config.to_dict()`` for a trained run, the observer's or importer's settings
+        otherwise.
     """
 
     path: Path
-    config: ExperimentConfig
+    config: ExperimentConfig | None
     manifest: dict[str, Any]
     gammas: pd.DataFrame
     exchange: pd.DataFrame
     metrics: pd.DataFrame
     grads: pd.DataFrame
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """``"trained"`` (``cen_lab.train``), ``"observed"`` (``cen_lab.observe``) or ``"imported"``
+        (``cen_lab.import_checkpoints``)."""
+        return self.manifest["source"]
+
+    @property
+    def threshold(self) -> float:
+        """The exchange threshold the ``exchange`` table was computed with."""
+        return float(self.manifest["threshold"])
+
+    @property
+    def lam(self) -> float | None:
+        """The L1 weight on the penalised gammas, or None when the run does not record it."""
+        lam = self.manifest["lam"]
+        return None if lam is None else float(lam)
 
     @property
     def status(self) -> str:
@@ -448,6 +568,9 @@ class Run:
         """Rebuild the model and load the checkpoint at ``step`` (default: the latest), in eval mode."""
         from .models import build_model
 
+        if self.config is None:
+            raise RunFormatError(f"{self.path}: a run of source {self.source!r} has no cen_lab model to rebuild; "
+                                 "load its weights into your own model")
         m = self.manifest
         model = build_model(self.config.model, len(m["modalities"]), m["in_channels"], m["num_classes"],
                             m["tasks"], self.config.train.sparsity)
@@ -464,18 +587,26 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Load a run directory written by ``cen_lab.train``; validates the manifest, config and every table.
+    """Load a run directory of any source (``cen_lab.train``, ``cen_lab.observe``, ``cen_lab.import_checkpoints``);
+    validates the manifest, config and every table.
 
     An incomplete run (killed or stopped early) loads too: ``run.status`` says so and the tables hold what was
     flushed at its checkpoints.
     """
     path = Path(path)
     manifest = _read_manifest(path)
+    cpath = path / "config.json"
     try:
-        config = ExperimentConfig.from_json(str(path / "config.json"))
+        settings = json.loads(cpath.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunFormatError(f"{path}: no config.json") from None
-    except ConfigError as e:
-        raise RunFormatError(f"{path / 'config.json'}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise RunFormatError(f"{cpath}: not valid JSON ({e})") from None
+    config = None
+    if manifest["source"] == "trained":
+        try:
+            config = ExperimentConfig.from_dict(settings)
+        except ConfigError as e:
+            raise RunFormatError(f"{cpath}: {e}") from None
     tables = {t: _read_table(path, t) for t in TABLES}
-    return Run(path, config, manifest, **tables)
+    return Run(path, config, manifest, **tables, settings=settings)

@@ -40,8 +40,8 @@ from .data import MultimodalDataset, load_data
 from .errors import ConfigError, NonFiniteLossError
 from .exchange import exchange_keep, exchange_sources
 from .tasks import TaskMetrics, resolve_tasks, target_modalities, task_loss, task_targets
-from .hooks import record_bn_output_grad_norms
 from .models import CENNet, build_model
+from .observer import BNLayer, ExchangeMap, Observer
 from .runlog import Run, RunWriter, load_run
 from .sparsity import add_l1_subgradient, apply_l1_proximal
 
@@ -135,75 +135,44 @@ def evaluate(model: CENNet, x: torch.Tensor, y: torch.Tensor | dict[str, torch.T
     return metrics
 
 
-class _Logger:
-    """Turns model state into table rows with one host transfer per record (no per-layer sync)."""
+class CENExchange(ExchangeMap):
+    """The exchange map of a ``CENNet`` for ``cen_lab.observer.Observer``: each CEN block's rule (mean, cyclic,
+    random, none) on its branch grid, computed by ``exchange_sources``, so the logged sources match the forward
+    pass."""
 
-    def __init__(self, model: CENNet, writer: RunWriter, cfg: ExperimentConfig):
-        self.model, self.writer = model, writer
-        self.layers = model.cen_layers()
-        tasks = model.grid.tasks
-        names, branches, chans, pen = [], [], [], []
-        for name, bn in self.layers:
-            m, c = bn.weight.shape
-            names.append(np.full(m * c, name, dtype=object))
-            branches.append(np.repeat(np.arange(m, dtype=np.int32), c))
-            chans.append(np.tile(np.arange(c, dtype=np.int32), m))
-            pen.append(bn.penalty_mask.cpu().numpy().ravel())
-        self.layer_col = np.concatenate(names)
-        self.branch_col = np.concatenate(branches)
-        # branch b = m * T + t reads modality m for task t (cen_lab.exchange.BranchGrid)
-        self.ids = {"layer": self.layer_col, "branch": self.branch_col, "modality": self.branch_col // tasks,
-                    "task": self.branch_col % tasks, "channel": np.concatenate(chans)}
-        self.penalised = np.concatenate(pen)
-        self.threshold = cfg.model.threshold
-        cen_blocks = [blk for b, blk in enumerate(model.blocks) if b in set(cfg.model.cen_blocks)]
-        # Each channel's donor if it is exchanged: exchange_sources with every channel exchanged. Per
-        # logged step only the keep mask changes; that is |gamma| >= threshold except under the "random" rule,
-        # whose layers go through exchange_keep (``self.ranked``: row slice, shape and rank of each).
-        donors, self.ranked, offset = [], [], 0
-        for (_, bn), blk in zip(self.layers, cen_blocks):
-            m, c = bn.weight.shape
-            rank = None if blk.exchange_rank is None else blk.exchange_rank.cpu()
-            everything_exchanged = exchange_sources(torch.zeros(m, c), 1.0, blk.exchange, rank, blk.grid)  # |0| < 1
-            donors.append(everything_exchanged.numpy().ravel())
-            if blk.exchange == "random":
-                self.ranked.append((slice(offset, offset + m * c), (m, c), rank))
-            offset += m * c
-        self.donor = np.concatenate(donors).astype(np.int32)
-        # rows of the layers that exchange at all (their mode is not "none")
-        self.exchanging = self.donor != self.branch_col
+    def __init__(self, model: CENNet):
+        cen = set(model.config.cen_blocks)
+        self.blocks = [blk for b, blk in enumerate(model.blocks) if b in cen]  # aligned with model.cen_layers()
+        self.name = model.config.exchange
 
-    def _gather(self, tensors: list[torch.Tensor]) -> np.ndarray:
-        return torch.cat([t.detach().reshape(-1).float() for t in tensors]).cpu().numpy()
+    def donors(self, layer: BNLayer, index: int) -> np.ndarray:
+        # each channel's donor if it is exchanged: exchange_sources with every channel exchanged (|0| < 1). Per
+        # logged step only the keep mask changes
+        blk = self.blocks[index]
+        rank = None if blk.exchange_rank is None else blk.exchange_rank.cpu()
+        m, c = layer.num_branches, layer.num_channels
+        return exchange_sources(torch.zeros(m, c), 1.0, blk.exchange, rank, blk.grid).numpy()
 
-    def state(self, step: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Record gammas, betas and the exchange map of this state; return the gammas and the exchanged flags."""
-        gamma = self._gather([bn.weight for _, bn in self.layers])
-        beta = self._gather([bn.bias for _, bn in self.layers])
-        w = self.writer
-        w.add("gammas", step=step, epoch=epoch, **self.ids, gamma=gamma, beta=beta, penalised=self.penalised)
-        keep = np.abs(gamma) >= np.float32(self.threshold)  # float32, as exchange_keep compares
-        for rows, shape, rank in self.ranked:
-            keep[rows] = exchange_keep(torch.from_numpy(gamma[rows].reshape(shape)), self.threshold, "random", rank).numpy().ravel()
-        source = np.where(keep, self.branch_col, self.donor)
-        exchanged = source != self.branch_col
-        w.add("exchange", step=step, **self.ids, exchanged=exchanged, source=source)
-        return gamma, exchanged
+    def keep(self, index: int, gamma: np.ndarray, threshold: float) -> np.ndarray | None:
+        blk = self.blocks[index]
+        if blk.exchange != "random":
+            return None  # |gamma| >= threshold
+        return exchange_keep(torch.from_numpy(gamma), threshold, "random", blk.exchange_rank.cpu()).numpy()
 
-    def exchange_ratio(self, exchanged: np.ndarray) -> float:
-        """Portion of the channels of exchanging layers that are exchanged (0 when no layer exchanges)."""
-        return float(exchanged[self.exchanging].mean()) if self.exchanging.any() else 0.0
 
-    def grads(self, step: int, dxprime: dict[str, torch.Tensor]) -> None:
-        grads = [bn.weight.grad if bn.weight.grad is not None else torch.zeros_like(bn.weight) for _, bn in self.layers]
-        norms = [dxprime.get(name, torch.full_like(bn.weight, float("nan"))) for name, bn in self.layers]
-        flat = self._gather(grads + norms)
-        half = flat.size // 2
-        self.writer.add("grads", step=step, **self.ids, dgamma=flat[:half], dxprime_norm=flat[half:])
+def _observer(model: CENNet, writer: RunWriter, cfg: ExperimentConfig) -> Observer:
+    """The run's observer: every CEN layer, its penalty mask and its exchange rule; rows are flushed at the
+    checkpoints (``RunWriter.checkpoint``), not by the observer."""
+    layers = [BNLayer(name, (bn,)) for name, bn in model.cen_layers()]
+    masks = [bn.penalty_mask.cpu().numpy() for _, bn in model.cen_layers()]
+    return Observer(layers, writer, threshold=cfg.model.threshold, penalised=masks, exchange=CENExchange(model),
+                    tasks=model.grid.tasks, flush_every=None, allow_nan_metrics=True)  # NaN: a metric undefined
 
-    def metrics(self, step: int, epoch: int, split: str, values: dict[str, float]) -> None:
-        self.writer.add("metrics", step=step, epoch=epoch, split=split,
-                        name=np.array(list(values), dtype=object), value=np.array(list(values.values()), np.float64))
+
+def _exchange_ratio(obs: Observer, exchanged: np.ndarray) -> float:
+    """Portion of the channels of exchanging layers that are exchanged (0 when no layer exchanges)."""
+    exchanging = obs.donor != obs.branch_col  # rows of the layers that exchange at all (their mode is not "none")
+    return float(exchanged[exchanging].mean()) if exchanging.any() else 0.0
 
 
 def forward_backward(model: CENNet, optimizer: torch.optim.Optimizer, xb: torch.Tensor,
@@ -319,7 +288,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
     elif cfg.train.init_from is not None:  # a new run, or one resumed before its first checkpoint
         _load_initial_weights(model, cfg.train.init_from)
     start = ckpt["step"] if ckpt is not None else 0
-    logger = _Logger(model, writer, cfg)
+    logger = _observer(model, writer, cfg)
     end = stop_at if stop_at is not None else cfg.train.steps
     perm_epoch, perm = -1, None
 
@@ -338,12 +307,11 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
 
             logging_step = s % cfg.log.every == 0
             if logging_step:
-                gamma, exchanged = logger.state(s, epoch)
+                gamma, exchanged = logger.log_state(s, epoch)
             if s % cfg.log.eval_every == 0:
-                logger.metrics(s, epoch, "val", evaluate(model, xv, yv, outputs, ds.num_classes))
+                logger.log_metrics(s, evaluate(model, xv, yv, outputs, ds.num_classes), "val", epoch)
 
-            observe = record_bn_output_grad_norms(model.cen_layers()) if (logging_step and cfg.log.grads) \
-                else contextlib.nullcontext({})
+            observe = logger.grad_norms() if (logging_step and cfg.log.grads) else contextlib.nullcontext({})
             with observe as dxprime:
                 loss, per_task = forward_backward(model, optimizer, xb, yb, task_weights)
             loss_value = float(loss)  # one host sync per step, to stop at the first non-finite loss
@@ -362,10 +330,10 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
                     values.update({f"alpha/{n}": a for n, a in zip(names[t], alpha[i])})
                 values.update({"loss/total": loss_value, "penalty": penalty})
                 values["sparsity/below_threshold"] = float((pen_g < thr).mean()) if pen_g.size else float("nan")
-                values["exchange/ratio"] = logger.exchange_ratio(exchanged)
-                logger.metrics(s, epoch, "train", values)
+                values["exchange/ratio"] = _exchange_ratio(logger, exchanged)
+                logger.log_metrics(s, values, "train", epoch)
                 if cfg.log.grads:
-                    logger.grads(s, dxprime)
+                    logger.log_grads(s, dxprime)
                 bar.set_postfix(loss=f"{loss_value:.3f}", below_thr=f"{values['sparsity/below_threshold']:.2f}", refresh=False)
 
             penalised_update(optimizer, weights, masks, cfg.train)
@@ -377,8 +345,8 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
         s = end
         final_epoch = (end - 1) // steps_per_epoch if end > 0 else 0
         if end == cfg.train.steps:  # the final state is logged and evaluated once more
-            logger.state(end, final_epoch)
-            logger.metrics(end, final_epoch, "val", evaluate(model, xv, yv, outputs, ds.num_classes))
+            logger.log_state(end, final_epoch)
+            logger.log_metrics(end, evaluate(model, xv, yv, outputs, ds.num_classes), "val", final_epoch)
             writer.flush(upper=end + 1)
             writer.manifest["train_seconds"] = writer.manifest.get("train_seconds", 0.0) + time.perf_counter() - clock
             writer.checkpoint(end, model, optimizer)

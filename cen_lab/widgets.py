@@ -89,7 +89,7 @@ class Explorer:
 
         p, run, step, layer = self._plots, self.run, self.step, self.layer_picker.value
         self.step_label.value = f"step {step}"
-        thr = run.config.model.threshold
+        thr = run.threshold
         snapshot = p.compute_gamma_snapshot(run.gammas, thr, run.branches, step=step, layers=[layer])
         snapshot = snapshot[snapshot["branch"] == self.branch_picker.value]
         layer_frame = self.exchange_frame[self.exchange_frame["layer"] == layer]

@@ -1,0 +1,756 @@
+"""Observe any PyTorch CEN in its own training loop and log it in the run schema of ``cen_lab.runlog``.
+
+CEN's pattern is copied into many codebases: a wrapper that runs one shared module per modality, a
+per-modality BatchNorm made of M ``nn.BatchNorm2d`` children ``bn_0 ... bn_{M-1}``, an exchange after the
+middle BN (``bn2``) of each residual bottleneck, and an L1 penalty on gammas picked by parameter name. The
+observer reads such a model where it stands::
+
+    obs = cen_lab.observe(model, "runs/mine", layers="*.bn2", threshold=2e-2, penalised="alternate-halves",
+                          modality_names=["rgb", "depth"], lam=2e-4)
+    for step, batch in enumerate(loader):
+        with obs.grads(step):                      # optional: dL/dgamma and ||dL/dx'|| of this backward
+            loss = loss_fn(model, batch); loss.backward()
+        optimizer.step()
+        obs.log(step, metrics={"loss/total": loss.item()})   # gammas, betas, exchange map
+    obs.close()                                    # status "complete"; also a context manager
+
+``cen_lab.train`` logs through the same ``Observer``, so every figure, the explorer and ``load_run`` read both.
+
+Layers
+------
+A layer is one BN position with M branches (modalities) of C channels. Three layouts are read:
+
+- cen_lab's ``ModalBatchNorm2d`` (gamma ``[M, C]`` in one parameter);
+- a module whose children are exactly M BatchNorm layers (the reference code's ``BatchNorm2dParallel``
+  with ``bn_0 ... bn_{M-1}``, or an ``nn.ModuleList`` of BNs), branch m being the m-th child;
+- an explicit list of per-modality BN modules: ``layers={"stem.bn": [model.rgb.bn1, model.depth.bn1]}``.
+
+``layers`` is None (every layer of the first two layouts), a name or glob over module names (``"*.bn2"``), a
+list of those, or a dict name -> list of modules. Anything else gets an ``ObserveError`` that lists the
+BN-like modules the model has.
+
+Penalised gammas (``penalised``)
+--------------------------------
+``"disjoint"``
+    cen_lab's and the paper's: branch m penalises the m-th of M contiguous chunks of the channels
+    (``cen_lab.sparsity_mask``).
+``"alternate-halves"``
+    the reference code's rule, exactly: walk the model's parameters in ``named_parameters()`` order; the k-th
+    gamma tensor of an observed layer (one per branch; a ``[M, C]`` parameter counts as M in row order) that
+    requires grad penalises its first half ``[:C // 2]`` when k is even and its second half ``[C // 2:]`` when
+    k is odd. For M = 2 that is modality 0 the first half and modality 1 the second half of every layer; for
+    M = 3 the parity runs on across layers (layer 0: first, second, first; layer 1: second, first, second).
+    It equals the reference's selection when the observed layers are the ones its name filter picks
+    (``'bn2' in name``).
+``"all"`` / ``"none"``
+    every gamma / none.
+a dict layer name -> bool ``[M, C]`` mask
+    any other rule.
+
+Exchange map (``exchange``)
+---------------------------
+Channel c of branch m is exchanged where ``|gamma[m, c]| < threshold`` (a gamma at the threshold is kept).
+The ``source`` column says where its value then comes from: the default ``"mean"`` takes the mean of the
+other branches (for M = 2 the other branch's index, for M > 2 ``-1``, a mean of several); ``"none"`` logs
+every channel as kept (a network that does not exchange). Another rule is a callable
+``fn(layer_name, gamma, threshold) -> source``: ``gamma`` float32 ``[M, C]``, ``source`` int ``[M, C]``
+(the branch's own index where kept).
+
+Cost on a GPU: one device-to-host copy per logged step (every gamma and beta in one ``torch.cat``), none per
+layer; rows are buffered and written as Parquet parts every ``flush_every`` logged steps and at ``close``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fnmatch
+import functools
+import logging
+import math
+import numbers
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .errors import ObserveError, RunExistsError
+from .exchange import exchange_sources
+from .hooks import record_bn_output_grad_norms
+from .runlog import RunWriter, _prepare_dir, _read_manifest
+from .sparsity import sparsity_mask
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PENALISED_RULES", "BNLayer", "ExchangeMap", "MeanExchange", "NoExchange", "Observer", "observe",
+           "find_bn_layers", "resolve_layers", "penalised_masks", "alternate_halves"]
+
+PENALISED_RULES = ("disjoint", "alternate-halves", "all", "none")
+ExchangeFn = Callable[[str, np.ndarray, float], np.ndarray]
+
+
+# -- layers ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BNLayer:
+    """One observed BN position: ``M`` branches of ``C`` channels.
+
+    Attributes
+    ----------
+    name : str
+        The ``layer`` value in the run tables (the module's dotted name).
+    modules : tuple of nn.Module
+        One module holding gamma ``[M, C]`` (``ModalBatchNorm2d``), or M BatchNorm modules, one per branch.
+    """
+
+    name: str
+    modules: tuple[nn.Module, ...]
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.modules) == 1 and self.modules[0].weight.dim() == 2
+
+    @property
+    def num_branches(self) -> int:
+        return self.modules[0].weight.shape[0] if self.stacked else len(self.modules)
+
+    @property
+    def num_channels(self) -> int:
+        return self.modules[0].weight.shape[-1]
+
+    def gammas(self) -> list[torch.Tensor]:
+        """Tensors whose concatenated flattening is gamma ``[M * C]`` in branch-major order."""
+        return [m.weight for m in self.modules]
+
+    def betas(self) -> list[torch.Tensor]:
+        return [m.bias for m in self.modules]
+
+    def hook_point(self) -> nn.Module | tuple[nn.Module, ...]:
+        """What ``record_bn_output_grad_norms`` hooks: the stacked module, or the per-branch modules."""
+        return self.modules[0] if self.stacked else self.modules
+
+
+def _is_stacked_bn(module: nn.Module) -> bool:
+    from .models import ModalBatchNorm2d
+
+    return isinstance(module, ModalBatchNorm2d)
+
+
+def _bn_like(model: nn.Module) -> list[str]:
+    """Names of every BatchNorm-like module of ``model`` (for error messages)."""
+    return [n or "<root>" for n, m in model.named_modules() if isinstance(m, _BatchNorm) or _is_stacked_bn(m)]
+
+
+def _layer_of(name: str, module: nn.Module) -> BNLayer | None:
+    """The layer ``module`` forms, or None when it is not one of the readable layouts."""
+    if _is_stacked_bn(module):
+        return BNLayer(name, (module,))
+    if isinstance(module, _BatchNorm):
+        return None
+    kids = [k for _, k in module.named_children()]
+    if kids and all(isinstance(k, _BatchNorm) for k in kids):
+        return BNLayer(name, tuple(kids))
+    return None
+
+
+def find_bn_layers(model: nn.Module) -> list[BNLayer]:
+    """Every layer of ``model`` in a readable layout (``ModalBatchNorm2d``, or a module whose children are all
+    BatchNorms), in module order. Layers with one child are included; ``resolve_layers`` refuses them."""
+    found = []
+    for name, module in model.named_modules():
+        layer = _layer_of(name, module)
+        if layer is not None and (layer.stacked or layer.num_branches >= 2):
+            found.append(layer)
+    return found
+
+
+def _check_layer(layer: BNLayer) -> BNLayer:
+    for mod in layer.modules:
+        if getattr(mod, "weight", None) is None or getattr(mod, "bias", None) is None:
+            raise ObserveError(f"layer {layer.name!r}: its BatchNorm has no affine gamma/beta (affine=False); "
+                               "there is no gamma to observe")
+    if layer.num_branches < 2:
+        raise ObserveError(f"layer {layer.name!r} has M = {layer.num_branches} branch; a CEN layer needs M >= 2 "
+                           "(one BatchNorm per modality)")
+    if not layer.stacked:
+        sizes = [tuple(m.weight.shape) for m in layer.modules]
+        if len(set(sizes)) != 1 or len(sizes[0]) != 1:
+            raise ObserveError(f"layer {layer.name!r}: its per-branch BatchNorms differ in size {sizes}; every "
+                               "branch needs the same C channels")
+    return layer
+
+
+def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mapping[str, Sequence[nn.Module]] = None
+                   ) -> list[BNLayer]:
+    """The observed layers of ``model`` (see the module docstring), checked: M >= 2, equal sizes, affine.
+
+    Raises
+    ------
+    ObserveError
+        A name or glob that matches no readable layer (the message lists the BN-like modules found), a module
+        in no readable layout, a layer with M = 1 or branches of different sizes, or layers with different M.
+    """
+    if isinstance(layers, Mapping):
+        out = []
+        for name, mods in layers.items():
+            mods = tuple(mods)
+            if not mods or not all(isinstance(m, (_BatchNorm,)) or _is_stacked_bn(m) for m in mods):
+                raise ObserveError(f"layers[{name!r}] must be a list of BatchNorm modules, one per branch")
+            out.append(_check_layer(BNLayer(str(name), mods)))
+    else:
+        candidates = find_bn_layers(model)
+        if layers is None:
+            out = [_check_layer(c) for c in candidates]
+            if not out:
+                raise ObserveError(f"{type(model).__name__} has no layer in a readable layout (ModalBatchNorm2d, or a "
+                                   f"module whose children are M BatchNorms); BN-like modules: {_bn_like(model)}")
+        else:
+            patterns = [layers] if isinstance(layers, str) else list(layers)
+            if not patterns:
+                raise ObserveError("layers is empty; give names or globs, or None to find them")
+            modules = dict(model.named_modules())
+            out, seen = [], set()
+            for pat in patterns:
+                if not isinstance(pat, str):
+                    raise ObserveError(f"layers must be names or globs (str), got {type(pat).__name__}")
+                if pat in modules:  # an exact name: a layer of any size, checked below
+                    hits = [_layer_of(pat, modules[pat])]
+                    if hits[0] is None:
+                        raise ObserveError(
+                            f"layer {pat!r} is a {type(modules[pat]).__name__}, not a ModalBatchNorm2d nor a module "
+                            f"whose children are BatchNorms; readable layers: {[c.name for c in candidates]}; "
+                            f"BN-like modules: {_bn_like(model)}")
+                else:
+                    hits = [c for c in candidates if fnmatch.fnmatchcase(c.name, pat)]
+                    if not hits:
+                        raise ObserveError(
+                            f"layers {pat!r} matches no readable layer of {type(model).__name__}; readable layers: "
+                            f"{[c.name for c in candidates]}; BN-like modules: {_bn_like(model)}")
+                for h in hits:
+                    if h.name not in seen:
+                        seen.add(h.name)
+                        out.append(_check_layer(h))
+    ms = {layer.num_branches for layer in out}
+    if len(ms) != 1:
+        raise ObserveError(f"the observed layers have different numbers of branches {sorted(ms)}: "
+                           + ", ".join(f"{la.name}: M = {la.num_branches}" for la in out))
+    return out
+
+
+# -- penalised gammas -----------------------------------------------------------------------------------------
+
+
+def alternate_halves(order: Sequence[tuple[int, int]], shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """The reference code's penalised rule from gamma tensors in parameter order.
+
+    Parameters
+    ----------
+    order : sequence of (layer index, branch)
+        Every penalisable gamma tensor (one branch of one layer), in the order the reference's loop meets them
+        (``named_parameters()`` or state-dict order).
+    shapes : sequence of (M, C)
+        Each layer's shape.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        bool ``[M, C]`` per layer: the k-th tensor of ``order`` penalises ``[:C // 2]`` for even k and
+        ``[C // 2:]`` for odd k.
+    """
+    masks = [np.zeros(s, dtype=bool) for s in shapes]
+    for k, (li, b) in enumerate(order):
+        c = shapes[li][1]
+        masks[li][b, (slice(None, c // 2) if k % 2 == 0 else slice(c // 2, None))] = True
+    return masks
+
+
+def _parameter_order(model: nn.Module, layers: Sequence[BNLayer]) -> list[tuple[int, int]]:
+    where: dict[int, tuple[int, int | None]] = {}
+    for li, layer in enumerate(layers):
+        for b, g in enumerate(layer.gammas()):
+            where[id(g)] = (li, None if layer.stacked else b)
+    order = []
+    for _, p in model.named_parameters():
+        if id(p) in where and p.requires_grad:
+            li, b = where[id(p)]
+            order += [(li, r) for r in range(p.shape[0])] if b is None else [(li, b)]
+    return order
+
+
+def penalised_masks(layers: Sequence[BNLayer], rule: str | Mapping[str, Any] | None, model: nn.Module | None = None,
+                    order: Sequence[tuple[int, int]] | None = None) -> tuple[str, list[np.ndarray]]:
+    """Which gammas carry the penalty: ``(rule name, [bool [M, C] per layer])``.
+
+    ``rule`` is one of ``PENALISED_RULES``, a dict layer name -> mask, or None: the ``penalty_mask`` of
+    cen_lab's own ``ModalBatchNorm2d`` layers (an error for other layouts). ``"alternate-halves"`` needs the
+    parameter order: from ``model`` or given as ``order`` (see ``alternate_halves``).
+    """
+    shapes = [(la.num_branches, la.num_channels) for la in layers]
+    if rule is None:
+        if all(la.stacked and hasattr(la.modules[0], "penalty_mask") for la in layers):
+            return "mask", [la.modules[0].penalty_mask.cpu().numpy().astype(bool) for la in layers]
+        raise ObserveError(f"say which gammas carry the L1 penalty: penalised= one of {list(PENALISED_RULES)} "
+                           "(the reference code's name filter is 'alternate-halves'), or a dict layer -> bool [M, C]")
+    if isinstance(rule, Mapping):
+        unknown = sorted(set(rule) - {la.name for la in layers})
+        if unknown:
+            raise ObserveError(f"penalised masks name layers that are not observed: {unknown}; observed: "
+                               f"{[la.name for la in layers]}")
+        masks = []
+        for la, shape in zip(layers, shapes):
+            if la.name not in rule:
+                raise ObserveError(f"penalised: no mask for layer {la.name!r}")
+            mask = np.asarray(rule[la.name].cpu() if isinstance(rule[la.name], torch.Tensor) else rule[la.name])
+            if mask.shape != shape or mask.dtype != bool:
+                raise ObserveError(f"penalised[{la.name!r}] must be a bool mask of shape [M, C] = {list(shape)}, "
+                                   f"got {mask.dtype} {list(mask.shape)}")
+            masks.append(mask.copy())
+        return "mask", masks
+    if rule not in PENALISED_RULES:
+        raise ObserveError(f"penalised must be one of {list(PENALISED_RULES)} or a dict of masks, got {rule!r}")
+    if rule == "alternate-halves":
+        if order is None:
+            if model is None:
+                raise ObserveError("'alternate-halves' needs the model (or the parameter order)")
+            order = _parameter_order(model, layers)
+        return rule, alternate_halves(order, shapes)
+    if rule == "disjoint":
+        try:
+            return rule, [sparsity_mask(c, m, "disjoint").numpy() for m, c in shapes]
+        except ValueError as e:
+            raise ObserveError(f"penalised='disjoint': {e}") from None
+    return rule, [np.full(s, rule == "all") for s in shapes]
+
+
+# -- exchange maps --------------------------------------------------------------------------------------------
+
+
+class ExchangeMap:
+    """Each channel's source given the logged gammas: its donor where ``keep`` is False, itself where True.
+
+    Subclasses give the donors (fixed per layer) and, where the keep rule is not ``|gamma| >= threshold``, a
+    ``keep`` of their own. ``name`` goes into the manifest.
+    """
+
+    name = "custom"
+
+    def donors(self, layer: BNLayer, index: int) -> np.ndarray:  # int [M, C]
+        raise NotImplementedError
+
+    def keep(self, index: int, gamma: np.ndarray, threshold: float) -> np.ndarray | None:
+        """bool ``[M, C]``, or None for ``|gamma| >= threshold`` (the usual rule, computed for all layers at once)."""
+        return None
+
+
+class MeanExchange(ExchangeMap):
+    """The paper's rule: an exchanged channel takes the mean of the other branches (M = 2: the other one)."""
+
+    name = "mean"
+
+    def donors(self, layer: BNLayer, index: int) -> np.ndarray:
+        m, c = layer.num_branches, layer.num_channels
+        return exchange_sources(torch.zeros(m, c), 1.0, "mean").numpy()  # |0| < 1: every channel exchanged
+
+
+class NoExchange(ExchangeMap):
+    """A network that does not exchange: every channel is its own."""
+
+    name = "none"
+
+    def donors(self, layer: BNLayer, index: int) -> np.ndarray:
+        return np.repeat(np.arange(layer.num_branches), layer.num_channels).reshape(layer.num_branches, -1)
+
+
+class _CallableExchange(ExchangeMap):
+    def __init__(self, fn: ExchangeFn, layers: Sequence[BNLayer]):
+        self.fn, self.layers = fn, layers
+        self.name = getattr(fn, "__qualname__", type(fn).__name__)
+
+    def donors(self, layer: BNLayer, index: int) -> np.ndarray:
+        return NoExchange().donors(layer, index)  # unused: sources come from fn
+
+    def sources(self, index: int, gamma: np.ndarray, threshold: float) -> np.ndarray:
+        layer = self.layers[index]
+        out = np.asarray(self.fn(layer.name, gamma, threshold))
+        if out.shape != gamma.shape or not np.issubdtype(out.dtype, np.integer):
+            raise ObserveError(f"exchange rule {self.name}: expected int sources of shape {list(gamma.shape)} for "
+                               f"layer {layer.name!r}, got {out.dtype} {list(out.shape)}")
+        return out
+
+
+def _exchange_map(exchange: str | ExchangeFn | ExchangeMap, layers: Sequence[BNLayer]) -> ExchangeMap:
+    if isinstance(exchange, ExchangeMap):
+        return exchange
+    if exchange == "mean":
+        return MeanExchange()
+    if exchange == "none":
+        return NoExchange()
+    if callable(exchange):
+        return _CallableExchange(exchange, layers)
+    raise ObserveError(f"exchange must be 'mean', 'none' or a callable (layer, gamma, threshold) -> source, "
+                       f"got {exchange!r}")
+
+
+# -- the observer ---------------------------------------------------------------------------------------------
+
+_OPEN: "weakref.WeakSet[Observer]" = weakref.WeakSet()  # observers not closed yet, flushed at interpreter exit
+
+
+def _flush_open_observers() -> None:
+    for obs in list(_OPEN):  # the interpreter ends with an observer open: keep what it logged (status incomplete)
+        try:
+            obs.flush()
+        except Exception:  # never raise at exit
+            log.exception("could not flush %s at exit", obs.writer.path)
+
+
+@functools.cache
+def _register_exit_flush() -> None:  # once per process, on the first observer (no side effect at import)
+    atexit.register(_flush_open_observers)
+
+
+def _track_open(obs: "Observer") -> None:
+    _register_exit_flush()
+    _OPEN.add(obs)
+
+
+
+def _finite_metrics(values: Mapping[str, Any] | None, allow_nan: bool = False) -> dict[str, float]:
+    out = {}
+    for name, v in (values or {}).items():
+        if not isinstance(name, str) or not name:
+            raise ObserveError(f"metric names must be non-empty strings, got {name!r}")
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise ObserveError(f"metric {name!r} must be a number, got a tensor of shape {list(v.shape)}")
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ObserveError(f"metric {name!r} must be a real number, got {type(v).__name__}")
+        if not math.isfinite(float(v)) and not (allow_nan and math.isnan(float(v))):
+            raise ObserveError(f"metric {name!r} is {float(v)}, not a finite number; nothing of this step was logged")
+        out[name] = float(v)
+    return out
+
+
+class Observer:
+    """Logs BN gammas, betas, exchange maps, metrics and gradients of a model into a run directory.
+
+    Build one with ``observe`` (any model) or, as ``cen_lab.train`` does, from resolved layers and a writer.
+    The tables follow ``cen_lab.runlog``; branch ``b`` is modality ``b // tasks``, task ``b % tasks``.
+
+    Attributes
+    ----------
+    layers : list of BNLayer
+    penalised : list of numpy.ndarray
+        bool ``[M, C]`` per layer.
+    writer : RunWriter
+    """
+
+    def __init__(self, layers: Sequence[BNLayer], writer: RunWriter, *, threshold: float,
+                 penalised: Sequence[np.ndarray], exchange: str | ExchangeFn | ExchangeMap = "mean", tasks: int = 1,
+                 flush_every: int | None = 50, rewind_on_resume: bool = False, allow_nan_metrics: bool = False):
+        if not threshold >= 0:
+            raise ObserveError(f"threshold must be >= 0, got {threshold!r}")
+        if flush_every is not None and flush_every < 1:
+            raise ObserveError(f"flush_every must be >= 1 or None, got {flush_every!r}")
+        self.layers, self.writer, self.threshold = list(layers), writer, float(threshold)
+        self.exchange = _exchange_map(exchange, self.layers)
+        self.flush_every, self.allow_nan_metrics = flush_every, allow_nan_metrics
+        names, branches, chans, pen, donors = [], [], [], [], []
+        for i, layer in enumerate(self.layers):
+            m, c = layer.num_branches, layer.num_channels
+            names.append(np.full(m * c, layer.name, dtype=object))
+            branches.append(np.repeat(np.arange(m, dtype=np.int32), c))
+            chans.append(np.tile(np.arange(c, dtype=np.int32), m))
+            pen.append(np.asarray(penalised[i], dtype=bool).ravel())
+            donors.append(np.asarray(self.exchange.donors(layer, i)).ravel())
+        self.penalised_masks = [np.asarray(p, dtype=bool) for p in penalised]
+        self.penalised = np.concatenate(pen)
+        self.branch_col = np.concatenate(branches)
+        self.ids = {"layer": np.concatenate(names), "branch": self.branch_col,
+                    "modality": self.branch_col // tasks, "task": self.branch_col % tasks,
+                    "channel": np.concatenate(chans)}
+        self.donor = np.concatenate(donors).astype(np.int32)
+        self._rows = [slice(o - m * c, o) for o, (m, c) in zip(
+            np.cumsum([la.num_branches * la.num_channels for la in self.layers]),
+            [(la.num_branches, la.num_channels) for la in self.layers])]
+        self._gamma_tensors = [t for la in self.layers for t in la.gammas()]
+        self._beta_tensors = [t for la in self.layers for t in la.betas()]
+        self._hook_points = [(la.name, la.hook_point()) for la in self.layers]
+        # monotonic steps: the last step written or buffered per table (metrics: per split, with its names)
+        self._rewind = rewind_on_resume
+        self._reset_last_steps()
+        self._since_flush = 0
+        self._closed = False
+        self._flushed_upper = self._max_part()
+        _track_open(self)
+
+    # -- bookkeeping
+
+    def _reset_last_steps(self) -> None:
+        last = self.writer.last_steps()
+        self._last = {"gammas": last["gammas"], "grads": last["grads"]}
+        self._last_metric: dict[str, tuple[int, set[str]]] = {}
+        if last["metrics"] is not None:
+            from .runlog import _read_table
+
+            df = _read_table(self.writer.path, "metrics")
+            for split, sub in df.groupby("split"):
+                top = int(sub["step"].max())
+                self._last_metric[str(split)] = (top, set(sub.loc[sub["step"] == top, "name"].astype(str)))
+        self._any_last = max([v for v in last.values() if v is not None], default=None)
+
+    def _max_part(self) -> int:
+        tops = [int(p.stem.split("-")[1]) for t in ("gammas", "exchange", "metrics", "grads")
+                for p in (self.writer.path / t).glob("part-*.parquet")]
+        return max(tops, default=0)
+
+    def _check_step(self, table: str, step: Any) -> int:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ObserveError(f"step must be an integer >= 0, got {step!r}")
+        step = int(step)
+        if self._closed:
+            raise ObserveError(f"this observer of {self.writer.path} is closed")
+        if self._rewind:  # the first step after a resume: a loop that restarted from an earlier checkpoint
+            self._rewind = False
+            if self._any_last is not None and step <= self._any_last:
+                dropped = self.writer.truncate(step)
+                self.writer.manifest.setdefault("rewinds", []).append({"step": step, "dropped_rows": dropped})
+                self.writer.write_manifest()
+                log.info("resumed %s at step %d: dropped %d rows logged at or after it", self.writer.path, step, dropped)
+                self._reset_last_steps()
+        last = self._last.get(table)
+        if last is not None and step <= last:
+            raise ObserveError(f"{table} of step {step} cannot be logged: step {last} is logged already (steps must "
+                               "increase; to continue a killed loop from an earlier step, reopen with resume=True)")
+        return step
+
+    def _after_log(self, step: int) -> None:
+        self._any_last = step if self._any_last is None else max(self._any_last, step)
+        self.writer.manifest["last_step"] = max(self.writer.manifest.get("last_step", 0), step)
+        self._since_flush += 1
+        if self.flush_every is not None and self._since_flush >= self.flush_every:
+            self.flush()
+
+    # -- logging
+
+    def _gather(self, tensors: list[torch.Tensor]) -> np.ndarray:
+        # one device-to-host copy for everything: no sync per layer
+        return torch.cat([t.detach().reshape(-1).float() for t in tensors]).cpu().numpy()
+
+    def sources(self, gamma: np.ndarray) -> np.ndarray:
+        """int32 source per row (the ``exchange`` table's) for the gathered gammas of all layers."""
+        if isinstance(self.exchange, _CallableExchange):
+            return np.concatenate([
+                self.exchange.sources(i, gamma[rows].reshape(la.num_branches, la.num_channels), self.threshold).ravel()
+                for i, (la, rows) in enumerate(zip(self.layers, self._rows))]).astype(np.int32)
+        keep = np.abs(gamma) >= np.float32(self.threshold)  # float32, as exchange_keep compares
+        for i, (la, rows) in enumerate(zip(self.layers, self._rows)):
+            own = self.exchange.keep(i, gamma[rows].reshape(la.num_branches, la.num_channels), self.threshold)
+            if own is not None:
+                keep[rows] = np.asarray(own).ravel()
+        return np.where(keep, self.branch_col, self.donor).astype(np.int32)
+
+    def log_state(self, step: int, epoch: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """Log gammas, betas and the exchange map of the model now, as state ``step``.
+
+        Returns the gathered gammas (float32, one per row) and the exchanged flags.
+        """
+        step = self._check_step("gammas", step)
+        flat = self._gather(self._gamma_tensors + self._beta_tensors)
+        half = flat.size // 2
+        gamma, beta = flat[:half], flat[half:]
+        source = self.sources(gamma)
+        exchanged = source != self.branch_col
+        self.writer.add("gammas", step=step, epoch=epoch, **self.ids, gamma=gamma, beta=beta, penalised=self.penalised)
+        self.writer.add("exchange", step=step, **self.ids, exchanged=exchanged, source=source)
+        self._last["gammas"] = step
+        self._after_log(step)
+        return gamma, exchanged
+
+    def log_metrics(self, step: int, values: Mapping[str, Any], split: str = "train", epoch: int = -1) -> None:
+        """Log named numbers at ``step`` (``split`` ``"train"`` or ``"val"``); every value must be finite, and a
+        name is logged once per step and split. Nothing is logged when any value is bad."""
+        if split not in ("train", "val"):
+            raise ObserveError(f"split must be 'train' or 'val', got {split!r}")
+        checked = _finite_metrics(values, self.allow_nan_metrics)
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ObserveError(f"step must be an integer >= 0, got {step!r}")
+        step = self._check_step("metrics", step)
+        last, names = self._last_metric.get(split, (None, set()))
+        if last is not None and step < last:
+            raise ObserveError(f"{split} metrics of step {step} cannot be logged after step {last} (steps must not "
+                               "go backwards)")
+        if last == step and names & set(checked):
+            raise ObserveError(f"{split} metrics {sorted(names & set(checked))} are logged already at step {step}")
+        if not checked:
+            return
+        self._any_last = step if self._any_last is None else max(self._any_last, step)
+        self.writer.add("metrics", step=step, epoch=epoch, split=split, name=np.array(list(checked), dtype=object),
+                        value=np.array(list(checked.values()), np.float64))
+        self._last_metric[split] = (step, (names if last == step else set()) | set(checked))
+
+    def log(self, step: int, metrics: Mapping[str, Any] | None = None, *, epoch: int = -1,
+            split: str = "train") -> None:
+        """Log the state (gammas, betas, exchange map) at ``step`` and, optionally, metrics of that step.
+
+        Metrics are checked first: a bad value raises before anything of the step is logged.
+        """
+        _finite_metrics(metrics, self.allow_nan_metrics)
+        self.log_state(step, epoch)
+        if metrics:
+            self.log_metrics(step, metrics, split, epoch)
+
+    def grad_norms(self):
+        """Context manager: hooks that record ``||dL/dx'||`` ``[M, C]`` per layer during the next backward
+        (``cen_lab.hooks.record_bn_output_grad_norms``); yields the dict that ``log_grads`` takes."""
+        return record_bn_output_grad_norms(self._hook_points)
+
+    def log_grads(self, step: int, dxprime: Mapping[str, torch.Tensor]) -> None:
+        """Log ``dL/dgamma`` (the gammas' ``.grad`` now; 0 where None) and ``||dL/dx'||`` (NaN for a layer whose
+        backward did not arrive) as the gradients of state ``step``."""
+        step = self._check_step("grads", step)
+        grads = [g.grad if g.grad is not None else torch.zeros_like(g) for g in self._gamma_tensors]
+        norms = [dxprime.get(la.name, torch.full((la.num_branches, la.num_channels), float("nan"),
+                                                 device=la.modules[0].weight.device)) for la in self.layers]
+        flat = self._gather(grads + norms)
+        half = flat.size // 2
+        self.writer.add("grads", step=step, **self.ids, dgamma=flat[:half], dxprime_norm=flat[half:])
+        self._last["grads"] = step
+        self._after_log(step)
+
+    @contextlib.contextmanager
+    def grads(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Wrap the forward and backward of ``step``: on exit, log ``dL/dgamma`` (the ``.grad`` as the block
+        leaves it, so back-propagate the data loss inside and add any penalty gradient after the block to log
+        the data-loss gradient) and ``||dL/dx'||`` of that backward. Nothing is logged when the block raises."""
+        self._check_step("grads", step)
+        with self.grad_norms() as norms:
+            yield norms
+        self.log_grads(step, norms)
+
+    # -- ending
+
+    def flush(self) -> None:
+        """Write the buffered rows as Parquet parts now (also every ``flush_every`` logged steps and at close)."""
+        if not self.writer.pending():
+            return
+        upper = max(self._any_last + 1, self._flushed_upper + 1)
+        self.writer.flush(upper)
+        self._flushed_upper = upper
+        self.writer.write_manifest()
+        self._since_flush = 0
+
+    def close(self, status: str = "complete", error: str | None = None) -> None:
+        """Flush and record the final ``status`` (``complete``, ``incomplete`` or ``failed``)."""
+        if self._closed:
+            return
+        if status not in ("complete", "incomplete", "failed"):
+            raise ObserveError(f"status must be 'complete', 'incomplete' or 'failed', got {status!r}")
+        self.flush()
+        self.writer.manifest.update(status=status, error=error)
+        from .runlog import _now
+
+        self.writer.manifest["ended_at"] = _now()
+        self.writer.write_manifest()
+        self._closed = True
+        _OPEN.discard(self)
+
+    def __enter__(self) -> "Observer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close("complete")
+        else:
+            try:
+                self.close("failed", error=f"{exc_type.__name__}: {exc}")
+            except Exception:  # never hide the user's error behind a logging failure
+                log.exception("could not record the failure in %s", self.writer.path)
+
+    def __repr__(self) -> str:
+        return (f"Observer({str(self.writer.path)!r}, layers={len(self.layers)}, M={self.layers[0].num_branches}, "
+                f"threshold={self.threshold})")
+
+
+def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, threshold: float = 2e-2,
+            penalised: str | Mapping[str, Any] | None = None, exchange: str | ExchangeFn = "mean",
+            modality_names: Sequence[str] | None = None, lam: float | None = None, seed: int | None = None,
+            total_steps: int | None = None, resume: bool = False, overwrite: bool = False,
+            flush_every: int = 50) -> Observer:
+    """Observe ``model`` in its own training loop; see the module docstring for layers, rules and the API.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any CEN-like model, on any device.
+    out_dir : str or Path
+        The run directory (created; an existing run needs ``resume`` or ``overwrite``).
+    layers : None, str, list of str, or dict name -> list of modules
+        Which BN layers to observe (None: every readable one).
+    threshold : float
+        The exchange threshold (>= 0; the paper's 2e-2).
+    penalised : {"disjoint", "alternate-halves", "all", "none"} or dict name -> bool [M, C]
+        Which gammas carry the L1 penalty (the ``penalised`` column). Required unless every layer is cen_lab's
+        ``ModalBatchNorm2d`` (its ``penalty_mask``).
+    exchange : "mean", "none" or callable
+        The rule of the exchange map.
+    modality_names : list of str, optional
+        Names of the M branches (default ``modality0``, ...).
+    lam : float, optional
+        The L1 weight the loop uses, recorded in the manifest (used by the Theorem 1 check by default).
+    seed, total_steps : int, optional
+        Recorded in the manifest.
+    resume : bool
+        Continue an observed run in ``out_dir``: the first step logged after reopening may be earlier than the
+        last one on disk (a loop restarted from its own checkpoint); rows at and after it are then dropped, so
+        no step is duplicated.
+    overwrite : bool
+        Replace a run in ``out_dir`` (never a folder that is not a run).
+    flush_every : int
+        Write the buffered rows every this many logged steps.
+    """
+    found = resolve_layers(model, layers)
+    m = found[0].num_branches
+    names = list(modality_names) if modality_names is not None else [f"modality{i}" for i in range(m)]
+    if len(names) != m or len(set(names)) != m or not all(isinstance(n, str) and n for n in names):
+        raise ObserveError(f"modality_names must be {m} distinct non-empty names (the layers have M = {m}), got {names}")
+    if not threshold >= 0:
+        raise ObserveError(f"threshold must be >= 0, got {threshold!r}")
+    if lam is not None and not lam >= 0:
+        raise ObserveError(f"lam must be >= 0 or None, got {lam!r}")
+    rule, masks = penalised_masks(found, penalised, model)
+    xmap = _exchange_map(exchange, found)
+    settings = {"kind": "observe", "layers": [la.name for la in found], "threshold": float(threshold),
+                "penalised": rule, "exchange": xmap.name, "modality_names": names, "lam": lam}
+    out = Path(out_dir)
+    if resume and (out / "manifest.json").is_file():
+        writer = RunWriter.reopen_observed(out)
+        differs = [k for k in ("layers", "threshold", "penalised", "exchange", "modality_names")
+                   if writer.settings.get(k) != settings[k]]
+        if differs:
+            raise RunExistsError(f"{out} holds an observed run with other settings ({', '.join(differs)}); "
+                                 "pass overwrite=True to replace it or choose another directory")
+        return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every,
+                        rewind_on_resume=True)
+    if _prepare_dir(out, overwrite) == "existing":
+        status = _read_manifest(out)["status"] if (out / "manifest.json").is_file() else "unknown"
+        raise RunExistsError(f"{out} already holds a run (status {status}); pass resume=True to continue it or "
+                             "overwrite=True to start again")
+    manifest = {"source": "observed", "name": out.name, "seed": seed, "total_steps": total_steps,
+                "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+                "layers": [la.name for la in found], "layer_layouts": ["stacked" if la.stacked else "per-branch"
+                                                                       for la in found],
+                "num_branches": m, "modalities": names, "input_modalities": names, "tasks": [],
+                "branches": [{"name": n, "modality": i, "task": 0} for i, n in enumerate(names)],
+                "outputs": names, "ensembles": ["ensemble"], "threshold": float(threshold), "lam": lam,
+                "penalised_rule": rule, "exchange": xmap.name,
+                "device": str(found[0].modules[0].weight.device)}
+    writer = RunWriter.start(out, settings, manifest)
+    return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every)
