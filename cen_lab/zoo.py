@@ -167,7 +167,7 @@ def segmentation_loss(model: nn.Module, batch: tuple[list[torch.Tensor], torch.T
     return sum(F.cross_entropy(o, y) for o in outputs)
 
 
-def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 300, lam: float = 2e-3,
+def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 300, lam: float = 4e-3,
                       lr: float = 0.05, momentum: float = 0.9, batch_size: int = 32, log_every: int = 5,
                       eval_every: int = 50, grads_every: int = 25, seed: int = 0, device: str = "cpu",
                       progress: bool = True) -> None:
@@ -220,9 +220,10 @@ def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 
             penalty = lam * reference_l1(slim) * len(outputs)  # counted once per output, as the reference
             penalty.backward()
             if step % log_every == 0:
-                metrics = {f"loss/{k}": float(v) for k, v in zip(names + ["ensemble"], losses)}
-                metrics.update({f"alpha/{k}": float(a) for k, a in zip(names, alpha_soft)})
-                metrics.update({"loss/total": float(sum(losses)), "penalty": float(penalty)})
+                values = torch.stack([v.detach() for v in losses] + [penalty.detach()]).tolist()  # one host sync
+                metrics = dict(zip([f"loss/{k}" for k in names + ["ensemble"]] + ["penalty"], values))
+                metrics.update({f"alpha/{k}": a for k, a in zip(names, alpha_soft.detach().tolist())})
+                metrics["loss/total"] = sum(values[:-1])
                 observer.log(step, metrics)
             opt.step()
         observer.log(steps)
