@@ -15,6 +15,7 @@ from . import exchange
 from .config import ExperimentConfig
 from .errors import (CenLabError, ConfigError, DataFormatError, NonFiniteLossError, ObserveError, RunExistsError,
                      RunFormatError)
+from .importer import import_checkpoints
 from .observer import Observer, observe
 from .runlog import Run, load_run
 from .sparsity import sparsity_mask
@@ -34,6 +35,7 @@ __all__ = [
     "RunExistsError",
     "RunFormatError",
     "exchange",
+    "import_checkpoints",
     "load_run",
     "observe",
     "sparsity_mask",

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from . import __version__
 from .config import PRESETS, ExperimentConfig
-from .errors import CenLabError, ConfigError
+from .errors import CenLabError, ConfigError, ObserveError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     run = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
                 stop_at=args.stop_at)
     print(f"{run.path}: status {run.status}, {run.manifest['last_step']}/{run.manifest['total_steps']} steps")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importer import import_checkpoints
+
+    paths = args.paths[0] if len(args.paths) == 1 else args.paths
+    try:
+        steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    except ValueError:
+        raise ObserveError(f"--steps expects comma-separated integers, got {args.steps!r}") from None
+    names = args.modality_names.split(",") if args.modality_names else None
+    layers = args.layers if args.layers else None
+    run = import_checkpoints(paths, args.out, layers=layers, threshold=args.threshold, penalised=args.penalised,
+                             steps=steps, modality_names=names, lam=args.lam, overwrite=args.overwrite,
+                             progress=not args.no_progress)
+    print(f"{run.path}: {len(run.manifest['imported_files'])} checkpoints as steps "
+          f"{sorted(run.gammas['step'].unique().tolist())} ({run.manifest['step_source']}); "
+          f"{len(run.manifest['layers'])} layers, M = {len(run.branches)}")
     return 0
 
 
@@ -198,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/fusion", metavar="DIR", help="where the runs go (default: runs/fusion)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_fusion)
+
+    p = sub.add_parser("import", help="import another codebase's checkpoints as a run (one step per checkpoint)")
+    p.add_argument("paths", nargs="+", help="checkpoint files, a folder of them, or a quoted glob ('ckpt/*.pth')")
+    p.add_argument("--out", required=True, help="the run directory to write")
+    p.add_argument("--layers", action="append", default=[], metavar="NAME_OR_GLOB",
+                   help="BN layers to read, e.g. '*.bn2' (repeatable; default: every per-modality BN layer)")
+    p.add_argument("--threshold", type=float, default=2e-2, help="exchange threshold (default 2e-2)")
+    p.add_argument("--penalised", required=True, choices=["disjoint", "alternate-halves", "all", "none"],
+                   help="which gammas carry the L1 penalty (the reference code's rule: alternate-halves)")
+    p.add_argument("--steps", help="comma-separated step of each file (default: the files' step/epoch entry, "
+                                   "else their order)")
+    p.add_argument("--modality-names", help="comma-separated names of the M branches, e.g. rgb,depth")
+    p.add_argument("--lam", type=float, help="the L1 weight the run was trained with (recorded)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(p)

@@ -715,7 +715,24 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         Replace a run in ``out_dir`` (never a folder that is not a run).
     flush_every : int
         Write the buffered rows every this many logged steps.
+
+    Returns
+    -------
+    Observer
+        Call ``log`` / ``log_metrics`` / ``grads`` in the loop and ``close`` at the end (or use it as a context
+        manager: an exception then records status ``failed``).
     """
+    return _open(model, out_dir, source="observed", layers=layers, threshold=threshold, penalised=penalised,
+                 exchange=exchange, modality_names=modality_names, lam=lam, resume=resume, overwrite=overwrite,
+                 flush_every=flush_every, manifest={"seed": seed, "total_steps": total_steps})
+
+
+def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, threshold: float,
+          penalised: str | Mapping[str, Any] | None, exchange: str | ExchangeFn,
+          modality_names: Sequence[str] | None, lam: float | None, resume: bool, overwrite: bool,
+          flush_every: int | None, manifest: dict[str, Any], model_class: str | None = None) -> Observer:
+    """``observe`` for any source (``"observed"``, ``"imported"``): resolve and check everything, then create or
+    reopen the run; ``manifest`` adds source-specific keys."""
     found = resolve_layers(model, layers)
     m = found[0].num_branches
     names = list(modality_names) if modality_names is not None else [f"modality{i}" for i in range(m)]
@@ -727,15 +744,15 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         raise ObserveError(f"lam must be >= 0 or None, got {lam!r}")
     rule, masks = penalised_masks(found, penalised, model)
     xmap = _exchange_map(exchange, found)
-    settings = {"kind": "observe", "layers": [la.name for la in found], "threshold": float(threshold),
+    settings = {"kind": source, "layers": [la.name for la in found], "threshold": float(threshold),
                 "penalised": rule, "exchange": xmap.name, "modality_names": names, "lam": lam}
     out = Path(out_dir)
     if resume and (out / "manifest.json").is_file():
         writer = RunWriter.reopen_observed(out)
-        differs = [k for k in ("layers", "threshold", "penalised", "exchange", "modality_names")
+        differs = [k for k in ("kind", "layers", "threshold", "penalised", "exchange", "modality_names")
                    if writer.settings.get(k) != settings[k]]
         if differs:
-            raise RunExistsError(f"{out} holds an observed run with other settings ({', '.join(differs)}); "
+            raise RunExistsError(f"{out} holds a run with other settings ({', '.join(differs)}); "
                                  "pass overwrite=True to replace it or choose another directory")
         return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every,
                         rewind_on_resume=True)
@@ -743,14 +760,14 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         status = _read_manifest(out)["status"] if (out / "manifest.json").is_file() else "unknown"
         raise RunExistsError(f"{out} already holds a run (status {status}); pass resume=True to continue it or "
                              "overwrite=True to start again")
-    manifest = {"source": "observed", "name": out.name, "seed": seed, "total_steps": total_steps,
-                "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-                "layers": [la.name for la in found], "layer_layouts": ["stacked" if la.stacked else "per-branch"
-                                                                       for la in found],
-                "num_branches": m, "modalities": names, "input_modalities": names, "tasks": [],
-                "branches": [{"name": n, "modality": i, "task": 0} for i, n in enumerate(names)],
-                "outputs": names, "ensembles": ["ensemble"], "threshold": float(threshold), "lam": lam,
-                "penalised_rule": rule, "exchange": xmap.name,
-                "device": str(found[0].modules[0].weight.device)}
-    writer = RunWriter.start(out, settings, manifest)
+    full = {"source": source, "name": out.name, "seed": None, "total_steps": None,
+            "model_class": model_class or f"{type(model).__module__}.{type(model).__qualname__}",
+            "layers": [la.name for la in found],
+            "layer_layouts": ["stacked" if la.stacked else "per-branch" for la in found],
+            "num_branches": m, "modalities": names, "input_modalities": names, "tasks": [],
+            "branches": [{"name": n, "modality": i, "task": 0} for i, n in enumerate(names)],
+            "outputs": names, "ensembles": ["ensemble"], "threshold": float(threshold), "lam": lam,
+            "penalised_rule": rule, "exchange": xmap.name, "device": str(found[0].modules[0].weight.device),
+            **manifest}
+    writer = RunWriter.start(out, settings, full)
     return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every)
