@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from scipy import stats
 from .config import ExperimentConfig
 from .data import load_data
 from .hooks import record_bn_output_grad_norms
+from .observer import BNLayer, penalised_masks, resolve_layers
 from .runlog import Run
 from .sweeps import run_name, sweep
 from .theory import attraction_probability, brier_score, expected_calibration_error, proportion_ci, reliability_table
@@ -35,7 +36,7 @@ from .corollary import corollary_check, corollary_summary, training_loss  # noqa
 
 log = logging.getLogger(__name__)
 
-__all__ = ["theorem_base", "theorem_config", "train_theorem_runs", "local_check", "calibration_summary", "outcome_table", "verdict_table",
+__all__ = ["theorem_base", "theorem_config", "train_theorem_runs", "local_check", "local_check_model", "calibration_summary", "outcome_table", "verdict_table",
            "training_loss", "corollary_check", "corollary_summary", "local_check_runs", "theorem_summary",
            "calibration_frame"]
 
@@ -81,11 +82,66 @@ def train_theorem_runs(lams: Sequence[float], seeds: Sequence[int], runs_dir: st
     return {(row["train.lam"], row["seed"]): load_run(row["path"]) for _, row in table.iterrows()}
 
 
-def _penalised(model) -> list[tuple[int, int, int]]:
-    out = []
-    for li, (_, bn) in enumerate(model.cen_layers()):
-        out += [(li, int(m), int(c)) for m, c in torch.nonzero(bn.penalty_mask).tolist()]
-    return out
+def _gamma_at(layer: BNLayer, m: int, c: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The parameter holding gamma[m, c] of ``layer`` and its index there."""
+    return (layer.modules[0].weight, (m, c)) if layer.stacked else (layer.modules[m].weight, (c,))
+
+
+def _zeroed_gradients(model: torch.nn.Module, layers: Sequence[BNLayer], groups: Sequence[Sequence[tuple[int, int, int]]],
+                      batches: Sequence, loss_fn, bar=None) -> list[tuple]:
+    """For every batch and every group of channels ``(layer index, branch, channel)``: set those gammas to 0,
+    back-propagate ``loss_fn(model, batch)``, read ``g = dL/dgamma`` and ``||dL/dx'||`` of each, and restore them.
+
+    Returns rows ``(layer name, branch, channel, batch index, trained gamma, g, norm)``.
+    """
+    points = [(la.name, la.hook_point()) for la in layers]
+    trained = {}
+    for group in groups:
+        for li, m, c in group:
+            t, i = _gamma_at(layers[li], m, c)
+            trained[(li, m, c)] = float(t.detach()[i])
+    rows: list[tuple] = []
+    for b, batch in enumerate(batches):
+        for group in groups:
+            with torch.no_grad():
+                for li, m, c in group:
+                    t, i = _gamma_at(layers[li], m, c)
+                    t[i] = 0.0
+            model.zero_grad(set_to_none=True)
+            with record_bn_output_grad_norms(points) as norms:
+                loss_fn(model, batch).backward()
+            with torch.no_grad():
+                for li, m, c in group:
+                    t, i = _gamma_at(layers[li], m, c)
+                    name = layers[li].name
+                    grad = float(t.grad[i]) if t.grad is not None else 0.0
+                    norm = float(norms[name][m, c]) if name in norms else float("nan")
+                    rows.append((name, m, c, b, trained[(li, m, c)], grad, norm))
+                    t[i] = trained[(li, m, c)]
+        if bar is not None:
+            bar.update(1)
+    return rows
+
+
+def _local_frame(rows: list[tuple], run: str, lam: float, step: int | None = None) -> pd.DataFrame:
+    """The ``local_check`` table from ``_zeroed_gradients`` rows (with a ``step`` column in front of them)."""
+    df = pd.DataFrame(rows, columns=(["step"] if step is None else []) + ["layer", "modality", "channel", "batch",
+                                                                          "gamma", "g", "norm"])
+    if step is not None:
+        df.insert(0, "step", step)
+    df.insert(0, "lam", lam)
+    df.insert(0, "run", run)
+    df["z"] = df["g"] / df["norm"]
+    df["predicted"] = attraction_probability(lam, df["norm"].to_numpy())
+    df["attracted"] = df["g"].abs() <= lam
+    return df
+
+
+def _cen_loss(model, batch) -> torch.Tensor:
+    xb, yb = batch
+    out = model(xb)
+    branch, ens = data_losses(out.logits, out.ensemble, yb)
+    return branch.sum() + ens
 
 
 def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 16, seed: int = 0,
@@ -112,14 +168,16 @@ def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 1
     x_np, y_np = ds.stacked(0)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     rng = np.random.default_rng(seed)
-    batches = [torch.from_numpy(rng.choice(x.shape[1], cfg.train.batch_size, replace=False)) for _ in range(n_batches)]
+    picks = [torch.from_numpy(rng.choice(x.shape[1], cfg.train.batch_size, replace=False)) for _ in range(n_batches)]
+    batches = [(x[:, idx], y[idx]) for idx in picks]
     rows: list[tuple] = []
     bar = tqdm(total=len(steps) * n_batches, desc=f"local check {run.path.name}", disable=not progress, leave=False)
     for step in steps:
         model = run.load_model(step)
         model.train()
-        layers = model.cen_layers()
-        penalised = _penalised(model)
+        layers = [BNLayer(name, (bn,)) for name, bn in model.cen_layers()]
+        penalised = [(li, int(m), int(c)) for li, (_, bn) in enumerate(model.cen_layers())
+                     for m, c in torch.nonzero(bn.penalty_mask).tolist()]
         if cfg.model.exchange == "none":
             by_mod: dict[int, list] = {}
             for item in penalised:
@@ -129,32 +187,89 @@ def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 1
             groups += [[i] for i in sorted(leftovers)]
         else:
             groups = [[item] for item in penalised]
-        trained = {(li, m, c): layers[li][1].weight.detach()[m, c].item() for li, m, c in penalised}
-        for b, idx in enumerate(batches):
-            xb, yb = x[:, idx], y[idx]
-            for group in groups:
-                with torch.no_grad():
-                    for li, m, c in group:
-                        layers[li][1].weight[m, c] = 0.0
-                model.zero_grad(set_to_none=True)
-                with record_bn_output_grad_norms(layers) as norms:
-                    out = model(xb)
-                    branch, ens = data_losses(out.logits, out.ensemble, yb)
-                    (branch.sum() + ens).backward()
-                with torch.no_grad():
-                    for li, m, c in group:
-                        name, bn = layers[li]
-                        rows.append((step, name, m, c, b, trained[(li, m, c)], float(bn.weight.grad[m, c]),
-                                     float(norms[name][m, c])))
-                        bn.weight[m, c] = trained[(li, m, c)]
-            bar.update(1)
+        rows += [(step, *r) for r in _zeroed_gradients(model, layers, groups, batches, _cen_loss, bar)]
     bar.close()
-    df = pd.DataFrame(rows, columns=["step", "layer", "modality", "channel", "batch", "gamma", "g", "norm"])
-    df.insert(0, "lam", lam)
-    df.insert(0, "run", run.path.name)
-    df["z"] = df["g"] / df["norm"]
-    df["predicted"] = attraction_probability(lam, df["norm"].to_numpy())
-    df["attracted"] = df["g"].abs() <= lam
+    return _local_frame(rows, run.path.name, lam)
+
+
+def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: float, *, layers: Any = None,
+                      penalised: str | Mapping[str, Any] | None = None, max_channels: int | None = None,
+                      step: int = 0, name: str = "model", seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Theorem 1's local check on any model (``cen_lab.observe``'s layouts), with the user's own loss.
+
+    A copy of ``model`` (the model itself, its gammas and BN running statistics are left untouched) is put in
+    training mode. For every penalised channel (or ``max_channels`` of them, drawn with ``seed``) and every batch,
+    that channel's gamma is set to 0, ``loss_fn(copy, batch).backward()`` gives ``g = dL/dgamma`` and
+    ``||dL/dx'||`` (x' the output of that branch's BN), and the gamma is restored. One channel is zeroed per pass,
+    because the branches of a model that exchanges interact.
+
+    Parameters
+    ----------
+    model : nn.Module
+    loss_fn : callable
+        ``loss_fn(model, batch) -> scalar tensor``: the *data* loss of one batch (without the L1 penalty, whose
+        gradient at gamma = 0 is the subgradient interval the theorem reasons about).
+    batches : sequence
+        Minibatches as ``loss_fn`` takes them (move them to the model's device yourself).
+    lam : float
+        The L1 weight (per step, as the penalty enters the gradient; the reference code's once-per-output
+        penalty is ``(M + 1) * lam``).
+    layers, penalised
+        As for ``cen_lab.observe``.
+    max_channels : int, optional
+        Check a random subset of the penalised channels (for large models).
+    step, name : int, str
+        The ``step`` and ``run`` columns of the result.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of ``local_check``; ``calibration_summary``, ``calibration_frame`` and
+        ``cen_lab.plots.plot_reliability`` take it as they take a cen_lab network's.
+
+    Warns
+    -----
+    UserWarning
+        When at least half of the rows have ``||dL/dx'|| = 0``: those channels get no gradient at gamma = 0,
+        so the check is vacuous for them (``predicted`` 1, ``attracted`` True). Besides exchange (below), a ReLU
+        after the BN does this to a channel whose beta is <= 0: at gamma = 0 it outputs beta everywhere.
+
+    Notes
+    -----
+    The theorem is stated for a network trained with the penalty but *without* exchange. In a model that
+    exchanges, a gamma set to 0 is below the threshold, so the channel is replaced by the other branches' output
+    and its own BN output reaches nothing: ``g = 0`` and ``||dL/dx'|| = 0`` exactly. Check such a model with its
+    exchange turned off (for ``cen_lab.zoo`` models, ``zoo.without_exchange(model)``).
+    """
+    import copy
+
+    from tqdm.auto import tqdm
+
+    if not lam >= 0:
+        raise ValueError(f"lam must be >= 0, got {lam!r}")
+    if not len(batches):
+        raise ValueError("local_check_model needs at least one batch")
+    twin = copy.deepcopy(model).train()
+    found = resolve_layers(twin, layers)
+    _, masks = penalised_masks(found, penalised, twin)
+    items = [(li, int(m), int(c)) for li, mask in enumerate(masks) for m, c in zip(*np.nonzero(mask))]
+    if not items:
+        raise ValueError("no penalised channel to check: penalised= selects none")
+    if max_channels is not None and max_channels < len(items):
+        pick = np.random.default_rng(seed).choice(len(items), max_channels, replace=False)
+        items = [items[i] for i in sorted(pick)]
+    bar = tqdm(total=len(batches), desc=f"local check {name}", disable=not progress, leave=False)
+    rows = _zeroed_gradients(twin, found, [[i] for i in items], batches, loss_fn, bar)
+    bar.close()
+    df = _local_frame(rows, name, float(lam), step=step)
+    dead = float((df["norm"] == 0).mean())
+    if dead >= 0.5:
+        import warnings
+
+        warnings.warn(f"{dead:.0%} of the checked channels get no gradient at gamma = 0 (||dL/dx'|| = 0), so the "
+                      "check says nothing about them: a model that exchanges discards a channel whose gamma is below "
+                      "its threshold (check it with exchange turned off), and a ReLU after the BN silences a zeroed "
+                      "channel whose beta is <= 0", UserWarning, stacklevel=2)
     return df
 
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ModuleParallel", "BatchNorm2dParallel", "Exchange", "Bottleneck", "ReferenceStyleCEN",
-           "reference_slim_params", "reference_l1", "hand_written_loop", "segmentation_loss"]
+           "reference_slim_params", "reference_l1", "hand_written_loop", "segmentation_loss", "without_exchange",
+           "effective_lam"]
 
 
 class ModuleParallel(nn.Module):
@@ -143,6 +144,24 @@ class ReferenceStyleCEN(nn.Module):
         return out + [ens], alpha_soft
 
 
+def without_exchange(model: ReferenceStyleCEN) -> ReferenceStyleCEN:
+    """A copy of ``model`` whose bottlenecks never exchange (threshold 0: every ``|gamma| >= 0`` is kept), the
+    setting of Theorem 1; ``model`` itself is unchanged."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, Bottleneck):
+            module.threshold = 0.0
+    return twin
+
+
+def effective_lam(lam: float, num_parallel: int) -> float:
+    """The L1 weight per step of ``hand_written_loop``: the reference adds ``lam * L1`` once per output, M + 1
+    times."""
+    return lam * (num_parallel + 1)
+
+
 def reference_slim_params(model: nn.Module) -> list[torch.Tensor]:
     """The penalised gammas as the reference code picks them: every parameter that requires grad, ends with
     ``weight`` and has ``bn2`` in its name, in ``named_parameters()`` order; the k-th contributes its first half
@@ -217,7 +236,7 @@ def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 
                 losses = [F.cross_entropy(o, target) for o in outputs]
                 opt.zero_grad()
                 sum(losses).backward()
-            penalty = lam * reference_l1(slim) * len(outputs)  # counted once per output, as the reference
+            penalty = effective_lam(lam, m) * reference_l1(slim)  # counted once per output, as the reference
             penalty.backward()
             if step % log_every == 0:
                 values = torch.stack([v.detach() for v in losses] + [penalty.detach()]).tolist()  # one host sync

@@ -107,3 +107,52 @@ def test_verdict_table_rules():
                                "ci_low": -0.5, "ci_high": -0.3, "seeds_lower_with_exchange": 3, "verdict": "holds"}])
     v = theorem.verdict_table(controlled, calibration, outcome, corollary)["verdict"].tolist()
     assert v == ["holds", "does not hold", "does not hold", "holds", "holds", "holds", "holds"]
+
+
+def test_local_check_on_a_user_model_in_the_reference_layout():
+    from cen_lab.zoo import ReferenceStyleCEN, segmentation_loss, without_exchange
+
+    torch.manual_seed(0)
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    with torch.no_grad():  # as if trained: betas away from 0 (with beta = 0 a zeroed channel is 0 after ReLU,
+        for p in model.parameters():  # whose gradient at 0 is 0)
+            p.add_(0.2 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(0)
+    batches = [([torch.randn(8, 3, 8, 8, generator=g) for _ in range(2)], torch.randint(0, 4, (8, 8, 8), generator=g))
+               for _ in range(3)]
+    # with its exchange on, a gamma set to 0 is exchanged away: no gradient reaches it, and the check says so
+    with pytest.warns(UserWarning, match="no gradient at gamma = 0"):
+        vacuous = theorem.local_check_model(model, segmentation_loss, batches[:1], 0.01, layers="*.bn2",
+                                            penalised="alternate-halves", progress=False)
+    assert (vacuous["norm"] == 0).all() and (vacuous["g"] == 0).all()
+    model = without_exchange(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    local = theorem.local_check_model(model, segmentation_loss, batches, 0.01, layers="*.bn2",
+                                      penalised="alternate-halves", progress=False)
+    assert len(local) == 3 * 10  # batches x penalised channels (4/2 + 6/2 per branch, two branches)
+    assert np.isfinite(local[["g", "norm", "predicted"]].to_numpy()).all()
+    # a zeroed channel outputs its beta everywhere; after the ReLU it is dead (no gradient) exactly when beta <= 0
+    params = dict(model.named_parameters())
+    beta = [float(params[f"{r.layer}.bn_{r.modality}.bias"][r.channel].detach()) for r in local.itertuples()]
+    np.testing.assert_array_equal(local["norm"].to_numpy() > 0, np.array(beta) > 0)
+    assert (local["norm"] > 0).mean() > 0.3
+    assert set(local["layer"]) == {"layers.0.0.bn2", "layers.1.0.bn2"}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the user's model is untouched
+    # one row recomputed by hand: gamma set to 0 in a copy, one backward of the loss
+    row = local.query("batch == 2 and layer == 'layers.1.0.bn2' and modality == 1 and norm > 0").iloc[0]
+    import copy
+
+    twin = copy.deepcopy(model).train()
+    bn = getattr(twin.layers[1][0].bn2, f"bn_{row['modality']}")
+    with torch.no_grad():
+        bn.weight[row["channel"]] = 0.0
+    segmentation_loss(twin, batches[2]).backward()
+    assert row["g"] == pytest.approx(float(bn.weight.grad[row["channel"]]), rel=1e-5, abs=1e-9)
+    summary = theorem.calibration_summary(local, n_boot=20)
+    assert 0 <= summary["ece"] <= 1 and len(summary["reliability"])
+    sub = theorem.local_check_model(model, segmentation_loss, batches[:1], 0.01, layers="*.bn2", penalised="all",
+                                    max_channels=5, seed=1, progress=False)
+    assert len(sub) == 5
+    with pytest.raises(ValueError, match="selects none"):
+        theorem.local_check_model(model, segmentation_loss, batches, 0.01, layers="*.bn2", penalised="none",
+                                  progress=False)
