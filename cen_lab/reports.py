@@ -34,7 +34,7 @@ __all__ = ["NOTEBOOK_DIR", "REPORT_NOTEBOOKS", "FigureSink", "NotebookParameterE
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 # notebooks the report executes, in order; the explorer needs a live kernel and is not part of it
-REPORT_NOTEBOOKS = ("quickstart", "exchange_dynamics", "theorem1")
+REPORT_NOTEBOOKS = ("quickstart", "exchange_dynamics", "theorem1", "bring_your_own")
 PLOTLY_JS = "plotly.min.js"
 
 

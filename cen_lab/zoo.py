@@ -20,16 +20,26 @@ with a ``cen_lab.observer.Observer`` watching.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:  # annotations only
+    import pandas as pd
+
+    from .config import DataConfig
+    from .data import MultimodalDataset
+    from .runlog import Run
+
 __all__ = ["ModuleParallel", "BatchNorm2dParallel", "Exchange", "Bottleneck", "ReferenceStyleCEN",
            "reference_slim_params", "reference_l1", "hand_written_loop", "segmentation_loss", "without_exchange",
-           "effective_lam"]
+           "effective_lam", "ZooRun", "train_reference_style", "training_batches", "regime",
+           "EXAMPLE_PRESETS", "run_example", "check_theorem"]
 
 
 class ModuleParallel(nn.Module):
@@ -189,7 +199,8 @@ def segmentation_loss(model: nn.Module, batch: tuple[list[torch.Tensor], torch.T
 def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 300, lam: float = 4e-3,
                       lr: float = 0.05, momentum: float = 0.9, batch_size: int = 32, log_every: int = 5,
                       eval_every: int = 50, grads_every: int = 25, seed: int = 0, device: str = "cpu",
-                      progress: bool = True) -> None:
+                      progress: bool = True, on_step: Callable[[int], None] | None = None,
+                      save_every: int = 0) -> None:
     """Train ``model`` on a ``MultimodalDataset`` (task ``seg``) the way a reference-style codebase does, with
     ``observer`` logging.
 
@@ -197,7 +208,9 @@ def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 
     ``reference_slim_params`` added to the loss once per output (M + 1 times per step). Every ``log_every``
     steps the observer logs the state before the update with the minibatch losses, every ``eval_every`` steps
     the validation mIoU, and every ``grads_every`` steps the gradients (``dL/dgamma`` is then the data-loss
-    gradient: the penalty is back-propagated after the ``grads`` block). The observer is closed at the end.
+    gradient: the penalty is back-propagated after the ``grads`` block). With ``save_every``, ``on_step(s)`` is
+    called with the model at state s every ``save_every`` steps and at the end (to save checkpoints). The
+    observer is closed at the end (status ``failed`` if the loop raises).
     """
     from tqdm.auto import tqdm
 
@@ -245,5 +258,125 @@ def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 
                 metrics["loss/total"] = sum(values[:-1])
                 observer.log(step, metrics)
             opt.step()
+            if save_every and on_step is not None and (step + 1) % save_every == 0 and step + 1 < steps:
+                on_step(step + 1)
         observer.log(steps)
         observer.log_metrics(steps, validate(), split="val")
+        if on_step is not None:
+            on_step(steps)
+
+
+# -- the example, end to end (what notebooks/bring_your_own.ipynb calls) ----------------------------------------
+
+
+@dataclass
+class ZooRun:
+    """A trained reference-style model with its observed run and the settings it was trained with."""
+
+    run: "Run"
+    model: ReferenceStyleCEN
+    data: "MultimodalDataset"
+    settings: dict[str, Any]
+    checkpoint_dir: Path
+
+
+def train_reference_style(out_dir: str | Path, *, steps: int = 300, lam: float = 4e-3, seed: int = 0,
+                          threshold: float = 2e-2, lr: float = 0.05, momentum: float = 0.9, batch_size: int = 32,
+                          save_every: int = 50, data: "DataConfig | None" = None, progress: bool = True) -> ZooRun:
+    """Train a ``ReferenceStyleCEN`` on the toy scenes with ``hand_written_loop`` under ``cen_lab.observe``.
+
+    The run goes to ``out_dir``; the loop also saves the model every ``save_every`` steps the reference's way
+    (``{"segmenter": state_dict, "epoch_start": step}``) into ``out_dir/user_checkpoints/``, the files
+    ``cen_lab.import_checkpoints`` reads. A complete run there with the same settings is reused, not
+    retrained (its final checkpoint is loaded); anything else in ``out_dir`` is replaced.
+    """
+    from .config import DataConfig
+    from .data import load_data
+    from .observer import observe
+    from .runlog import load_run
+
+    out = Path(out_dir)
+    ckpt_dir = out / "user_checkpoints"
+    data_cfg = data or DataConfig()
+    ds = load_data(data_cfg)
+    settings = {"architecture": "ReferenceStyleCEN(stem=16, planes=(8, 16))", "steps": steps, "lam": lam,
+                "lam_per_step": effective_lam(lam, len(ds.modalities)), "seed": seed, "threshold": threshold,
+                "optimizer": f"SGD(lr={lr}, momentum={momentum})", "batch_size": batch_size,
+                "penalised": "alternate-halves (the reference's bn2 name filter)", "data": data_cfg.source}
+    final = ckpt_dir / f"epoch-{steps}.pth"
+    torch.manual_seed(seed)
+    model = ReferenceStyleCEN(ds.stacked(0)[0].shape[2], ds.num_classes, len(ds.modalities), threshold=threshold)
+    if final.is_file():
+        saved = torch.load(final, map_location="cpu", weights_only=True)
+        if saved.get("settings") == settings and (out / "manifest.json").is_file() and load_run(out).complete:
+            model.load_state_dict(saved["segmenter"])
+            return ZooRun(load_run(out), model, ds, settings, ckpt_dir)
+    obs = observe(model, out, layers="*.bn2", threshold=threshold, penalised="alternate-halves",
+                  modality_names=list(ds.modalities), lam=settings["lam_per_step"], seed=seed, total_steps=steps,
+                  overwrite=True)
+
+    def save(step: int) -> None:
+        from ._io import atomic_path
+
+        with atomic_path(ckpt_dir / f"epoch-{step}.pth") as tmp:
+            torch.save({"segmenter": model.state_dict(), "epoch_start": step, "settings": settings}, tmp)
+
+    hand_written_loop(model, ds, obs, steps=steps, lam=lam, lr=lr, momentum=momentum, batch_size=batch_size,
+                      seed=seed, progress=progress, on_step=save, save_every=save_every)
+    return ZooRun(load_run(out), model, ds, settings, ckpt_dir)
+
+
+def training_batches(data: "MultimodalDataset", n_batches: int = 8, batch_size: int = 32, seed: int = 0) -> list:
+    """``n_batches`` training minibatches ``(inputs, labels)`` as ``segmentation_loss`` takes them."""
+    x_np, y_np = data.stacked(0)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    rng = np.random.default_rng(seed)
+    picks = [torch.from_numpy(rng.choice(x.shape[1], batch_size, replace=False)) for _ in range(n_batches)]
+    return [([x[m, idx] for m in range(x.shape[0])], y[idx]) for idx in picks]
+
+
+def regime(zoo_run: ZooRun, **checked: Any) -> "pd.DataFrame":
+    """The regime the example's numbers hold in, as a two-column table (setting, value); ``checked`` adds rows
+    (e.g. how the Theorem 1 check was made)."""
+    import pandas as pd
+
+    rows = {**zoo_run.settings, "trained steps": zoo_run.run.manifest["last_step"], **checked}
+    return pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
+
+
+# the example's sizes: "default" for the report, "tiny" a smoke test (its numbers carry no evidence)
+EXAMPLE_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"steps": 300, "batch_size": 32, "save_every": 50, "check_batches": 8, "max_channels": None},
+    "tiny": {"steps": 6, "batch_size": 16, "save_every": 3, "check_batches": 1, "max_channels": 6},
+}
+
+
+def run_example(preset: str = "default", runs_dir: str | Path = "runs", *, lam: float = 4e-3, seed: int = 0,
+                threshold: float = 2e-2, progress: bool = True) -> ZooRun:
+    """``train_reference_style`` at the size of ``EXAMPLE_PRESETS[preset]`` into
+    ``runs_dir/bring-your-own-<preset>-seed<seed>`` (reused when complete with the same settings)."""
+    if preset not in EXAMPLE_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(EXAMPLE_PRESETS)}, got {preset!r}")
+    p = EXAMPLE_PRESETS[preset]
+    out = Path(runs_dir) / f"bring-your-own-{preset}-seed{seed}"
+    z = train_reference_style(out, steps=p["steps"], lam=lam, seed=seed, threshold=threshold,
+                              batch_size=p["batch_size"], save_every=p["save_every"], progress=progress)
+    z.settings["preset"] = preset
+    z.settings["evidence"] = ("none: the tiny preset is a smoke test" if preset == "tiny" else
+                              "one seed on toy data; not the paper's architecture or budget")
+    return z
+
+
+def check_theorem(zoo_run: ZooRun, preset: str = "default", seed: int = 0, progress: bool = True):
+    """Theorem 1's local check on the example's trained model, exchange off (the theorem's setting), at the
+    per-step L1 weight of its loop (``effective_lam``). Returns ``(local frame, calibration_summary)``."""
+    from .theorem import calibration_summary, local_check_model
+
+    p = EXAMPLE_PRESETS[preset]
+    m = zoo_run.model.num_parallel
+    batches = training_batches(zoo_run.data, p["check_batches"], p["batch_size"], seed)
+    local = local_check_model(without_exchange(zoo_run.model), segmentation_loss, batches,
+                              effective_lam(zoo_run.settings["lam"], m), layers="*.bn2", penalised="alternate-halves",
+                              max_channels=p["max_channels"], step=zoo_run.run.manifest["last_step"],
+                              name=zoo_run.run.path.name, seed=seed, progress=progress)
+    return local, calibration_summary(local)
