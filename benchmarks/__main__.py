@@ -20,10 +20,12 @@ GOALS = {
     "cen_step_over_unimodal": (2.2, "<="),
     "log_overhead_gamma": (0.03, "<="),
     "log_overhead_full": (0.15, "<="),
+    "observer_overhead_gamma": (0.03, "<="),
+    "observer_overhead_full": (0.15, "<="),
     "sweep_speedup_2_workers": (1.7, ">="),
 }
 PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,
-         "sweep": suite.bench_sweep}
+         "observer": suite.bench_observer, "sweep": suite.bench_sweep}
 
 
 def main() -> int:
@@ -48,8 +50,9 @@ def main() -> int:
             value = results[key]
             met = value >= goal if direction == ">=" else value <= goal
             print(f"{key:<38} {value:>8.3f}  {direction}{goal:>6}  {'yes' if met else 'NO'}")
-            interval = results.get("log_overhead_interval", {}).get(key.removeprefix("log_overhead_"))
-            if key.startswith("log_overhead_") and interval:
+            kind, _, variant = key.rpartition("_")
+            interval = results.get(f"{kind}_interval", {}).get(variant) if kind.endswith("_overhead") else None
+            if interval:
                 print(f"{'  95% interval':<38} {interval[0]:>8.3f} to {interval[1]:.3f}")
     if "train_gflops_over_gemm" in results:
         for k, v in results["train_gflops_over_gemm"].items():

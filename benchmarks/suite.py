@@ -256,6 +256,70 @@ def bench_logging(steps: int = 600, config: ExperimentConfig | None = None) -> d
     return out
 
 
+def observer_step_times(steps: int, every: int, grads: bool, out_dir: Path, batch: int = 32,
+                        size: int = 32) -> tuple[np.ndarray, float]:
+    """A user's own loop on ``cen_lab.zoo.ReferenceStyleCEN`` (M = 2, SGD, the reference's L1 in the loss) with
+    ``cen_lab.observe`` logging every ``every`` steps (with ``grads``: also ``obs.grads``). Returns the seconds
+    of steps ``1 .. steps - 1`` as ``step_times`` does, without the Parquet writes, and the seconds of those."""
+    import contextlib
+
+    from cen_lab.zoo import ReferenceStyleCEN, reference_l1, reference_slim_params, segmentation_loss
+
+    torch.manual_seed(0)
+    model = ReferenceStyleCEN(3, 5)
+    xs, y = [torch.randn(batch, 3, size, size) for _ in range(2)], torch.randint(0, 5, (batch, size, size))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    slim = reference_slim_params(model)
+    obs = cen_lab.observe(model, out_dir, layers="*.bn2", penalised="alternate-halves", overwrite=True)
+    flush, flushed = obs.writer.flush, [0.0]
+
+    def timed_flush(upper):
+        start = time.perf_counter()
+        flush(upper)
+        flushed[0] += time.perf_counter() - start
+
+    obs.writer.flush = timed_flush  # this writer only
+    stamps, in_step = [], []
+    for step in range(steps):
+        logged = step % every == 0
+        before = flushed[0]
+        with obs.grads(step) if (logged and grads) else contextlib.nullcontext():
+            opt.zero_grad()
+            loss = segmentation_loss(model, (xs, y)) + 3 * 1e-3 * reference_l1(slim)
+            loss.backward()
+        if logged:
+            obs.log(step)
+        opt.step()
+        stamps.append(time.perf_counter())
+        in_step.append(flushed[0] - before)
+    start = time.perf_counter()
+    obs.close()
+    closing = time.perf_counter() - start
+    times = np.diff(stamps) - np.asarray(in_step[1:])  # the writes are counted apart, spread over the logged steps
+    return times, flushed[0] + closing
+
+
+def bench_observer(steps: int = 600) -> dict:
+    """Logging overhead of ``cen_lab.observe`` in a user's own loop (``observer_step_times``), measured as
+    ``bench_logging`` measures ``cen_lab.train``'s: logged and unlogged steps alternate in one loop, each
+    logged step is compared with its neighbours, and the Parquet writes are spread over the logged steps."""
+    every = 2
+    out: dict = {"observer_overhead_interval": {}, "observer_per_step_ms": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        observer_step_times(4, every, True, Path(tmp) / "warm-up")
+        for name, grads in (("gamma", False), ("full", True)):
+            times, write_seconds = observer_step_times(steps, every, grads, Path(tmp) / name)
+            unlogged = (np.arange(1, times.size + 1) % every) != 0
+            plain = float(np.median(times[unlogged]))
+            extra = write_seconds / (steps // every) / plain
+            estimate, (low, high) = paired_step_overhead(times, every)
+            out[f"observer_overhead_{name}"] = estimate + extra
+            out["observer_overhead_interval"][name] = [low + extra, high + extra]
+            out["observer_per_step_ms"][name] = {"unlogged_step": 1e3 * plain, "logging": 1e3 * plain * estimate,
+                                                 "parquet_writes": 1e3 * plain * extra}
+    return out
+
+
 # -- sweeps -------------------------------------------------------------------------------------------------------
 
 

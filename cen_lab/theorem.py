@@ -298,8 +298,8 @@ def calibration_summary(local: pd.DataFrame, bins: int = 10, n_boot: int = 300, 
         ``brier``, ``ece``, ``spearman`` (per channel: mean prediction against observed fraction over
         minibatches), each with ``<name>_ci`` from a bootstrap over channels; ``reliability`` (a DataFrame with
         Wilson intervals per bin); ``normality`` (D'Agostino-Pearson test of ``z``, its mean and std, and the
-        number of values); ``no_gradient`` (the portion of rows with ``||dL/dx'|| = 0``, where the prediction is
-        1 and the channel attracted by construction, with its Wilson interval).
+        number of values); ``no_gradient`` (the portion of channels with ``||dL/dx'|| = 0`` in every minibatch,
+        where the prediction is 1 and the channel attracted by construction, with its Wilson interval).
     """
     p, y = local["predicted"].to_numpy(), local["attracted"].to_numpy().astype(float)
     key = _channel_key(local).to_numpy()
@@ -332,9 +332,11 @@ def calibration_summary(local: pd.DataFrame, bins: int = 10, n_boot: int = 300, 
     out["normality"] = {"n": int(len(z)), "mean": float(np.mean(z)), "std": float(np.std(z)),
                         "statistic": float(test.statistic) if test else float("nan"),
                         "pvalue": float(test.pvalue) if test else float("nan")}
-    dead = int((local["norm"] == 0).sum())  # channels with no gradient at gamma = 0: the check is vacuous there
-    low, high = proportion_ci(dead, len(local), level)
-    out["no_gradient"] = {"fraction": dead / len(local) if len(local) else float("nan"), "ci": [float(low), float(high)]}
+    # channels with no gradient at gamma = 0 in any minibatch: the check is vacuous there (per channel, since the
+    # rows of one channel are not independent)
+    dead = int((np.bincount(inverse, weights=(local["norm"].to_numpy() == 0)) == np.bincount(inverse)).sum())
+    low, high = proportion_ci(dead, len(codes), level)
+    out["no_gradient"] = {"fraction": dead / len(codes) if len(codes) else float("nan"), "ci": [float(low), float(high)]}
     out["reliability"] = reliability_table(p, y, bins, level)
     return out
 
@@ -349,7 +351,7 @@ def calibration_frame(calibration: dict) -> pd.DataFrame:
              {"measure": "normality test p-value", "value": nrm["pvalue"], "ci_low": np.nan, "ci_high": np.nan}]
     if "no_gradient" in calibration:
         dead = calibration["no_gradient"]
-        rows.append({"measure": "rows with ||dL/dx'|| = 0 (vacuous: no gradient at gamma = 0)",
+        rows.append({"measure": "channels with ||dL/dx'|| = 0 (vacuous: no gradient at gamma = 0)",
                      "value": dead["fraction"], "ci_low": dead["ci"][0], "ci_high": dead["ci"][1]})
     return pd.DataFrame(rows)
 

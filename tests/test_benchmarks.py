@@ -71,3 +71,15 @@ def test_partial_benchmark_run_keeps_the_other_parts(tmp_path, monkeypatch):
     second = json.loads(out.read_text())
     assert (second["x"], second["y"]) == (3.0, 2.0)
     assert second["meta"]["measured"]["b"] == first["meta"]["measured"]["b"]
+
+
+def test_observer_benchmark_times_a_user_loop(tmp_path):
+    times, write_seconds = suite.observer_step_times(8, 2, True, tmp_path / "run")
+    assert times.shape == (7,) and (times > 0).all() and write_seconds > 0
+    run = cen_lab.load_run(tmp_path / "run")
+    assert run.source == "observed" and sorted(run.gammas["step"].unique()) == [0, 2, 4, 6]
+    assert sorted(run.grads["step"].unique()) == [0, 2, 4, 6]
+    out = suite.bench_observer(steps=24)
+    for name in ("gamma", "full"):
+        low, high = out["observer_overhead_interval"][name]
+        assert low <= out[f"observer_overhead_{name}"] <= high
