@@ -97,12 +97,16 @@ class Explorer:
             "exchange": p.plot_exchange_snapshot(layer_frame, step, title=f"{layer} at step {step}", figsize=(5.5, 2.2)),
             "gammas": p.plot_gamma_distributions(snapshot, thr, title=f"{layer}: |gamma| at step {step}",
                                                  panel_size=(4.0, 2.4)),
-            "curves": p.plot_training_curves(self.curves_frame, marker_step=step, panel_size=(3.0, 2.2)),
         }
+        if not self.curves_frame.empty:  # an imported run has no metrics
+            self.figures["curves"] = p.plot_training_curves(self.curves_frame, marker_step=step, panel_size=(3.0, 2.2))
         for key, out in self.outputs.items():
             out.clear_output(wait=True)
             with out:
-                display_figure(self.figures[key])
+                if key in self.figures:
+                    display_figure(self.figures[key])
+                else:
+                    print(f"{self.run_picker.value}: no training curves (the run logged no metrics)")
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

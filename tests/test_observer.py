@@ -176,6 +176,7 @@ def test_every_figure_and_the_explorer_work_on_an_observed_run(tmp_path):
     assert len(maps) == len(run.exchange)
     assert len(plots.compute_exchange_ratio(run.exchange, run.branches))
     assert len(plots.compute_flip_counts(run.exchange, run.branches))
+    assert len(plots.compute_flip_events(run.exchange, run.branches))  # the threshold 0.9 makes channels flip
     assert len(plots.compute_sparsity(run.gammas, run.threshold, run.branches))
     assert len(plots.compute_gamma_snapshot(run.gammas, run.threshold, run.branches))
     curves = plots.compute_training_curves(run.metrics, run.outputs)

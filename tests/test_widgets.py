@@ -28,3 +28,16 @@ def test_explorer_switches_runs(tiny_run):
 def test_explorer_needs_a_run():
     with pytest.raises(ValueError, match="at least one run"):
         explore({})
+
+
+def test_explorer_shows_a_run_without_metrics(tiny_run, tmp_path):
+    import cen_lab
+
+    imported = cen_lab.import_checkpoints(str(tiny_run.path / "checkpoints" / "*.pt"), tmp_path / "imp",
+                                          penalised="disjoint", progress=False)
+    assert imported.metrics.empty
+    ex = explore({"trained": tiny_run, "imported": imported})
+    ex.run_picker.value = "imported"
+    assert set(ex.figures) == {"exchange", "gammas"} and ex.steps == [6, 12]
+    ex.run_picker.value = "trained"
+    assert "curves" in ex.figures

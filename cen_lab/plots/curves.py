@@ -42,6 +42,10 @@ def compute_training_curves(metrics: pd.DataFrame, outputs: Sequence[str] | None
         a modality name (or ``fused``) or ``"ensemble"``; sorted by split, kind, task (in the order of
         ``outputs``), branch order (modalities first, then the ensemble) and step.
     """
+    columns = ["step", "split", "kind", "task", "branch", "value"]
+    if metrics.empty:  # e.g. an imported run: checkpoints carry no metrics
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "step" else "float64" if c == "value" else object)
+                             for c in columns})
     parts = metrics["name"].astype(str).str.split("/", n=2, expand=True)
     for col in (1, 2):
         if col not in parts:
