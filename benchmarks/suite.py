@@ -244,16 +244,23 @@ def bench_logging(steps: int = 600, config: ExperimentConfig | None = None) -> d
         cen_lab.train(base.override({"train.steps": 2, "name": "warm-up"}), Path(tmp) / "warm-up", progress=False)
         for name, over in variants.items():
             times, flush_seconds = step_times(base.override({**over, "name": name}), Path(tmp) / name)
-            unlogged = (np.arange(1, times.size + 1) % every) != 0  # entry i is step i + 1
-            plain = float(np.median(times[unlogged]))
             # all writes count as logging's, the final record and evaluation too (a slight overestimate)
-            extra_flush = flush_seconds / (steps // every) / plain
-            estimate, (low, high) = paired_step_overhead(times, every)
-            out[f"log_overhead_{name}"] = estimate + extra_flush
-            out["log_overhead_interval"][name] = [low + extra_flush, high + extra_flush]
-            out["log_per_step_ms"][name] = {"unlogged_step": 1e3 * plain, "logging": 1e3 * plain * estimate,
-                                            "parquet_writes": 1e3 * plain * extra_flush}
+            _add_overhead(out, "log", name, times, flush_seconds, steps, every)
     return out
+
+
+def _add_overhead(out: dict, prefix: str, name: str, times: np.ndarray, write_seconds: float, steps: int,
+                  every: int) -> None:
+    """Put the overhead of one variant into ``out``: ``<prefix>_overhead_<name>`` (in-step cost from
+    ``paired_step_overhead`` plus the writes spread over the logged steps), its interval, and the per-step ms."""
+    unlogged = (np.arange(1, times.size + 1) % every) != 0  # entry i is step i + 1
+    plain = float(np.median(times[unlogged]))
+    extra = write_seconds / (steps // every) / plain
+    estimate, (low, high) = paired_step_overhead(times, every)
+    out[f"{prefix}_overhead_{name}"] = estimate + extra
+    out[f"{prefix}_overhead_interval"][name] = [low + extra, high + extra]
+    out[f"{prefix}_per_step_ms"][name] = {"unlogged_step": 1e3 * plain, "logging": 1e3 * plain * estimate,
+                                          "parquet_writes": 1e3 * plain * extra}
 
 
 def observer_step_times(steps: int, every: int, grads: bool, out_dir: Path, batch: int = 32,
@@ -309,14 +316,7 @@ def bench_observer(steps: int = 600) -> dict:
         observer_step_times(4, every, True, Path(tmp) / "warm-up")
         for name, grads in (("gamma", False), ("full", True)):
             times, write_seconds = observer_step_times(steps, every, grads, Path(tmp) / name)
-            unlogged = (np.arange(1, times.size + 1) % every) != 0
-            plain = float(np.median(times[unlogged]))
-            extra = write_seconds / (steps // every) / plain
-            estimate, (low, high) = paired_step_overhead(times, every)
-            out[f"observer_overhead_{name}"] = estimate + extra
-            out["observer_overhead_interval"][name] = [low + extra, high + extra]
-            out["observer_per_step_ms"][name] = {"unlogged_step": 1e3 * plain, "logging": 1e3 * plain * estimate,
-                                                 "parquet_writes": 1e3 * plain * extra}
+            _add_overhead(out, "observer", name, times, write_seconds, steps, every)
     return out
 
 
