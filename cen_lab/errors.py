@@ -33,3 +33,12 @@ class NonFiniteLossError(CenLabError, FloatingPointError):
 class ObserveError(CenLabError, ValueError):
     """A model, layer, mask, step or metric that ``cen_lab.observe`` or ``cen_lab.import_checkpoints`` cannot
     use; nothing already logged is lost."""
+
+
+class RunLockedError(CenLabError, RuntimeError):
+    """Another process is writing this run directory (it holds the run's lock)."""
+
+
+class RunWriteError(CenLabError, OSError):
+    """A run file could not be written (disk full, read-only folder, file size limit); the message names it.
+    Everything written before stays readable, and ``resume`` continues the run once the cause is gone."""

@@ -79,6 +79,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ._lock import RunLock
 from .errors import ObserveError, RunExistsError
 from .exchange import exchange_sources
 from .hooks import record_bn_output_grad_norms
@@ -454,14 +455,15 @@ class Observer:
 
     def __init__(self, layers: Sequence[BNLayer], writer: RunWriter, *, threshold: float,
                  penalised: Sequence[np.ndarray], exchange: str | ExchangeFn | ExchangeMap = "mean", tasks: int = 1,
-                 flush_every: int | None = 50, rewind_on_resume: bool = False, allow_nan_metrics: bool = False):
+                 flush_every: int | None = 50, rewind_on_resume: bool = False, allow_nan_metrics: bool = False,
+                 lock: RunLock | None = None):
         if not threshold >= 0:
             raise ObserveError(f"threshold must be >= 0, got {threshold!r}")
         if flush_every is not None and flush_every < 1:
             raise ObserveError(f"flush_every must be >= 1 or None, got {flush_every!r}")
         self.layers, self.writer, self.threshold = list(layers), writer, float(threshold)
         self.exchange = _exchange_map(exchange, self.layers)
-        self.flush_every, self.allow_nan_metrics = flush_every, allow_nan_metrics
+        self.flush_every, self.allow_nan_metrics, self._lock = flush_every, allow_nan_metrics, lock
         names, branches, chans, pen, donors = [], [], [], [], []
         for i, layer in enumerate(self.layers):
             m, c = layer.num_branches, layer.num_channels
@@ -648,19 +650,30 @@ class Observer:
         self._since_flush = 0
 
     def close(self, status: str = "complete", error: str | None = None) -> None:
-        """Flush and record the final ``status`` (``complete``, ``incomplete`` or ``failed``)."""
+        """Flush, record the final ``status`` (``complete``, ``incomplete`` or ``failed``) and release the run's
+        lock. When the rows cannot be written (a full disk), the manifest says ``failed`` if it still can be
+        written, and the write error is raised."""
         if self._closed:
             return
         if status not in ("complete", "incomplete", "failed"):
             raise ObserveError(f"status must be 'complete', 'incomplete' or 'failed', got {status!r}")
-        self.flush()
-        self.writer.manifest.update(status=status, error=error)
         from .runlog import _now
 
-        self.writer.manifest["ended_at"] = _now()
-        self.writer.write_manifest()
-        self._closed = True
-        _OPEN.discard(self)
+        try:
+            try:
+                self.flush()
+            except OSError as e:
+                self.writer.manifest.update(status="failed", error=error or f"{type(e).__name__}: {e}", ended_at=_now())
+                with contextlib.suppress(OSError):  # the flush's error is the one to see
+                    self.writer.write_manifest()
+                raise
+            self.writer.manifest.update(status=status, error=error, ended_at=_now())
+            self.writer.write_manifest()
+        finally:
+            self._closed = True
+            _OPEN.discard(self)
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self) -> "Observer":
         return self
@@ -747,6 +760,23 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
     settings = {"kind": source, "layers": [la.name for la in found], "threshold": float(threshold),
                 "penalised": rule, "exchange": xmap.name, "modality_names": names, "lam": lam}
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"{out} exists and is not a directory")
+    lock = RunLock(out).acquire()  # one writer per run; held until close (the OS releases it if the process dies)
+    try:
+        writer, rewind = _writer(out, settings, found, m, names, threshold, lam, rule, xmap, model, source, resume,
+                                 overwrite, manifest, model_class)
+    except BaseException:
+        lock.release()
+        raise
+    return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every,
+                    rewind_on_resume=rewind, lock=lock)
+
+
+def _writer(out: Path, settings: dict[str, Any], found: list[BNLayer], m: int, names: list[str], threshold: float,
+            lam: float | None, rule: str, xmap: ExchangeMap, model: nn.Module, source: str, resume: bool,
+            overwrite: bool, manifest: dict[str, Any], model_class: str | None) -> tuple[RunWriter, bool]:
+    """The writer of ``_open``'s run (with the lock held): reopened when resuming, else a new run."""
     if resume and (out / "manifest.json").is_file():
         writer = RunWriter.reopen_observed(out)
         differs = [k for k in ("kind", "layers", "threshold", "penalised", "exchange", "modality_names")
@@ -754,8 +784,7 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
         if differs:
             raise RunExistsError(f"{out} holds a run with other settings ({', '.join(differs)}); "
                                  "pass overwrite=True to replace it or choose another directory")
-        return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every,
-                        rewind_on_resume=True)
+        return writer, True
     if _prepare_dir(out, overwrite) == "existing":
         status = _read_manifest(out)["status"] if (out / "manifest.json").is_file() else "unknown"
         raise RunExistsError(f"{out} already holds a run (status {status}); pass resume=True to continue it or "
@@ -769,5 +798,4 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
             "outputs": names, "ensembles": ["ensemble"], "threshold": float(threshold), "lam": lam,
             "penalised_rule": rule, "exchange": xmap.name, "device": str(found[0].modules[0].weight.device),
             **manifest}
-    writer = RunWriter.start(out, settings, full)
-    return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every)
+    return RunWriter.start(out, settings, full), False

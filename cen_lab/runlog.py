@@ -69,6 +69,7 @@ grads
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import shutil
@@ -81,7 +82,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._io import atomic_path, atomic_write_json
+from ._io import atomic_path, atomic_write_bytes, atomic_write_json
 from .config import ExperimentConfig
 from .errors import ConfigError, RunExistsError, RunFormatError
 
@@ -148,8 +149,9 @@ def save_checkpoint(path: Path, step: int, model: torch.nn.Module, optimizer: to
         "optimizer": optimizer.state_dict(),
         "config": json.dumps(config.to_dict(), sort_keys=True),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buf = io.BytesIO()  # serialised in memory first: a failed write is then an OSError of the file (RunWriteError)
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -354,8 +356,15 @@ class RunWriter:
         self.write_manifest()
 
     def finish(self, status: str, step: int, error: str | None = None) -> None:
-        """Record the final status; rows still buffered are flushed first."""
-        self.flush(upper=step + 1)
+        """Record the final status; rows still buffered are flushed first. When ending a failed run, a flush
+        that fails too (a full disk) does not keep the manifest from saying so."""
+        try:
+            self.flush(upper=step + 1)
+        except OSError as e:
+            if status != "failed":
+                raise
+            log.error("could not write the buffered rows of %s (%s); the rows after the last checkpoint are lost, "
+                      "resume recomputes them", self.path, e)
         self.manifest.update(status=status, error=error, ended_at=_now())
         if status == "complete":
             self.manifest["last_step"] = step
@@ -368,16 +377,20 @@ class RunWriter:
 def _prepare_dir(path: Path, overwrite: bool) -> str:
     """``"new"`` for a missing or empty directory (or a run replaced by ``overwrite``), ``"existing"`` for a run
     directory; refuses a file or a folder that is not a run, and never deletes one."""
+    from ._lock import LOCK_NAME
+
     if path.exists() and not path.is_dir():
         raise RunExistsError(f"{path} exists and is not a directory")
-    if not path.exists() or not any(path.iterdir()):
+    content = [p for p in path.iterdir() if p.name != LOCK_NAME] if path.exists() else []  # the writer's own lock
+    if not content:
         return "new"
     is_run = (path / "manifest.json").is_file() or (path / "config.json").is_file()
     if not is_run:
         raise RunExistsError(f"{path} holds files that are not a cen_lab run; choose an empty or new directory")
     if overwrite:
         log.info("overwriting run in %s", path)
-        shutil.rmtree(path)
+        for p in content:  # everything but the lock, which the writer holds
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
         return "new"
     return "existing"
 

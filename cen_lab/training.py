@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from ._malloc import keep_freed_memory
 from .config import ExperimentConfig
 from .data import MultimodalDataset, load_data
-from .errors import ConfigError, NonFiniteLossError
+from ._lock import RunLock
+from .errors import ConfigError, NonFiniteLossError, RunExistsError
 from .exchange import exchange_keep, exchange_sources
 from .tasks import TaskMetrics, resolve_tasks, target_modalities, task_loss, task_targets
 from .models import CENNet, build_model
@@ -235,6 +236,11 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
     ------
     RunExistsError
         ``out_dir`` holds a different run, or this run without ``resume``/``overwrite``.
+    RunLockedError
+        Another process is writing ``out_dir`` (nothing is written).
+    RunWriteError
+        A run file could not be written (disk full, read-only, size limit); the message names it, the status is
+        ``"failed"`` when the manifest can still be written, and ``resume=True`` continues once space is back.
     NonFiniteLossError
         The data loss became NaN or infinite; rows logged before are kept and the status is ``"failed"``.
     """
@@ -242,6 +248,15 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
     out = Path(out_dir) if out_dir is not None else Path("runs") / cfg.name
     if stop_at is not None and not 0 < stop_at <= cfg.train.steps:
         raise ValueError(f"stop_at must be in 1..train.steps={cfg.train.steps}, got {stop_at}")
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"{out} exists and is not a directory")
+    with RunLock(out):  # one writer per run directory (cen_lab._lock); the OS releases it if this process dies
+        return _train(cfg, out, resume, overwrite, progress, stop_at)
+
+
+def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, progress: bool,
+           stop_at: int | None) -> Run:
+    """``train`` with the run's lock held."""
     action, out = RunWriter.prepare(out, cfg, resume=resume, overwrite=overwrite)
     if action == "done":
         log.info("%s is already complete; loading it", out)

@@ -1,0 +1,123 @@
+"""Runs that survive people and machines: one writer per run, and writes that fail (a full disk)."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import cen_lab
+from cen_lab._lock import RunLock
+from cen_lab.errors import RunLockedError, RunWriteError
+from cen_lab.zoo import ReferenceStyleCEN
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "cen_lab", *args]
+
+
+def test_a_second_writer_is_refused_while_the_first_runs_and_resumes_after_it_is_killed(tmp_path):
+    out = tmp_path / "run"
+    common = ["--preset", "tiny", "--set", "train.steps=400", "--set", "train.ckpt_every=20", "--out", str(out),
+              "--no-progress"]
+    first = subprocess.Popen(_cli("train", *common), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "checkpoints").glob("step-*.pt")):  # the first is training
+            assert first.poll() is None, first.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        before = sorted(p.name for p in out.rglob("*") if p.is_file() and p.name != ".lock")
+        second = subprocess.run(_cli("train", *common, "--resume"), env=ENV, capture_output=True, text=True)
+        assert second.returncode == 2
+        assert f"{out} is being written by another process (process {first.pid} on" in second.stderr
+        assert "nothing was written" in second.stderr
+        # readers never need the lock
+        assert cen_lab.load_run(out).status == "incomplete"
+        with pytest.raises(RunLockedError, match=f"process {first.pid}"):  # in-process writers are refused too
+            cen_lab.train(cen_lab.ExperimentConfig.preset("tiny"), out, resume=True, progress=False)
+        after_names = {p.name for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+        assert set(before) <= after_names  # the refused writers removed nothing
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the OS released the killed writer's lock: resume continues the run to the end
+    resumed = subprocess.run(_cli("train", *common, "--resume"), env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert cen_lab.load_run(out).complete
+
+
+def test_observers_and_imports_take_the_lock_and_release_it(tmp_path):
+    torch.manual_seed(0)
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    obs = cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="none")
+    with pytest.raises(RunLockedError, match=f"process {os.getpid()}"):
+        cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="none", resume=True)
+    torch.save(model.state_dict(), tmp_path / "epoch-0.pth")
+    with pytest.raises(RunLockedError):
+        cen_lab.import_checkpoints(tmp_path / "epoch-0.pth", tmp_path / "run", penalised="none", overwrite=True,
+                                   progress=False)
+    obs.log(0)
+    obs.close()
+    with RunLock(tmp_path / "run") as lock:  # released at close
+        assert lock.held
+    again = cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="none", resume=True)
+    again.log(1)
+    again.close()
+    assert sorted(cen_lab.load_run(tmp_path / "run").gammas["step"].unique()) == [0, 1]
+    assert not (tmp_path / "run" / "gammas" / ".lock").exists()
+
+
+_LIMITED = """
+import resource, signal, sys
+import cen_lab
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write then fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+cfg = cen_lab.ExperimentConfig.preset("tiny").override({"log.grads": True})
+try:
+    cen_lab.train(cfg, sys.argv[1], progress=False)
+except cen_lab.CenLabError as e:
+    print(type(e).__name__, e, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def test_a_failed_write_ends_the_run_clearly_and_resume_completes_it(tmp_path, tiny_run):
+    out = tmp_path / "run"
+    script = tmp_path / "limited.py"
+    script.write_text(_LIMITED)
+    # 12 kB: the Parquet parts (under 8 kB) and the manifest fit, a checkpoint (16 kB) does not
+    proc = subprocess.run([sys.executable, str(script), str(out), "12000"], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("RunWriteError")]
+    assert len(lines) == 1 and "could not write" in lines[0] and "step-000000006.pt" in lines[0]
+    assert "File too large" in lines[0]
+    run = cen_lab.load_run(out)  # every part written before is readable
+    assert run.status == "failed" and "step-000000006.pt" in run.manifest["error"]
+    assert sorted(run.gammas["step"].unique()) == [0, 2, 4] and not run.checkpoint_steps
+    assert not [p for p in out.rglob(".*tmp-*")]  # no half-written file left behind
+    # space is back: resume completes the run, with the tables of an uninterrupted run
+    resumed = cen_lab.train(tiny_run.config, out, resume=True, progress=False)
+    assert resumed.complete
+    for table in ("gammas", "exchange", "metrics", "grads"):
+        pd.testing.assert_frame_equal(getattr(resumed, table), getattr(tiny_run, table))
+
+
+def test_write_errors_name_the_file(tmp_path):
+    from cen_lab._io import atomic_write_bytes
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "blocker").write_text("a file, not a folder")
+    with pytest.raises(RunWriteError, match=r"could not write .*blocker.*x\.json"):
+        atomic_write_bytes(folder / "blocker" / "x.json", b"{}")
