@@ -121,3 +121,62 @@ def test_write_errors_name_the_file(tmp_path):
     (folder / "blocker").write_text("a file, not a folder")
     with pytest.raises(RunWriteError, match=r"could not write .*blocker.*x\.json"):
         atomic_write_bytes(folder / "blocker" / "x.json", b"{}")
+
+
+def _kill_when_training(run_dir: Path, stop, killed: list) -> None:
+    """SIGKILL the process training ``run_dir`` (the holder of its lock) once it has written a checkpoint."""
+    deadline = time.monotonic() + 180
+    while not stop.is_set() and time.monotonic() < deadline:
+        if list((run_dir / "checkpoints").glob("step-*.pt")):
+            try:
+                pid = json.loads((run_dir / ".lock").read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except (OSError, ValueError, KeyError):
+                continue
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", ["loky", "dask"])
+def test_a_killed_sweep_worker_is_a_failed_point_and_a_rerun_completes_it(tmp_path, backend):
+    import contextlib
+    import threading
+
+    from cen_lab.runlog import TABLES
+    from cen_lab.sweeps import run_name
+
+    base = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 400, "train.ckpt_every": 20})
+    grid = {"seed": [0, 1, 2]}
+    out = tmp_path / "sweep"
+    victim = out / run_name(base.name, {"seed": 1})
+    stack = contextlib.ExitStack()
+    extra = {}
+    if backend == "dask":
+        from dask.distributed import Client, LocalCluster
+
+        cluster = stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                   dashboard_address=None))
+        extra["scheduler"] = stack.enter_context(Client(cluster))
+    with stack:
+        stop, killed = threading.Event(), []
+        killer = threading.Thread(target=_kill_when_training, args=(victim, stop, killed))
+        killer.start()
+        try:
+            table = cen_lab.sweep(base, grid, out, backend=backend, n_jobs=2, progress=False, **extra)
+        finally:
+            stop.set()
+            killer.join()
+        assert killed, "the training of seed 1 was never seen running"
+        status = dict(zip(table["seed"], table["status"]))
+        assert status == {0: "complete", 1: "failed", 2: "complete"}
+        error = table.loc[table["seed"] == 1, "error"].item()
+        assert "killed by SIGKILL" in error and "out-of-memory" in error
+        assert cen_lab.load_run(victim).status == "incomplete"  # what it wrote before is readable
+        again = cen_lab.sweep(base, grid, out, backend=backend, n_jobs=2, progress=False, **extra)
+    assert dict(zip(again["seed"], again["status"])) == {0: "skipped", 1: "complete", 2: "skipped"}
+    # the resumed point equals an uninterrupted run of it
+    reference = cen_lab.train(base.override({"seed": 1, "name": victim.name}), tmp_path / "reference", progress=False)
+    resumed = cen_lab.load_run(victim)
+    for t in TABLES:
+        pd.testing.assert_frame_equal(getattr(resumed, t), getattr(reference, t), check_exact=True)
