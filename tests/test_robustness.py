@@ -180,3 +180,30 @@ def test_a_killed_sweep_worker_is_a_failed_point_and_a_rerun_completes_it(tmp_pa
     resumed = cen_lab.load_run(victim)
     for t in TABLES:
         pd.testing.assert_frame_equal(getattr(resumed, t), getattr(reference, t), check_exact=True)
+
+
+def test_an_observer_whose_writes_fail_ends_failed_and_resumes(tmp_path, monkeypatch):
+    import errno
+
+    torch.manual_seed(0)
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    obs = cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="none", flush_every=1)
+    obs.log(0)
+
+    def disk_full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    with pytest.raises(RunWriteError, match=r"could not write .*gammas.*part-.*No space left on device"):
+        obs.log(1)
+    with pytest.raises(RunWriteError, match="No space left"):
+        obs.close()
+    monkeypatch.undo()
+    run = cen_lab.load_run(tmp_path / "run")
+    assert run.status == "failed" and "No space left" in run.manifest["error"]
+    assert list(run.gammas["step"].unique()) == [0] and not list((tmp_path / "run").rglob(".*tmp-*"))
+    again = cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="none", resume=True)  # lock released
+    again.log(1)
+    again.close()
+    run = cen_lab.load_run(tmp_path / "run")
+    assert run.status == "complete" and sorted(run.gammas["step"].unique()) == [0, 1]
