@@ -144,21 +144,21 @@ class CENExchange(ExchangeMap):
     def __init__(self, model: CENNet):
         cen = set(model.config.cen_blocks)
         self.blocks = [blk for b, blk in enumerate(model.blocks) if b in cen]  # aligned with model.cen_layers()
+        # the random rule's channel orders, on the host once (fixed buffers: no device sync per logged step)
+        self.ranks = [None if blk.exchange_rank is None else blk.exchange_rank.cpu() for blk in self.blocks]
         self.name = model.config.exchange
 
     def donors(self, layer: BNLayer, index: int) -> np.ndarray:
         # each channel's donor if it is exchanged: exchange_sources with every channel exchanged (|0| < 1). Per
         # logged step only the keep mask changes
         blk = self.blocks[index]
-        rank = None if blk.exchange_rank is None else blk.exchange_rank.cpu()
         m, c = layer.num_branches, layer.num_channels
-        return exchange_sources(torch.zeros(m, c), 1.0, blk.exchange, rank, blk.grid).numpy()
+        return exchange_sources(torch.zeros(m, c), 1.0, blk.exchange, self.ranks[index], blk.grid).numpy()
 
     def keep(self, index: int, gamma: np.ndarray, threshold: float) -> np.ndarray | None:
-        blk = self.blocks[index]
-        if blk.exchange != "random":
+        if self.blocks[index].exchange != "random":
             return None  # |gamma| >= threshold
-        return exchange_keep(torch.from_numpy(gamma), threshold, "random", blk.exchange_rank.cpu()).numpy()
+        return exchange_keep(torch.from_numpy(gamma), threshold, "random", self.ranks[index]).numpy()
 
 
 def _observer(model: CENNet, writer: RunWriter, cfg: ExperimentConfig) -> Observer:
