@@ -64,11 +64,14 @@ class _Trainer(threading.local):
 
     proc: subprocess.Popen | None = None
 
-    def run(self, config: dict[str, Any], path: str, threads: int) -> tuple[dict[str, Any] | None, int | None]:
-        """The child's result, or ``(None, exit code)`` when it died on this point (it is then replaced)."""
+    def run(self, config: dict[str, Any], path: str, threads: int,
+            die_with_worker: bool = False) -> tuple[dict[str, Any] | None, int | None]:
+        """The child's result, or ``(None, exit code)`` when it died on this point (it is then replaced).
+        ``die_with_worker``: the child is killed when this process dies (Linux; for loky, whose tasks run in the
+        worker's main thread: the signal follows the thread that started the child)."""
         if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cen_lab._sweep_point"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True)
+            cmd = [sys.executable, "-m", "cen_lab._sweep_point"] + (["--die-with-parent"] if die_with_worker else [])
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             self.proc.stdin.write(json.dumps({"config": config, "path": path, "threads": threads}) + "\n")
             self.proc.stdin.flush()
@@ -85,7 +88,7 @@ class _Trainer(threading.local):
 _TRAINER = _Trainer()
 
 
-def _train_isolated(config: dict[str, Any], path: str, threads: int) -> dict[str, Any]:
+def _train_isolated(config: dict[str, Any], path: str, threads: int, die_with_worker: bool = False) -> dict[str, Any]:
     """Train one run in this worker's training process; never raises.
 
     A worker that trains in its own process dies with it when the OS kills the training (a signal, the
@@ -94,7 +97,7 @@ def _train_isolated(config: dict[str, Any], path: str, threads: int) -> dict[str
     """
     start = time.perf_counter()
     try:
-        result, code = _TRAINER.run(config, path, threads)
+        result, code = _TRAINER.run(config, path, threads, die_with_worker)
     except OSError as e:  # the child could not start at all
         result, code = {"status": "failed", "error": f"{type(e).__name__}: {e}"}, None
     seconds = time.perf_counter() - start
@@ -127,6 +130,41 @@ def _train_one(config: dict[str, Any], path: str, threads: int) -> dict[str, Any
     finally:
         torch.set_num_threads(previous)
     return {"status": status, "error": error, "seconds": time.perf_counter() - start}
+
+
+def _run_parallel(todo: list, rows: list[dict[str, Any]], threads: int, loky: bool, bar) -> None:
+    """Run ``todo`` through joblib's configured backend into ``rows``.
+
+    A loky worker process that dies (killed by a signal or the out-of-memory killer; its training process dies
+    with it) breaks loky's pool, which stops every worker. The points without a result are then run once more
+    in a new pool, resuming what they wrote, and their ``note`` says so; if a worker dies again, they are
+    recorded as failed with the cause. (A Dask worker that dies is restarted by its nanny, and Dask runs its
+    task again by itself.)
+    """
+    from joblib import Parallel, delayed
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    for attempt in (1, 2):
+        results = Parallel(return_as="generator")(delayed(_train_isolated)(c, p, threads, loky) for _, c, p in todo)
+        done = set()
+        try:
+            for (i, _, _), result in zip(todo, results):
+                rows[i].update(result)
+                done.add(i)
+                bar.update(1)
+            return
+        except TerminatedWorkerError as e:
+            cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            todo = [t for t in todo if t[0] not in done]
+            log.warning("a sweep worker died (%s); %s %d unfinished runs", cause,
+                        "running again" if attempt == 1 else "recording as failed", len(todo))
+            for i, _, _ in todo:
+                if attempt == 1:
+                    rows[i]["note"] = f"its worker process died ({cause}); it was run again, resuming what it wrote"
+                else:
+                    rows[i].update(status="failed", error=f"its worker process died twice ({cause}); run the sweep "
+                                                          "again to resume it", seconds=float("nan"))
+                    bar.update(1)
 
 
 def _already_complete(path: Path, cfg: ExperimentConfig) -> bool:
@@ -174,8 +212,8 @@ def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: st
     -------
     pandas.DataFrame
         One row per run: ``variant`` (with ``variants``), the grid keys, ``name``, ``path``, ``status``
-        (``complete``, ``skipped`` (already complete), ``incomplete`` or ``failed``), ``error`` and
-        ``seconds``. Also written to ``out_dir/sweep.parquet``.
+        (``complete``, ``skipped`` (already complete), ``incomplete`` or ``failed``), ``error``, ``seconds``,
+        and ``note`` when a loky worker died and the run was run again. Also written to ``out_dir/sweep.parquet``.
     """
     from tqdm.auto import tqdm
 
@@ -208,7 +246,7 @@ def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: st
             rows[i].update(result)
             bar.update(1)
     else:
-        from joblib import Parallel, delayed, parallel_config
+        from joblib import parallel_config
 
         client, own_client = None, False
         if backend == "dask":
@@ -224,11 +262,7 @@ def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: st
             jobs = n_jobs or (2 if backend == "loky" else -1)
             extra = {"inner_max_num_threads": threads_per_worker} if backend == "loky" else {"client": client}
             with parallel_config(backend=backend, n_jobs=jobs, **extra):
-                results = Parallel(return_as="generator")(delayed(_train_isolated)(c, p, threads_per_worker)
-                                                          for _, c, p in todo)
-                for (i, _, _), result in zip(todo, results):
-                    rows[i].update(result)
-                    bar.update(1)
+                _run_parallel(todo, rows, threads_per_worker, backend == "loky", bar)
         finally:
             if own_client:
                 client.close()

@@ -1,5 +1,6 @@
 """Runs that survive people and machines: one writer per run, and writes that fail (a full disk)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -139,7 +140,6 @@ def _kill_when_training(run_dir: Path, stop, killed: list) -> None:
 
 @pytest.mark.parametrize("backend", ["loky", "dask"])
 def test_a_killed_sweep_worker_is_a_failed_point_and_a_rerun_completes_it(tmp_path, backend):
-    import contextlib
     import threading
 
     from cen_lab.runlog import TABLES
@@ -206,3 +206,50 @@ def test_an_observer_whose_writes_fail_ends_failed_and_resumes(tmp_path, monkeyp
     again.close()
     run = cen_lab.load_run(tmp_path / "run")
     assert run.status == "complete" and sorted(run.gammas["step"].unique()) == [0, 1]
+
+
+def _parent_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no parent of {pid}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to find the worker process")
+def test_a_killed_loky_worker_process_does_not_stop_the_sweep(tmp_path):
+    """Killing the loky worker itself (not its training process) breaks loky's pool; the unfinished points run
+    again in a new pool and resume, and the table says so."""
+    import threading
+
+    from cen_lab.runlog import TABLES
+    from cen_lab.sweeps import run_name
+
+    base = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 400, "train.ckpt_every": 20})
+    out = tmp_path / "sweep"
+    victim = out / run_name(base.name, {"seed": 1})
+    killed = []
+
+    def kill_worker():
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if list((victim / "checkpoints").glob("step-*.pt")):
+                with contextlib.suppress(OSError, ValueError, KeyError, AssertionError):  # not started yet
+                    child = json.loads((victim / ".lock").read_text())["pid"]
+                    worker = _parent_of(child)
+                    os.kill(worker, signal.SIGKILL)
+                    killed.append(worker)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_worker)
+    killer.start()
+    table = cen_lab.sweep(base, {"seed": [0, 1, 2]}, out, backend="loky", n_jobs=2, progress=False)
+    killer.join()
+    assert killed
+    assert table["status"].tolist() == ["complete"] * 3
+    note = table.loc[table["seed"] == 1, "note"].item()
+    assert "worker process died" in note and "run again" in note
+    reference = cen_lab.train(base.override({"seed": 1, "name": victim.name}), tmp_path / "reference", progress=False)
+    resumed = cen_lab.load_run(victim)
+    for t in TABLES:
+        pd.testing.assert_frame_equal(getattr(resumed, t), getattr(reference, t), check_exact=True)
