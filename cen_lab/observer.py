@@ -157,7 +157,6 @@ def _track_open(obs: "Observer") -> None:
     _OPEN.add(obs)
 
 
-
 def _finite_metrics(values: Mapping[str, Any] | None, allow_nan: bool = False) -> dict[str, float]:
     out = {}
     for name, v in (values or {}).items():
@@ -184,8 +183,11 @@ class Observer:
     Attributes
     ----------
     layers : list of BNLayer
-    penalised : list of numpy.ndarray
-        bool ``[M, C]`` per layer.
+    penalised_masks : list of numpy.ndarray
+        bool ``[M, C]`` per layer: which gammas carry the penalty.
+    penalised, branch_col, donor : numpy.ndarray
+        Per table row (all layers' ``M * C`` channels in order): the penalised flag, the branch, and the source
+        the channel takes when it is exchanged.
     writer : RunWriter
     """
 
@@ -271,7 +273,6 @@ class Observer:
 
     def _after_log(self, step: int) -> None:
         self._any_last = step if self._any_last is None else max(self._any_last, step)
-        self.writer.manifest["last_step"] = max(self.writer.manifest.get("last_step", 0), step)
         self._since_flush += 1
         if self.flush_every is not None and self._since_flush >= self.flush_every:
             self.flush()
@@ -318,8 +319,6 @@ class Observer:
         if split not in ("train", "val"):
             raise ObserveError(f"split must be 'train' or 'val', got {split!r}")
         checked = _finite_metrics(values, self.allow_nan_metrics)
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ObserveError(f"step must be an integer >= 0, got {step!r}")
         step = self._check_step("metrics", step)
         last, names = self._last_metric.get(split, (None, set()))
         if last is not None and step < last:
@@ -382,6 +381,7 @@ class Observer:
         upper = max(self._any_last + 1, self._flushed_upper + 1)
         self.writer.flush(upper)
         self._flushed_upper = upper
+        self.writer.manifest["last_step"] = self._any_last  # the last step on disk (cen_lab.train sets its own)
         self.writer.write_manifest()
         self._since_flush = 0
 
