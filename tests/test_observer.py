@@ -356,3 +356,22 @@ def test_schema_2_runs_are_read_by_migration(tiny_run, tmp_path):
     run = cen_lab.load_run(copy)
     assert run.source == "trained" and run.threshold == tiny_run.config.model.threshold
     assert run.manifest["migrated_from"] == 2 and run.manifest["schema_version"] == 3
+
+
+def test_the_quickstart_notebook_reads_an_observed_run(tmp_path):
+    import nbformat
+
+    from cen_lab.reports import NOTEBOOK_DIR, run_notebook
+
+    model = _model()
+    obs = cen_lab.observe(model, tmp_path / "run", layers="*.bn2", threshold=0.9, penalised="alternate-halves",
+                          modality_names=["rgb", "depth"])
+    _loop(model, obs, 4)
+    obs.log_metrics(4, {"miou/rgb": 0.5, "miou/depth": 0.4, "miou/ensemble": 0.6}, split="val")
+    obs.close()
+    figs = tmp_path / "figs"
+    out = run_notebook(NOTEBOOK_DIR / "quickstart.ipynb", {"run_dir": str(tmp_path / "run"), "figures_dir": str(figs),
+                                                           "progress": False}, tmp_path / "out", progress_bar=False)
+    assert nbformat.read(out, as_version=4).cells
+    for stem in ("gamma_trajectories", "exchange_maps", "training_curves", "gamma_distributions"):
+        assert (figs / f"{stem}.png").stat().st_size > 1000
