@@ -51,6 +51,18 @@ def _loop(model, obs, steps: int, *, lr: float = 0.5, lam: float = 0.05, grads_e
     return seen
 
 
+def _observed_run(path: Path, steps: int) -> cen_lab.Run:
+    """A reference-style model trained ``steps`` steps under the observer (threshold 0.9, so that channels
+    exchange), with a final validation record."""
+    model = _model()
+    obs = cen_lab.observe(model, path, layers="*.bn2", threshold=0.9, penalised="alternate-halves",
+                          modality_names=["rgb", "depth"])
+    _loop(model, obs, steps)
+    obs.log_metrics(steps, {"miou/rgb": 0.5, "miou/depth": 0.4, "miou/ensemble": 0.6}, split="val")
+    obs.close()
+    return cen_lab.load_run(path)
+
+
 def test_logged_gammas_and_exchange_follow_the_modules(tmp_path):
     model = _model()
     obs = cen_lab.observe(model, tmp_path / "run", layers="*.bn2", threshold=0.9, penalised="alternate-halves",
@@ -163,13 +175,7 @@ def test_every_figure_and_the_explorer_work_on_an_observed_run(tmp_path):
     from cen_lab import plots
     from cen_lab.widgets import explore
 
-    model = _model()
-    obs = cen_lab.observe(model, tmp_path / "run", layers="*.bn2", threshold=0.9, penalised="alternate-halves",
-                          modality_names=["rgb", "depth"])
-    _loop(model, obs, 5)
-    obs.log_metrics(5, {"miou/rgb": 0.5, "miou/depth": 0.4, "miou/ensemble": 0.6}, split="val")
-    obs.close()
-    run = cen_lab.load_run(tmp_path / "run")
+    run = _observed_run(tmp_path / "run", 5)
     traj = plots.compute_gamma_trajectories(run.gammas, run.branches)
     assert len(traj) and set(traj["branch_name"]) == {"rgb", "depth"}
     maps = plots.compute_exchange_maps(run.exchange, run.branches)
@@ -363,12 +369,7 @@ def test_the_quickstart_notebook_reads_an_observed_run(tmp_path):
 
     from cen_lab.reports import NOTEBOOK_DIR, run_notebook
 
-    model = _model()
-    obs = cen_lab.observe(model, tmp_path / "run", layers="*.bn2", threshold=0.9, penalised="alternate-halves",
-                          modality_names=["rgb", "depth"])
-    _loop(model, obs, 4)
-    obs.log_metrics(4, {"miou/rgb": 0.5, "miou/depth": 0.4, "miou/ensemble": 0.6}, split="val")
-    obs.close()
+    _observed_run(tmp_path / "run", 4)
     figs = tmp_path / "figs"
     out = run_notebook(NOTEBOOK_DIR / "quickstart.ipynb", {"run_dir": str(tmp_path / "run"), "figures_dir": str(figs),
                                                            "progress": False}, tmp_path / "out", progress_bar=False)
