@@ -254,12 +254,39 @@ def build_report(out_dir: str | Path, parameters: Mapping[str, Mapping[str, Any]
         entries.append(entry)
     from . import __version__
 
+    settings = {"common": {k: v for k, v in (common or {}).items()}, "notebooks": parameters}
     summary = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cen_lab": __version__,
-               "ok": result.ok, "notebooks": {e["name"]: {k: v for k, v in e.items() if k != "name"} for e in entries}}
+               "ok": result.ok, "settings": settings,
+               "notebooks": {e["name"]: {k: v for k, v in e.items() if k != "name"} for e in entries}}
     atomic_write_json(out / "summary.json", summary)
     atomic_write_bytes(result.index, _index_html(summary).encode("utf-8"))
     echo(f"[report] wrote {result.index}")
     return result
+
+
+# the run tables' columns: the run, then its settings, then its scores (summary.json stores keys sorted)
+RUN_COLUMNS = ("run", "status", "steps", "seed", "lam", "threshold", "l1_rule", "exchange", "modalities", "tasks")
+
+
+def _column_order(columns: list[str]) -> list[str]:
+    first = [c for c in RUN_COLUMNS if c in columns]
+    return first + [c for c in columns if c not in first]
+
+
+def _settings_html(settings: dict[str, Any]) -> str:
+    """What the report was built from: the preset and every parameter given to the notebooks."""
+    esc = html.escape
+    common = settings.get("common", {})
+    items = [f"<li><b>{esc(str(k))}</b> = {esc(json.dumps(v))}</li>" for k, v in common.items()]
+    for name, params in settings.get("notebooks", {}).items():
+        given = ", ".join(f"{esc(str(k))}={esc(json.dumps(v))}" for k, v in params.items())
+        items.append(f"<li><b>{esc(name)}</b>: {given}</li>")
+    preset = common.get("preset", "the notebooks' defaults")
+    lines = [f"<h2>Settings</h2><p>Built from the preset <b>{esc(str(preset))}</b>; each notebook states the "
+             "regime of its numbers.</p>"]
+    if items:
+        lines.append("<ul>" + "".join(items) + "</ul>")
+    return "".join(lines)
 
 
 def _index_html(summary: dict[str, Any]) -> str:
@@ -269,8 +296,10 @@ def _index_html(summary: dict[str, Any]) -> str:
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
         "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}",
         "th{background:#f4f4f4}.failed{color:#b00}.figs{display:flex;flex-wrap:wrap;gap:12px}",
-        ".figs a img{width:320px;border:1px solid #ddd}</style></head><body>",
+        ".figs a img{width:320px;border:1px solid #ddd}.scroll{overflow-x:auto;max-width:100%}",
+        "td:first-child,th:first-child{text-align:left;position:sticky;left:0;background:#fff}</style></head><body>",
         f"<h1>cen_lab report</h1><p>created {esc(summary['created'])} with cen_lab {esc(summary['cen_lab'])}</p>",
+        _settings_html(summary.get("settings", {})),
         "<h2>Notebooks</h2><ul>",
     ]
     for name, e in summary["notebooks"].items():
@@ -283,7 +312,10 @@ def _index_html(summary: dict[str, Any]) -> str:
             rows = e.get("summary", {}).get(key)
             if rows:
                 parts.append(f"<h2>{heading} {esc(name)}</h2>")
-                parts.append(pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+                table = pd.DataFrame(rows)
+                table = table[_column_order(list(table.columns))] if key == "runs" else table
+                html_table = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+                parts.append(f"<div class='scroll'>{html_table}</div>")
         figs = e.get("figures", [])
         if figs:
             parts.append(f"<h2>Figures of {esc(name)}</h2><div class='figs'>")

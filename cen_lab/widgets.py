@@ -2,18 +2,25 @@
 
 ``explore(run)`` (or several runs) shows: a run, layer and branch picker; a step slider with a play button;
 and, at the chosen step, the exchange state of the layer, the |gamma| histogram of that layer and branch,
-and the training curves with a marker at the step. Every picture comes from a ``cen_lab.plots`` function.
+and the training curves with a marker at the step. Every picture comes from a ``cen_lab.plots`` function. When
+the run changes, the explorer keeps the step (or the nearest step the new run logged), not the slider's index.
 Widgets need a live kernel: exported HTML shows them only as placeholders, so the report uses the static and
 plotly figures instead.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from .runlog import Run
 
-__all__ = ["Explorer", "explore"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Explorer", "explore", "runs_under"]
 
 
 class Explorer:
@@ -66,6 +73,7 @@ class Explorer:
     def _load_run(self) -> None:
         run = self.run
         p = self._plots
+        previous = self.step if getattr(self, "steps", None) else None  # the step shown, kept across runs
         self.steps = sorted(int(s) for s in run.gammas["step"].unique())
         self.exchange_frame = p.compute_exchange_maps(run.exchange, run.branches)
         self.curves_frame = p.compute_training_curves(run.metrics, run.outputs)
@@ -77,7 +85,8 @@ class Explorer:
         self.branch_picker.options = [(name, i) for i, name in enumerate(run.branches)]
         self.branch_picker.value = branch if branch is not None and branch < len(run.branches) else 0
         self.slider.max = self.play.max = len(self.steps) - 1
-        self.slider.value = min(self.slider.value, self.slider.max)
+        # the same step in the new run, or the nearest one it logged (not the same slider index)
+        self.slider.value = 0 if previous is None else int(np.argmin(np.abs(np.asarray(self.steps) - previous)))
         self._updating = False
         self.update()
 
@@ -114,9 +123,33 @@ class Explorer:
         display(self.widget)
 
 
-def explore(runs: Run | Sequence[Run] | Mapping[str, Run]) -> Explorer:
-    """Build an ``Explorer`` for one run, a list of runs, or a dict label -> run."""
-    if isinstance(runs, Run):
+def runs_under(folder: str | Path) -> dict[str, Run]:
+    """Every readable run in ``folder`` or below it, labelled by its path relative to ``folder``; a folder that
+    is one run gives that run. Unreadable run folders are skipped with a warning."""
+    from .errors import RunFormatError
+    from .runlog import load_run
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    found = {}
+    for manifest in sorted(folder.rglob("manifest.json")):
+        path = manifest.parent
+        try:
+            found[str(path.relative_to(folder)) if path != folder else path.name] = load_run(path)
+        except RunFormatError as e:
+            log.warning("skipping %s: %s", path, e)
+    if not found:
+        raise ValueError(f"no cen_lab run in {folder}")
+    return found
+
+
+def explore(runs: Run | Sequence[Run] | Mapping[str, Run] | str | Path) -> Explorer:
+    """Build an ``Explorer`` for one run, a list of runs, a dict label -> run, or a folder (every run under it,
+    see ``runs_under``)."""
+    if isinstance(runs, (str, Path)):
+        runs = runs_under(runs)
+    elif isinstance(runs, Run):
         runs = {runs.path.name: runs}
     elif not isinstance(runs, Mapping):
         runs = {run.path.name: run for run in runs}

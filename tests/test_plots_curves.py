@@ -57,7 +57,7 @@ def test_compute_sparsity_and_gamma_snapshot_exact():
 def test_curve_and_gamma_figures_on_a_real_run(tiny_run, backend):
     curves = plots.compute_training_curves(tiny_run.metrics, tiny_run.branches)
     fig = plots.plot_training_curves(curves, backend=backend, marker_step=6)
-    panels = ["train loss (minibatch)", "validation loss", "validation mIoU", "ensemble weight softmax(alpha)"]
+    panels = ["train loss (minibatch)", "validation loss", "validation mIoU", "softmax(alpha) weights"]
     if backend == "plotly":
         assert [a.text for a in fig.layout.annotations if a.text in panels] == panels
         assert {t.name for t in fig.data} == {"rgb", "depth", "ensemble"}

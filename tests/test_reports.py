@@ -195,3 +195,23 @@ def test_bring_your_own_notebook_in_the_report(tiny_report):
     assert "application/vnd.jupyter.widget-view+json" in mimes  # the explorer
     source = "".join(o.get("data", {}).get("text/html", "") for c in executed.cells for o in c.get("outputs", []))
     assert "hand_written_loop" in source  # the loop's source is shown
+
+
+def test_index_tables_put_the_run_and_its_settings_first_and_state_the_settings():
+    from cen_lab.reports import _index_html
+
+    runs = [{"exchange_ratio": 0.5, "lam": 0.01, "run": "r1", "seed": 0, "status": "complete", "steps": 12,
+             "threshold": 0.02, "val/miou/ensemble": 0.7}]  # sorted keys, as summary.json stores them
+    summary = {"created": "now", "cen_lab": "0", "ok": True,
+               "settings": {"common": {"preset": "tiny", "runs_dir": "runs"}, "notebooks": {"theorem1": {"steps": 12}}},
+               "notebooks": {"quickstart": {"status": "ok", "error": None, "summary": {"runs": runs}, "figures": []}}}
+    page = _index_html(summary)
+    settings_at = page.index("<h2>Settings</h2>")
+    assert settings_at < page.index("<h2>Notebooks</h2>")
+    assert "Built from the preset <b>tiny</b>" in page and "<b>theorem1</b>: steps=12" in page
+    import re
+
+    header = page[page.index("<thead>"):page.index("</thead>")]
+    order = re.findall(r"<th>(.*?)</th>", header)
+    assert order == ["run", "status", "steps", "seed", "lam", "threshold", "exchange_ratio", "val/miou/ensemble"]
+    assert "<div class='scroll'><table" in page

@@ -41,3 +41,34 @@ def test_explorer_shows_a_run_without_metrics(tiny_run, tmp_path):
     assert set(ex.figures) == {"exchange", "gammas"} and ex.steps == [6, 12]
     ex.run_picker.value = "trained"
     assert "curves" in ex.figures
+
+
+def test_explorer_keeps_the_step_not_the_index_when_the_run_changes(tiny_run, tmp_path):
+    import cen_lab
+
+    coarse = cen_lab.import_checkpoints(str(tiny_run.path / "checkpoints" / "*.pt"), tmp_path / "coarse",
+                                        penalised="disjoint", progress=False)  # steps 6 and 12 only
+    ex = explore({"fine": tiny_run, "coarse": coarse})
+    ex.slider.value = 5
+    assert ex.step == 10
+    ex.run_picker.value = "coarse"
+    assert ex.step == 12 and ex.slider.value == 1  # the nearest logged step
+    ex.slider.value = 0
+    ex.run_picker.value = "fine"
+    assert ex.step == 6 and ex.slider.value == 3  # step 6, not index 0
+
+
+def test_explorer_offers_the_runs_under_a_folder(tiny_run, tmp_path):
+    import shutil
+
+    from cen_lab.widgets import runs_under
+
+    shutil.copytree(tiny_run.path, tmp_path / "a" / "one")
+    shutil.copytree(tiny_run.path, tmp_path / "b")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{")
+    ex = explore(tmp_path)
+    assert list(ex.run_picker.options) == ["a/one", "b"]
+    assert list(runs_under(tmp_path / "b")) == ["b"]
+    with pytest.raises(ValueError, match="no cen_lab run"):
+        runs_under(tmp_path / "broken")

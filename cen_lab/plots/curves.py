@@ -15,7 +15,7 @@ __all__ = ["compute_training_curves", "plot_training_curves", "compute_metric_ac
 _PANELS = [(("train", "loss"), "train loss (minibatch)"), (("val", "loss"), "validation loss"),
            (("val", "miou"), "validation mIoU"), (("val", "accuracy"), "validation accuracy"),
            (("val", "mae"), "validation depth MAE"), (("val", "f1"), "validation edge F1"),
-           (("train", "alpha"), "ensemble weight softmax(alpha)")]
+           (("train", "alpha"), "softmax(alpha) weights")]  # short: the explorer's panels are 3 in wide
 _KINDS = [kind for (_, kind), _ in _PANELS]
 _UNIT_RANGE = ("miou", "accuracy", "f1")  # scores in [0, 1]
 

@@ -100,10 +100,12 @@ def plot_reliability(table: pd.DataFrame, *, backend: str = "matplotlib", title:
     if backend == "plotly":
         fig = plotly_grid(1, 1, [title], height_per_row=420)
         fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line=dict(color="grey", dash="dot"))
+        # counts to the right of the markers (not on the error bars), drawn past the axes rather than clipped
         fig.add_scatter(x=table["mean_predicted"], y=table["observed"], mode="markers+text", name="bins",
-                        text=[str(n) for n in table["n"]], textposition="top center",
+                        text=[str(n) for n in table["n"]], textposition="middle right", cliponaxis=False,
                         error_y=dict(type="data", array=hi, arrayminus=lo), marker=dict(color=FORMULA_COLOUR))
-        fig.update_xaxes(title_text="predicted probability", range=[0, 1])
+        fig.update_xaxes(title_text="predicted probability", range=[0, 1.1])
+        fig.update_layout(margin=dict(r=60))
         fig.update_yaxes(title_text="observed frequency", range=[0, 1.05])
         return fig
     fig, axes = mpl_figure(1, 1, figsize)
@@ -112,8 +114,9 @@ def plot_reliability(table: pd.DataFrame, *, backend: str = "matplotlib", title:
     ax.errorbar(table["mean_predicted"], table["observed"], yerr=np.vstack([lo, hi]), fmt="o", color=FORMULA_COLOUR,
                 label="bins (95% Wilson)")
     for x, y, n in zip(table["mean_predicted"], table["observed"], table["n"]):
-        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="predicted probability", ylabel="observed frequency", title=title)
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(6, 0), fontsize=7, va="center",
+                    annotation_clip=False)  # beside the marker, clear of its error bar
+    ax.set(xlim=(0, 1.1), ylim=(0, 1.05), xlabel="predicted probability", ylabel="observed frequency", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     return fig
