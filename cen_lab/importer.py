@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ._progress import progress_bar
 from .errors import ObserveError, RunFormatError
 from .observer import ExchangeFn, _open
 from .runlog import Run, load_run
@@ -210,8 +211,6 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
         Source ``"imported"``; the manifest lists the files with their steps (``imported_files``) and the
         ``step_source``.
     """
-    from tqdm.auto import tqdm
-
     files = _files(paths)
     # keep only the BN tensors and the step entries of each file: a series of large checkpoints fits in memory
     states, tops, where0 = [], [], None
@@ -236,7 +235,7 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
                 exchange=exchange, modality_names=modality_names, lam=lam, resume=False, overwrite=overwrite,
                 flush_every=None, manifest=manifest, model_class="unknown (imported from checkpoints)")
     with obs:
-        for i in tqdm(ranked, desc="import checkpoints", disable=not progress):
+        for i in progress_bar(ranked, desc="import checkpoints", disable=not progress):
             _load_into(root, states[i], obs.layers, files[i])
             obs.log(order[i])
     return load_run(out_dir)

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from ._progress import progress_bar
 from ._io import atomic_path
 from .config import ExperimentConfig
 from .errors import ConfigError
@@ -215,8 +216,6 @@ def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: st
         (``complete``, ``skipped`` (already complete), ``incomplete`` or ``failed``), ``error``, ``seconds``,
         and ``note`` when a loky worker died and the run was run again. Also written to ``out_dir/sweep.parquet``.
     """
-    from tqdm.auto import tqdm
-
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     if threads_per_worker < 1:
@@ -239,7 +238,7 @@ def sweep(base: ExperimentConfig, grid: Mapping[str, Iterable[Any]], out_dir: st
             todo.append((len(rows), cfg.to_dict(), str(path)))
         rows.append(row)
 
-    bar = tqdm(total=len(todo), desc=f"sweep ({backend})", unit="run", disable=not progress)
+    bar = progress_bar(total=len(todo), desc=f"sweep ({backend})", unit="run", disable=not progress)
     if backend == "serial" or not todo:
         results = (_train_one(c, p, threads_per_worker) for _, c, p in todo)
         for (i, _, _), result in zip(todo, results):

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from ._progress import progress_bar
 from .config import ExperimentConfig
 from .data import load_data
 from .hooks import record_bn_output_grad_norms
@@ -159,8 +160,6 @@ def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 1
         ``run, lam, step, layer, modality, channel, batch, gamma`` (its trained value), ``g, norm, z`` (g / norm),
         ``predicted`` (``attraction_probability(lam, norm)``), ``attracted`` (``|g| <= lam``).
     """
-    from tqdm.auto import tqdm
-
     cfg = run.config
     lam = cfg.train.lam
     steps = list(run.checkpoint_steps if steps is None else steps)
@@ -171,7 +170,7 @@ def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 1
     picks = [torch.from_numpy(rng.choice(x.shape[1], cfg.train.batch_size, replace=False)) for _ in range(n_batches)]
     batches = [(x[:, idx], y[idx]) for idx in picks]
     rows: list[tuple] = []
-    bar = tqdm(total=len(steps) * n_batches, desc=f"local check {run.path.name}", disable=not progress, leave=False)
+    bar = progress_bar(total=len(steps) * n_batches, desc=f"local check {run.path.name}", disable=not progress, leave=False)
     for step in steps:
         model = run.load_model(step)
         model.train()
@@ -243,8 +242,6 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
     """
     import copy
 
-    from tqdm.auto import tqdm
-
     if not lam >= 0:
         raise ValueError(f"lam must be >= 0, got {lam!r}")
     if not len(batches):
@@ -258,7 +255,7 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
     if max_channels is not None and max_channels < len(items):
         pick = np.random.default_rng(seed).choice(len(items), max_channels, replace=False)
         items = [items[i] for i in sorted(pick)]
-    bar = tqdm(total=len(batches), desc=f"local check {name}", disable=not progress, leave=False)
+    bar = progress_bar(total=len(batches), desc=f"local check {name}", disable=not progress, leave=False)
     rows = _zeroed_gradients(twin, found, [[i] for i in items], batches, loss_fn, bar)
     bar.close()
     df = _local_frame(rows, name, float(lam), step=step)
@@ -276,9 +273,7 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
 def local_check_runs(runs: Mapping[tuple[float, int], Run], n_batches: int = 16, seed: int = 0,
                      progress: bool = True) -> pd.DataFrame:
     """``local_check`` of every run at every checkpoint, concatenated (with a progress bar over runs)."""
-    from tqdm.auto import tqdm
-
-    frames = [local_check(run, None, n_batches, seed) for run in tqdm(list(runs.values()), desc="local check",
+    frames = [local_check(run, None, n_batches, seed) for run in progress_bar(list(runs.values()), desc="local check",
                                                                        disable=not progress)]
     return pd.concat(frames, ignore_index=True)
 

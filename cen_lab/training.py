@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ._malloc import keep_freed_memory
+from ._progress import progress_bar
 from .config import ExperimentConfig
 from .data import MultimodalDataset, load_data
 from ._lock import RunLock
@@ -416,14 +416,5 @@ def _load_initial_weights(model: CENNet, source: str) -> None:
 
 
 def _progress_bar(**kwargs):
-    """tqdm, notebook-aware; plain text every few seconds when ``CEN_LAB_PROGRESS=text`` (set when notebooks run
-    headless under papermill, whose log shows text but not widgets)."""
-    if os.environ.get("CEN_LAB_PROGRESS") == "text":
-        import sys
-
-        from tqdm.std import tqdm
-
-        return tqdm(mininterval=3.0, ascii=True, leave=True, file=sys.stdout, **kwargs)
-    from tqdm.auto import tqdm
-
-    return tqdm(leave=True, **kwargs)
+    """The training bar (``cen_lab._progress``): kept on screen when done."""
+    return progress_bar(leave=True, **kwargs)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._progress import progress_bar
+
 if TYPE_CHECKING:  # annotations only
     import pandas as pd
 
@@ -212,8 +214,6 @@ def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 
     called with the model at state s every ``save_every`` steps and at the end (to save checkpoints). The
     observer is closed at the end (status ``failed`` if the loop raises).
     """
-    from tqdm.auto import tqdm
-
     from .tasks import TaskMetrics
 
     names = observer.writer.manifest["modalities"]
@@ -238,7 +238,7 @@ def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 
         return acc.result(names + ["ensemble"])
 
     with observer:
-        for step in tqdm(range(steps), desc="hand-written loop", disable=not progress):
+        for step in progress_bar(range(steps), desc="hand-written loop", disable=not progress):
             idx = torch.from_numpy(rng.choice(n, batch_size, replace=False)).to(device)
             xs, target = [x[i, idx] for i in range(m)], y[idx]
             if step % eval_every == 0:

@@ -215,3 +215,30 @@ def test_index_tables_put_the_run_and_its_settings_first_and_state_the_settings(
     order = re.findall(r"<th>(.*?)</th>", header)
     assert order == ["run", "status", "steps", "seed", "lam", "threshold", "exchange_ratio", "val/miou/ensemble"]
     assert "<div class='scroll'><table" in page
+
+
+def test_headless_notebooks_print_progress_as_text_not_widgets(tmp_path):
+    """A widget bar saved in an executed notebook renders as an empty box in its offline page; the library's
+    bars print text under run_notebook. The control cell shows that a plain tqdm.auto bar would be a widget."""
+    nb = new_notebook(cells=[new_code_cell('n: int = 3  # how many steps', metadata={"tags": ["parameters"]}),
+                             new_code_cell("from cen_lab._progress import progress_bar\nlist(progress_bar(range(n)))"),
+                             new_code_cell("from tqdm.auto import tqdm\nlist(tqdm(range(n)))")],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    path = tmp_path / "bars.ipynb"
+    nbformat.write(nb, path)
+    out = nbformat.read(run_notebook(path, {}, tmp_path / "out", progress_bar=False), as_version=4)
+    widgets = ["application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in out.cells[-2].outputs]
+    control = ["application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in out.cells[-1].outputs]
+    assert not any(widgets) and any("0/3" in o.get("text", "") or "3/3" in o.get("text", "")
+                                    for o in out.cells[-2].outputs)
+    assert any(control)
+
+
+def test_progress_bars_are_text_when_headless(monkeypatch):
+    from tqdm.std import tqdm as text_tqdm
+
+    from cen_lab._progress import progress_bar
+
+    monkeypatch.setenv("CEN_LAB_PROGRESS", "text")
+    bar = progress_bar(range(3), disable=True)
+    assert type(bar) is text_tqdm and list(bar) == [0, 1, 2]
