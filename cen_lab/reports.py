@@ -177,11 +177,47 @@ class ReportResult:
         return not self.failures
 
 
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+MATHJAX_DIR = "mathjax"  # in the report folder, written once
+MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
+# the parts of jupyter-server-mathjax's MathJax 2.7 that this configuration loads (about 2.7 of its 12 MB): the
+# combined TeX/MathML config, the extensions it may load (not the 3.7 MB accessibility ones), the HTML-CSS output
+# with its STIX-Web font data and web fonts (not the SVG output nor the translations)
+_MATHJAX_PARTS = ("MathJax.js", "LICENSE", "config/", "extensions/", "jax/input/", "jax/element/",
+                  "jax/output/HTML-CSS/", "fonts/HTML-CSS/")
+
+
+def write_mathjax(out_dir: str | Path) -> Path:
+    """Copy the MathJax files the report's pages need into ``out_dir/mathjax`` (once; atomically as a folder)."""
+    import shutil
+
+    import jupyter_server_mathjax
+
+    target = Path(out_dir) / MATHJAX_DIR
+    if (target / "MathJax.js").is_file():
+        return target
+    source = Path(jupyter_server_mathjax.__file__).parent / "static"
+    tmp = target.with_name(f".{MATHJAX_DIR}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for path in source.rglob("*"):
+        rel = path.relative_to(source).as_posix()
+        if path.is_file() and rel.startswith(_MATHJAX_PARTS) and not rel.startswith("extensions/a11y/"):
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp / rel)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
 def _to_html(executed: Path, hide_code: bool) -> Path:
+    """The executed notebook as an offline page: MathJax from the report's own copy (``write_mathjax``), no
+    require.js, widget manager or other script from a CDN (``templates/cen_lab_offline``)."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(exclude_input=hide_code, exclude_input_prompt=hide_code)
+    exporter = HTMLExporter(exclude_input=hide_code, exclude_input_prompt=hide_code, template_name="cen_lab_offline",
+                            extra_template_basedirs=[str(TEMPLATES)],
+                            mathjax_url=f"{MATHJAX_DIR}/MathJax.js?config={MATHJAX_CONFIG}")
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     out = executed.with_suffix(".html")
     atomic_write_bytes(out, body.encode("utf-8"))
@@ -220,6 +256,7 @@ def build_report(out_dir: str | Path, parameters: Mapping[str, Mapping[str, Any]
     js = out / PLOTLY_JS
     if not js.is_file():
         atomic_write_bytes(js, plotly.offline.get_plotlyjs().encode("utf-8"))
+    write_mathjax(out)
     parameters = {k: dict(v) for k, v in (parameters or {}).items()}
     unknown = [k for k in parameters if k not in notebooks]
     if unknown:

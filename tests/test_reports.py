@@ -145,9 +145,24 @@ def test_report_summary_holds_numbers_and_index_links_everything(tiny_report):
 
 
 def test_report_html_works_offline(tiny_report):
+    import re
+
     page = (tiny_report.out_dir / "quickstart.html").read_text()
     assert 'src="plotly.min.js"' in page
     assert "cdn.plot.ly" not in page and "cdn.jsdelivr.net/npm/plotly" not in page
+    # no page loads anything from the network: MathJax comes from the report's own copy; no require.js,
+    # widget manager or Mermaid from a CDN
+    for name in REPORT_NOTEBOOKS:
+        html_page = (tiny_report.out_dir / f"{name}.html").read_text()
+        remote = re.findall(r"""(?:src|href)=["'](?:https?:)?//[^"']+""", html_page)
+        assert not remote, (name, remote[:3])
+        assert 'src="mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"' in html_page, name
+        assert "require.min.js" not in html_page and "unpkg.com" not in html_page and "mermaid" not in html_page
+    mathjax = tiny_report.out_dir / "mathjax"
+    files = [p for p in mathjax.rglob("*") if p.is_file()]
+    assert (mathjax / "config" / "TeX-AMS-MML_HTMLorMML-full.js").is_file()
+    assert (mathjax / "fonts" / "HTML-CSS" / "STIX-Web" / "woff" / "STIXMathJax_Main-Regular.woff").is_file()
+    assert sum(p.stat().st_size for p in files) < 4_000_000  # the parts the configuration loads, not all 12 MB
 
 
 def test_failing_report_notebook_keeps_what_succeeded(tmp_path):
