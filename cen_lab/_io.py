@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import RunWriteError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -27,8 +29,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # disk full, read-only folder, file size limit: name the file, keep the cause
-        from .errors import RunWriteError
-
         if isinstance(e, RunWriteError):
             raise
         reason = e.strerror or str(e) or type(e).__name__

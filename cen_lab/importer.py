@@ -128,7 +128,8 @@ def _bn_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
 def skeleton(state: Mapping[str, torch.Tensor]) -> nn.Module:
     """An ``nn.Module`` tree holding one BN (``nn.BatchNorm2d``, or ``ModalBatchNorm2d`` for ``[M, C]`` weights)
     at every BN prefix of ``state``, in key order, so that ``cen_lab.observer.resolve_layers`` finds the layers
-    and their parameter order by the same rules as on a live model. Each checkpoint's values are copied in before it is logged."""
+    and their parameter order by the same rules as on a live model. Each checkpoint's values are copied in
+    before it is logged."""
     from .models import ModalBatchNorm2d
 
     root = nn.Module()

@@ -5,7 +5,8 @@
 skipped, so a sweep resumes where it stopped; an incomplete one is resumed. A failing run is recorded with
 its error and does not stop the others. With the loky and Dask backends each worker trains in a child process of
 its own (started once and reused), so a run killed by a signal or by the out-of-memory killer is recorded as a
-failed point with the cause while the others go on; running the sweep again resumes it. Each worker uses ``threads_per_worker`` torch threads (default 1):
+failed point with the cause while the others go on; running the sweep again resumes it. Each worker uses
+``threads_per_worker`` torch threads (default 1):
 for small networks, two single-threaded processes train about 1.8x as many steps per second as one process
 with two threads. The serial, loky and Dask backends give the same runs.
 """

@@ -37,7 +37,8 @@ from .corollary import corollary_check, corollary_summary, training_loss  # noqa
 
 log = logging.getLogger(__name__)
 
-__all__ = ["theorem_base", "theorem_config", "train_theorem_runs", "local_check", "local_check_model", "calibration_summary", "outcome_table", "verdict_table",
+__all__ = ["theorem_base", "theorem_config", "train_theorem_runs", "local_check", "local_check_model",
+           "minibatch_indices", "calibration_summary", "outcome_table", "verdict_table",
            "training_loss", "corollary_check", "corollary_summary", "local_check_runs", "theorem_summary",
            "calibration_frame"]
 
@@ -81,6 +82,13 @@ def train_theorem_runs(lams: Sequence[float], seeds: Sequence[int], runs_dir: st
     if len(failed):
         raise RuntimeError("theorem runs failed: " + "; ".join(f"{r.name}: {r.error}" for r in failed.itertuples()))
     return {(row["train.lam"], row["seed"]): load_run(row["path"]) for _, row in table.iterrows()}
+
+
+def minibatch_indices(n: int, batch_size: int, n_batches: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n_batches`` index tensors of ``batch_size`` distinct samples out of ``n``, drawn with ``seed``: the
+    minibatches of the local checks."""
+    rng = np.random.default_rng(seed)
+    return [torch.from_numpy(rng.choice(n, batch_size, replace=False)) for _ in range(n_batches)]
 
 
 def _gamma_at(layer: BNLayer, m: int, c: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -166,9 +174,7 @@ def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 1
     ds = load_data(cfg.data)
     x_np, y_np = ds.stacked(0)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-    rng = np.random.default_rng(seed)
-    picks = [torch.from_numpy(rng.choice(x.shape[1], cfg.train.batch_size, replace=False)) for _ in range(n_batches)]
-    batches = [(x[:, idx], y[idx]) for idx in picks]
+    batches = [(x[:, idx], y[idx]) for idx in minibatch_indices(x.shape[1], cfg.train.batch_size, n_batches, seed)]
     rows: list[tuple] = []
     bar = progress_bar(total=len(steps) * n_batches, desc=f"local check {run.path.name}", disable=not progress, leave=False)
     for step in steps:

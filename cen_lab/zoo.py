@@ -328,11 +328,12 @@ def train_reference_style(out_dir: str | Path, *, steps: int = 300, lam: float =
 
 def training_batches(data: "MultimodalDataset", n_batches: int = 8, batch_size: int = 32, seed: int = 0) -> list:
     """``n_batches`` training minibatches ``(inputs, labels)`` as ``segmentation_loss`` takes them."""
+    from .theorem import minibatch_indices
+
     x_np, y_np = data.stacked(0)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-    rng = np.random.default_rng(seed)
-    picks = [torch.from_numpy(rng.choice(x.shape[1], batch_size, replace=False)) for _ in range(n_batches)]
-    return [([x[m, idx] for m in range(x.shape[0])], y[idx]) for idx in picks]
+    return [([x[m, idx] for m in range(x.shape[0])], y[idx])
+            for idx in minibatch_indices(x.shape[1], batch_size, n_batches, seed)]
 
 
 def regime(zoo_run: ZooRun, **checked: Any) -> "pd.DataFrame":
