@@ -352,7 +352,7 @@ def calibration_frame(calibration: dict) -> pd.DataFrame:
              {"measure": "normality test p-value", "value": nrm["pvalue"], "ci_low": np.nan, "ci_high": np.nan}]
     if "no_gradient" in calibration:
         dead = calibration["no_gradient"]
-        rows.append({"measure": "channels with ||dL/dx'|| = 0 (vacuous: no gradient at gamma = 0)",
+        rows.append({"measure": "vacuous channels: ||dL/dx'|| = 0 at gamma = 0",
                      "value": dead["fraction"], "ci_low": dead["ci"][0], "ci_high": dead["ci"][1]})
     return pd.DataFrame(rows)
 

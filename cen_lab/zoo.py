@@ -302,7 +302,7 @@ def train_reference_style(out_dir: str | Path, *, steps: int = 300, lam: float =
     settings = {"architecture": "ReferenceStyleCEN(stem=16, planes=(8, 16))", "steps": steps, "lam": lam,
                 "lam_per_step": effective_lam(lam, len(ds.modalities)), "seed": seed, "threshold": threshold,
                 "optimizer": f"SGD(lr={lr}, momentum={momentum})", "batch_size": batch_size,
-                "penalised": "alternate-halves (the reference's bn2 name filter)", "data": data_cfg.source}
+                "penalised": "alternate-halves (reference's bn2 filter)", "data": data_cfg.source}
     final = ckpt_dir / f"epoch-{steps}.pth"
     torch.manual_seed(seed)
     model = ReferenceStyleCEN(ds.stacked(0)[0].shape[2], ds.num_classes, len(ds.modalities), threshold=threshold)
@@ -338,7 +338,8 @@ def training_batches(data: "MultimodalDataset", n_batches: int = 8, batch_size: 
 
 def regime(zoo_run: ZooRun, **checked: Any) -> "pd.DataFrame":
     """The regime the example's numbers hold in, as a two-column table (setting, value); ``checked`` adds rows
-    (e.g. how the Theorem 1 check was made)."""
+    (e.g. how the Theorem 1 check was made). Values are kept under pandas' 50-character display width, so that a
+    notebook shows them whole."""
     import pandas as pd
 
     rows = {**zoo_run.settings, "trained steps": zoo_run.run.manifest["last_step"], **checked}
@@ -364,7 +365,7 @@ def run_example(preset: str = "default", runs_dir: str | Path = "runs", *, lam: 
                               batch_size=p["batch_size"], save_every=p["save_every"], progress=progress)
     z.settings["preset"] = preset
     z.settings["evidence"] = ("none: the tiny preset is a smoke test" if preset == "tiny" else
-                              "one seed on toy data; not the paper's architecture or budget")
+                              "one seed, toy data; not the paper's regime")
     return z
 
 

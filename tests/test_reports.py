@@ -205,6 +205,9 @@ def test_bring_your_own_notebook_in_the_report(tiny_report):
     regime = {r["setting"]: r["value"] for r in summary["regime"]}
     assert regime["evidence"] == "none: the tiny preset is a smoke test" and regime["trained steps"] == "6"
     assert {r["measure"] for r in summary["calibration"]} >= {"ece", "brier", "spearman"}
+    # every regime value and calibration measure shows whole under pandas' default display width (50)
+    assert all(len(r["value"]) <= 50 for r in summary["regime"])
+    assert all(len(r["measure"]) <= 50 for r in summary["calibration"])
     executed = nbformat.read(out / "bring_your_own.ipynb", as_version=4)
     mimes = {m for c in executed.cells for o in c.get("outputs", []) for m in o.get("data", {})}
     assert "application/vnd.jupyter.widget-view+json" in mimes  # the explorer
