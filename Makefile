@@ -7,9 +7,9 @@ STAMP := $(VENV)/.cen_lab-installed
 REPORT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: report test venv data lab bench clean-venv
+.PHONY: report test venv data lab explore bench clean-venv
 
-$(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-cluster.txt constraints.txt
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-lab.txt requirements-cluster.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
@@ -24,14 +24,15 @@ report: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## Open JupyterLab on notebooks/ in the project environment (installs the "lab" extra on first use).
+## Open JupyterLab on notebooks/ in the project environment.
 ## Jupyter refuses to run as root without --allow-root, so it is added for root only.
-lab: $(STAMP) $(VENV)/.cen_lab-lab
+lab: $(STAMP)
 	cd notebooks && ../$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-$(VENV)/.cen_lab-lab: requirements-lab.txt
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,lab]"
-	touch $@
+## Serve the explorer of the runs under RUNS (default: runs/) as a web app with Voila, on 127.0.0.1 only.
+RUNS ?= runs
+explore: $(STAMP)
+	$(VENV)/bin/cen-lab explore $(RUNS) $(EXPLORE_ARGS)
 
 ## Benchmarks: ratios measured side by side in one run, written to benchmarks/results.json.
 bench: $(STAMP)

@@ -144,6 +144,12 @@ def _parse_grid(items: Sequence[str]) -> dict[str, list]:
     return grid
 
 
+def cmd_explore(args: argparse.Namespace) -> int:
+    from .app import serve_explorer
+
+    return serve_explorer(args.run_dirs, port=args.port, token=args.token, open_browser=args.open)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweeps import sweep
 
@@ -233,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("explore", help="serve the explorer of some runs as a web app (Voila, on 127.0.0.1)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of runs (e.g. runs/)")
+    p.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default: 8866; 0 picks a free one)")
+    p.add_argument("--token", help="the token the page asks for (default: a new random one, shown in the URL)")
+    p.add_argument("--open", action="store_true", help="open the page in this machine's browser")
+    p.set_defaults(func=cmd_explore)
 
     p = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(p)

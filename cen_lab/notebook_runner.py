@@ -160,7 +160,8 @@ def run_notebook(path: str | Path, parameters: Mapping[str, Any] | None = None, 
     """Validate ``parameters``, then execute the notebook with papermill into ``out_dir/<name>``.
 
     The kernel runs in the notebook's folder with this Python. Training progress inside the notebook is
-    printed as text (``CEN_LAB_PROGRESS=text``), which ``log_output=True`` echoes to the terminal.
+    printed as text (``CEN_LAB_PROGRESS=text``), which ``log_output=True`` echoes to the terminal, and the
+    explorer shows still pictures instead of widgets (``CEN_LAB_HEADLESS=1``).
 
     Returns
     -------
@@ -183,7 +184,9 @@ def run_notebook(path: str | Path, parameters: Mapping[str, Any] | None = None, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / path.name
-    env = {"CEN_LAB_PROGRESS": "text", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # CEN_LAB_HEADLESS: no live frontend will ever show a widget (see widgets.Explorer)
+    env = {"CEN_LAB_PROGRESS": "text", "CEN_LAB_HEADLESS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -143,15 +143,21 @@ def obtain_run(preset: str = "default", overrides: Mapping[str, Any] | None = No
 
 def obtain_runs(preset: str = "default", grid: Mapping[str, Sequence[Any]] | None = None,
                 run_dirs: Sequence[str] = (), runs_dir: str = "runs", progress: bool = True) -> dict[str, Any]:
-    """Several runs: ``load_run`` of each of ``run_dirs`` when given, else one run per point of the cartesian
-    ``grid`` of dotted overrides (``{"train.lam": [1e-3, 5e-3]}``), trained or reused as ``obtain_run`` does.
+    """Several runs: the runs in ``run_dirs`` when given (each a run folder, or a folder of runs: see
+    ``widgets.runs_under``), else one run per point of the cartesian ``grid`` of dotted overrides
+    (``{"train.lam": [1e-3, 5e-3]}``), trained or reused as ``obtain_run`` does.
 
-    Returns a dict label -> Run; labels read ``train.lam=0.001`` (or the run folder's name).
+    Returns a dict label -> Run; labels read ``train.lam=0.001`` (or the run's folder relative to the folder
+    given; the full path where two folders give the same label).
     """
-    from .runlog import load_run
-
     if run_dirs:
-        return {Path(d).name: load_run(d) for d in run_dirs}
+        from .widgets import runs_under
+
+        runs: dict[str, Any] = {}
+        for d in run_dirs:
+            for label, run in runs_under(d).items():
+                runs[str(run.path) if label in runs else label] = run
+        return runs
     from .sweeps import grid_points
 
     runs = {}

@@ -4,13 +4,16 @@
 and, at the chosen step, the exchange state of the layer, the |gamma| histogram of that layer and branch,
 and the training curves with a marker at the step. Every picture comes from a ``cen_lab.plots`` function. When
 the run changes, the explorer keeps the step (or the nearest step the new run logged), not the slider's index.
-Widgets need a live kernel: exported HTML shows them only as placeholders, so the report uses the static and
-plotly figures instead.
+Widgets need a live kernel and a frontend. In a headless run (``CEN_LAB_HEADLESS=1``, set by
+``notebook_runner.run_notebook`` for papermill) the explorer shows its pictures at the first step as still images
+with a note instead: exported HTML would show the widgets only as empty placeholders, and nbclient can hang while it
+captures an Output widget's messages with no frontend (jupyter/nbclient#312; seen here once in four report builds).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -43,6 +46,7 @@ class Explorer:
         self._plots = plots
         self.runs = dict(runs)
         self.figures: dict[str, Any] = {}
+        self.live = os.environ.get("CEN_LAB_HEADLESS") != "1"  # False: draw figures, never write to Output widgets
         self.run_picker = w.Dropdown(options=list(self.runs), description="run")
         self.layer_picker = w.Dropdown(description="layer")
         self.branch_picker = w.Dropdown(description="branch")
@@ -109,6 +113,8 @@ class Explorer:
         }
         if not self.curves_frame.empty:  # an imported run has no metrics
             self.figures["curves"] = p.plot_training_curves(self.curves_frame, marker_step=step, panel_size=(3.0, 2.2))
+        if not self.live:
+            return
         for key, out in self.outputs.items():
             out.clear_output(wait=True)
             with out:
@@ -118,9 +124,18 @@ class Explorer:
                     print(f"{self.run_picker.value}: no training curves (the run logged no metrics)")
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
+        from IPython.display import Markdown, display
 
-        display(self.widget)
+        if self.live:
+            display(self.widget)
+            return
+        from .display import display_figure
+
+        display(Markdown(f"*The explorer of {', '.join(self.runs)} needs a live kernel (`make lab`, or the web app "
+                         f"`make explore`); here are its pictures for run {self.run_picker.value}, layer "
+                         f"{self.layer_picker.value}, step {self.step}.*"))
+        for fig in self.figures.values():
+            display_figure(fig)
 
 
 def runs_under(folder: str | Path) -> dict[str, Run]:

@@ -28,3 +28,16 @@ def tiny_run(tmp_path_factory) -> cen_lab.Run:
     cfg = cen_lab.ExperimentConfig.preset("tiny").override({"log.grads": True})
     torch.set_num_threads(1)
     return cen_lab.train(cfg, tmp_path_factory.mktemp("runs") / "tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_report(tmp_path_factory):
+    """A report of the tiny preset with small notebook parameters, built once per session (read-only)."""
+    from cen_lab.reports import build_report
+
+    root = tmp_path_factory.mktemp("report")
+    common = {"preset": "tiny", "runs_dir": str(root / "runs"), "progress": False}
+    theorem1 = {"lams": [0.01, 0.5], "seeds": [0, 1], "steps": 12, "checkpoints": 2, "n_batches": 2, "mc_trials": 500,
+                "mc_points": 6, "corollary_lam": 0.5, "finetune_steps": 4}
+    return build_report(root / "report", {"exchange_dynamics": {"lams": [0.001, 0.01]}, "theorem1": theorem1},
+                        common=common, log_output=False, echo=lambda _: None)

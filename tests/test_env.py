@@ -13,7 +13,9 @@ def test_pyproject_reads_the_requirement_files():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     dynamic = project["tool"]["setuptools"]["dynamic"]
     assert dynamic["dependencies"]["file"] == ["requirements.txt"]
-    assert dynamic["optional-dependencies"]["dev"]["file"] == ["requirements-dev.txt", "requirements-cluster.txt"]
+    # the tests drive JupyterLab, Voila and Dask, so the dev extra takes the lab and cluster files too
+    assert dynamic["optional-dependencies"]["dev"]["file"] == ["requirements-dev.txt", "requirements-lab.txt",
+                                                               "requirements-cluster.txt"]
     assert project["project"]["scripts"]["cen-lab"] == "cen_lab.cli:main"
 
 
@@ -31,7 +33,10 @@ def test_environment_yml_installs_the_same_package_and_constraints():
 def test_makefile_uses_the_same_install_and_ci_the_same_test_command():
     makefile = (ROOT / "Makefile").read_text()
     assert '-c constraints.txt -e ".[dev]"' in makefile
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.rstrip().endswith("make test")
+    # CI installs the browser when it is missing and refuses to skip the browser tests
+    assert "apt-get install -y -qq chromium chromium-driver" in ci and "export CEN_LAB_REQUIRE_BROWSER=1" in ci
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make report" in readme
 
@@ -52,3 +57,12 @@ def test_make_lab_adds_allow_root_exactly_when_root():
     launch = [line for line in proc.stdout.splitlines() if "jupyter lab" in line]
     assert launch, proc.stdout
     assert ("--allow-root" in launch[0]) == (os.getuid() == 0)
+
+
+def test_make_explore_serves_the_runs_folder():
+    import subprocess
+
+    proc = subprocess.run(["make", "-n", "explore", "RUNS=runs/a runs/b"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert any(line.endswith("cen-lab explore runs/a runs/b ") or line.endswith("cen-lab explore runs/a runs/b")
+               for line in proc.stdout.splitlines()), proc.stdout

@@ -72,3 +72,19 @@ def test_explorer_offers_the_runs_under_a_folder(tiny_run, tmp_path):
     assert list(runs_under(tmp_path / "b")) == ["b"]
     with pytest.raises(ValueError, match="no cen_lab run"):
         runs_under(tmp_path / "broken")
+
+
+def test_headless_explorer_shows_still_pictures_and_never_writes_to_output_widgets(tiny_run, monkeypatch):
+    import IPython.display
+
+    monkeypatch.setenv("CEN_LAB_HEADLESS", "1")
+    ex = explore(tiny_run)
+    assert not ex.live and set(ex.figures) == {"exchange", "gammas", "curves"}
+    assert all(out.outputs == () for out in ex.outputs.values())
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    ex._ipython_display_()
+    assert isinstance(shown[0], IPython.display.Markdown) and "needs a live kernel" in shown[0].data
+    assert sum(isinstance(o, dict) and "image/png" in o for o in shown) == 3  # the three figures as PNG bundles
+    monkeypatch.delenv("CEN_LAB_HEADLESS")
+    assert explore(tiny_run).live
