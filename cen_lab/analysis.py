@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .regime import architecture, optimiser
 from .runlog import Run
 
 __all__ = ["compute_run_summary"]
@@ -15,7 +16,8 @@ __all__ = ["compute_run_summary"]
 def compute_run_summary(runs: Sequence[Run] | Mapping[str, Run]) -> pd.DataFrame:
     """One row per run: settings and final numbers.
 
-    Columns: ``run, status, steps, seed, lam, threshold, l1_rule, exchange, modalities, tasks``, then for the
+    Columns: ``run, status, steps, seed, lam, threshold, l1_rule, optimiser, architecture, exchange, modalities,
+    tasks``, then for the
     last validation pass ``val/<score>/<branch>`` (score ``miou``, ``accuracy``, ``mae`` or ``f1``, see
     ``cen_lab.tasks``; branch a modality or ``ensemble``, prefixed ``<task>/`` with several tasks), and at the last logged state ``exchange_ratio`` (portion of channels exchanged) and
     ``penalised_below_threshold`` (portion of penalised gammas with |gamma| < threshold).
@@ -26,6 +28,9 @@ def compute_run_summary(runs: Sequence[Run] | Mapping[str, Run]) -> pd.DataFrame
         m = run.manifest
         row = {"run": name, "status": run.status, "steps": m["last_step"], "seed": m["seed"],
                "lam": run.lam, "threshold": run.threshold, "l1_rule": m.get("l1_rule"),
+               # cen_lab's own runs know how they were trained; observed and imported runs name their model
+               "optimiser": optimiser(run.config) if run.config is not None else "not recorded",
+               "architecture": architecture(run.config) if run.config is not None else m.get("model_class"),
                "exchange": m["exchange"], "modalities": "+".join(run.modalities),
                "tasks": "+".join(run.tasks)}
         val = run.metrics[(run.metrics["split"] == "val")]

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ._io import atomic_write_bytes, atomic_write_json
 from .display import display_figure
+from .regime import SMOKE_PRESETS, SMOKE_TEST, evidence
 from .notebook_runner import (NotebookExecutionError, NotebookParameterError, notebook_parameters, run_notebook,
                               validate_parameters)
 
@@ -299,7 +300,7 @@ def build_report(out_dir: str | Path, parameters: Mapping[str, Mapping[str, Any]
 
     settings = {"common": {k: v for k, v in (common or {}).items()}, "notebooks": parameters}
     summary = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cen_lab": __version__,
-               "ok": result.ok, "settings": settings,
+               "ok": result.ok, "settings": settings, "evidence": report_evidence(settings),
                "notebooks": {e["name"]: {k: v for k, v in e.items() if k != "name"} for e in entries}}
     atomic_write_json(out / "summary.json", summary)
     atomic_write_bytes(result.index, _index_html(summary).encode("utf-8"))
@@ -307,13 +308,40 @@ def build_report(out_dir: str | Path, parameters: Mapping[str, Mapping[str, Any]
     return result
 
 
+# the verdict tables' columns: the claim, how it was measured, the number, the verdict and where it holds
+VERDICT_COLUMNS = ("claim", "measured", "number", "interval", "verdict", "regime")
 # the run tables' columns: the run, then its settings, then its scores (summary.json stores keys sorted)
-RUN_COLUMNS = ("run", "status", "steps", "seed", "lam", "threshold", "l1_rule", "exchange", "modalities", "tasks")
+RUN_COLUMNS = ("run", "status", "steps", "seed", "lam", "threshold", "l1_rule", "optimiser", "architecture", "exchange",
+               "modalities", "tasks")
 
 
-def _column_order(columns: list[str]) -> list[str]:
-    first = [c for c in RUN_COLUMNS if c in columns]
+def _column_order(columns: list[str], leading: Sequence[str] = RUN_COLUMNS) -> list[str]:
+    first = [c for c in leading if c in columns]
     return first + [c for c in columns if c not in first]
+
+
+def _interval_text(interval: Any) -> str:
+    if not isinstance(interval, (list, tuple)) or any(v is None or v != v for v in interval):
+        return "n/a"  # a number without an interval (JSON stores NaN as null)
+    return f"[{interval[0]:.3g}, {interval[1]:.3g}]"
+
+
+def report_evidence(settings: dict[str, Any]) -> str:
+    """What a report's numbers can show, from its settings: ``regime.SMOKE_TEST`` when the report or any of its
+    notebooks was built from a smoke-test preset, else ``regime.evidence`` of its preset."""
+    presets = {settings.get("common", {}).get("preset", "default")}
+    presets |= {p["preset"] for p in settings.get("notebooks", {}).values() if "preset" in p}
+    smoke = sorted(presets & SMOKE_PRESETS)
+    return SMOKE_TEST if smoke else evidence(sorted(presets)[0])
+
+
+def _evidence_html(summary: dict[str, Any]) -> str:
+    if summary.get("evidence") != SMOKE_TEST:
+        return ""
+    return ("<div class='smoke'><b>Smoke test: these numbers carry no evidence.</b> This report was built from the "
+            "<code>tiny</code> preset: its networks train for a few steps on a few images, only to show that every "
+            "notebook runs. Its verdicts (\"holds\", \"does not hold\") and scores say nothing about CEN or "
+            "Theorem 1. Build the default report (<code>make report</code>) for numbers that mean something.</div>")
 
 
 def _settings_html(settings: dict[str, Any]) -> str:
@@ -340,8 +368,11 @@ def _index_html(summary: dict[str, Any]) -> str:
         "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}",
         "th{background:#f4f4f4}.failed{color:#b00}.figs{display:flex;flex-wrap:wrap;gap:12px}",
         ".figs a img{width:320px;border:1px solid #ddd}.scroll{overflow-x:auto;max-width:100%}",
-        "td:first-child,th:first-child{text-align:left;position:sticky;left:0;background:#fff}</style></head><body>",
+        "td:first-child,th:first-child{text-align:left;position:sticky;left:0;background:#fff}",
+        ".verdicts td{text-align:left;vertical-align:top}.verdicts td:nth-child(3){text-align:right}",
+        ".smoke{border:2px solid #b00;background:#fff4f4;padding:0.6em 1em;margin:1em 0}</style></head><body>",
         f"<h1>cen_lab report</h1><p>created {esc(summary['created'])} with cen_lab {esc(summary['cen_lab'])}</p>",
+        _evidence_html(summary),
         _settings_html(summary.get("settings", {})),
         "<h2>Notebooks</h2><ul>",
     ]
@@ -356,8 +387,11 @@ def _index_html(summary: dict[str, Any]) -> str:
             if rows:
                 parts.append(f"<h2>{heading} {esc(name)}</h2>")
                 table = pd.DataFrame(rows)
-                table = table[_column_order(list(table.columns))] if key == "runs" else table
-                html_table = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+                table = table[_column_order(list(table.columns), RUN_COLUMNS if key == "runs" else VERDICT_COLUMNS)]
+                if "interval" in table:
+                    table["interval"] = [_interval_text(v) for v in table["interval"]]
+                html_table = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0,
+                                           classes="verdicts" if key == "verdicts" else None)
                 parts.append(f"<div class='scroll'>{html_table}</div>")
         figs = e.get("figures", [])
         if figs:

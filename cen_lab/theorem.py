@@ -29,6 +29,7 @@ from .config import ExperimentConfig
 from .data import load_data
 from .hooks import record_bn_output_grad_norms
 from .observer import BNLayer, penalised_masks, resolve_layers
+from .regime import regime_of, regime_text
 from .runlog import Run
 from .sweeps import run_name, sweep
 from .theory import attraction_probability, brier_score, expected_calibration_error, proportion_ci, reliability_table
@@ -38,7 +39,7 @@ from .corollary import corollary_check, corollary_summary, training_loss  # noqa
 log = logging.getLogger(__name__)
 
 __all__ = ["theorem_base", "theorem_config", "train_theorem_runs", "local_check", "local_check_model",
-           "minibatch_indices", "calibration_summary", "outcome_table", "verdict_table",
+           "minibatch_indices", "calibration_summary", "outcome_table", "theorem_regimes", "verdict_table",
            "training_loss", "corollary_check", "corollary_summary", "local_check_runs", "theorem_summary",
            "calibration_frame"]
 
@@ -415,9 +416,31 @@ def _coverage(within: np.ndarray, level: float) -> tuple[float, list[float], str
     return k_in / n, [float(low), float(high)], "holds" if p >= 0.01 else "does not hold"
 
 
+def theorem_regimes(runs: Mapping[tuple[float, int], Run], preset: str, *, corollary_lam: float,
+                    finetune_steps: int, seeds: Sequence[int], steps: int, checkpoints: int) -> dict[str, dict]:
+    """The regimes behind the theorem notebook's numbers (see ``cen_lab.regime``): ``trained`` (the networks of
+    ``train_theorem_runs``, read from their configs), ``corollary-shared`` and ``corollary-unshared`` (those of
+    ``corollary_check``)."""
+    out = {"trained": regime_of([run.config for run in runs.values()], preset)}
+    for share in (True, False):
+        cfgs = [theorem_config(preset, corollary_lam, seed, steps, "proximal", checkpoints, model__share_convs=share)
+                for seed in seeds]
+        out[f"corollary-{'shared' if share else 'unshared'}"] = regime_of(
+            cfgs, preset, then=f"then {finetune_steps} fine-tuning steps with and without exchange")
+    return out
+
+
+CONTROLLED_REGIME = "Monte Carlo where the theorem's assumptions hold by construction (no trained network)"
+
+
 def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataFrame, corollary: pd.DataFrame,
-                  level: float = 0.99, ece_tolerance: float = 0.05) -> pd.DataFrame:
-    """One row per claim: ``claim, measured, number, interval, verdict``.
+                  level: float = 0.99, ece_tolerance: float = 0.05,
+                  regimes: Mapping[str, dict] | None = None) -> pd.DataFrame:
+    """One row per claim: ``claim, measured, number, interval, verdict, regime``.
+
+    ``regime`` says what each number holds for (``theorem_regimes``; "not stated" without ``regimes``): the
+    controlled checks hold for their Monte Carlo, the others for the trained networks' architecture, preset,
+    steps, lam, optimiser and L1 rule, and the tiny preset's say that they carry no evidence.
 
     Rules (stated so that a reader can disagree with them):
 
@@ -468,7 +491,18 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
                      "measured": f"training loss with exchange minus without, mean over {r.n_seeds} seeds "
                                  f"({r.seeds_lower_with_exchange} lower with exchange)",
                      "number": r.mean_delta, "interval": [r.ci_low, r.ci_high], "verdict": r.verdict})
-    return pd.DataFrame(rows)
+    texts = {k: regime_text(v) for k, v in (regimes or {}).items()}
+
+    def regime_for(claim: str) -> str:
+        if "(controlled)" in claim:
+            return CONTROLLED_REGIME
+        if claim.startswith("Corollary"):
+            return texts.get("corollary-unshared" if "(unshared" in claim else "corollary-shared", "not stated")
+        return texts.get("trained", "not stated")
+
+    out = pd.DataFrame(rows)
+    out["regime"] = [regime_for(claim) for claim in out["claim"]]
+    return out
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
@@ -477,13 +511,14 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 def theorem_summary(controlled: pd.DataFrame, controlled_bn: pd.DataFrame, dynamic: pd.DataFrame, calibration: dict,
                     outcome: pd.DataFrame, corollary: pd.DataFrame, corollary_sum: pd.DataFrame,
-                    verdicts: pd.DataFrame) -> dict:
+                    verdicts: pd.DataFrame, regimes: Mapping[str, dict] | None = None) -> dict:
     """The machine-readable summary of the Theorem 1 notebook (``summary.json``).
 
     Keys: ``controlled`` (``max_abs_error``, ``within_ci_fraction``, ``inverseless_within_ci_fraction``, the same
     for the real-BatchNorm variant, and ``rows``), ``dynamic.rows``, ``trained`` (``brier``, ``ece``, ``spearman``
     with ``*_ci``, ``normality``, ``reliability``), ``outcome.rows`` (lam, predicted, observed, ci_low, ci_high,
-    ...), ``corollary`` (``rows`` per seed and ``summary``) and ``verdicts``.
+    ...), ``corollary`` (``rows`` per seed and ``summary``), ``verdicts`` (each with its ``regime``) and
+    ``regimes`` (``theorem_regimes``: the settings behind the trained and the Corollary numbers).
     """
     trained = {k: v for k, v in calibration.items() if k != "reliability"}
     trained["reliability"] = _records(calibration["reliability"])
@@ -499,4 +534,5 @@ def theorem_summary(controlled: pd.DataFrame, controlled_bn: pd.DataFrame, dynam
         "outcome": {"rows": _records(outcome)},
         "corollary": {"rows": _records(corollary), "summary": _records(corollary_sum)},
         "verdicts": _records(verdicts),
+        "regimes": dict(regimes or {}),
     }

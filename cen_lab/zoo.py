@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._progress import progress_bar
+from .regime import SMOKE_PRESETS, SMOKE_TEST
 
 if TYPE_CHECKING:  # annotations only
     import pandas as pd
@@ -364,8 +365,7 @@ def run_example(preset: str = "default", runs_dir: str | Path = "runs", *, lam: 
     z = train_reference_style(out, steps=p["steps"], lam=lam, seed=seed, threshold=threshold,
                               batch_size=p["batch_size"], save_every=p["save_every"], progress=progress)
     z.settings["preset"] = preset
-    z.settings["evidence"] = ("none: the tiny preset is a smoke test" if preset == "tiny" else
-                              "one seed, toy data; not the paper's regime")
+    z.settings["evidence"] = SMOKE_TEST if preset in SMOKE_PRESETS else "one seed, toy data; not the paper's regime"
     return z
 
 

@@ -251,3 +251,40 @@ def test_progress_bars_are_text_when_headless(monkeypatch):
     monkeypatch.setenv("CEN_LAB_PROGRESS", "text")
     bar = progress_bar(range(3), disable=True)
     assert type(bar) is text_tqdm and list(bar) == [0, 1, 2]
+
+
+def test_a_tiny_report_says_at_the_top_that_it_is_a_smoke_test(tiny_report):
+    from cen_lab.regime import SMOKE_TEST
+
+    out = tiny_report.out_dir
+    top = json.loads((out / "summary.json").read_text())
+    assert top["evidence"] == SMOKE_TEST
+    page = (out / "index.html").read_text()
+    assert page.index("Smoke test: these numbers carry no evidence") < page.index("<h2>Settings</h2>")
+    theorem1 = top["notebooks"]["theorem1"]["summary"]
+    assert theorem1["regimes"]["trained"]["preset"] == "tiny" and theorem1["regimes"]["trained"]["steps"] == "12"
+    regimes = {r["claim"]: r["regime"] for r in theorem1["verdicts"]}
+    assert all(text.startswith("preset tiny; plain conv blocks (16, 16), no exchange; 12 steps; lam 0.01, 0.5; "
+                               "SGD lr 0.05 momentum 0.9; L1 proximal, disjoint, once per step")
+               for claim, text in regimes.items() if "(controlled)" not in claim and not claim.startswith("Corollary"))
+    assert all("lam 0.5;" in text and "then 4 fine-tuning steps" in text
+               for claim, text in regimes.items() if claim.startswith("Corollary"))
+    assert "<th>regime</th>" in page  # the verdict tables of the index carry it too
+    runs = top["notebooks"]["quickstart"]["summary"]["runs"][0]
+    assert runs["optimiser"] == "SGD lr 0.05 momentum 0.9" and runs["architecture"].startswith("plain conv blocks")
+
+
+def test_only_smoke_test_reports_carry_the_notice():
+    from cen_lab.regime import SMOKE_TEST
+    from cen_lab.reports import _index_html, report_evidence
+
+    def settings(common, **notebooks):
+        return {"common": common, "notebooks": notebooks}
+
+    assert report_evidence(settings({"preset": "tiny"})) == SMOKE_TEST
+    assert report_evidence(settings({}, theorem1={"preset": "tiny", "steps": 12})) == SMOKE_TEST
+    default = report_evidence(settings({"preset": "default"}, theorem1={"steps": 300}))
+    assert default != SMOKE_TEST and "not the paper's regime" in default
+    page = {"created": "now", "cen_lab": "0", "ok": True, "settings": settings({"preset": "default"}), "notebooks": {}}
+    assert "Smoke test" not in _index_html({**page, "evidence": default})
+    assert "Smoke test: these numbers carry no evidence" in _index_html({**page, "evidence": SMOKE_TEST})

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -5,6 +7,7 @@ import torch
 
 from cen_lab import theorem
 from cen_lab.data import load_data
+from cen_lab.regime import SMOKE_TEST
 from cen_lab.training import data_losses
 
 TINY = {"preset": "tiny", "steps": 12, "checkpoints": 2, "model__widths": (8, 8)}
@@ -107,6 +110,40 @@ def test_verdict_table_rules():
                                "ci_low": -0.5, "ci_high": -0.3, "seeds_lower_with_exchange": 3, "verdict": "holds"}])
     v = theorem.verdict_table(controlled, calibration, outcome, corollary)["verdict"].tolist()
     assert v == ["holds", "does not hold", "does not hold", "holds", "holds", "holds", "holds"]
+
+
+def test_every_verdict_says_its_regime():
+    runs = {(lam, s): SimpleNamespace(config=theorem.theorem_config("tiny", lam, s, 12)) for lam in (0.01, 0.5)
+            for s in (0, 1)}
+    regimes = theorem.theorem_regimes(runs, "tiny", corollary_lam=0.5, finetune_steps=4, seeds=[0, 1], steps=12,
+                                      checkpoints=2)
+    trained = regimes["trained"]
+    assert trained == {"preset": "tiny", "architecture": "plain conv blocks (16, 16), no exchange", "steps": "12",
+                       "lam": "0.01, 0.5", "optimiser": "SGD lr 0.05 momentum 0.9",
+                       "l1_rule": "proximal, disjoint, once per step", "evidence": SMOKE_TEST}
+    assert regimes["corollary-unshared"]["architecture"].endswith("no exchange, unshared convs")
+    assert regimes["corollary-shared"]["architecture"].endswith("no exchange")
+    assert regimes["corollary-shared"]["lam"] == "0.5"
+    controlled = pd.DataFrame({"within_ci": [True] * 20, "inverseless_within_ci": [False] * 20, "abs_error": [0.01] * 20})
+    calibration = {"ece": 0.4, "ece_ci": [0.35, 0.45], "brier": 0.3, "spearman": 0.8, "spearman_ci": [0.7, 0.9],
+                   "normality": {"pvalue": 0.5, "std": 1.0, "mean": 0.0}}
+    outcome = pd.DataFrame({"predicted": [0.5], "observed": [0.5], "ci_low": [0.4], "ci_high": [0.6]})
+    corollary = pd.DataFrame({"share_convs": [True, False], "comparison": ["final"] * 2, "n_seeds": [2] * 2,
+                              "seeds_lower_with_exchange": [2] * 2, "mean_delta": [-0.1] * 2, "ci_low": [-0.2] * 2,
+                              "ci_high": [-0.01] * 2, "verdict": ["holds"] * 2})
+    table = theorem.verdict_table(controlled, calibration, outcome, corollary, regimes=regimes)
+    by_claim = dict(zip(table["claim"], table["regime"]))
+    assert by_claim["Inverse-less variant 2*Phi(lam*|dL/dx'|)-1 (controlled)"] == theorem.CONTROLLED_REGIME
+    trained_text = by_claim["The formula ranks channels by how often they are attracted"]
+    assert trained_text.startswith("preset tiny; plain conv blocks (16, 16), no exchange; 12 steps; lam 0.01, 0.5; "
+                                   "SGD lr 0.05 momentum 0.9")
+    assert trained_text.endswith("(evidence: none: the tiny preset is a smoke test)")
+    corollary_text = by_claim["Corollary 1 (shared convolutions, final)"]
+    assert "then 4 fine-tuning steps with and without exchange" in corollary_text and "lam 0.5;" in corollary_text
+    assert "unshared convs" not in corollary_text
+    assert "no exchange, unshared convs;" in by_claim["Corollary 1 (unshared convolutions, final)"]
+    assert set(theorem.verdict_table(controlled, calibration, outcome, corollary)["regime"]) == {
+        theorem.CONTROLLED_REGIME, "not stated"}
 
 
 def test_local_check_on_a_user_model_in_the_reference_layout():

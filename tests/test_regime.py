@@ -1,0 +1,32 @@
+"""Which regime a number holds in (cen_lab.regime)."""
+
+import pytest
+
+from cen_lab import ExperimentConfig
+from cen_lab.regime import SMOKE_TEST, architecture, evidence, optimiser, regime_of, regime_text
+
+
+def test_regime_lists_every_setting_of_the_runs():
+    base = ExperimentConfig.preset("default")
+    cfgs = [base.override({"train.lam": lam}) for lam in (0.02, 0.005, 0.01)]
+    r = regime_of(cfgs, "default", then="100 fine-tuning steps")
+    assert r["lam"] == "0.005, 0.01, 0.02" and r["steps"] == "600" and r["preset"] == "default"
+    assert r["architecture"] == "plain conv blocks (32, 32, 64, 64), mean exchange"
+    assert r["optimiser"] == "SGD lr 0.05 momentum 0.9" and r["l1_rule"] == "subgradient, disjoint, once per step"
+    assert r["evidence"] == "toy data, compact networks; not the paper's regime" and r["then"] == "100 fine-tuning steps"
+    text = regime_text(r)
+    assert text == ("preset default; plain conv blocks (32, 32, 64, 64), mean exchange; 600 steps; "
+                    "lam 0.005, 0.01, 0.02; SGD lr 0.05 momentum 0.9; L1 subgradient, disjoint, once per step; "
+                    "100 fine-tuning steps (evidence: toy data, compact networks; not the paper's regime)")
+
+
+def test_regime_names_the_variants_and_the_smoke_test():
+    base = ExperimentConfig.preset("tiny")
+    assert architecture(base.override({"model.share_convs": False, "model.exchange": "none"})).endswith(
+        "no exchange, unshared convs")
+    assert "late fusion" in architecture(base.override({"model.fusion": "late", "model.exchange": "none"}))
+    assert optimiser(base.override({"train.optimizer": "adam", "train.lr": 1e-3})) == "adam lr 0.001"
+    assert optimiser(base.override({"train.momentum": 0.0})).endswith("momentum 0")
+    assert evidence("tiny") == SMOKE_TEST and regime_of([base], "tiny")["evidence"] == SMOKE_TEST
+    with pytest.raises(ValueError, match="at least one run"):
+        regime_of([], "tiny")
