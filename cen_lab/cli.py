@@ -169,6 +169,8 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     variants = args.variants.split(",") if args.variants else None
     if variants == ["scenarios"]:
         variants = list(fusion.DEFAULT_SCENARIOS)
+    elif variants == ["reference"]:  # each reference switch next to the variant it changes
+        variants = [v for pair in fusion.SWITCH_BASES.items() for v in pair[::-1]]
     table = fusion.run_fusion_benchmark(args.out, preset=args.preset, variants=variants, seeds=range(args.seeds),
                                         steps=args.steps, n_jobs=args.jobs, progress=not args.no_progress)
     scores = fusion.per_run_scores(table)
@@ -179,6 +181,11 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
         if "cen" in set(table.get("variant", [])):
             print("\nCEN minus each variant (final ensemble score, 95% Welch interval):")
             print(fusion.compare_to(scores).round(4).to_string(index=False))
+        if set(fusion.SWITCH_BASES) & set(table.get("variant", [])):
+            print("\nEach reference switch minus the variant it changes (final ensemble score and exchange ratio, "
+                  "95% Welch interval):")
+            exchange = fusion.final_exchange_ratios(table)
+            print(fusion.compare_switches(scores, exchange).round(4).to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'fusion_summary.csv'}")
     return 1 if (table["status"] == "failed").any() else 0
 
@@ -216,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-fusion", help="CEN against baselines and ablations over seeds (the ablation table)")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="preset of the shared base")
     p.add_argument("--variants", metavar="A,B", help="only these variants, from cen_lab.fusion.VARIANTS or "
-                   "SCENARIOS (default: all of VARIANTS); 'scenarios' means DEFAULT_SCENARIOS")
+                   "SCENARIOS or REFERENCE_SWITCHES (default: all of VARIANTS); 'scenarios' means DEFAULT_SCENARIOS, "
+                   "'reference' each reference switch next to the variant it changes")
     p.add_argument("--seeds", type=int, default=5, help="seeds per variant (default: 5)")
     p.add_argument("--steps", type=int, default=300, help="training steps per run (default: 300)")
     p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")

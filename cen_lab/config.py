@@ -37,7 +37,7 @@ __all__ = [
 
 EXCHANGE_MODES = ("mean", "cyclic", "random", "none")
 FUSIONS = ("cen", "early", "late", "aggregate-sum", "aggregate-concat")
-SPARSITY_SCHEMES = ("disjoint", "all", "none")
+SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
 L1_RULES = ("subgradient", "proximal")
 OPTIMIZERS = ("sgd", "adam")
 TASKS = ("seg", "cls")
@@ -208,7 +208,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # applied to convolution weights only, never to BN parameters or alpha
     lam: float = 5e-3  # L1 weight on the penalised gammas
     l1_rule: str = "subgradient"  # "subgradient" (reference) or "proximal" (soft-thresholding; exact zeros)
-    sparsity: str = "disjoint"  # which gammas are penalised: "disjoint" (paper), "all", "none"
+    sparsity: str = "disjoint"  # which gammas are penalised: "disjoint" (paper), "alternate-halves" (the reference
+    #                             code's name filter: first half of even, second half of odd BN tensors), "all", "none"
+    l1_per_output: bool = False  # add lam * |gamma| once per output (M + 1 times a step for M modalities: each
+    #                              branch's prediction and the ensemble), as the reference code does; False: once
     device: str = "cpu"  # "cpu", "cuda", "cuda:N", or "auto" (CUDA when present)
     ckpt_every: int = 100  # steps between periodic checkpoints (and log flushes)
     init_from: str | None = None  # start from these weights: a checkpoint .pt or a run directory (its latest)

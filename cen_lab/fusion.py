@@ -14,6 +14,7 @@ better, edge F1).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,8 +28,9 @@ from .sweeps import sweep
 
 LOWER_IS_BETTER = ("mae",)  # metrics where a smaller value is better
 
-__all__ = ["VARIANTS", "SCENARIOS", "DEFAULT_SCENARIOS", "FAMILIES", "fusion_base", "run_fusion_benchmark", "per_run_scores", "compute_fusion_results",
-           "fusion_summary", "compare_to", "runs_of_seed"]
+__all__ = ["VARIANTS", "SCENARIOS", "REFERENCE_SWITCHES", "DEFAULT_SCENARIOS", "FAMILIES", "fusion_base", "run_fusion_benchmark", "per_run_scores", "compute_fusion_results",
+           "fusion_summary", "compare_to", "compare_switches", "final_exchange_ratios", "runs_of_seed",
+           "SWITCH_BASES"]
 
 _NO_CEN = {"model.exchange": "none", "train.sparsity": "none"}
 
@@ -59,11 +61,20 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "single-task-edges": ("single-task", {"data.modalities": ["rgb"], "data.tasks": ["edges"], **_NO_CEN}),
     "multimodal-multitask": ("scenario", {"data.modalities": ["rgb", "depth"], "data.tasks": ["seg", "edges"]}),
 }
+# name -> (family, overrides on fusion_base): the switches that remove a difference from the reference code, each
+# to be compared with the variant it changes (``cen``, or ``three-modal-mean`` for M = 3; see the README's table)
+REFERENCE_SWITCHES: dict[str, tuple[str, dict[str, Any]]] = {
+    "cen-l1-per-output": ("reference", {"train.l1_per_output": True}),
+    "three-modal-alternate-halves": ("reference", {"data.modalities": ["rgb", "depth", "edges"],
+                                                   "train.sparsity": "alternate-halves"}),
+}
+# each reference switch and the variant it changes
+SWITCH_BASES = {"cen-l1-per-output": "cen", "three-modal-alternate-halves": "three-modal-mean"}
 # the scenario runs of the scenarios notebook: the paper's fusion (``cen``) and rgb-only segmentation come from
 # VARIANTS
 DEFAULT_SCENARIOS = ("cen", "unimodal-rgb", *SCENARIOS)
-FAMILIES = ("unimodal", "single-task", "baseline", "cen", "scenario", "ablation")
-_CATALOGUE = {**VARIANTS, **SCENARIOS}
+FAMILIES = ("unimodal", "single-task", "baseline", "cen", "scenario", "ablation", "reference")
+_CATALOGUE = {**VARIANTS, **SCENARIOS, **REFERENCE_SWITCHES}
 
 
 def fusion_base(preset: str = "default", steps: int = 300, **overrides) -> ExperimentConfig:
@@ -83,7 +94,7 @@ def run_fusion_benchmark(runs_dir: str | Path, *, preset: str = "default", varia
                          **overrides) -> pd.DataFrame:
     """Train (or reuse) every variant for every seed with ``cen_lab.sweep``; returns the sweep table (with
     ``variant``, ``seed``, ``path``, ``status``, ``seconds``). ``variants`` are names from ``VARIANTS`` (the
-    default: all of them) or ``SCENARIOS``; unknown names are errors."""
+    default: all of them), ``SCENARIOS`` or ``REFERENCE_SWITCHES``; unknown names are errors."""
     names = list(VARIANTS) if variants is None else list(variants)
     unknown = [v for v in names if v not in _CATALOGUE]
     if unknown:
@@ -202,3 +213,48 @@ def compare_to(scores: pd.DataFrame, reference: str = "cen", level: float = 0.95
                          "difference": float(ref.mean() - v.mean()), "ci_low": low, "ci_high": high,
                          "verdict": verdict})
     return pd.DataFrame(rows)
+
+
+def final_exchange_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """``variant, seed, exchange_ratio``: the portion of channels exchanged at the last logged step of every
+    completed run of a benchmark table."""
+    from .analysis import compute_run_summary
+
+    rows = []
+    for row in table[table["status"].isin(["complete", "skipped"])].itertuples(index=False):
+        summary = compute_run_summary({row.variant: load_run(row.path)}).iloc[0]
+        rows.append({"variant": row.variant, "seed": row.seed, "exchange_ratio": summary.get("exchange_ratio")})
+    return pd.DataFrame(rows, columns=["variant", "seed", "exchange_ratio"])
+
+
+def compare_switches(scores: pd.DataFrame, exchange: pd.DataFrame | None = None, level: float = 0.95) -> pd.DataFrame:
+    """What each reference switch changes: its ensemble score minus that of the variant it changes
+    (``SWITCH_BASES``), with a Welch t interval across seeds, and with ``exchange`` (``final_exchange_ratios``)
+    the same for the final exchange ratio.
+
+    Rows: ``switch, base, task, metric, difference, ci_low, ci_high, verdict`` (``better`` / ``worse`` for the
+    switch's score, ``higher`` / ``lower`` for its exchange ratio, when the interval excludes 0).
+    """
+    rows = []
+    for switch, base in SWITCH_BASES.items():
+        pair = scores[scores["variant"].isin([switch, base])]
+        if not {switch, base} <= set(pair["variant"]):
+            continue
+        rows.append(compare_to(pair, reference=switch, level=level).assign(switch=switch, base=base))
+        if exchange is not None:
+            a = exchange.loc[exchange["variant"] == switch, "exchange_ratio"].dropna().to_numpy(float)
+            b = exchange.loc[exchange["variant"] == base, "exchange_ratio"].dropna().to_numpy(float)
+            low = high = float("nan")
+            if len(a) > 1 and len(b) > 1 and (np.ptp(a) > 0 or np.ptp(b) > 0):
+                with warnings.catch_warnings():  # one side may be constant (every penalised channel exchanged)
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+                low, high = float(ci.low), float(ci.high)
+            verdict = "higher" if low > 0 else "lower" if high < 0 else "no clear difference"
+            rows.append(pd.DataFrame([{"switch": switch, "base": base, "task": "-", "metric": "exchange_ratio",
+                                       "difference": float(a.mean() - b.mean()), "ci_low": low, "ci_high": high,
+                                       "verdict": verdict}]))
+    if not rows:
+        raise ValueError(f"no completed runs of a switch and its base: {SWITCH_BASES}")
+    out = pd.concat(rows, ignore_index=True)
+    return out[["switch", "base", "task", "metric", "difference", "ci_low", "ci_high", "verdict"]]

@@ -132,7 +132,7 @@ class CENNet(nn.Module):
     tasks : str or sequence of str
         The task (``"seg"``, ``"cls"``) or tasks (also ``"depth"``, ``"edges"``; see ``cen_lab.tasks``).
     config : ModelConfig
-    sparsity : {"disjoint", "all", "none"}
+    sparsity : {"disjoint", "alternate-halves", "all", "none"}
         Which gammas of the CEN blocks carry the penalty (``penalty_mask``); ``"disjoint"`` cuts the channels
         into one chunk per branch (M * T chunks).
 
@@ -163,7 +163,8 @@ class CENNet(nn.Module):
             blocks.append(CENBlock(grid, cin, width, stride, config.share_convs, mode, config.threshold))
             nn.init.constant_(blocks[-1].bn.weight, config.gamma_init)
             if b in cen:
-                blocks[-1].bn.penalty_mask.copy_(sparsity_mask(width, grid.size, sparsity))
+                penalised_before = sum(1 for k in range(b) if k in cen)  # this layer's place among penalised ones
+                blocks[-1].bn.penalty_mask.copy_(sparsity_mask(width, grid.size, sparsity, penalised_before))
             cin = width
             if b == self.merge_after:
                 cin = width * grid.modalities if config.fusion == "aggregate-concat" else width

@@ -60,7 +60,8 @@ def regime_of(configs: Iterable[ExperimentConfig], preset: str, **extra: Any) ->
     out = {"preset": preset, "architecture": _values(architecture(c) for c in cfgs),
            "steps": _values(c.train.steps for c in cfgs), "lam": _values(float(c.train.lam) for c in cfgs),
            "optimiser": _values(optimiser(c) for c in cfgs),
-           "l1_rule": _values(f"{c.train.l1_rule}, {c.train.sparsity}, once per step" for c in cfgs),
+           "l1_rule": _values(f"{c.train.l1_rule}, {c.train.sparsity}, "
+                              f"{'once per output' if c.train.l1_per_output else 'once per step'}" for c in cfgs),
            "evidence": evidence(preset)}
     out.update({k: str(v) for k, v in extra.items()})
     return out

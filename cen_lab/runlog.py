@@ -532,6 +532,13 @@ class Run:
         return None if lam is None else float(lam)
 
     @property
+    def lam_per_step(self) -> float | None:
+        """The L1 weight of one training step: ``lam``, times the number of outputs for a run trained with
+        ``train.l1_per_output`` (the reference's count). What Theorem 1's ``|dL/dgamma| <= lam`` compares with."""
+        per_step = self.manifest.get("lam_per_step")
+        return self.lam if per_step is None else float(per_step)
+
+    @property
     def status(self) -> str:
         """``"complete"``, ``"incomplete"`` (still training, stopped early, or killed) or ``"failed"``."""
         return self.manifest["status"]

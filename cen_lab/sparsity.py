@@ -5,7 +5,8 @@ into M contiguous, near-equal chunks (as ``numpy.array_split`` cuts them) and mo
 
 The penalty is ``lam * sum |gamma[mask]|`` over all penalised BN layers, applied once per training step.
 (The reference implementation adds it inside its loop over outputs, so it counts M + 1 times per step; the
-effective lambda there is (M + 1) times the nominal one. cen_lab applies the nominal value once.)
+effective lambda there is (M + 1) times the nominal one. cen_lab applies the nominal value once, or once per
+output with ``train.l1_per_output``.)
 
 Update rules
 ------------
@@ -27,10 +28,10 @@ import torch
 
 __all__ = ["SPARSITY_SCHEMES", "sparsity_mask", "l1_penalty", "add_l1_subgradient", "apply_l1_proximal"]
 
-SPARSITY_SCHEMES = ("disjoint", "all", "none")
+SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
 
 
-def sparsity_mask(num_channels: int, num_modalities: int, scheme: str = "disjoint") -> torch.Tensor:
+def sparsity_mask(num_channels: int, num_modalities: int, scheme: str = "disjoint", layer_index: int = 0) -> torch.Tensor:
     """Which BN scaling factors carry the L1 penalty.
 
     Parameters
@@ -39,9 +40,14 @@ def sparsity_mask(num_channels: int, num_modalities: int, scheme: str = "disjoin
         C, channels of the BN layer.
     num_modalities : int
         M, number of modality branches.
-    scheme : {"disjoint", "all", "none"}
+    scheme : {"disjoint", "alternate-halves", "all", "none"}
         ``"disjoint"``: modality m penalises the m-th of M contiguous chunks (``numpy.array_split``);
+        ``"alternate-halves"``: the reference code's rule (``cen_lab.layouts.alternate_halves``) with the BN
+        tensors in parameter order (layer by layer, branch by branch): the k-th penalises its first ``C // 2``
+        channels for even k, the rest for odd k. For M = 2 and even C it equals ``"disjoint"``;
         ``"all"``: every gamma; ``"none"``: no gamma.
+    layer_index : int
+        The layer's place among the penalised layers (``"alternate-halves"`` only: k = layer_index * M + m).
 
     Returns
     -------
@@ -53,6 +59,11 @@ def sparsity_mask(num_channels: int, num_modalities: int, scheme: str = "disjoin
     if num_modalities < 1 or num_channels < 1:
         raise ValueError(f"need num_channels >= 1 and num_modalities >= 1, got {num_channels}, {num_modalities}")
     mask = np.zeros((num_modalities, num_channels), dtype=bool)
+    if scheme == "alternate-halves":
+        from .layouts import alternate_halves  # the observer's rule, so the two cannot drift apart
+
+        order = [(li, m) for li in range(layer_index + 1) for m in range(num_modalities)]
+        return torch.from_numpy(alternate_halves(order, [(num_modalities, num_channels)] * (layer_index + 1))[-1])
     if scheme == "all":
         mask[:] = True
     elif scheme == "disjoint":

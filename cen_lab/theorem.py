@@ -170,7 +170,7 @@ def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 1
         ``predicted`` (``attraction_probability(lam, norm)``), ``attracted`` (``|g| <= lam``).
     """
     cfg = run.config
-    lam = cfg.train.lam
+    lam = run.lam_per_step  # the per-step weight: with train.l1_per_output, lam times the outputs
     steps = list(run.checkpoint_steps if steps is None else steps)
     ds = load_data(cfg.data)
     x_np, y_np = ds.stacked(0)

@@ -49,7 +49,7 @@ from .sparsity import add_l1_subgradient, apply_l1_proximal
 log = logging.getLogger(__name__)
 
 __all__ = ["train", "resolve_device", "evaluate", "data_losses", "task_losses", "prediction_names",
-           "forward_backward", "penalised_update"]
+           "forward_backward", "penalised_update", "step_lam"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,13 +192,21 @@ def forward_backward(model: CENNet, optimizer: torch.optim.Optimizer, xb: torch.
 
 
 def penalised_update(optimizer: torch.optim.Optimizer, weights: list[torch.Tensor], masks: list[torch.Tensor],
-                     tcfg) -> None:
-    """The L1 penalty on the masked gammas (subgradient before, or proximal after the step) and the step."""
-    if tcfg.l1_rule == "subgradient" and tcfg.lam > 0:
-        add_l1_subgradient(weights, masks, tcfg.lam)
+                     tcfg, lam: float | None = None) -> None:
+    """The L1 penalty on the masked gammas (subgradient before, or proximal after the step) and the step.
+    ``lam`` is the weight per step (``step_lam``; default ``tcfg.lam``)."""
+    lam = tcfg.lam if lam is None else lam
+    if tcfg.l1_rule == "subgradient" and lam > 0:
+        add_l1_subgradient(weights, masks, lam)
     optimizer.step()
-    if tcfg.l1_rule == "proximal" and tcfg.lam > 0:
-        apply_l1_proximal(weights, masks, tcfg.lr * tcfg.lam)
+    if tcfg.l1_rule == "proximal" and lam > 0:
+        apply_l1_proximal(weights, masks, tcfg.lr * lam)
+
+
+def step_lam(tcfg, n_outputs: int) -> float:
+    """The L1 weight of one training step: ``lam``, or ``n_outputs * lam`` with ``l1_per_output`` (the reference
+    code adds the penalty inside its loop over the M branch predictions and the ensemble: M + 1 times)."""
+    return tcfg.lam * (n_outputs if tcfg.l1_per_output else 1)
 
 
 def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume: bool = False,
@@ -281,7 +289,8 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
     optimizer = _make_optimizer(model, cfg)
     masks = [bn.penalty_mask for _, bn in model.cen_layers()]
     weights = [bn.weight for _, bn in model.cen_layers()]
-    lam, thr = cfg.train.lam, cfg.model.threshold
+    n_outputs = sum(len(names[t]) for t in tasks)  # every prediction whose loss is summed: branches + ensembles
+    lam, thr = step_lam(cfg.train, n_outputs), cfg.model.threshold
 
     stream_names = prediction_names(tasks, streams)  # branch (m, t) is named like a prediction of stream m
     n_tasks = len(tasks)
@@ -293,7 +302,7 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
             "class_names": list(ds.class_names), "task": ds.task,
             "num_classes": ds.num_classes, "in_channels": int(x.shape[2]), "device": str(device),
             "layers": [name for name, _ in model.cen_layers()], "n_train": n_train, "n_val": int(xv.shape[1]),
-            "steps_per_epoch": steps_per_epoch}
+            "steps_per_epoch": steps_per_epoch, "lam_per_step": lam}
     if cfg.train.init_from is not None:
         info["init_from"] = str(Path(cfg.train.init_from).resolve())
     writer, ckpt = RunWriter.reopen(out, cfg) if action == "resume" else (RunWriter.create(out, cfg, info), None)
@@ -351,7 +360,7 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
                     logger.log_grads(s, dxprime)
                 bar.set_postfix(loss=f"{loss_value:.3f}", below_thr=f"{values['sparsity/below_threshold']:.2f}", refresh=False)
 
-            penalised_update(optimizer, weights, masks, cfg.train)
+            penalised_update(optimizer, weights, masks, cfg.train, lam)
             bar.update(1)
 
             done = s + 1

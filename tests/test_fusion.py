@@ -127,3 +127,41 @@ def test_cli_bench_fusion_scenarios_word(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         main(["bench-fusion", "--variants", "scenarios", "--out", str(tmp_path), "--no-progress"])
     assert seen["variants"] == list(fusion.DEFAULT_SCENARIOS)
+
+
+def test_each_reference_switch_is_compared_with_the_variant_it_changes():
+    v = {"cen": [0.80, 0.81, 0.82], "cen-l1-per-output": [0.70, 0.71, 0.72],
+         "three-modal-mean": [0.60, 0.65, 0.70], "three-modal-alternate-halves": [0.62, 0.66, 0.68],
+         "late-fusion": [0.9, 0.9, 0.9]}
+    scores = pd.DataFrame([{"variant": k, "seed": s, "branch": "ensemble", "task": "seg", "metric": "miou", "value": x}
+                           for k, xs in v.items() for s, x in enumerate(xs)])
+    cmp = fusion.compare_switches(scores).set_index("switch")
+    assert list(cmp.index) == ["cen-l1-per-output", "three-modal-alternate-halves"]
+    assert cmp.loc["cen-l1-per-output", "base"] == "cen" and cmp.loc["cen-l1-per-output", "verdict"] == "worse"
+    assert cmp.loc["cen-l1-per-output", "difference"] == pytest.approx(-0.10)
+    assert cmp.loc["three-modal-alternate-halves", "difference"] == pytest.approx((1.96 - 1.95) / 3)
+    assert cmp.loc["three-modal-alternate-halves", "verdict"] == "no clear difference"
+    with pytest.raises(ValueError, match="no completed runs of a switch"):
+        fusion.compare_switches(scores[scores["variant"].isin(["cen", "late-fusion"])])
+    exchange = pd.DataFrame({"variant": ["cen"] * 3 + ["cen-l1-per-output"] * 3, "seed": [0, 1, 2] * 2,
+                             "exchange_ratio": [0.40, 0.45, 0.50, 0.50, 0.50, 0.50]})
+    ratio = fusion.compare_switches(scores, exchange).query("metric == 'exchange_ratio'").iloc[0]
+    assert ratio["switch"] == "cen-l1-per-output" and ratio["difference"] == pytest.approx(0.05)
+    assert ratio["verdict"] == "no clear difference" and ratio["ci_low"] < 0 < ratio["ci_high"]
+
+
+def test_the_reference_switches_are_the_config_switches():
+    base = fusion.fusion_base("tiny", 4)
+    per_output = base.override(fusion.REFERENCE_SWITCHES["cen-l1-per-output"][1])
+    assert per_output.train.l1_per_output and not base.train.l1_per_output
+    halves = base.override(fusion.REFERENCE_SWITCHES["three-modal-alternate-halves"][1])
+    assert halves.train.sparsity == "alternate-halves" and len(halves.data.modalities) == 3
+    assert set(fusion.SWITCH_BASES) == set(fusion.REFERENCE_SWITCHES)
+
+
+def test_final_exchange_ratios_read_every_completed_run(bench):
+    _, table = bench
+    ex = fusion.final_exchange_ratios(table)
+    assert len(ex) == int(table["status"].isin(["complete", "skipped"]).sum())
+    cen = ex[ex["variant"] == "cen"]["exchange_ratio"]
+    assert cen.notna().all() and cen.between(0, 1).all()

@@ -54,3 +54,51 @@ def test_proximal_gives_exact_zeros_and_leaves_free_gammas():
     apply_l1_proximal([w], [mask], step=0.1)
     torch.testing.assert_close(w.detach(), torch.tensor([[0.0, -0.4, 0.9, 0.01], [0.3, 0.2, 0.0, 0.4]]))
     assert w[0, 0].item() == 0.0 and w[1, 2].item() == 0.0
+
+
+def test_alternate_halves_is_the_reference_rule_layer_after_layer():
+    # M = 3: tensors in parameter order k = 0, 1, 2 | 3, 4, 5; even k first half, odd k second half
+    first = sparsity_mask(6, 3, "alternate-halves", layer_index=0).int().tolist()
+    second = sparsity_mask(6, 3, "alternate-halves", layer_index=1).int().tolist()
+    assert first == [[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
+    assert second == [[0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]]
+    # M = 2 and even C: the same as the paper's disjoint halves; odd C: C // 2 first, as the reference slices
+    assert torch.equal(sparsity_mask(8, 2, "alternate-halves", 3), sparsity_mask(8, 2, "disjoint"))
+    assert sparsity_mask(5, 2, "alternate-halves").int().tolist() == [[1, 1, 0, 0, 0], [0, 0, 1, 1, 1]]
+
+
+def test_a_trained_network_penalises_what_the_reference_name_filter_picks(tiny):
+    from cen_lab.layouts import alternate_halves
+    from cen_lab.models import build_model
+
+    cfg = tiny.override({"data.modalities": ("rgb", "depth", "edges"), "train.sparsity": "alternate-halves"})
+    model = build_model(cfg.model, 3, 3, 5, "seg", cfg.train.sparsity)
+    layers = [bn for _, bn in model.cen_layers()]
+    # the reference meets bn_0.weight, bn_1.weight, bn_2.weight of each layer in turn
+    order = [(li, m) for li in range(len(layers)) for m in range(3)]
+    expected = alternate_halves(order, [tuple(bn.weight.shape) for bn in layers])
+    assert [bn.penalty_mask.numpy().tolist() for bn in layers] == [e.tolist() for e in expected]
+
+
+def test_the_per_output_penalty_is_exactly_m_plus_one_times_the_once_per_step_one(tiny, tmp_path):
+    from cen_lab import train
+
+    # one plain SGD step from the same weights and minibatch: the gamma updates differ only by the penalty
+    base = tiny.override({"train.steps": 1, "train.momentum": 0.0, "train.l1_rule": "subgradient",
+                          "train.ckpt_every": 1, "train.lam": 0.01})
+    gammas = {}
+    for name, over in {"none": {"train.lam": 0.0}, "once": {}, "per_output": {"train.l1_per_output": True}}.items():
+        run = train(base.override(over), tmp_path / name, progress=False)
+        model = run.load_model(1)
+        gammas[name] = torch.stack([bn.weight.detach() for _, bn in model.cen_layers()])
+        masks = torch.stack([bn.penalty_mask for _, bn in model.cen_layers()])
+        if name == "per_output":
+            assert run.lam_per_step == pytest.approx(0.03) and run.lam == 0.01  # M + 1 = 3 outputs
+        elif name == "once":
+            assert run.lam_per_step == run.lam == 0.01
+    lr = base.train.lr
+    once = (gammas["none"] - gammas["once"])[masks] / lr  # lam * sign(gamma) = 0.01 (gammas start at 1)
+    per_output = (gammas["none"] - gammas["per_output"])[masks] / lr
+    assert torch.allclose(once, torch.full_like(once, 0.01), atol=1e-5)
+    assert torch.allclose(per_output, 3 * once, atol=1e-5)
+    assert torch.equal(gammas["none"][~masks], gammas["per_output"][~masks])  # unpenalised gammas untouched

@@ -10,7 +10,7 @@ from ._common import ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure,
 __all__ = ["plot_fusion_results"]
 
 FAMILY_COLOURS = {"unimodal": "#7f7f7f", "single-task": "#7f7f7f", "baseline": BRANCH_COLOURS[0], "cen": "#c0392b",
-                  "scenario": BRANCH_COLOURS[2], "ablation": BRANCH_COLOURS[1]}
+                  "scenario": BRANCH_COLOURS[2], "ablation": BRANCH_COLOURS[1], "reference": "#8e44ad"}
 
 
 def plot_fusion_results(results: pd.DataFrame, *, task: str | None = None, backend: str = "matplotlib",
