@@ -18,6 +18,7 @@ from . import suite
 GOALS = {
     "exchange_speedup_vs_mask_reference": (1.5, ">="),
     "cen_step_over_unimodal": (2.2, "<="),
+    "bottleneck_cen_step_over_unimodal": (2.1, "<="),
     "log_overhead_gamma": (0.03, "<="),
     "log_overhead_full": (0.15, "<="),
     "observer_overhead_gamma": (0.03, "<="),

@@ -149,8 +149,9 @@ def gemm_rate(n: int = 2048, repeats: int = 5) -> float:
 
 def bench_step(repeats: int = 50) -> dict:
     """One CEN training step (M = 2, exchange and L1 on, half the channels exchanged) against the same
-    architecture with one modality; also the ratio early in training, when nothing is exchanged yet, and the
-    CEN step's minor page faults (near 0 with ``keep_freed_memory``, as in ``cen_lab.train``)."""
+    architecture with one modality; also the ratio early in training, when nothing is exchanged yet, the CEN
+    step's minor page faults (near 0 with ``keep_freed_memory``, as in ``cen_lab.train``), and the ratio for the
+    bottleneck architecture (``model.arch = "bottleneck"``)."""
     tuned = keep_freed_memory()  # as cen_lab.train does
     cfg = ExperimentConfig.preset("default")
     cen, cen_model = _step_fn(cfg, 2)
@@ -165,12 +166,22 @@ def bench_step(repeats: int = 50) -> dict:
     # training ~ 3x the forward FLOPs (forward, and backward to inputs and to weights)
     flops_cen, flops_uni = 3 * conv_flops(cen_model, 2), 3 * conv_flops(uni_model, 1)
     peak = gemm_rate()
+    # the same for model.arch = "bottleneck" (the default preset's widths as planes, expansion 4)
+    bcfg = cfg.override({"model.arch": "bottleneck"})
+    bcen, bcen_model = _step_fn(bcfg, 2)
+    buni, buni_model = _step_fn(bcfg, 1)
+    tb_cen, tb_uni = paired(bcen, buni, max(10, repeats // 2))
+    bflops_cen, bflops_uni = 3 * conv_flops(bcen_model, 2), 3 * conv_flops(buni_model, 1)
     return {"cen_step_over_unimodal": t_cen / t_uni, "cen_step_ms": 1e3 * t_cen, "unimodal_step_ms": 1e3 * t_uni,
             "malloc_tuned": tuned, "cen_step_page_faults": faults,
             "cen_step_over_unimodal_nothing_exchanged": t_fresh / t_uni2,
             "gemm_gflops": peak / 1e9, "train_gflops_cen": flops_cen / t_cen / 1e9,
             "train_gflops_unimodal": flops_uni / t_uni / 1e9,
-            "train_gflops_over_gemm": {"cen": flops_cen / t_cen / peak, "unimodal": flops_uni / t_uni / peak}}
+            "train_gflops_over_gemm": {"cen": flops_cen / t_cen / peak, "unimodal": flops_uni / t_uni / peak,
+                                       "bottleneck_cen": bflops_cen / tb_cen / peak,
+                                       "bottleneck_unimodal": bflops_uni / tb_uni / peak},
+            "bottleneck_cen_step_over_unimodal": tb_cen / tb_uni, "bottleneck_cen_step_ms": 1e3 * tb_cen,
+            "bottleneck_unimodal_step_ms": 1e3 * tb_uni}
 
 
 # -- logging overhead ---------------------------------------------------------------------------------------------

@@ -172,7 +172,8 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     elif variants == ["reference"]:  # each reference switch next to the variant it changes
         variants = [v for pair in fusion.SWITCH_BASES.items() for v in pair[::-1]]
     table = fusion.run_fusion_benchmark(args.out, preset=args.preset, variants=variants, seeds=range(args.seeds),
-                                        steps=args.steps, n_jobs=args.jobs, progress=not args.no_progress)
+                                        steps=args.steps, n_jobs=args.jobs, progress=not args.no_progress,
+                                        **({} if args.arch == "plain" else {"model__arch": args.arch}))
     scores = fusion.per_run_scores(table)
     summary = fusion.fusion_summary(fusion.compute_fusion_results(scores))
     summary.to_csv(Path(args.out) / "fusion_summary.csv", index=False)
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "'reference' each reference switch next to the variant it changes")
     p.add_argument("--seeds", type=int, default=5, help="seeds per variant (default: 5)")
     p.add_argument("--steps", type=int, default=300, help="training steps per run (default: 300)")
+    p.add_argument("--arch", default="plain", choices=["plain", "bottleneck"],
+                   help="model.arch of every variant (default: plain)")
     p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")
     p.add_argument("--out", default="runs/fusion", metavar="DIR", help="where the runs go (default: runs/fusion)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

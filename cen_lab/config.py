@@ -37,6 +37,7 @@ __all__ = [
 
 EXCHANGE_MODES = ("mean", "cyclic", "random", "none")
 FUSIONS = ("cen", "early", "late", "aggregate-sum", "aggregate-concat")
+ARCHS = ("plain", "bottleneck")
 SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
 L1_RULES = ("subgradient", "proximal")
 OPTIMIZERS = ("sgd", "adam")
@@ -140,8 +141,14 @@ class DataConfig:
 class ModelConfig:
     """Compact CEN: conv blocks with convolutions shared across modalities and private BatchNorm."""
 
-    widths: tuple[int, ...] = (32, 32, 64, 64)  # output channels of each conv block
+    arch: str = "plain"  # "plain": blocks of conv -> BN -> exchange -> ReLU; "bottleneck": the reference's shape,
+    #                      a stem (conv, BN, ReLU) then residual bottlenecks (1x1, 3x3, 1x1 convs with expansion,
+    #                      a downsample conv + BN where the shape changes) exchanging and penalised at bn2 only
+    widths: tuple[int, ...] = (32, 32, 64, 64)  # output channels of each block (bottleneck: bn1 and bn2, where it
+    #                                             exchanges, have widths[b] // expansion channels)
     strides: tuple[int, ...] = (1, 2, 1, 2)  # stride of each block's 3x3 convolution
+    expansion: int = 2  # bottleneck only: a block's output channels over its inner (bn2) channels (ResNet: 4)
+    stem_width: int = 16  # bottleneck only: channels of the stem's 3x3 convolution
     exchange: str = "mean"  # "mean" (paper), "cyclic", "random" (control), or "none" (the network of Theorem 1)
     exchange_blocks: tuple[int, ...] | None = None  # blocks whose BN is penalised and exchanges; None = all
     exchange_between: str = "auto"  # which branches exchange: "modalities" (same task), "tasks" (same
@@ -161,8 +168,14 @@ class ModelConfig:
             raise ConfigError(
                 f"model.strides must have one entry per block ({len(self.widths)}), got {len(self.strides)}"
             )
+        _choice("model.arch", self.arch, ARCHS)
+        _positive("model.expansion", self.expansion)
+        _positive("model.stem_width", self.stem_width)
         for w in self.widths:
             _positive("model.widths entries", w)
+            if self.arch == "bottleneck" and w % self.expansion:
+                raise ConfigError(f"model.widths entries must be multiples of model.expansion={self.expansion} for "
+                                  f"the bottleneck architecture, got {w}")
         for s in self.strides:
             if s not in (1, 2):
                 raise ConfigError(f"model.strides entries must be 1 or 2, got {s}")
@@ -189,6 +202,10 @@ class ModelConfig:
         if self.fusion.startswith("aggregate"):
             blocks = [b for b in blocks if b <= self.fusion_block]
         return tuple(blocks)
+
+    def exchange_channels(self, block: int) -> int:
+        """Channels of block ``block``'s exchanging (and penalised) BN: its width, or for a bottleneck its bn2's."""
+        return self.widths[block] // (self.expansion if self.arch == "bottleneck" else 1)
 
     @property
     def streams_merged(self) -> bool:
@@ -294,7 +311,7 @@ class ExperimentConfig:
         if self.train.task_weights is not None and len(self.train.task_weights) != tasks:
             raise ConfigError(f"train.task_weights needs one weight per task ({tasks}), got {list(self.train.task_weights)}")
         branches = streams * tasks
-        if self.train.sparsity == "disjoint" and mc.cen_blocks and min(mc.widths[b] for b in mc.cen_blocks) < branches:
+        if self.train.sparsity == "disjoint" and mc.cen_blocks and min(mc.exchange_channels(b) for b in mc.cen_blocks) < branches:
             raise ConfigError(f"train.sparsity='disjoint' needs at least one channel per branch ({branches}) in "
                               "every CEN block")
 

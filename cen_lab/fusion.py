@@ -86,6 +86,8 @@ def fusion_base(preset: str = "default", steps: int = 300, **overrides) -> Exper
             "train.ckpt_every": steps, "log.eval_every": steps, "log.every": max(1, steps // 30),
             "model.fusion_block": 1}
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    if base.get("model.arch", "plain") != "plain":  # each architecture's runs in their own folders
+        base["name"] += f"-{base['model.arch']}"
     return ExperimentConfig.preset(preset).override(base)
 
 

@@ -7,8 +7,11 @@ by the branches (one ``nn.Conv2d`` applied to the ``[B * N, C, H, W]`` view) unl
 every BatchNorm is private: ``ModalBatchNorm2d`` keeps one row of scaling factors, shifts and running
 statistics per branch, so gamma is a single ``[B, C]`` parameter per layer.
 
-Block ``b``: 3x3 conv (stride s_b) -> ModalBatchNorm2d -> channel exchange (if b is a CEN block and the
-mode is not "none") -> ReLU. Then, per task, a 1x1 conv head shared by that task's branches (dense tasks:
+Block ``b`` (``ModelConfig.arch = "plain"``): 3x3 conv (stride s_b) -> ModalBatchNorm2d -> channel exchange (if b
+is a CEN block and the mode is not "none") -> ReLU. With ``arch = "bottleneck"`` (the reference's shape): a stem
+(3x3 conv, BN, ReLU), then residual bottlenecks (``BottleneckBlock``: 1x1, 3x3 and 1x1 convs with expansion, a
+downsample conv and BN where the shape changes), each exchanging and penalised at its ``bn2`` only, while the
+identity path keeps each branch's own features. Then, per task, a 1x1 conv head shared by that task's branches (dense tasks:
 upsampled to the input size; classification: after global average pooling) and an ensemble
 ``sum_m softmax(alpha[t])_m * logits_m.detach()`` over the task's modality branches.
 
@@ -31,7 +34,7 @@ from .exchange import BranchGrid, channel_exchange
 from .sparsity import sparsity_mask
 from .tasks import task_specs
 
-__all__ = ["CENOutput", "ModalConv2d", "ModalBatchNorm2d", "CENBlock", "CENNet", "build_model"]
+__all__ = ["CENOutput", "ModalConv2d", "ModalBatchNorm2d", "CENBlock", "BottleneckBlock", "CENNet", "build_model"]
 
 
 class CENOutput(NamedTuple):
@@ -98,7 +101,26 @@ class ModalBatchNorm2d(nn.Module):
         return f"num_modalities={self.num_modalities}, num_features={self.num_features}"
 
 
-class CENBlock(nn.Module):
+class _Exchanging(nn.Module):
+    """What a block with one exchanging BN shares: its branch grid, exchange rule and threshold, the random rule's
+    channel order, and ``cen_bn``, the attribute name of that BN (its dotted name in the logs)."""
+
+    cen_bn = "bn"
+
+    def _set_exchange(self, grid: BranchGrid, exchange: str, threshold: float, channels: int) -> None:
+        self.grid, self.exchange, self.threshold = grid, exchange, threshold
+        if exchange == "random":  # a fixed random order of the channels per branch (drawn from torch's RNG)
+            self.register_buffer("exchange_rank", torch.stack([torch.randperm(channels) for _ in range(grid.size)]))
+        else:
+            self.exchange_rank = None
+
+    def _exchange(self, bn: ModalBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+        """BN of the branches of ``x``, then the channel exchange: ``[B, N, C, H, W]`` -> the same."""
+        return channel_exchange(bn(x, stacked=False), bn.weight, self.threshold, self.exchange, self.exchange_rank,
+                                self.grid)
+
+
+class CENBlock(_Exchanging):
     """conv (shared) -> BN (private) -> exchange -> ReLU."""
 
     def __init__(self, grid: BranchGrid, cin: int, cout: int, stride: int, share_convs: bool,
@@ -106,16 +128,41 @@ class CENBlock(nn.Module):
         super().__init__()
         self.conv = ModalConv2d(grid.size, cin, cout, 3, stride=stride, share=share_convs)
         self.bn = ModalBatchNorm2d(grid.size, cout)
-        self.grid, self.exchange, self.threshold = grid, exchange, threshold
-        if exchange == "random":  # a fixed random order of the channels per branch (drawn from torch's RNG)
-            self.register_buffer("exchange_rank", torch.stack([torch.randperm(cout) for _ in range(grid.size)]))
-        else:
-            self.exchange_rank = None
+        self._set_exchange(grid, exchange, threshold, cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, C_in, H, W] -> [B, N, C_out, H', W']
-        ys = self.bn(self.conv(x), stacked=False)
-        y = channel_exchange(ys, self.bn.weight, self.threshold, self.exchange, self.exchange_rank, self.grid)
-        return F.relu(y)
+        return F.relu(self._exchange(self.bn, self.conv(x)))
+
+
+class BottleneckBlock(_Exchanging):
+    """The reference's residual bottleneck, every conv shared and every BN private, with C_out // expansion inner
+    channels: 1x1 conv -> bn1 -> ReLU -> 3x3 conv (stride) -> bn2 -> exchange -> ReLU -> 1x1 conv (to C_out) -> bn3,
+    plus the input (through ``downsample``, a 1x1 conv with the stride and its own BN, where the shape changes),
+    -> ReLU. Only ``bn2`` exchanges and carries the penalty."""
+
+    cen_bn = "bn2"
+
+    def __init__(self, grid: BranchGrid, cin: int, cout: int, stride: int, expansion: int, share_convs: bool,
+                 exchange: str, threshold: float):
+        super().__init__()
+        m, planes = grid.size, cout // expansion
+        self.conv1 = ModalConv2d(m, cin, planes, 1, share=share_convs)
+        self.bn1 = ModalBatchNorm2d(m, planes)
+        self.conv2 = ModalConv2d(m, planes, planes, 3, stride=stride, share=share_convs)
+        self.bn2 = ModalBatchNorm2d(m, planes)
+        self.conv3 = ModalConv2d(m, planes, cout, 1, share=share_convs)
+        self.bn3 = ModalBatchNorm2d(m, cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(ModalConv2d(m, cin, cout, 1, stride=stride, share=share_convs),
+                                            ModalBatchNorm2d(m, cout))
+        self._set_exchange(grid, exchange, threshold, planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, C_in, H, W] -> [B, N, C_out, H', W']
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self._exchange(self.bn2, self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
 
 
 class CENNet(nn.Module):
@@ -158,13 +205,25 @@ class CENNet(nn.Module):
         self.merge_after = config.fusion_block if aggregate else None  # streams merged after this block
         self.grid = BranchGrid(num_modalities, t, resolve_between(num_modalities, t, config.exchange_between))
         blocks, cin, grid = [], in_channels, self.grid
+        bottleneck = config.arch == "bottleneck"
+        self.stem = None
+        if bottleneck:  # conv -> private BN -> ReLU, no exchange, no penalty
+            self.stem = nn.Sequential(ModalConv2d(grid.size, cin, config.stem_width, 3, share=config.share_convs),
+                                      ModalBatchNorm2d(grid.size, config.stem_width))
+            cin = config.stem_width
         for b, (width, stride) in enumerate(zip(config.widths, config.strides)):
             mode = config.exchange if (b in cen and grid.size > 1) else "none"
-            blocks.append(CENBlock(grid, cin, width, stride, config.share_convs, mode, config.threshold))
-            nn.init.constant_(blocks[-1].bn.weight, config.gamma_init)
+            if bottleneck:
+                block = BottleneckBlock(grid, cin, width, stride, config.expansion, config.share_convs, mode,
+                                        config.threshold)
+            else:
+                block = CENBlock(grid, cin, width, stride, config.share_convs, mode, config.threshold)
+            bn = getattr(block, block.cen_bn)  # the BN that exchanges and may carry the penalty
+            nn.init.constant_(bn.weight, config.gamma_init)
             if b in cen:
                 penalised_before = sum(1 for k in range(b) if k in cen)  # this layer's place among penalised ones
-                blocks[-1].bn.penalty_mask.copy_(sparsity_mask(width, grid.size, sparsity, penalised_before))
+                bn.penalty_mask.copy_(sparsity_mask(bn.num_features, grid.size, sparsity, penalised_before))
+            blocks.append(block)
             cin = width
             if b == self.merge_after:
                 cin = width * grid.modalities if config.fusion == "aggregate-concat" else width
@@ -189,6 +248,8 @@ class CENNet(nn.Module):
         t = len(self.tasks)
         if t > 1:
             x = x.repeat_interleave(t, dim=0)  # [M * T, N, C_in, H, W]: branch m * T + t reads modality m
+        if self.stem is not None:
+            x = F.relu(self.stem(x))
         for b, block in enumerate(self.blocks):
             x = block(x)
             if b == self.merge_after:  # [M, N, C, h, w] -> [1, N, C or M*C, h, w]
@@ -222,7 +283,7 @@ class CENNet(nn.Module):
     def cen_layers(self) -> list[tuple[str, ModalBatchNorm2d]]:
         """(dotted name, module) of every penalised, exchange-capable BN layer, in depth order."""
         cen = set(self.config.cen_blocks)
-        return [(f"blocks.{b}.bn", blk.bn) for b, blk in enumerate(self.blocks) if b in cen]
+        return [(f"blocks.{b}.{blk.cen_bn}", getattr(blk, blk.cen_bn)) for b, blk in enumerate(self.blocks) if b in cen]
 
 
 def build_model(config: ModelConfig, num_modalities: int, in_channels: int, num_classes: int,

@@ -50,7 +50,8 @@ def theorem_base(preset: str = "default", steps: int = 400, l1_rule: str = "prox
 
     Defaults: widths (16, 16), gamma initialised at 0.25 so that the L1 penalty can reach zero within a few
     hundred steps, proximal L1 (exact zeros), gradient logging on. ``overrides`` are dotted config keys with
-    ``__`` for dots (``model__widths=(8, 8)``). The name is ``theorem-<preset>-<rule>`` (plus ``-unshared``).
+    ``__`` for dots (``model__widths=(8, 8)``). The name is ``theorem-<preset>-<rule>`` (plus ``-unshared``,
+    ``-<arch>`` for another architecture and ``-momentum<m>`` when the momentum is given).
     """
     base = {"model.exchange": "none", "model.widths": (16, 16), "model.strides": (1, 2), "model.gamma_init": 0.25,
             "train.l1_rule": l1_rule, "train.steps": steps, "train.ckpt_every": max(1, steps // checkpoints),
@@ -58,6 +59,10 @@ def theorem_base(preset: str = "default", steps: int = 400, l1_rule: str = "prox
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
     if base.get("model.share_convs") is False:
         base["name"] += "-unshared"
+    if base.get("model.arch", "plain") != "plain":  # runs of each architecture and optimiser in their own folders
+        base["name"] += f"-{base['model.arch']}"
+    if "train.momentum" in base:
+        base["name"] += f"-momentum{base['train.momentum']:g}"
     return ExperimentConfig.preset(preset).override(base)
 
 

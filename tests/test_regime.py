@@ -30,3 +30,8 @@ def test_regime_names_the_variants_and_the_smoke_test():
     assert evidence("tiny") == SMOKE_TEST and regime_of([base], "tiny")["evidence"] == SMOKE_TEST
     with pytest.raises(ValueError, match="at least one run"):
         regime_of([], "tiny")
+
+
+def test_the_bottleneck_architecture_is_named():
+    cfg = ExperimentConfig.preset("tiny").override({"model.arch": "bottleneck"})
+    assert architecture(cfg) == "bottlenecks (8, 8) (bn2 at 1/2), stem 16, exchange at bn2: mean exchange"
