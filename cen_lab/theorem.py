@@ -51,7 +51,7 @@ def theorem_base(preset: str = "default", steps: int = 400, l1_rule: str = "prox
     Defaults: widths (16, 16), gamma initialised at 0.25 so that the L1 penalty can reach zero within a few
     hundred steps, proximal L1 (exact zeros), gradient logging on. ``overrides`` are dotted config keys with
     ``__`` for dots (``model__widths=(8, 8)``). The name is ``theorem-<preset>-<rule>`` (plus ``-unshared``,
-    ``-<arch>`` for another architecture and ``-momentum<m>`` when the momentum is given).
+    ``-<arch>`` for another architecture and ``-momentum<m>`` for a momentum other than the preset's).
     """
     base = {"model.exchange": "none", "model.widths": (16, 16), "model.strides": (1, 2), "model.gamma_init": 0.25,
             "train.l1_rule": l1_rule, "train.steps": steps, "train.ckpt_every": max(1, steps // checkpoints),
@@ -61,7 +61,8 @@ def theorem_base(preset: str = "default", steps: int = 400, l1_rule: str = "prox
         base["name"] += "-unshared"
     if base.get("model.arch", "plain") != "plain":  # runs of each architecture and optimiser in their own folders
         base["name"] += f"-{base['model.arch']}"
-    if "train.momentum" in base:
+    default_momentum = ExperimentConfig.preset(preset).train.momentum
+    if base.get("train.momentum", default_momentum) != default_momentum:
         base["name"] += f"-momentum{base['train.momentum']:g}"
     return ExperimentConfig.preset(preset).override(base)
 
@@ -440,7 +441,7 @@ CONTROLLED_REGIME = "Monte Carlo where the theorem's assumptions hold by constru
 
 def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataFrame, corollary: pd.DataFrame,
                   level: float = 0.99, ece_tolerance: float = 0.05,
-                  regimes: Mapping[str, dict] | None = None) -> pd.DataFrame:
+                  regimes: Mapping[str, dict] | None = None, comparison=None) -> pd.DataFrame:
     """One row per claim: ``claim, measured, number, interval, verdict, regime``.
 
     ``regime`` says what each number holds for (``theorem_regimes``; "not stated" without ``regimes``): the
@@ -457,7 +458,9 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
     - Gaussianity of ``g / ||dL/dx'||``: ``holds`` when the normality test gives p >= 0.01 and the std is within
       10% of 1;
     - outcome: ``holds`` when every lam's predicted fraction lies inside the observed interval;
-    - Corollary 1: as ``corollary_summary`` says.
+    - Corollary 1: as ``corollary_summary`` says;
+    - with ``comparison`` (``theorem_regimes.compare_regimes``): the calibration and outcome rules again for every
+      training regime (architecture x momentum), each row stating its regime.
     """
     rows = []
     frac, ci, verdict = _coverage(controlled["within_ci"].to_numpy(), level)
@@ -507,7 +510,29 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
 
     out = pd.DataFrame(rows)
     out["regime"] = [regime_for(claim) for claim in out["claim"]]
+    if comparison is not None:
+        out = pd.concat([out, _regime_rows(comparison, ece_tolerance)], ignore_index=True)
     return out
+
+
+def _regime_rows(comparison, ece_tolerance: float) -> pd.DataFrame:
+    """The calibration and outcome verdicts of every regime of a ``RegimeComparison``."""
+    rows = []
+    for r in comparison.calibration.itertuples(index=False):
+        lo, hi = r.ece_low, r.ece_high
+        rows.append({"claim": f"Theorem 1 in trained networks ({r.regime})",
+                     "measured": f"expected calibration error (tolerance {ece_tolerance}); dL/dgamma / ||dL/dx'|| "
+                                 f"mean {r.z_mean:.2f}, std {r.z_std:.2f}", "number": r.ece, "interval": [lo, hi],
+                     "verdict": "holds" if hi < ece_tolerance else "does not hold" if lo > ece_tolerance
+                     else "inconclusive", "regime": r.regime_text})
+        sub = comparison.outcome[comparison.outcome["regime"] == r.regime]
+        rows.append({"claim": f"Early-training prediction of which channels end at zero ({r.regime})",
+                     "measured": f"largest |predicted - observed| fraction over lam ({int(sub['inside'].sum())}/"
+                                 f"{len(sub)} predictions inside the observed 95% interval)",
+                     "number": float((sub["predicted"] - sub["observed"]).abs().max()),
+                     "interval": [float("nan"), float("nan")],
+                     "verdict": "holds" if sub["inside"].all() else "does not hold", "regime": r.regime_text})
+    return pd.DataFrame(rows)
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

@@ -169,7 +169,8 @@ def test_failing_report_notebook_keeps_what_succeeded(tmp_path):
 
 def test_theorem_notebook_writes_its_summary_and_figures(tiny_report):
     figs = tiny_report.out_dir / "figures" / "theorem1"
-    for stem in ("controlled_check", "dynamic_check", "reliability", "qq", "outcome", "corollary"):
+    for stem in ("controlled_check", "dynamic_check", "reliability", "qq", "outcome", "corollary", "regime_calibration",
+                 "regime_outcome"):
         assert (figs / f"{stem}.png").stat().st_size > 1000
     summary = json.loads((figs / "summary.json").read_text())
     assert 0 <= summary["controlled"]["within_ci_fraction"] <= 1 and summary["controlled"]["max_abs_error"] < 0.2
@@ -181,6 +182,10 @@ def test_theorem_notebook_writes_its_summary_and_figures(tiny_report):
         "holds", "does not hold", "inconclusive"}
     top = json.loads((tiny_report.out_dir / "summary.json").read_text())
     assert top["notebooks"]["theorem1"]["summary"]["trained"]["ece"] == summary["trained"]["ece"]
+    # section 5: plain SGD next to momentum 0.9, on both architectures, each with its verdicts
+    regimes = [r["regime"] for r in summary["regime_comparison"]["calibration"]]
+    assert regimes == ["plain, momentum 0.9", "plain, momentum 0", "bottleneck, momentum 0.9", "bottleneck, momentum 0"]
+    assert sum("(bottleneck, momentum 0)" in r["claim"] for r in summary["verdicts"]) == 2
 
 
 def test_bring_your_own_notebook_in_the_report(tiny_report):
@@ -266,7 +271,9 @@ def test_a_tiny_report_says_at_the_top_that_it_is_a_smoke_test(tiny_report):
     regimes = {r["claim"]: r["regime"] for r in theorem1["verdicts"]}
     assert all(text.startswith("preset tiny; plain conv blocks (16, 16), no exchange; 12 steps; lam 0.01, 0.5; "
                                "SGD lr 0.05 momentum 0.9; L1 proximal, disjoint, once per step")
-               for claim, text in regimes.items() if "(controlled)" not in claim and not claim.startswith("Corollary"))
+               for claim, text in regimes.items()
+               if "(controlled)" not in claim and not claim.startswith("Corollary") and "momentum" not in claim)
+    assert all(text.startswith("preset tiny;") for claim, text in regimes.items() if "momentum" in claim)
     assert all("lam 0.5;" in text and "then 4 fine-tuning steps" in text
                for claim, text in regimes.items() if claim.startswith("Corollary"))
     assert "<th>regime</th>" in page  # the verdict tables of the index carry it too

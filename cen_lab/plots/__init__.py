@@ -14,6 +14,7 @@ from .exchange import (compute_exchange_maps, compute_exchange_ratio, compute_fl
 from .theory import (compute_qq, plot_controlled_check, plot_corollary, plot_dynamic_check, plot_outcome, plot_qq,
                      plot_reliability)
 from .fusion import plot_fusion_results
+from .regimes import plot_regime_calibration, plot_regime_outcome
 from .gammas import (compute_gamma_snapshot, compute_gamma_trajectories, compute_sparsity, plot_gamma_distributions,
                      plot_gamma_trajectories, plot_sparsity)
 
@@ -24,5 +25,6 @@ __all__ = [
     "plot_exchange_animation", "plot_exchange_maps", "plot_exchange_ratio", "plot_exchange_snapshot",
     "plot_flip_counts", "plot_gamma_distributions", "plot_gamma_trajectories", "plot_sparsity",
     "plot_training_curves", "compute_qq", "plot_controlled_check", "plot_corollary", "plot_dynamic_check",
-    "plot_outcome", "plot_qq", "plot_reliability", "plot_fusion_results",
+    "plot_outcome", "plot_qq", "plot_reliability", "plot_fusion_results", "plot_regime_calibration",
+    "plot_regime_outcome",
 ]

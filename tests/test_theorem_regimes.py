@@ -1,0 +1,63 @@
+"""Theorem 1 across training regimes: plain SGD (the theorem's) next to momentum 0.9, on both architectures."""
+
+import pytest
+import torch
+
+from cen_lab import plots, theorem
+from cen_lab.theorem_regimes import compare_regimes, regime_label
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    torch.set_num_threads(1)
+    runs_dir = tmp_path_factory.mktemp("regimes")
+    return runs_dir, compare_regimes([0.5], [0, 1], runs_dir, preset="tiny", steps=6, checkpoints=2, n_batches=1,
+                                     progress=False)
+
+
+def test_every_regime_is_trained_in_its_own_runs_and_checked(comparison):
+    runs_dir, c = comparison
+    labels = ["plain, momentum 0.9", "plain, momentum 0", "bottleneck, momentum 0.9", "bottleneck, momentum 0"]
+    assert list(c.calibration["regime"]) == labels == [regime_label(a, m) for a in ("plain", "bottleneck")
+                                                      for m in (0.9, 0.0)]
+    names = sorted(p.name.split("-train.lam")[0] for p in runs_dir.iterdir() if p.is_dir())
+    # the default regime keeps the theorem notebook's run names (reused), the others are told apart
+    assert sorted(set(names)) == ["theorem-tiny-proximal", "theorem-tiny-proximal-bottleneck",
+                                  "theorem-tiny-proximal-bottleneck-momentum0", "theorem-tiny-proximal-momentum0"]
+    assert list(c.calibration["optimiser"]) == ["SGD lr 0.05 momentum 0.9", "SGD lr 0.05 momentum 0"] * 2
+    assert c.calibration["regime_text"].str.contains("preset tiny").all()
+    assert c.calibration["ece"].between(0, 1).all() and (c.calibration["ece_low"] <= c.calibration["ece_high"]).all()
+    assert set(c.local.groupby("regime")["layer"].unique().map(tuple)) == {("blocks.0.bn", "blocks.1.bn"),
+                                                                          ("blocks.0.bn2", "blocks.1.bn2")}
+    out = c.outcome
+    assert len(out) == 4 and (out["inside"] == ((out["predicted"] >= out["ci_low"]) & (out["predicted"] <= out["ci_high"]))).all()
+    assert set(c.summary()) == {"calibration", "outcome"} and len(c.summary()["outcome"]) == 4
+
+
+def test_regime_figures_show_every_regime(comparison):
+    _, c = comparison
+    fig = plots.plot_regime_calibration(c.calibration)
+    assert [t.get_text() for t in fig.get_axes()[0].get_yticklabels()] == list(c.calibration["regime"])
+    assert [ax.get_title() for ax in fig.get_axes()][0] == "Calibration error (ECE)"
+    fig = plots.plot_regime_outcome(c.outcome)
+    assert [ax.get_title() for ax in fig.get_axes()] == list(c.calibration["regime"])
+    assert len(plots.plot_regime_calibration(c.calibration, backend="plotly").data) == 3
+    assert len(plots.plot_regime_outcome(c.outcome, backend="plotly").data) == 8
+
+
+def test_the_verdicts_repeat_the_checks_for_every_regime(comparison):
+    import pandas as pd
+
+    _, c = comparison
+    controlled = pd.DataFrame({"within_ci": [True] * 20, "inverseless_within_ci": [False] * 20, "abs_error": [0.01] * 20})
+    calibration = {"ece": 0.4, "ece_ci": [0.35, 0.45], "brier": 0.3, "spearman": 0.8, "spearman_ci": [0.7, 0.9],
+                   "normality": {"pvalue": 0.5, "std": 1.0, "mean": 0.0}}
+    outcome = pd.DataFrame({"predicted": [0.5], "observed": [0.5], "ci_low": [0.4], "ci_high": [0.6]})
+    corollary = pd.DataFrame(columns=["share_convs", "comparison", "n_seeds", "seeds_lower_with_exchange",
+                                      "mean_delta", "ci_low", "ci_high", "verdict"])
+    table = theorem.verdict_table(controlled, calibration, outcome, corollary, comparison=c)
+    rows = table[table["claim"].str.contains("momentum")]
+    assert len(rows) == 8
+    plain_sgd = rows[rows["claim"] == "Theorem 1 in trained networks (plain, momentum 0)"].iloc[0]
+    assert "SGD lr 0.05 momentum 0;" in plain_sgd["regime"] and plain_sgd["number"] == pytest.approx(
+        c.calibration.set_index("regime").loc["plain, momentum 0", "ece"])
