@@ -187,6 +187,10 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
                   "95% Welch interval):")
             exchange = fusion.final_exchange_ratios(table)
             print(fusion.compare_switches(scores, exchange).round(4).to_string(index=False))
+        from .learning_curves import exchange_curves, settling_table
+
+        print("\nWhen the exchange settles (mean exchange ratio within 0.01 to the end):")
+        print(settling_table(exchange_curves(table)).round(4).to_string(index=False))
     print(f"\nwrote {Path(args.out) / 'fusion_summary.csv'}")
     return 1 if (table["status"] == "failed").any() else 0
 
@@ -227,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "SCENARIOS or REFERENCE_SWITCHES (default: all of VARIANTS); 'scenarios' means DEFAULT_SCENARIOS, "
                    "'reference' each reference switch next to the variant it changes")
     p.add_argument("--seeds", type=int, default=5, help="seeds per variant (default: 5)")
-    p.add_argument("--steps", type=int, default=300, help="training steps per run (default: 300)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per run (default: 600, where the exchange of "
+                                                          "the CEN variants has settled)")
     p.add_argument("--arch", default="plain", choices=["plain", "bottleneck"],
                    help="model.arch of every variant (default: plain)")
     p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")

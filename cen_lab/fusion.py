@@ -77,13 +77,13 @@ FAMILIES = ("unimodal", "single-task", "baseline", "cen", "scenario", "ablation"
 _CATALOGUE = {**VARIANTS, **SCENARIOS, **REFERENCE_SWITCHES}
 
 
-def fusion_base(preset: str = "default", steps: int = 300, **overrides) -> ExperimentConfig:
+def fusion_base(preset: str = "default", steps: int = 600, **overrides) -> ExperimentConfig:
     """The common base: the preset with widths (16, 16, 32, 32), ``lam = 1e-2`` so that exchange starts within
-    the budget, evaluation only at the start and the end, and one checkpoint. ``overrides`` use ``__`` for
+    the budget, ten validation passes (for the learning curves, ``cen_lab.learning_curves``), and one checkpoint. ``overrides`` use ``__`` for
     dots (``train__lam=5e-3``)."""
     base = {"name": f"fusion-{preset}", "model.widths": (16, 16, 32, 32), "model.strides": (1, 2, 1, 2),
             "train.lam": 1e-2, "train.steps": steps,
-            "train.ckpt_every": steps, "log.eval_every": steps, "log.every": max(1, steps // 30),
+            "train.ckpt_every": steps, "log.eval_every": max(1, steps // 10), "log.every": max(1, steps // 30),
             "model.fusion_block": 1}
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
     if base.get("model.arch", "plain") != "plain":  # each architecture's runs in their own folders
@@ -92,7 +92,7 @@ def fusion_base(preset: str = "default", steps: int = 300, **overrides) -> Exper
 
 
 def run_fusion_benchmark(runs_dir: str | Path, *, preset: str = "default", variants: Sequence[str] | None = None,
-                         seeds: Sequence[int] = range(5), steps: int = 300, n_jobs: int = 2, progress: bool = True,
+                         seeds: Sequence[int] = range(5), steps: int = 600, n_jobs: int = 2, progress: bool = True,
                          **overrides) -> pd.DataFrame:
     """Train (or reuse) every variant for every seed with ``cen_lab.sweep``; returns the sweep table (with
     ``variant``, ``seed``, ``path``, ``status``, ``seconds``). ``variants`` are names from ``VARIANTS`` (the

@@ -441,7 +441,7 @@ CONTROLLED_REGIME = "Monte Carlo where the theorem's assumptions hold by constru
 
 def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataFrame, corollary: pd.DataFrame,
                   level: float = 0.99, ece_tolerance: float = 0.05,
-                  regimes: Mapping[str, dict] | None = None, comparison=None) -> pd.DataFrame:
+                  regimes: Mapping[str, dict] | None = None, comparison=None, miscalibration=None) -> pd.DataFrame:
     """One row per claim: ``claim, measured, number, interval, verdict, regime``.
 
     ``regime`` says what each number holds for (``theorem_regimes``; "not stated" without ``regimes``): the
@@ -460,7 +460,9 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
     - outcome: ``holds`` when every lam's predicted fraction lies inside the observed interval;
     - Corollary 1: as ``corollary_summary`` says;
     - with ``comparison`` (``theorem_regimes.compare_regimes``): the calibration and outcome rules again for every
-      training regime (architecture x momentum), each row stating its regime.
+      training regime (architecture x momentum), each row stating its regime;
+    - with ``miscalibration`` (``miscalibration.compare_predictions``): the calibration rule for the two corrected
+      predictions on held-out data, with the share of the formula's ECE each removes.
     """
     rows = []
     frac, ci, verdict = _coverage(controlled["within_ci"].to_numpy(), level)
@@ -512,6 +514,16 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
     out["regime"] = [regime_for(claim) for claim in out["claim"]]
     if comparison is not None:
         out = pd.concat([out, _regime_rows(comparison, ece_tolerance)], ignore_index=True)
+    if miscalibration is not None:
+        extra = []
+        for r in miscalibration.ece.iloc[1:].itertuples(index=False):
+            extra.append({"claim": f"Corrected prediction {r.predictor}",
+                          "measured": f"expected calibration error (tolerance {ece_tolerance}); removes "
+                                      f"{r.explained:.0%} of the formula's ECE on the same rows",
+                          "number": r.ece, "interval": [r.ci_low, r.ci_high],
+                          "verdict": "holds" if r.ci_high < ece_tolerance else "does not hold"
+                          if r.ci_low > ece_tolerance else "inconclusive", "regime": texts.get("trained", "not stated")})
+        out = pd.concat([out, pd.DataFrame(extra)], ignore_index=True)
     return out
 
 

@@ -129,3 +129,14 @@ def test_bottleneck_widths_must_divide_by_the_expansion(tiny):
     with pytest.raises(cen_lab.ConfigError, match="at least one channel per branch"):  # bn2 has 8 // 4 = 2 < 3
         tiny.override({"model.arch": "bottleneck", "model.expansion": 4,
                        "data.modalities": ["rgb", "depth", "edges"]})
+
+
+def test_the_explorer_shows_a_bottleneck_run(tiny_bottleneck, tmp_path):
+    from cen_lab.widgets import explore
+
+    run = cen_lab.train(tiny_bottleneck, tmp_path / "b", progress=False)
+    ex = explore(run)
+    assert list(ex.layer_picker.options) == ["blocks.0.bn2", "blocks.1.bn2"]
+    ex.layer_picker.value = "blocks.1.bn2"
+    ex.slider.value = ex.slider.max
+    assert ex.figures["gammas"].get_suptitle() == f"blocks.1.bn2: |gamma| at step {ex.steps[-1]}"

@@ -170,7 +170,7 @@ def test_failing_report_notebook_keeps_what_succeeded(tmp_path):
 def test_theorem_notebook_writes_its_summary_and_figures(tiny_report):
     figs = tiny_report.out_dir / "figures" / "theorem1"
     for stem in ("controlled_check", "dynamic_check", "reliability", "qq", "outcome", "corollary", "regime_calibration",
-                 "regime_outcome"):
+                 "regime_outcome", "drift", "prediction_ece"):
         assert (figs / f"{stem}.png").stat().st_size > 1000
     summary = json.loads((figs / "summary.json").read_text())
     assert 0 <= summary["controlled"]["within_ci_fraction"] <= 1 and summary["controlled"]["max_abs_error"] < 0.2
@@ -186,6 +186,9 @@ def test_theorem_notebook_writes_its_summary_and_figures(tiny_report):
     regimes = [r["regime"] for r in summary["regime_comparison"]["calibration"]]
     assert regimes == ["plain, momentum 0.9", "plain, momentum 0", "bottleneck, momentum 0.9", "bottleneck, momentum 0"]
     assert sum("(bottleneck, momentum 0)" in r["claim"] for r in summary["verdicts"]) == 2
+    # section 6: the formula and the two corrected predictions on the same held-out rows
+    assert [r["predictor"][:3] for r in summary["miscalibration"]["ece"]] == ["for", "(a)", "(b)"]
+    assert sum(r["claim"].startswith("Corrected prediction") for r in summary["verdicts"]) == 2
 
 
 def test_bring_your_own_notebook_in_the_report(tiny_report):

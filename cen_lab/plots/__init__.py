@@ -15,6 +15,8 @@ from .theory import (compute_qq, plot_controlled_check, plot_corollary, plot_dyn
                      plot_reliability)
 from .fusion import plot_fusion_results
 from .regimes import plot_regime_calibration, plot_regime_outcome
+from .miscalibration import compute_drift, plot_drift, plot_prediction_ece
+from .learning import plot_exchange_settling, plot_learning_curves
 from .gammas import (compute_gamma_snapshot, compute_gamma_trajectories, compute_sparsity, plot_gamma_distributions,
                      plot_gamma_trajectories, plot_sparsity)
 
@@ -26,5 +28,6 @@ __all__ = [
     "plot_flip_counts", "plot_gamma_distributions", "plot_gamma_trajectories", "plot_sparsity",
     "plot_training_curves", "compute_qq", "plot_controlled_check", "plot_corollary", "plot_dynamic_check",
     "plot_outcome", "plot_qq", "plot_reliability", "plot_fusion_results", "plot_regime_calibration",
-    "plot_regime_outcome",
+    "plot_regime_outcome", "compute_drift", "plot_drift", "plot_prediction_ece",
+    "plot_learning_curves", "plot_exchange_settling",
 ]

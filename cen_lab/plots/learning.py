@@ -1,0 +1,89 @@
+"""Learning curves of the fusion benchmark (``cen_lab.learning_curves``): validation scores over training with t
+bands across seeds, and the exchange ratio with the step where it settles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ._common import BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
+
+__all__ = ["plot_learning_curves", "plot_exchange_settling"]
+
+
+def _colour(i: int) -> str:
+    return BRANCH_COLOURS[i % len(BRANCH_COLOURS)]
+
+
+def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_size=(5.0, 3.4)):
+    """One panel per task: each variant's mean validation score over steps with its 95% t band across seeds
+    (``compute_learning_curves``)."""
+    check_backend(backend)
+    tasks = list(dict.fromkeys(frame["task"]))
+    variants = list(dict.fromkeys(frame["variant"]))
+    titles = [f"{t}: {frame[frame['task'] == t]['metric'].iloc[0]} (validation)" for t in tasks]
+    if backend == "plotly":
+        fig = plotly_grid(1, len(tasks), titles, shared_xaxes=False, height_per_row=360)
+        for j, task in enumerate(tasks, 1):
+            for i, variant in enumerate(variants):
+                sub = frame[(frame["task"] == task) & (frame["variant"] == variant)]
+                if sub.empty:
+                    continue
+                band = sub.dropna(subset=["ci_low"])
+                if len(band):
+                    fig.add_scatter(x=list(band["step"]) + list(band["step"])[::-1],
+                                    y=list(band["ci_high"]) + list(band["ci_low"])[::-1], fill="toself",
+                                    line=dict(width=0), fillcolor=_colour(i), opacity=0.15, showlegend=False,
+                                    hoverinfo="skip", row=1, col=j)
+                fig.add_scatter(x=sub["step"], y=sub["mean"], mode="lines+markers", name=variant,
+                                line=dict(color=_colour(i)), showlegend=j == 1, row=1, col=j)
+            fig.update_xaxes(title_text="step", row=1, col=j)
+        return fig
+    fig, axes = mpl_figure(1, len(tasks), panel_size)
+    for ax, task, title in zip(axes[0], tasks, titles):
+        for i, variant in enumerate(variants):
+            sub = frame[(frame["task"] == task) & (frame["variant"] == variant)]
+            if sub.empty:
+                continue
+            ax.plot(sub["step"], sub["mean"], "o-", ms=3, color=_colour(i), label=variant)
+            ax.fill_between(sub["step"], sub["ci_low"], sub["ci_high"], color=_colour(i), alpha=0.15, lw=0)
+        ax.set(xlabel="step", title=title)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, frameon=False)
+    return fig
+
+
+def plot_exchange_settling(exchange: pd.DataFrame, settling: pd.DataFrame, *, backend: str = "matplotlib",
+                           figsize=(6.0, 3.6)):
+    """Each exchanging variant's mean exchange ratio over steps (``exchange_curves``), with a dotted line at its
+    plateau step (``settling_table``)."""
+    check_backend(backend)
+    title = "Exchange ratio over training, and where it settles"
+    moving = settling[settling["final_exchange_ratio"] > 0]["variant"].tolist()
+    means = exchange[exchange["variant"].isin(moving)].groupby(["variant", "step"], sort=False)["exchange_ratio"].mean()
+    plateau = settling.set_index("variant")["plateau_step"]
+    if backend == "plotly":
+        fig = plotly_grid(1, 1, [title], height_per_row=360)
+        for i, variant in enumerate(moving):
+            m = means.loc[variant]
+            fig.add_scatter(x=m.index, y=m.to_numpy(), mode="lines", name=variant, line=dict(color=_colour(i)))
+            if pd.notna(plateau[variant]):
+                fig.add_vline(x=float(plateau[variant]), line_dash="dot", line_color=_colour(i))
+        fig.update_xaxes(title_text="step")
+        fig.update_yaxes(title_text="portion of channels exchanged", range=[-0.02, 1.02])
+        return fig
+    fig, axes = mpl_figure(1, 1, figsize)
+    ax = axes[0, 0]
+    for i, variant in enumerate(moving):
+        m = means.loc[variant]
+        ax.plot(m.index, m.to_numpy(), color=_colour(i), label=variant)
+        if pd.notna(plateau[variant]):
+            ax.axvline(float(plateau[variant]), color=_colour(i), ls=":", lw=1)
+    ax.set(xlabel="step", ylabel="portion of channels exchanged", ylim=(-0.02, max(0.6, float(np.nanmax(means)) + 0.05)
+                                                                     if len(means) else 1.0), title=title)
+    ax.grid(alpha=0.3)
+    if moving:
+        ax.legend(fontsize=7, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no variant exchanged any channel", transform=ax.transAxes, ha="center", color="#7f7f7f")
+    return fig

@@ -1,0 +1,78 @@
+"""Why Theorem 1's prediction is miscalibrated (``cen_lab.miscalibration``): drift against spread, and the ECE of
+the formula next to the two corrected predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ._common import BRANCH_COLOURS, ENSEMBLE_COLOUR, check_backend, mpl_figure, plotly_grid
+
+__all__ = ["compute_drift", "plot_drift", "plot_prediction_ece"]
+
+FORMULA_COLOUR = "#c0392b"
+
+
+def compute_drift(channels: pd.DataFrame) -> pd.DataFrame:
+    """Per channel (``channel_statistics``): ``drift`` = mean of dL/dγ over minibatches in units of ‖dL/dx'‖ (the
+    mean correlation of dL/dx' with x̂ over its scale 1/√n; 0 under independence) and ``spread`` = its std in the
+    same units (1 under independence), with ``layer``."""
+    return pd.DataFrame({"layer": channels["layer"].to_numpy(),
+                         "drift": (channels["g_mean"] / channels["norm_mean"]).to_numpy(),
+                         "spread": (channels["g_std"] / channels["norm_mean"]).to_numpy()})
+
+
+def plot_drift(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(5.4, 4.0)):
+    """Each checked channel at (drift, spread); the cross marks (0, 1), where independence puts every channel."""
+    check_backend(backend)
+    title = "dL/dγ at γ = 0, in units of ‖dL/dx'‖: drift and spread"
+    layers = list(dict.fromkeys(frame["layer"]))
+    if backend == "plotly":
+        fig = plotly_grid(1, 1, [title], height_per_row=380)
+        for i, layer in enumerate(layers):
+            sub = frame[frame["layer"] == layer]
+            fig.add_scatter(x=sub["drift"], y=sub["spread"], mode="markers", name=layer,
+                            marker=dict(color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)], size=6, opacity=0.6))
+        fig.add_scatter(x=[0], y=[1], mode="markers", name="independence (0, 1)",
+                        marker=dict(symbol="x", size=14, color=FORMULA_COLOUR))
+        fig.update_xaxes(title_text="drift: mean over minibatches")
+        fig.update_yaxes(title_text="spread: std over minibatches")
+        return fig
+    fig, axes = mpl_figure(1, 1, figsize)
+    ax = axes[0, 0]
+    for i, layer in enumerate(layers):
+        sub = frame[frame["layer"] == layer]
+        ax.scatter(sub["drift"], sub["spread"], s=12, alpha=0.6, color=BRANCH_COLOURS[i % len(BRANCH_COLOURS)],
+                   label=layer)
+    ax.plot([0], [1], "x", ms=12, mew=2.5, color=FORMULA_COLOUR, label="independence (0, 1)")
+    ax.axvline(0, color=FORMULA_COLOUR, lw=0.8, ls="--")
+    ax.set(xlabel="drift: mean over minibatches", ylabel="spread: std over minibatches", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def plot_prediction_ece(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(6.4, 2.6)):
+    """The ECE of each prediction on the same held-out rows, with its 95% bootstrap interval
+    (``MiscalibrationResult.ece``)."""
+    check_backend(backend)
+    title = "Calibration on held-out data"
+    labels = list(frame["predictor"])
+    lo, hi = frame["ece"] - frame["ci_low"], frame["ci_high"] - frame["ece"]
+    if backend == "plotly":
+        fig = plotly_grid(1, 1, [title], height_per_row=260)
+        fig.add_scatter(x=frame["ece"], y=labels, mode="markers", error_x=dict(type="data", array=hi, arrayminus=lo),
+                        marker=dict(color=ENSEMBLE_COLOUR, size=10), showlegend=False)
+        fig.update_xaxes(title_text="ECE (0 = calibrated)", rangemode="tozero")
+        fig.update_yaxes(autorange="reversed")
+        return fig
+    fig, axes = mpl_figure(1, 1, figsize)
+    ax = axes[0, 0]
+    y = np.arange(len(labels))
+    ax.errorbar(frame["ece"], y, xerr=np.vstack([lo, hi]), fmt="o", color=ENSEMBLE_COLOUR, capsize=3)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlim(left=0)
+    ax.set(xlabel="ECE (0 = calibrated)", title=title)
+    ax.grid(alpha=0.3)
+    return fig
