@@ -23,7 +23,9 @@ tables' ``layer`` values) and ``model_class``. Only trained runs have a checkpoi
 an ``ExperimentConfig``; ``Run.config`` is None for the others. Schema 3 added these manifest keys; a
 version-2 run (every one of them trained) is read by filling them in from its config (``_migrate``).
 
-``manifest.json["train_seconds"]`` is the wall time of the training loop (summed over resumed parts).
+``manifest.json["train_seconds"]`` is the wall time of the training loop (summed over resumed parts). A trained
+run also records ``lam_per_step``, the L1 weight of one training step: ``lam``, times the number of outputs when
+``train.l1_per_output`` adds the penalty once per output as the reference code does (``Run.lam_per_step``).
 ``manifest.json["status"]`` is ``"incomplete"`` while training (and after a kill), ``"complete"`` after the
 last step, ``"failed"`` after an error (with ``error``). Tables are flushed in parts at every checkpoint:
 ``part-<K>.parquet`` holds rows with ``step < K`` not in earlier parts, so ``pandas.read_parquet(<run>/gammas)``
