@@ -223,9 +223,12 @@ def compare_predictions(runs: Mapping[tuple[float, int], Run], local: pd.DataFra
         rows.append({"predictor": name, "ece": cal["ece"], "ci_low": cal["ece_ci"][0], "ci_high": cal["ece_ci"][1],
                      "brier": cal["brier"], "explained": 1 - cal["ece"] / base if base > 0 else float("nan"),
                      "n_rows": cal["n_rows"]})
-    sizes = {}
-    for run in runs.values():
-        sizes.update(layer_sizes(run))
+    sizes, seen = {}, set()
+    for run in runs.values():  # one forward pass per distinct network and batch size, not per run
+        key = (repr(run.config.model), run.config.train.batch_size, repr(run.config.data))
+        if key not in seen:
+            seen.add(key)
+            sizes.update(layer_sizes(run))
     splits = {"fit_batches": sorted(int(b) for b in fit_b), "test_batches": sorted(int(b) for b in test_b),
               "training_fit_seeds": folds}
     keep = [c for c in local.columns] + ["seed", "predicted_formula", "predicted_gaussian", "predicted_training"]
