@@ -377,7 +377,8 @@ def outcome_table(runs: Mapping[tuple[float, int], Run], local: pd.DataFrame, ea
         Checkpoint whose mean predicted probability per channel is the prediction (default: each run's first).
     zero_tol : float, optional
         |gamma| at or below this counts as zero; default 0 for the proximal rule (exact zeros) and
-        ``lr * lam / (1 - momentum)`` (the size of one subgradient step) for the subgradient rule.
+        ``lr * lam / (1 - momentum)`` (the size of one subgradient step, with the run's per-step lam) for the
+        subgradient rule.
 
     Returns
     -------
@@ -390,7 +391,7 @@ def outcome_table(runs: Mapping[tuple[float, int], Run], local: pd.DataFrame, ea
     for (lam, seed), run in runs.items():
         cfg = run.config
         tol = zero_tol if zero_tol is not None else (
-            0.0 if cfg.train.l1_rule == "proximal" else cfg.train.lr * lam / (1 - cfg.train.momentum))
+            0.0 if cfg.train.l1_rule == "proximal" else cfg.train.lr * run.lam_per_step / (1 - cfg.train.momentum))
         sub = local[local["run"] == run.path.name]
         step = early_step if early_step is not None else int(sub["step"].min())
         pred = sub[sub["step"] == step].groupby(["layer", "modality", "channel"])["predicted"].mean()
