@@ -440,6 +440,11 @@ def theorem_regimes(runs: Mapping[tuple[float, int], Run], preset: str, *, corol
 CONTROLLED_REGIME = "Monte Carlo where the theorem's assumptions hold by construction (no trained network)"
 
 
+def _ece_verdict(low: float, high: float, tolerance: float) -> str:
+    """Calibration holds when the ECE's interval lies below ``tolerance``, fails when it lies above."""
+    return "holds" if high < tolerance else "does not hold" if low > tolerance else "inconclusive"
+
+
 def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataFrame, corollary: pd.DataFrame,
                   level: float = 0.99, ece_tolerance: float = 0.05,
                   regimes: Mapping[str, dict] | None = None, comparison=None, miscalibration=None) -> pd.DataFrame:
@@ -476,7 +481,7 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
                  "measured": f"grid points whose prediction lies in the {level:.0%} Monte Carlo interval",
                  "number": frac, "interval": ci, "verdict": verdict})
     lo, hi = calibration["ece_ci"]
-    verdict = "holds" if hi < ece_tolerance else "does not hold" if lo > ece_tolerance else "inconclusive"
+    verdict = _ece_verdict(lo, hi, ece_tolerance)
     rows.append({"claim": "Theorem 1 in trained networks: predicted P(|dL/dgamma| <= lam) at gamma = 0",
                  "measured": f"expected calibration error (tolerance {ece_tolerance}); Brier "
                              f"{calibration['brier']:.3f}", "number": calibration["ece"], "interval": [lo, hi],
@@ -522,8 +527,8 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
                           "measured": f"expected calibration error (tolerance {ece_tolerance}); removes "
                                       f"{r.explained:.0%} of the formula's ECE on the same rows",
                           "number": r.ece, "interval": [r.ci_low, r.ci_high],
-                          "verdict": "holds" if r.ci_high < ece_tolerance else "does not hold"
-                          if r.ci_low > ece_tolerance else "inconclusive", "regime": texts.get("trained", "not stated")})
+                          "verdict": _ece_verdict(r.ci_low, r.ci_high, ece_tolerance),
+                          "regime": texts.get("trained", "not stated")})
         out = pd.concat([out, pd.DataFrame(extra)], ignore_index=True)
     return out
 
@@ -536,8 +541,7 @@ def _regime_rows(comparison, ece_tolerance: float) -> pd.DataFrame:
         rows.append({"claim": f"Theorem 1 in trained networks ({r.regime})",
                      "measured": f"expected calibration error (tolerance {ece_tolerance}); dL/dgamma / ||dL/dx'|| "
                                  f"mean {r.z_mean:.2f}, std {r.z_std:.2f}", "number": r.ece, "interval": [lo, hi],
-                     "verdict": "holds" if hi < ece_tolerance else "does not hold" if lo > ece_tolerance
-                     else "inconclusive", "regime": r.regime_text})
+                     "verdict": _ece_verdict(lo, hi, ece_tolerance), "regime": r.regime_text})
         sub = comparison.outcome[comparison.outcome["regime"] == r.regime]
         rows.append({"claim": f"Early-training prediction of which channels end at zero ({r.regime})",
                      "measured": f"largest |predicted - observed| fraction over lam ({int(sub['inside'].sum())}/"

@@ -9,6 +9,7 @@ import pandas as pd
 
 BACKENDS = ("matplotlib", "plotly")
 PENALISED_COLOUR = "#c0392b"
+FORMULA_COLOUR = "#c0392b"  # what a theory predicts, in every Theorem 1 figure
 FREE_COLOUR = "#2e86c1"
 KEPT_COLOUR = "#eeeeee"
 MEAN_COLOUR = "#7f7f7f"

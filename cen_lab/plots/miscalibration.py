@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import BRANCH_COLOURS, ENSEMBLE_COLOUR, check_backend, mpl_figure, plotly_grid
+from ._common import BRANCH_COLOURS, ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["compute_drift", "plot_drift", "plot_prediction_ece"]
 
-FORMULA_COLOUR = "#c0392b"
 
 
 def compute_drift(channels: pd.DataFrame) -> pd.DataFrame:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import ENSEMBLE_COLOUR, check_backend, mpl_figure, plotly_grid
+from ._common import ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_regime_calibration", "plot_regime_outcome"]
 
-FORMULA_COLOUR = "#c0392b"
 # (column, its interval's columns, panel title, x-axis label, the value under the theorem)
 _PANELS = [("ece", "ece_low", "ece_high", "Calibration error (ECE)", "ECE, 0 = calibrated", 0.0),
            ("spearman", "spearman_low", "spearman_high", "Ranking of channels (Spearman)", "Spearman, 1 = perfect", 1.0),

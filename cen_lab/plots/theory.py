@@ -6,12 +6,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._common import ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
+from ._common import BRANCH_COLOURS, ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_controlled_check", "plot_dynamic_check", "plot_reliability", "compute_qq", "plot_qq",
            "plot_outcome", "plot_corollary"]
 
-FORMULA_COLOUR = "#c0392b"
 
 
 def _curve(ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
