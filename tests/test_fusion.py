@@ -74,7 +74,23 @@ def test_cli_bench_fusion(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "early-fusion" in out and "CEN minus each variant" in out
+    assert "When the exchange settles" in out and "plateau_step" in out
     assert pd.read_csv(tmp_path / "fusion_summary.csv")["variant"].tolist() != []
+
+
+def test_cli_words_for_the_reference_switches_and_the_architecture(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(out, **kw):
+        seen.update(kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(fusion, "run_fusion_benchmark", fake)
+    with pytest.raises(SystemExit):
+        main(["bench-fusion", "--variants", "reference", "--arch", "bottleneck", "--out", str(tmp_path)])
+    assert seen["variants"] == ["cen", "cen-l1-per-output", "three-modal-mean", "three-modal-alternate-halves"]
+    assert seen["model__arch"] == "bottleneck" and seen["steps"] == 600
+    assert fusion.fusion_base("tiny", 4, model__arch="bottleneck").name == "fusion-tiny-bottleneck"
 
 
 @pytest.fixture(scope="module")
