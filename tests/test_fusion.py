@@ -78,7 +78,8 @@ def test_cli_bench_fusion(tmp_path, capsys):
     assert pd.read_csv(tmp_path / "fusion_summary.csv")["variant"].tolist() != []
 
 
-def test_cli_words_for_the_reference_switches_and_the_architecture(tmp_path, monkeypatch):
+def _bench_fusion_arguments(monkeypatch, *argv) -> dict:
+    """The keyword arguments ``cen-lab bench-fusion argv`` passes to ``run_fusion_benchmark`` (which is not run)."""
     seen = {}
 
     def fake(out, **kw):
@@ -87,7 +88,12 @@ def test_cli_words_for_the_reference_switches_and_the_architecture(tmp_path, mon
 
     monkeypatch.setattr(fusion, "run_fusion_benchmark", fake)
     with pytest.raises(SystemExit):
-        main(["bench-fusion", "--variants", "reference", "--arch", "bottleneck", "--out", str(tmp_path)])
+        main(["bench-fusion", *argv])
+    return seen
+
+
+def test_cli_words_for_the_reference_switches_and_the_architecture(tmp_path, monkeypatch):
+    seen = _bench_fusion_arguments(monkeypatch, "--variants", "reference", "--arch", "bottleneck", "--out", str(tmp_path))
     assert seen["variants"] == ["cen", "cen-l1-per-output", "three-modal-mean", "three-modal-alternate-halves"]
     assert seen["model__arch"] == "bottleneck" and seen["steps"] == 600
     assert fusion.fusion_base("tiny", 4, model__arch="bottleneck").name == "fusion-tiny-bottleneck"
@@ -133,15 +139,7 @@ def test_scenario_figure_needs_a_task(scenarios):
 
 
 def test_cli_bench_fusion_scenarios_word(tmp_path, monkeypatch):
-    seen = {}
-
-    def fake(out, **kw):
-        seen.update(kw)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(fusion, "run_fusion_benchmark", fake)
-    with pytest.raises(SystemExit):
-        main(["bench-fusion", "--variants", "scenarios", "--out", str(tmp_path), "--no-progress"])
+    seen = _bench_fusion_arguments(monkeypatch, "--variants", "scenarios", "--out", str(tmp_path), "--no-progress")
     assert seen["variants"] == list(fusion.DEFAULT_SCENARIOS)
 
 
