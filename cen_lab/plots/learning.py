@@ -6,16 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
+from ._common import check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_learning_curves", "plot_exchange_settling"]
 
 
+# matplotlib's tab20, darker shades first: a benchmark has 13 variants, more than the ten BRANCH_COLOURS
+_MANY = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+         "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+         "#dbdb8d", "#9edae5")
+
+
 def _colour(i: int) -> str:
-    return BRANCH_COLOURS[i % len(BRANCH_COLOURS)]
+    return _MANY[i % len(_MANY)]
 
 
-def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_size=(5.0, 3.4)):
+def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_size=(6.0, 3.8)):
     """One panel per task: each variant's mean validation score over steps with its 95% t band across seeds
     (``compute_learning_curves``)."""
     check_backend(backend)
@@ -49,7 +55,7 @@ def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", pa
             ax.fill_between(sub["step"], sub["ci_low"], sub["ci_high"], color=_colour(i), alpha=0.15, lw=0)
         ax.set(xlabel="step", title=title)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7, frameon=False)
+    axes[0, -1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not on, the curves
     return fig
 
 
