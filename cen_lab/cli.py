@@ -127,6 +127,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archs(text: str) -> str:
+    """argparse type of ``--arch``: comma-separated names of ``cen_lab.config.ARCHS``."""
+    from .config import ARCHS
+
+    bad = [a for a in text.split(",") if a not in ARCHS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown architecture {bad[0]!r}; choose from {','.join(ARCHS)}")
+    return text
+
+
 def _parse_grid(items: Sequence[str]) -> dict[str, list]:
     grid: dict[str, list] = {}
     for item in items:
@@ -171,17 +181,24 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
         variants = list(fusion.DEFAULT_SCENARIOS)
     elif variants == ["reference"]:  # each reference switch next to the variant it changes
         variants = [v for pair in fusion.SWITCH_BASES.items() for v in pair[::-1]]
+    archs = args.arch.split(",")
     table = fusion.run_fusion_benchmark(args.out, preset=args.preset, variants=variants, seeds=range(args.seeds),
-                                        steps=args.steps, n_jobs=args.jobs, progress=not args.no_progress,
-                                        **({} if args.arch == "plain" else {"model__arch": args.arch}))
+                                        steps=args.steps, archs=archs, n_jobs=args.jobs,
+                                        progress=not args.no_progress)
     scores = fusion.per_run_scores(table)
     summary = fusion.fusion_summary(fusion.compute_fusion_results(scores))
     summary.to_csv(Path(args.out) / "fusion_summary.csv", index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(summary.round(4).to_string(index=False))
+        print("Regime of the runs below, per architecture (of 'cen'; each other variant differs by what its name "
+              "says):")
+        for arch, sub in scores.groupby("arch", sort=False):
+            ref = sub[sub["variant"] == "cen"] if "cen" in set(sub["variant"]) else sub
+            print(f"  {arch}: {ref['regime'].iloc[0]}")
+        print()
+        print(summary.drop(columns="regime").round(4).to_string(index=False))
         if "cen" in set(table.get("variant", [])):
-            print("\nCEN minus each variant (final ensemble score, 95% Welch interval):")
-            print(fusion.compare_to(scores).round(4).to_string(index=False))
+            print("\nCEN minus each variant (final ensemble score, 95% Welch interval, within each architecture):")
+            print(fusion.compare_to(scores).drop(columns="regime").round(4).to_string(index=False))
         if set(fusion.SWITCH_BASES) & set(table.get("variant", [])):
             print("\nEach reference switch minus the variant it changes (final ensemble score and exchange ratio, "
                   "95% Welch interval):")
@@ -233,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="seeds per variant (default: 5)")
     p.add_argument("--steps", type=int, default=600, help="training steps per run (default: 600, where the exchange of "
                                                           "the CEN variants has settled)")
-    p.add_argument("--arch", default="plain", choices=["plain", "bottleneck"],
-                   help="model.arch of every variant (default: plain)")
+    p.add_argument("--arch", default="plain,bottleneck", metavar="A,B", type=_archs,
+                   help="architectures (model.arch) to run every variant on, comma-separated (default: "
+                        "plain,bottleneck, one after the other)")
     p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")
     p.add_argument("--out", default="runs/fusion", metavar="DIR", help="where the runs go (default: runs/fusion)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -6,6 +6,9 @@ ensemble score of each task at every validation pass; ``compute_learning_curves`
 across seeds per variant, task and step. ``exchange_curves`` reads the logged exchange ratio, and
 ``plateau_step`` finds the step after which a curve stays within ``tol`` (0.01 by default) of its later values:
 the exchange has settled there. A comparison at a step before that is a comparison of unfinished runs.
+
+Every frame has an ``arch`` column (from each run's config); bands and plateaus are taken within one
+architecture.
 """
 
 from __future__ import annotations
@@ -14,55 +17,59 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .runlog import load_run
+from .fusion import completed_runs
 
 __all__ = ["per_run_curves", "compute_learning_curves", "exchange_curves", "plateau_step", "settling_table"]
 
 
 def per_run_curves(table: pd.DataFrame) -> pd.DataFrame:
-    """``variant, seed, step, task, metric, value``: the final prediction's (the ensemble's, or the only one's)
-    validation score of each task at every validation pass of every completed run of a benchmark table (the
-    same prediction ``fusion.compare_to`` compares at the end)."""
+    """``arch, variant, seed, step, task, metric, value``: the final prediction's (the ensemble's, or the only
+    one's) validation score of each task at every validation pass of every completed run of a benchmark table
+    (the same prediction ``fusion.compare_to`` compares at the end)."""
     from .tasks import TaskMetrics
     from .training import prediction_names
 
     rows = []
-    for row in table[table["status"].isin(["complete", "skipped"])].itertuples(index=False):
-        run = load_run(row.path)
+    for row, run, about in completed_runs(table):
         val = run.metrics[run.metrics["split"] == "val"]
         streams = list(dict.fromkeys(o.rsplit("/", 1)[-1] for o in run.outputs))
         for task, names in prediction_names(run.tasks, streams).items():
             metric = TaskMetrics.METRIC[task]
             sub = val[val["name"] == f"{metric}/{names[-1]}"]  # the last name is the ensemble (or the one output)
-            rows.extend({"variant": row.variant, "seed": row.seed, "step": int(st), "task": task, "metric": metric,
-                         "value": float(v)} for st, v in zip(sub["step"], sub["value"]))
-    return pd.DataFrame(rows, columns=["variant", "seed", "step", "task", "metric", "value"])
+            rows.extend({"arch": about["arch"], "variant": row.variant, "seed": row.seed, "step": int(st),
+                         "task": task, "metric": metric, "value": float(v)} for st, v in zip(sub["step"], sub["value"]))
+    return pd.DataFrame(rows, columns=["arch", "variant", "seed", "step", "task", "metric", "value"])
 
 
 def compute_learning_curves(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """``variant, task, metric, step, n_seeds, mean, ci_low, ci_high`` (t interval across seeds; NaN with one
-    seed or no spread) from ``per_run_curves``."""
+    """``arch, variant, task, metric, step, n_seeds, mean, ci_low, ci_high`` (t interval across seeds; NaN with
+    one seed or no spread) from ``per_run_curves``."""
+    curves = curves if "arch" in curves else curves.assign(arch=None)
     rows = []
-    for (variant, task, metric, step), sub in curves.groupby(["variant", "task", "metric", "step"], sort=False):
+    for (arch, variant, task, metric, step), sub in curves.groupby(["arch", "variant", "task", "metric", "step"],
+                                                                   sort=False, dropna=False):
         v = sub["value"].to_numpy(float)
         low = high = float("nan")
         if len(v) > 1 and np.std(v, ddof=1) > 0:
             low, high = stats.t.interval(level, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
-        rows.append({"variant": variant, "task": task, "metric": metric, "step": int(step), "n_seeds": len(v),
-                     "mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high)})
-    return pd.DataFrame(rows).sort_values(["variant", "task", "step"], kind="stable").reset_index(drop=True)
+        rows.append({"arch": arch, "variant": variant, "task": task, "metric": metric, "step": int(step),
+                     "n_seeds": len(v), "mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high)})
+    out = pd.DataFrame(rows)
+    order = pd.factorize(out["arch"], use_na_sentinel=False)[0]  # architectures in order of appearance
+    out = out.assign(_a=order).sort_values(["_a", "variant", "task", "step"], kind="stable")
+    return out.drop(columns="_a").reset_index(drop=True)
 
 
 def exchange_curves(table: pd.DataFrame) -> pd.DataFrame:
-    """``variant, seed, step, exchange_ratio``: the logged portion of channels exchanged (train metric
+    """``arch, variant, seed, step, exchange_ratio``: the logged portion of channels exchanged (train metric
     ``exchange/ratio``) of every completed run."""
     rows = []
-    for row in table[table["status"].isin(["complete", "skipped"])].itertuples(index=False):
-        m = load_run(row.path).metrics
+    for row, run, about in completed_runs(table):
+        m = run.metrics
         ex = m[(m["split"] == "train") & (m["name"] == "exchange/ratio")]
-        rows.extend({"variant": row.variant, "seed": row.seed, "step": int(s), "exchange_ratio": float(v)}
-                    for s, v in zip(ex["step"], ex["value"]))
-    return pd.DataFrame(rows, columns=["variant", "seed", "step", "exchange_ratio"])
+        rows.extend({"arch": about["arch"], "variant": row.variant, "seed": row.seed, "step": int(s),
+                     "exchange_ratio": float(v)} for s, v in zip(ex["step"], ex["value"]))
+    return pd.DataFrame(rows, columns=["arch", "variant", "seed", "step", "exchange_ratio"])
 
 
 def plateau_step(steps, values, tol: float = 0.01) -> int | None:
@@ -84,16 +91,18 @@ def plateau_step(steps, values, tol: float = 0.01) -> int | None:
 
 
 def settling_table(exchange: pd.DataFrame, tol: float = 0.01, min_span: float = 0.1) -> pd.DataFrame:
-    """Per variant: ``plateau_step`` of its mean exchange-ratio curve across seeds, ``last_step``,
-    ``final_exchange_ratio`` and ``settled``: a plateau that lasts at least ``min_span`` of the run (a curve still
-    moving until its last two points is not settled). A variant that never exchanges has a flat 0 curve and
-    settles at its first step."""
+    """Per architecture and variant: ``plateau_step`` of its mean exchange-ratio curve across seeds,
+    ``last_step``, ``final_exchange_ratio`` and ``settled``: a plateau that lasts at least ``min_span`` of the run
+    (a curve still moving until its last two points is not settled). A variant that never exchanges has a flat 0
+    curve and settles at its first step."""
+    exchange = exchange if "arch" in exchange else exchange.assign(arch=None)
     rows = []
-    for variant, sub in exchange.groupby("variant", sort=False):
+    for (arch, variant), sub in exchange.groupby(["arch", "variant"], sort=False, dropna=False):
         mean = sub.groupby("step")["exchange_ratio"].mean()
         step = plateau_step(mean.index.to_numpy(), mean.to_numpy(), tol)
         last = int(mean.index.max())
-        rows.append({"variant": variant, "plateau_step": step, "last_step": last,
+        rows.append({"arch": arch, "variant": variant, "plateau_step": step, "last_step": last,
                      "final_exchange_ratio": float(mean.iloc[-1]),
                      "settled": step is not None and last - step >= min_span * last})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["arch", "variant", "plateau_step", "last_step", "final_exchange_ratio",
+                                       "settled"])

@@ -8,7 +8,8 @@ from cen_lab.cli import main
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("fusion")
-    table = fusion.run_fusion_benchmark(out, preset="tiny", seeds=[0, 1], steps=4, n_jobs=1, progress=False)
+    table = fusion.run_fusion_benchmark(out, preset="tiny", seeds=[0, 1], steps=4, archs="plain", n_jobs=1,
+                                        progress=False)
     return out, table
 
 
@@ -17,6 +18,7 @@ def test_every_variant_trains_in_the_same_schema(bench):
     assert (table["status"] == "complete").all() and set(table["variant"]) == set(fusion.VARIANTS)
     assert len(table) == 2 * len(fusion.VARIANTS)
     assert table["name"].iloc[0] == "fusion-tiny-unimodal-rgb-seed=0"
+    assert (table["arch"] == "plain").all() and (table["preset"] == "tiny").all()
 
 
 def test_results_and_summary(bench):
@@ -33,6 +35,38 @@ def test_results_and_summary(bench):
     assert ens.loc["cen", "mean"] == pytest.approx(cen.mean())
     summary = fusion.fusion_summary(results)
     assert summary["mean"].is_monotonic_decreasing and "branch/rgb" in summary.columns
+    assert summary.columns[-1] == "regime" and (summary["arch"] == "plain").all()
+    cen_regime = summary.set_index("variant").loc["cen", "regime"]
+    assert cen_regime.startswith("preset tiny; plain conv blocks") and "4 steps" in cen_regime
+    assert "smoke test" in cen_regime  # a tiny-preset number says it carries no evidence
+    assert "lam 0" in summary.set_index("variant").loc["cen-no-l1", "regime"]
+
+
+def test_compare_to_never_mixes_architectures():
+    rows = {("plain", "cen"): [0.80, 0.81, 0.82], ("plain", "a"): [0.50, 0.51, 0.52],
+            ("bottleneck", "cen"): [0.30, 0.31, 0.32], ("bottleneck", "a"): [0.50, 0.51, 0.52]}
+    scores = pd.DataFrame([{"arch": arch, "variant": v, "seed": i, "branch": "ensemble", "task": "seg",
+                            "metric": "miou", "value": x, "params": 1, "seconds": 1.0, "regime": f"r-{arch}"}
+                           for (arch, v), xs in rows.items() for i, x in enumerate(xs)])
+    cmp = fusion.compare_to(scores, "cen").set_index("arch")
+    assert cmp.loc["plain", "verdict"] == "better" and cmp.loc["plain", "difference"] == pytest.approx(0.30)
+    assert cmp.loc["bottleneck", "verdict"] == "worse" and cmp.loc["bottleneck", "difference"] == pytest.approx(-0.20)
+    assert cmp.loc["bottleneck", "regime"] == "r-bottleneck"
+    results = fusion.compute_fusion_results(scores)
+    assert len(results) == 4 and results.groupby("arch")["n_seeds"].sum().tolist() == [6, 6]
+    summary = fusion.fusion_summary(results)
+    assert summary["arch"].tolist() == ["plain", "plain", "bottleneck", "bottleneck"]  # in order of appearance
+    assert summary["variant"].tolist() == ["cen", "a", "a", "cen"]  # best first within each
+
+
+def test_the_architectures_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="archs must be some of"):
+        fusion.run_fusion_benchmark(tmp_path, preset="tiny", variants=["cen"], archs=["resnet"], progress=False)
+    with pytest.raises(ValueError, match="archs="):
+        fusion.run_fusion_benchmark(tmp_path, preset="tiny", variants=["cen"], model__arch="bottleneck",
+                                    progress=False)
+    with pytest.raises(SystemExit):
+        main(["bench-fusion", "--arch", "plain,resnet", "--out", str(tmp_path)])
 
 
 def test_compare_to_uses_the_ensemble_scores(bench):
@@ -70,11 +104,12 @@ def test_unknown_variant_is_an_error(tmp_path):
 
 def test_cli_bench_fusion(tmp_path, capsys):
     rc = main(["bench-fusion", "--preset", "tiny", "--variants", "cen,early-fusion", "--seeds", "2", "--steps", "4",
-               "--jobs", "1", "--out", str(tmp_path), "--no-progress"])
+               "--arch", "plain", "--jobs", "1", "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "early-fusion" in out and "CEN minus each variant" in out
     assert "When the exchange settles" in out and "plateau_step" in out
+    assert "plain: preset tiny; plain conv blocks" in out and "(evidence: none: the tiny preset is a smoke test)" in out
     assert pd.read_csv(tmp_path / "fusion_summary.csv")["variant"].tolist() != []
 
 
@@ -95,7 +130,8 @@ def _bench_fusion_arguments(monkeypatch, *argv) -> dict:
 def test_cli_words_for_the_reference_switches_and_the_architecture(tmp_path, monkeypatch):
     seen = _bench_fusion_arguments(monkeypatch, "--variants", "reference", "--arch", "bottleneck", "--out", str(tmp_path))
     assert seen["variants"] == ["cen", "cen-l1-per-output", "three-modal-mean", "three-modal-alternate-halves"]
-    assert seen["model__arch"] == "bottleneck" and seen["steps"] == 600
+    assert seen["archs"] == ["bottleneck"] and seen["steps"] == 600
+    assert _bench_fusion_arguments(monkeypatch, "--out", str(tmp_path))["archs"] == ["plain", "bottleneck"]
     assert fusion.fusion_base("tiny", 4, model__arch="bottleneck").name == "fusion-tiny-bottleneck"
 
 
@@ -103,7 +139,7 @@ def test_cli_words_for_the_reference_switches_and_the_architecture(tmp_path, mon
 def scenarios(tmp_path_factory):
     out = tmp_path_factory.mktemp("scenarios")
     return fusion.run_fusion_benchmark(out, preset="tiny", variants=list(fusion.DEFAULT_SCENARIOS), seeds=[0, 1],
-                                       steps=4, n_jobs=1, progress=False)
+                                       steps=4, archs="plain", n_jobs=1, progress=False)
 
 
 def test_scenarios_train_and_are_scored_per_task(scenarios):

@@ -43,24 +43,34 @@ def test_learning_curves_mean_and_t_band():
 @pytest.fixture(scope="module")
 def small_bench(tmp_path_factory):
     return fusion.run_fusion_benchmark(tmp_path_factory.mktemp("lc"), preset="tiny", seeds=[0, 1], steps=10,
-                                       variants=["cen", "late-fusion"], n_jobs=1, progress=False)
+                                       variants=["cen", "late-fusion"], n_jobs=1, progress=False)  # both archs
 
 
 def test_curves_from_a_tiny_benchmark_and_their_figures(small_bench):
     per_run = lc.per_run_curves(small_bench)
     assert sorted(per_run["step"].unique()) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # ten evaluations (steps // 10)
     assert set(per_run["variant"]) == {"cen", "late-fusion"} and set(per_run["metric"]) == {"miou"}
+    assert per_run.groupby("arch").size().to_dict() == {"plain": 44, "bottleneck": 44}  # 2 variants x 2 seeds x 11
     scores = fusion.per_run_scores(small_bench)
-    final = scores[(scores["branch"] == "ensemble") & (scores["variant"] == "cen")].sort_values("seed")["value"]
-    last = per_run[(per_run["variant"] == "cen") & (per_run["step"] == 10)].sort_values("seed")["value"]
-    np.testing.assert_allclose(last.to_numpy(), final.to_numpy())  # the curve ends at the compared score
+    for arch in ("plain", "bottleneck"):
+        final = scores.query("branch == 'ensemble' and variant == 'cen' and arch == @arch").sort_values("seed")
+        last = per_run.query("variant == 'cen' and step == 10 and arch == @arch").sort_values("seed")
+        np.testing.assert_allclose(last["value"].to_numpy(), final["value"].to_numpy())  # ends at the compared score
     curves = lc.compute_learning_curves(per_run)
+    assert curves["arch"].drop_duplicates().tolist() == ["plain", "bottleneck"] and (curves["n_seeds"] == 2).all()
     fig = plots.plot_learning_curves(curves)
-    assert [t.get_text() for t in fig.get_axes()[0].get_legend().get_texts()] == ["cen", "late-fusion"]
-    assert len(plots.plot_learning_curves(curves, backend="plotly").data) >= 2
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["seg: miou (validation), plain", "seg: miou (validation), bottleneck"]
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["cen", "late-fusion"]
+    bottleneck_cen = curves.query("arch == 'bottleneck' and variant == 'cen'")["mean"].to_numpy()
+    np.testing.assert_allclose(axes[1].get_lines()[0].get_ydata(), bottleneck_cen)  # each panel its own runs
+    fig = plots.plot_learning_curves(curves, backend="plotly")
+    assert [d.name for d in fig.data if d.showlegend] == ["cen", "late-fusion"]  # one legend entry per variant
     ex = lc.exchange_curves(small_bench)
     settling = lc.settling_table(ex)
-    assert set(settling["variant"]) == {"cen", "late-fusion"}
+    assert settling[["arch", "variant"]].values.tolist() == [["plain", "cen"], ["plain", "late-fusion"],
+                                                           ["bottleneck", "cen"], ["bottleneck", "late-fusion"]]
     fig = plots.plot_exchange_settling(ex, settling)
+    assert [ax.get_title().rsplit(": ", 1)[-1] for ax in fig.get_axes()] == ["plain", "bottleneck"]
     assert fig.get_axes()[0].get_ylabel() == "portion of channels exchanged"
     plots.plot_exchange_settling(ex, settling, backend="plotly")

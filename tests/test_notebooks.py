@@ -53,14 +53,19 @@ def test_fusion_benchmark_notebook_executes_at_tiny_size(tmp_path):
     import json
 
     figs = tmp_path / "figs"
+    variants = ["unimodal-rgb", "late-fusion", "cen", "cen-no-l1"]  # every variant trains in test_fusion.py
     run_notebook(NOTEBOOK_DIR / "fusion_benchmark.ipynb",
-                 {"preset": "tiny", "seeds": [0, 1], "steps": 4, "n_jobs": 1, "runs_dir": str(tmp_path / "runs"),
-                  "figures_dir": str(figs), "progress": False}, tmp_path, progress_bar=False)
-    for stem in ("fusion_results", "exchange_ratio", "sparsity", "training_loss"):
+                 {"preset": "tiny", "variants": variants, "seeds": [0, 1], "steps": 4, "n_jobs": 1,
+                  "runs_dir": str(tmp_path / "runs"), "figures_dir": str(figs), "progress": False}, tmp_path,
+                 progress_bar=False)
+    for stem in ("fusion_results", "learning_curves", "exchange_settling", "exchange_ratio", "sparsity",
+                 "training_loss"):
         assert (figs / f"{stem}.png").stat().st_size > 1000
     summary = json.loads((figs / "summary.json").read_text())
-    assert len(summary["summary"]) == 13 and {r["verdict"] for r in summary["cen_vs"]} <= {
-        "better", "worse", "no clear difference"}
+    assert [r["arch"] for r in summary["summary"]] == ["plain"] * 4 + ["bottleneck"] * 4
+    assert {r["variant"] for r in summary["summary"]} == set(variants)
+    assert {r["verdict"] for r in summary["cen_vs"]} <= {"better", "worse", "no clear difference"}
+    assert len(summary["cen_vs"]) == 6 and all("smoke test" in r["regime"] for r in summary["cen_vs"])
 
 
 def test_scenarios_notebook_executes_at_tiny_size(tmp_path):
@@ -68,7 +73,7 @@ def test_scenarios_notebook_executes_at_tiny_size(tmp_path):
 
     figs = tmp_path / "figs"
     run_notebook(NOTEBOOK_DIR / "scenarios.ipynb",
-                 {"preset": "tiny", "seeds": [0, 1], "steps": 4, "n_jobs": 1, "runs_dir": str(tmp_path / "runs"),
+                 {"preset": "tiny", "archs": ["plain"], "seeds": [0, 1], "steps": 4, "n_jobs": 1, "runs_dir": str(tmp_path / "runs"),
                   "figures_dir": str(figs), "progress": False}, tmp_path, progress_bar=False)
     for stem in ("scores_seg", "scores_depth", "scores_edges", "multitask_exchange_maps", "multitask_curves",
                  "mmt_exchange_maps", "cycle_exchange_maps"):

@@ -21,75 +21,112 @@ def _colour(i: int) -> str:
     return _MANY[i % len(_MANY)]
 
 
+def _archs(frame: pd.DataFrame) -> list:
+    """The architectures of a frame in order of appearance ([None] without an ``arch`` column)."""
+    return list(dict.fromkeys(frame["arch"])) if "arch" in frame else [None]
+
+
+def _of(frame: pd.DataFrame, arch) -> pd.DataFrame:
+    return frame if arch is None or "arch" not in frame else frame[frame["arch"] == arch]
+
+
 def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_size=(6.0, 3.8)):
-    """One panel per task: each variant's mean validation score over steps with its 95% t band across seeds
-    (``compute_learning_curves``)."""
+    """One panel per architecture and task (a row per architecture): each variant's mean validation score over
+    steps with its 95% t band across seeds (``compute_learning_curves``). A variant keeps its colour in every
+    panel."""
     check_backend(backend)
     tasks = list(dict.fromkeys(frame["task"]))
+    archs = _archs(frame)
     variants = list(dict.fromkeys(frame["variant"]))
-    titles = [f"{t}: {frame[frame['task'] == t]['metric'].iloc[0]} (validation)" for t in tasks]
+    metric = {t: frame[frame["task"] == t]["metric"].iloc[0] for t in tasks}
+    titles = [f"{t}: {metric[t]} (validation)" + ("" if a is None else f", {a}") for a in archs for t in tasks]
     if backend == "plotly":
-        fig = plotly_grid(1, len(tasks), titles, shared_xaxes=False, height_per_row=360)
-        for j, task in enumerate(tasks, 1):
+        fig = plotly_grid(len(archs), len(tasks), titles, shared_xaxes=False, height_per_row=360)
+        for r, arch in enumerate(archs, 1):
+            for j, task in enumerate(tasks, 1):
+                for i, variant in enumerate(variants):
+                    sub = _of(frame, arch)
+                    sub = sub[(sub["task"] == task) & (sub["variant"] == variant)]
+                    if sub.empty:
+                        continue
+                    band = sub.dropna(subset=["ci_low"])
+                    if len(band):
+                        fig.add_scatter(x=list(band["step"]) + list(band["step"])[::-1],
+                                        y=list(band["ci_high"]) + list(band["ci_low"])[::-1], fill="toself",
+                                        line=dict(width=0), fillcolor=_colour(i), opacity=0.15, showlegend=False,
+                                        hoverinfo="skip", row=r, col=j)
+                    fig.add_scatter(x=sub["step"], y=sub["mean"], mode="lines+markers", name=variant,
+                                    legendgroup=variant, line=dict(color=_colour(i)),
+                                    showlegend=r == 1 and j == 1, row=r, col=j)
+                fig.update_xaxes(title_text="step", row=r, col=j)
+        return fig
+    fig, axes = mpl_figure(len(archs), len(tasks), panel_size)
+    for r, arch in enumerate(archs):
+        for ax, task, title in zip(axes[r], tasks, titles[r * len(tasks):]):
             for i, variant in enumerate(variants):
-                sub = frame[(frame["task"] == task) & (frame["variant"] == variant)]
+                sub = _of(frame, arch)
+                sub = sub[(sub["task"] == task) & (sub["variant"] == variant)]
                 if sub.empty:
                     continue
-                band = sub.dropna(subset=["ci_low"])
-                if len(band):
-                    fig.add_scatter(x=list(band["step"]) + list(band["step"])[::-1],
-                                    y=list(band["ci_high"]) + list(band["ci_low"])[::-1], fill="toself",
-                                    line=dict(width=0), fillcolor=_colour(i), opacity=0.15, showlegend=False,
-                                    hoverinfo="skip", row=1, col=j)
-                fig.add_scatter(x=sub["step"], y=sub["mean"], mode="lines+markers", name=variant,
-                                line=dict(color=_colour(i)), showlegend=j == 1, row=1, col=j)
-            fig.update_xaxes(title_text="step", row=1, col=j)
-        return fig
-    fig, axes = mpl_figure(1, len(tasks), panel_size)
-    for ax, task, title in zip(axes[0], tasks, titles):
-        for i, variant in enumerate(variants):
-            sub = frame[(frame["task"] == task) & (frame["variant"] == variant)]
-            if sub.empty:
-                continue
-            ax.plot(sub["step"], sub["mean"], "o-", ms=3, color=_colour(i), label=variant)
-            ax.fill_between(sub["step"], sub["ci_low"], sub["ci_high"], color=_colour(i), alpha=0.15, lw=0)
-        ax.set(xlabel="step", title=title)
-        ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not on, the curves
+                ax.plot(sub["step"], sub["mean"], "o-", ms=3, color=_colour(i), label=variant)
+                ax.fill_between(sub["step"], sub["ci_low"], sub["ci_high"], color=_colour(i), alpha=0.15, lw=0)
+            ax.set(xlabel="step", title=title)
+            ax.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ms=3, color=_colour(i), label=v) for i, v in enumerate(variants)]
+    axes[0, -1].legend(handles=handles, fontsize=7, frameon=False, loc="upper left",
+                       bbox_to_anchor=(1.01, 1.0))  # beside, not on, the curves; one legend for every panel
     return fig
 
 
 def plot_exchange_settling(exchange: pd.DataFrame, settling: pd.DataFrame, *, backend: str = "matplotlib",
                            figsize=(6.0, 3.6)):
     """Each exchanging variant's mean exchange ratio over steps (``exchange_curves``), with a dotted line at its
-    plateau step (``settling_table``)."""
+    plateau step (``settling_table``); one panel per architecture."""
     check_backend(backend)
-    title = "Exchange ratio over training, and where it settles"
-    moving = settling[settling["final_exchange_ratio"] > 0]["variant"].tolist()
-    means = exchange[exchange["variant"].isin(moving)].groupby(["variant", "step"], sort=False)["exchange_ratio"].mean()
-    plateau = settling.set_index("variant")["plateau_step"]
+    archs = _archs(settling)
+    titles = ["Exchange ratio over training, and where it settles" + ("" if a is None else f": {a}")
+              for a in archs]
+    moving_all = list(dict.fromkeys(settling[settling["final_exchange_ratio"] > 0]["variant"]))
+    colour = {v: _colour(i) for i, v in enumerate(moving_all)}
+
+    def panel(arch):
+        st = _of(settling, arch)
+        moving = st[st["final_exchange_ratio"] > 0]["variant"].tolist()
+        ex = _of(exchange, arch)
+        means = ex[ex["variant"].isin(moving)].groupby(["variant", "step"], sort=False)["exchange_ratio"].mean()
+        return moving, means, st.set_index("variant")["plateau_step"]
+
     if backend == "plotly":
-        fig = plotly_grid(1, 1, [title], height_per_row=360)
-        for i, variant in enumerate(moving):
-            m = means.loc[variant]
-            fig.add_scatter(x=m.index, y=m.to_numpy(), mode="lines", name=variant, line=dict(color=_colour(i)))
-            if pd.notna(plateau[variant]):
-                fig.add_vline(x=float(plateau[variant]), line_dash="dot", line_color=_colour(i))
-        fig.update_xaxes(title_text="step")
-        fig.update_yaxes(title_text="portion of channels exchanged", range=[-0.02, 1.02])
+        fig = plotly_grid(len(archs), 1, titles, height_per_row=360, shared_xaxes=False)
+        shown: set[str] = set()  # one legend entry per variant
+        for r, arch in enumerate(archs, 1):
+            moving, means, plateau = panel(arch)
+            for variant in moving:
+                m = means.loc[variant]
+                fig.add_scatter(x=m.index, y=m.to_numpy(), mode="lines", name=variant, legendgroup=variant,
+                                showlegend=variant not in shown, line=dict(color=colour[variant]), row=r, col=1)
+                shown.add(variant)
+                if pd.notna(plateau[variant]):
+                    fig.add_vline(x=float(plateau[variant]), line_dash="dot", line_color=colour[variant], row=r, col=1)
+            fig.update_xaxes(title_text="step", row=r, col=1)
+            fig.update_yaxes(title_text="portion of channels exchanged", range=[-0.02, 1.02], row=r, col=1)
         return fig
-    fig, axes = mpl_figure(1, 1, figsize)
-    ax = axes[0, 0]
-    for i, variant in enumerate(moving):
-        m = means.loc[variant]
-        ax.plot(m.index, m.to_numpy(), color=_colour(i), label=variant)
-        if pd.notna(plateau[variant]):
-            ax.axvline(float(plateau[variant]), color=_colour(i), ls=":", lw=1)
-    ax.set(xlabel="step", ylabel="portion of channels exchanged", ylim=(-0.02, max(0.6, float(np.nanmax(means)) + 0.05)
-                                                                     if len(means) else 1.0), title=title)
-    ax.grid(alpha=0.3)
-    if moving:
-        ax.legend(fontsize=7, frameon=False)
-    else:
-        ax.text(0.5, 0.5, "no variant exchanged any channel", transform=ax.transAxes, ha="center", color="#7f7f7f")
+    fig, axes = mpl_figure(len(archs), 1, figsize)
+    for ax, arch, title in zip(axes[:, 0], archs, titles):
+        moving, means, plateau = panel(arch)
+        for variant in moving:
+            m = means.loc[variant]
+            ax.plot(m.index, m.to_numpy(), color=colour[variant], label=variant)
+            if pd.notna(plateau[variant]):
+                ax.axvline(float(plateau[variant]), color=colour[variant], ls=":", lw=1)
+        top = max(0.6, float(np.nanmax(means)) + 0.05) if len(means) else 1.0
+        ax.set(xlabel="step", ylabel="portion of channels exchanged", ylim=(-0.02, top), title=title)
+        ax.grid(alpha=0.3)
+        if moving:
+            ax.legend(fontsize=7, frameon=False)
+        else:
+            ax.text(0.5, 0.5, "no variant exchanged any channel", transform=ax.transAxes, ha="center",
+                    color="#7f7f7f")
     return fig
