@@ -54,7 +54,7 @@ def plot_fusion_results(results: pd.DataFrame, *, task: str | None = None, backe
                             marker=dict(color="lightgrey", symbol="line-ns-open", size=10), row=r, col=1)
         fig.update_xaxes(title_text=metric, row=len(panels), col=1)
         return fig
-    fig, axes = mpl_figure(len(panels), 1, figsize)
+    fig, axes = mpl_figure(len(panels), 1, figsize, sharex=True)  # one score axis: architectures side by side
     from matplotlib.lines import Line2D
 
     for ax, (ens, branches, lo, hi, title) in zip(axes[:, 0], panels):
