@@ -12,7 +12,7 @@ import torch
 
 from cen_lab._io import atomic_write_json
 
-from . import suite
+from . import suite, theorem_paths
 
 # name -> (goal, direction): ">=" means at least, "<=" at most
 GOALS = {
@@ -24,9 +24,13 @@ GOALS = {
     "observer_overhead_gamma": (0.03, "<="),
     "observer_overhead_full": (0.15, "<="),
     "sweep_speedup_2_workers": (1.7, ">="),
+    "theorem_throughput_speedup": (1.5, ">="),
 }
+# reported beside the goals, without one
+REPORTED = ("theorem_bf16_step_speedup", "theorem_channels_last_step_speedup", "theorem_seed_batching_speedup",
+            "bottleneck_theorem_bf16_step_speedup", "default_cen_bf16_step_speedup")
 PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,
-         "observer": suite.bench_observer, "sweep": suite.bench_sweep}
+         "observer": suite.bench_observer, "sweep": suite.bench_sweep, "theorem": theorem_paths.bench_theorem}
 
 
 def main() -> int:
@@ -55,6 +59,14 @@ def main() -> int:
             interval = results.get(f"{kind}_interval", {}).get(variant) if kind.endswith("_overhead") else None
             if interval:
                 print(f"{'  95% interval':<38} {interval[0]:>8.3f} to {interval[1]:.3f}")
+    for key in REPORTED:
+        if key in results:
+            print(f"{key:<38} {results[key]:>8.3f}  (report only)")
+    if "precision_effect" in results:
+        print("\nWhat bf16 changes in the theorem runs of theorem_throughput_speedup (bf16 minus fp32, same seeds):")
+        for row in results["precision_effect"]:
+            print(f"  {row['quantity']:<32} {row['difference']:+.4f} ({row['ci_low']:+.4f} to {row['ci_high']:+.4f}), "
+                  f"fp32 spread across seeds {row['spread']:.4f}, ratio {row['ratio']:.2f}")
     if "train_gflops_over_gemm" in results:
         for k, v in results["train_gflops_over_gemm"].items():
             print(f"{'train_gflops_over_gemm (' + k + ')':<38} {v:>8.3f}  (report only; GEMM {results['gemm_gflops']:.1f} GFLOP/s)")

@@ -41,6 +41,7 @@ ARCHS = ("plain", "bottleneck")
 SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
 L1_RULES = ("subgradient", "proximal")
 OPTIMIZERS = ("sgd", "adam")
+PRECISIONS = ("fp32", "bf16")  # of the training forward pass (cen_lab.precision); parameters stay fp32
 TASKS = ("seg", "cls")
 PREDICTION_TASKS = ("seg", "cls", "depth", "edges")  # what a network's heads can predict (cen_lab.tasks)
 EXCHANGE_BETWEEN = ("auto", "modalities", "tasks", "both")
@@ -233,9 +234,12 @@ class TrainConfig:
     ckpt_every: int = 100  # steps between periodic checkpoints (and log flushes)
     init_from: str | None = None  # start from these weights: a checkpoint .pt or a run directory (its latest)
     task_weights: tuple[float, ...] | None = None  # loss weight of each of data.tasks; None = all 1
+    precision: str = "fp32"  # "fp32", or "bf16": the training forward under bfloat16 autocast (opt-in; its effect
+    #                          on gammas and scores is measured in benchmarks/README.md; see cen_lab.precision)
 
     def __post_init__(self) -> None:
         _positive("train.steps", self.steps)
+        _choice("train.precision", self.precision, PRECISIONS)
         _positive("train.batch_size", self.batch_size)
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _positive("train.lr", self.lr)

@@ -4,8 +4,8 @@ One training step at state ``s`` (the model after ``s`` updates):
 
 1. every ``log.every`` steps: record gammas, betas and the exchange map of state ``s``; every
    ``log.eval_every`` steps: evaluate on the validation split;
-2. forward the minibatch, data loss ``L = sum_t w_t (sum_m loss_t(pred_tm) + loss_t(ensemble_t))`` over tasks t
-   (one task: ``sum_m CE(logits_m) + CE(ensemble)``; each output has its own loss, as in the reference code;
+2. forward the minibatch (under bfloat16 autocast with ``train.precision = "bf16"``, see ``cen_lab.precision``),
+   data loss ``L = sum_t w_t (sum_m loss_t(pred_tm) + loss_t(ensemble_t))`` over tasks t (one task: ``sum_m CE(logits_m) + CE(ensemble)``; each output has its own loss, as in the reference code;
    the ensemble loss only trains alpha because the branch logits are detached; ``w_t`` is
    ``train.task_weights``, loss_t as in ``cen_lab.tasks``);
 3. backward of ``L`` alone; at logging steps record the train losses, and with ``log.grads`` the data-loss
@@ -43,6 +43,7 @@ from .exchange import exchange_keep, exchange_sources
 from .tasks import TaskMetrics, resolve_tasks, target_modalities, task_loss, task_targets
 from .models import CENNet, build_model
 from .observer import BNLayer, ExchangeMap, Observer
+from .precision import autocast, bf16_native
 from .runlog import Run, RunWriter, load_run
 from .sparsity import add_l1_subgradient, apply_l1_proximal
 
@@ -177,15 +178,17 @@ def _exchange_ratio(obs: Observer, exchanged: np.ndarray) -> float:
 
 
 def forward_backward(model: CENNet, optimizer: torch.optim.Optimizer, xb: torch.Tensor,
-                     yb: torch.Tensor | dict[str, torch.Tensor],
-                     weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     yb: torch.Tensor | dict[str, torch.Tensor], weights: dict[str, float] | None = None,
+                     precision: str = "fp32") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward a minibatch and back-propagate the data loss (no penalty yet).
 
-    ``yb``: the targets of a single-task model, or task -> targets. Returns the detached data loss and, per
-    task, the ``[M + 1]`` losses of the branches and the ensemble (see ``task_losses``).
+    ``yb``: the targets of a single-task model, or task -> targets. ``precision``: ``"bf16"`` runs the forward
+    pass under bfloat16 autocast (``cen_lab.precision``). Returns the detached data loss and, per task, the
+    ``[M + 1]`` losses of the branches and the ensemble (see ``task_losses``).
     """
     targets = yb if isinstance(yb, dict) else {model.task: yb}
-    loss, per_task = task_losses(model.forward_tasks(xb), targets, weights)
+    with autocast(xb.device, precision):
+        loss, per_task = task_losses(model.forward_tasks(xb), targets, weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     return loss.detach(), per_task
@@ -272,6 +275,9 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
 
     keep_freed_memory()  # no page-fault churn on large activations (glibc; see cen_lab._malloc)
     device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "bf16" and not bf16_native(device):
+        log.warning("train.precision='bf16' on %s without native bfloat16: it runs emulated, slower than fp32",
+                    device)
     ds, tasks, (x, y), (xv, yv) = _load_splits(cfg, device)
     n_train, bs = x.shape[1], cfg.train.batch_size
     if bs > n_train:
@@ -337,7 +343,7 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
 
             observe = logger.grad_norms() if (logging_step and cfg.log.grads) else contextlib.nullcontext({})
             with observe as dxprime:
-                loss, per_task = forward_backward(model, optimizer, xb, yb, task_weights)
+                loss, per_task = forward_backward(model, optimizer, xb, yb, task_weights, cfg.train.precision)
             loss_value = float(loss)  # one host sync per step, to stop at the first non-finite loss
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(

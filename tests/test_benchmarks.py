@@ -83,3 +83,16 @@ def test_observer_benchmark_times_a_user_loop(tmp_path):
     for name in ("gamma", "full"):
         low, high = out["observer_overhead_interval"][name]
         assert low <= out[f"observer_overhead_{name}"] <= high
+
+
+def test_theorem_benchmark_runs_at_tiny_size():
+    from benchmarks import theorem_paths
+
+    out = theorem_paths.bench_theorem(seeds=2, steps=4, repeats=1)
+    for key in ("theorem_throughput_speedup", "theorem_bf16_step_speedup", "theorem_channels_last_step_speedup",
+                "theorem_seed_batching_speedup", "bottleneck_theorem_bf16_step_speedup",
+                "default_cen_bf16_step_speedup"):
+        assert out[key] > 0, key
+    assert len(out["theorem_throughput_speedup_per_seed"]) == 2 and isinstance(out["bf16_native"], bool)
+    assert [r["quantity"] for r in out["precision_effect"]][:2] == ["final gamma", "final |gamma| mean"]
+    assert set(bench_cli.GOALS) >= {"theorem_throughput_speedup"} and "theorem" in bench_cli.PARTS
