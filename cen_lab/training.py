@@ -5,9 +5,10 @@ One training step at state ``s`` (the model after ``s`` updates):
 1. every ``log.every`` steps: record gammas, betas and the exchange map of state ``s``; every
    ``log.eval_every`` steps: evaluate on the validation split;
 2. forward the minibatch (under bfloat16 autocast with ``train.precision = "bf16"``, see ``cen_lab.precision``),
-   data loss ``L = sum_t w_t (sum_m loss_t(pred_tm) + loss_t(ensemble_t))`` over tasks t (one task: ``sum_m CE(logits_m) + CE(ensemble)``; each output has its own loss, as in the reference code;
-   the ensemble loss only trains alpha because the branch logits are detached; ``w_t`` is
-   ``train.task_weights``, loss_t as in ``cen_lab.tasks``);
+   data loss ``L = sum_t w_t (sum_m loss_t(pred_tm) + loss_t(ensemble_t))`` over tasks t (one task:
+   ``sum_m CE(logits_m) + CE(ensemble)``; each output has its own loss, as in the reference code; the ensemble
+   loss only trains alpha because the branch logits are detached; ``w_t`` is ``train.task_weights``, loss_t as
+   in ``cen_lab.tasks``);
 3. backward of ``L`` alone; at logging steps record the train losses, and with ``log.grads`` the data-loss
    gradients ``dL/dgamma`` and ``||dL/dx'||`` of state ``s``;
 4. the L1 penalty on the penalised gammas: ``lam * sign(gamma)`` added to their gradients (subgradient rule),
