@@ -65,6 +65,10 @@ def main() -> int:
     if "precision_effect" in results:
         print("\nWhat bf16 changes in the theorem runs of theorem_throughput_speedup (bf16 minus fp32, same seeds):")
         for row in results["precision_effect"]:
+            if row["quantity"].endswith("(rate)"):
+                print(f"  {row['quantity']:<32} {row['difference']:.4f} ({row['ci_low']:.4f} to {row['ci_high']:.4f}), "
+                      f"of {row['n']} (seed, gamma) pairs")
+                continue
             print(f"  {row['quantity']:<32} {row['difference']:+.4f} ({row['ci_low']:+.4f} to {row['ci_high']:+.4f}), "
                   f"fp32 spread across seeds {row['spread']:.4f}, ratio {row['ratio']:.2f}")
     if "train_gflops_over_gemm" in results:

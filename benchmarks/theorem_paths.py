@@ -7,6 +7,8 @@
   ``channels_last`` memory format, and four seeds' steps against one step of four times the batch (the most that
   batching four seeds into one model could gain: the same convolutions on four times the data);
 - the same bf16 ratio for the bottleneck theorem network and for the default CEN step;
+- all with the allocator settings of ``cen_lab.train`` (``cen_lab._malloc``): without them the fp32 theorem step
+  takes 21 ms instead of 12 ms here, from page faults on its larger buffers, and bf16 seemed 1.7 times faster;
 - end to end, ``theorem_throughput_speedup``: training steps per second of ``cen_lab.train`` on theorem runs
   with ``train.precision = "bf16"`` over today's path (fp32), seed by seed alternately, with logging,
   evaluation and checkpoints as the theorem notebook has them; and ``precision_effect``, what bf16 changes in
@@ -23,6 +25,7 @@ from typing import Callable
 import torch
 
 import cen_lab
+from cen_lab._malloc import keep_freed_memory
 from cen_lab.config import ExperimentConfig
 from cen_lab.models import build_model
 from cen_lab.precision import bf16_native, compare_precisions
@@ -54,6 +57,7 @@ def _theorem_step(cfg: ExperimentConfig, batch: int = 32, precision: str = "fp32
 
 def bench_theorem(seeds: int = 4, steps: int = 300, repeats: int = 30) -> dict:
     """The step ratios and the end-to-end throughput of the theorem networks (see the module docstring)."""
+    keep_freed_memory()  # as cen_lab.train does: without it, page faults on fp32 buffers inflate every fp32 time
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -104,5 +104,6 @@ def settling_table(exchange: pd.DataFrame, tol: float = 0.01, min_span: float = 
         rows.append({"arch": arch, "variant": variant, "plateau_step": step, "last_step": last,
                      "final_exchange_ratio": float(mean.iloc[-1]),
                      "settled": step is not None and last - step >= min_span * last})
-    return pd.DataFrame(rows, columns=["arch", "variant", "plateau_step", "last_step", "final_exchange_ratio",
-                                       "settled"])
+    out = pd.DataFrame(rows, columns=["arch", "variant", "plateau_step", "last_step", "final_exchange_ratio",
+                                      "settled"])
+    return out.astype({"plateau_step": "Int64"})  # a step, or <NA> when the curve never settles

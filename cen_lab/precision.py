@@ -73,6 +73,9 @@ def compare_precisions(fp32: Mapping[int, object], low: Mapping[int, object], le
           ``spread`` the typical across-seed standard deviation of an fp32 gamma (the median over channels),
           and ``ratio`` the RMS paired difference over that spread (below 1: the precision moves a gamma less
           than the seed does).
+        - ``same gammas at exactly 0 (rate)``, when some final gamma is exactly 0 (the proximal rule): the portion
+          of (seed, channel) pairs that are at 0 in both precisions or in neither, as ``difference``, with a
+          Wilson interval (the outcome check of Theorem 1 compares which channels end at 0).
         - ``final |gamma| mean``: the mean |gamma| per run, paired by seed, with a t interval of the difference;
           ``ratio`` its mean absolute difference over the fp32 spread across seeds.
         - one row per final validation metric of the ensemble (``val/<metric>/ensemble``): the difference of
@@ -94,6 +97,13 @@ def compare_precisions(fp32: Mapping[int, object], low: Mapping[int, object], le
     rows = [{"quantity": "final gamma", "n": diff.size, "difference": float(diff.mean()),
              "ci_low": float(np.quantile(diff, 0.025)), "ci_high": float(np.quantile(diff, 0.975)),
              "spread": spread, "ratio": float(np.sqrt(np.mean(diff ** 2)) / spread) if spread > 0 else float("nan")}]
+    za, zb = (a.to_numpy() == 0), (b.to_numpy() == 0)  # exact zeros: the proximal rule's outcome of Theorem 1
+    if za.any() or zb.any():
+        same = int((za == zb).sum())
+        ci = stats.binomtest(same, za.size).proportion_ci(level, method="wilson")
+        rows.append({"quantity": "same gammas at exactly 0 (rate)", "n": za.size, "difference": same / za.size,
+                     "ci_low": float(ci.low), "ci_high": float(ci.high), "spread": float("nan"),
+                     "ratio": float("nan")})
     ma, mb = a.abs().mean().to_numpy(), b.abs().mean().to_numpy()
     d = mb - ma
     ci = stats.t.interval(level, len(d) - 1, loc=d.mean(), scale=stats.sem(d)) if np.ptp(d) > 0 else (d[0], d[0])

@@ -94,5 +94,6 @@ def test_theorem_benchmark_runs_at_tiny_size():
                 "default_cen_bf16_step_speedup"):
         assert out[key] > 0, key
     assert len(out["theorem_throughput_speedup_per_seed"]) == 2 and isinstance(out["bf16_native"], bool)
-    assert [r["quantity"] for r in out["precision_effect"]][:2] == ["final gamma", "final |gamma| mean"]
+    assert {"final gamma", "final |gamma| mean", "final val miou/ensemble"} <= {
+        r["quantity"] for r in out["precision_effect"]}
     assert set(bench_cli.GOALS) >= {"theorem_throughput_speedup"} and "theorem" in bench_cli.PARTS

@@ -28,6 +28,10 @@ def test_settled_needs_a_plateau_over_the_last_tenth_of_the_run():
     assert table.loc["late", "plateau_step"] == 95 and not table.loc["late", "settled"]
     assert table.loc["early", "plateau_step"] == 50 and table.loc["early", "settled"]
     assert table.loc["early", "final_exchange_ratio"] == 0.5 and table.loc["early", "last_step"] == 100
+    moving = pd.DataFrame({"variant": "moving", "seed": 0, "step": steps, "exchange_ratio": steps / 100})
+    row = lc.settling_table(moving).iloc[0]
+    assert pd.isna(row["plateau_step"]) and not row["settled"]
+    assert str(lc.settling_table(ex)["plateau_step"].dtype) == "Int64"  # steps print as steps, not 420.0
 
 
 def test_learning_curves_mean_and_t_band():

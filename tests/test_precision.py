@@ -91,3 +91,16 @@ def test_compare_precisions_on_known_runs():
     assert effect.loc["final val miou/ensemble", "difference"] == pytest.approx(0.02)
     with pytest.raises(ValueError, match="at least two seeds"):
         precision.compare_precisions({0: fp32[0]}, {0: low[0]})
+
+
+def test_the_zero_outcome_agreement_is_a_rate_with_a_wilson_interval():
+    class FakeRun:
+        def __init__(self, gammas):
+            self.gammas = pd.DataFrame({"step": 10, "layer": "b", "branch": 0, "channel": range(4), "gamma": gammas})
+            self.metrics = pd.DataFrame({"step": [10], "split": "val", "name": "miou/ensemble", "value": [0.5]})
+
+    fp32 = {0: FakeRun([0.0, 0.0, 0.3, 0.4]), 1: FakeRun([0.0, 0.1, 0.3, 0.4])}
+    low = {0: FakeRun([0.0, 0.2, 0.3, 0.4]), 1: FakeRun([0.0, 0.1, 0.3, 0.0])}  # 2 of 8 pairs disagree
+    row = precision.compare_precisions(fp32, low).set_index("quantity").loc["same gammas at exactly 0 (rate)"]
+    assert row["n"] == 8 and row["difference"] == pytest.approx(6 / 8)
+    assert row["ci_low"] < 0.75 < row["ci_high"] < 1
