@@ -35,7 +35,7 @@ from .sweeps import sweep
 LOWER_IS_BETTER = ("mae",)  # metrics where a smaller value is better
 
 __all__ = ["ARCHS", "VARIANTS", "SCENARIOS", "REFERENCE_SWITCHES", "DEFAULT_SCENARIOS", "FAMILIES", "fusion_base", "run_fusion_benchmark", "per_run_scores", "compute_fusion_results",
-           "fusion_summary", "compare_to", "compare_switches", "final_exchange_ratios", "runs_of_seed",
+           "fusion_summary", "compare_to", "compare_switches", "final_exchange_ratios", "runs_of_seed", "completed_runs",
            "SWITCH_BASES"]
 
 _NO_CEN = {"model.exchange": "none", "train.sparsity": "none"}

@@ -56,7 +56,8 @@ def record_bn_output_grad_norms(
             def make_grad_hook(i: int):
                 def on_grad(grad: torch.Tensor) -> None:
                     dims = [d for d in range(grad.dim()) if d not in kept]
-                    found[i] = grad.detach().float().pow(2).sum(dim=dims).sqrt()  # [M, C] or [C]; fp32 under bf16 autocast too
+                    # [M, C] or [C], summed in fp32 also when autocast made the gradient bfloat16
+                    found[i] = grad.detach().float().pow(2).sum(dim=dims).sqrt()
                     if len(found) == total:  # every branch's gradient has arrived
                         norms[name] = found[0] if stacked else torch.stack([found[j] for j in range(total)])
                         found.clear()

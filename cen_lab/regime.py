@@ -44,11 +44,11 @@ def architecture(cfg: ExperimentConfig) -> str:
 
 
 def optimiser(cfg: ExperimentConfig) -> str:
-    """``SGD lr 0.05 momentum 0.9`` (momentum for SGD only)."""
+    """``SGD lr 0.05 momentum 0.9`` (momentum for SGD only; ``, bf16 forward`` when ``train.precision`` is not
+    fp32)."""
     o = cfg.train
-    if o.optimizer == "sgd":
-        return f"SGD lr {o.lr:g} momentum {o.momentum:g}"
-    return f"{o.optimizer} lr {o.lr:g}"
+    text = f"SGD lr {o.lr:g} momentum {o.momentum:g}" if o.optimizer == "sgd" else f"{o.optimizer} lr {o.lr:g}"
+    return text if o.precision == "fp32" else f"{text}, {o.precision} forward"
 
 
 def regime_of(configs: Iterable[ExperimentConfig], preset: str, **extra: Any) -> dict[str, str]:

@@ -27,6 +27,7 @@ def test_regime_names_the_variants_and_the_smoke_test():
     assert "late fusion" in architecture(base.override({"model.fusion": "late", "model.exchange": "none"}))
     assert optimiser(base.override({"train.optimizer": "adam", "train.lr": 1e-3})) == "adam lr 0.001"
     assert optimiser(base.override({"train.momentum": 0.0})).endswith("momentum 0")
+    assert optimiser(base.override({"train.precision": "bf16"})) == "SGD lr 0.05 momentum 0.9, bf16 forward"
     assert evidence("tiny") == SMOKE_TEST and regime_of([base], "tiny")["evidence"] == SMOKE_TEST
     with pytest.raises(ValueError, match="at least one run"):
         regime_of([], "tiny")
