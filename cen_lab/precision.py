@@ -78,12 +78,17 @@ def compare_precisions(fp32: Mapping[int, object], low: Mapping[int, object], le
           Wilson interval (the outcome check of Theorem 1 compares which channels end at 0).
         - ``final |gamma| mean``: the mean |gamma| per run, paired by seed, with a t interval of the difference;
           ``ratio`` its mean absolute difference over the fp32 spread across seeds.
-        - one row per final validation metric of the ensemble (``val/<metric>/ensemble``): the difference of
+        - one row per final validation metric of the ensemble (``final val <metric>/ensemble``): the difference of
           the seed means with a Welch interval, ``spread`` the fp32 standard deviation across seeds.
     """
     seeds = sorted(set(fp32) & set(low))
     if len(seeds) < 2:
         raise ValueError(f"need runs of at least two seeds in both precisions, got {seeds}")
+    for s in seeds:  # a pair must differ in precision alone (and its name), or the comparison measures more
+        ca, cb = (_setting(r) for r in (fp32[s], low[s]))
+        if ca is not None and cb is not None and ca != cb:
+            raise ValueError(f"the runs of seed {s} differ in more than train.precision: "
+                             f"{sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))}")
 
     def final_gammas(run) -> pd.Series:
         g = run.gammas
@@ -122,6 +127,15 @@ def compare_precisions(fp32: Mapping[int, object], low: Mapping[int, object], le
                      "ci_low": lo, "ci_high": hi, "spread": sd,
                      "ratio": float(abs(vb.mean() - va.mean()) / sd) if sd > 0 else float("nan")})
     return pd.DataFrame(rows)
+
+
+def _setting(run) -> dict | None:
+    """A run's config as flat dotted keys, without its name and precision (None for an object without one)."""
+    config = getattr(run, "config", None)
+    if config is None:
+        return None
+    flat = pd.json_normalize(config.to_dict(), sep=".").iloc[0].to_dict()
+    return {k: v for k, v in flat.items() if k not in ("name", "train.precision")}
 
 
 def _ensemble_metrics(run) -> list[str]:

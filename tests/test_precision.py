@@ -104,3 +104,9 @@ def test_the_zero_outcome_agreement_is_a_rate_with_a_wilson_interval():
     row = precision.compare_precisions(fp32, low).set_index("quantity").loc["same gammas at exactly 0 (rate)"]
     assert row["n"] == 8 and row["difference"] == pytest.approx(6 / 8)
     assert row["ci_low"] < 0.75 < row["ci_high"] < 1
+
+
+def test_runs_that_differ_in_more_than_precision_are_refused(paired_runs, tmp_path):
+    other = cen_lab.train(_cfg(0, "bf16").override({"train.lam": 0.01}), tmp_path / "other", progress=False)
+    with pytest.raises(ValueError, match=r"differ in more than train.precision: \['train.lam'\]"):
+        precision.compare_precisions(paired_runs["fp32"], {**paired_runs["bf16"], 0: other})
