@@ -127,14 +127,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _archs(text: str) -> str:
-    """argparse type of ``--arch``: comma-separated names of ``cen_lab.config.ARCHS``."""
+def _archs(text: str) -> list[str]:
+    """argparse type of ``--arch``: comma-separated names of ``cen_lab.config.ARCHS``, as a list."""
     from .config import ARCHS
 
-    bad = [a for a in text.split(",") if a not in ARCHS]
+    archs = text.split(",")
+    bad = [a for a in archs if a not in ARCHS]
     if bad:
         raise argparse.ArgumentTypeError(f"unknown architecture {bad[0]!r}; choose from {','.join(ARCHS)}")
-    return text
+    return archs
 
 
 def _parse_grid(items: Sequence[str]) -> dict[str, list]:
@@ -181,9 +182,8 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
         variants = list(fusion.DEFAULT_SCENARIOS)
     elif variants == ["reference"]:  # each reference switch next to the variant it changes
         variants = [v for pair in fusion.SWITCH_BASES.items() for v in pair[::-1]]
-    archs = args.arch.split(",")
     table = fusion.run_fusion_benchmark(args.out, preset=args.preset, variants=variants, seeds=range(args.seeds),
-                                        steps=args.steps, archs=archs, n_jobs=args.jobs,
+                                        steps=args.steps, archs=args.arch, n_jobs=args.jobs,
                                         progress=not args.no_progress)
     scores = fusion.per_run_scores(table)
     summary = fusion.fusion_summary(fusion.compute_fusion_results(scores))

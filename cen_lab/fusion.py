@@ -34,8 +34,9 @@ from .sweeps import sweep
 
 LOWER_IS_BETTER = ("mae",)  # metrics where a smaller value is better
 
-__all__ = ["ARCHS", "VARIANTS", "SCENARIOS", "REFERENCE_SWITCHES", "DEFAULT_SCENARIOS", "FAMILIES", "fusion_base", "run_fusion_benchmark", "per_run_scores", "compute_fusion_results",
-           "fusion_summary", "compare_to", "compare_switches", "final_exchange_ratios", "runs_of_seed", "completed_runs",
+__all__ = ["ARCHS", "VARIANTS", "SCENARIOS", "REFERENCE_SWITCHES", "DEFAULT_SCENARIOS", "FAMILIES", "fusion_base",
+           "run_fusion_benchmark", "per_run_scores", "compute_fusion_results", "fusion_summary", "compare_to",
+           "compare_switches", "final_exchange_ratios", "runs_of_seed", "completed_runs", "by_arch",
            "SWITCH_BASES"]
 
 _NO_CEN = {"model.exchange": "none", "train.sparsity": "none"}
@@ -191,9 +192,9 @@ def per_run_scores(table: pd.DataFrame) -> pd.DataFrame:
                                        "seconds", "regime"])
 
 
-def _by_arch(frame: pd.DataFrame):
-    """``(arch, rows)`` per architecture in order of appearance; one group with arch None for a frame without an
-    ``arch`` column (one architecture)."""
+def by_arch(frame: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """``(arch, rows)`` per architecture of a benchmark frame, in order of appearance (what every comparison and
+    every figure panel is taken within); one group with arch None for a frame without an ``arch`` column."""
     if "arch" not in frame:
         return [(None, frame)]
     return list(frame.groupby("arch", sort=False))
@@ -216,7 +217,7 @@ def compute_fusion_results(scores: pd.DataFrame, level: float = 0.95) -> pd.Data
         last. Failed runs are left out (``n_seeds`` shows it).
     """
     out = []
-    for arch, df in _by_arch(scores):
+    for arch, df in by_arch(scores):
         for (variant, task, branch), sub in df.groupby(["variant", "task", "branch"], sort=False):
             v = sub["value"].to_numpy()
             low, high = _interval(v, level)
@@ -263,8 +264,8 @@ def compare_to(scores: pd.DataFrame, reference: str = "cen", level: float = 0.95
     if reference not in set(ens["variant"]):
         raise ValueError(f"no completed runs of the reference variant {reference!r}")
     rows = []
-    for arch, by_arch in _by_arch(ens):
-        for task, by_task in by_arch.groupby("task", sort=False):
+    for arch, of_arch in by_arch(ens):
+        for task, by_task in of_arch.groupby("task", sort=False):
             per_seed = {v: sub["value"].to_numpy() for v, sub in by_task.groupby("variant", sort=False)}
             if reference not in per_seed:
                 continue
@@ -308,11 +309,11 @@ def compare_switches(scores: pd.DataFrame, exchange: pd.DataFrame | None = None,
     the switch's score, ``higher`` / ``lower`` for its exchange ratio, when the interval excludes 0).
     """
     rows = []
-    for arch, by_arch in _by_arch(scores):
+    for arch, of_arch in by_arch(scores):
         ex = None if exchange is None else exchange if arch is None or "arch" not in exchange else \
             exchange[exchange["arch"] == arch]
         for switch, base in SWITCH_BASES.items():
-            pair = by_arch[by_arch["variant"].isin([switch, base])]
+            pair = of_arch[of_arch["variant"].isin([switch, base])]
             if not {switch, base} <= set(pair["variant"]):
                 continue
             rows.append(compare_to(pair, reference=switch, level=level).assign(switch=switch, base=base))

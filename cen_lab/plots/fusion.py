@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..fusion import by_arch
 from ._common import ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_fusion_results"]
@@ -29,11 +30,9 @@ def plot_fusion_results(results: pd.DataFrame, *, task: str | None = None, backe
     results = results[results["task"] == task]
     if results[results["branch"] == "ensemble"].empty:
         raise ValueError(f"no ensemble rows to plot for task {task!r}")
-    archs = list(dict.fromkeys(results["arch"])) if "arch" in results else [None]
     metric = results["metric"].iloc[0]
     panels = []
-    for arch in archs:
-        sub = results if arch is None else results[results["arch"] == arch]
+    for arch, sub in by_arch(results):
         ens = sub[sub["branch"] == "ensemble"].sort_values("mean", ascending=metric != "mae")  # the best at the top
         lo = (ens["mean"] - ens["ci_low"]).fillna(0).to_numpy()
         hi = (ens["ci_high"] - ens["mean"]).fillna(0).to_numpy()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..fusion import by_arch
 from ._common import check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_learning_curves", "plot_exchange_settling"]
@@ -21,32 +22,22 @@ def _colour(i: int) -> str:
     return _MANY[i % len(_MANY)]
 
 
-def _archs(frame: pd.DataFrame) -> list:
-    """The architectures of a frame in order of appearance ([None] without an ``arch`` column)."""
-    return list(dict.fromkeys(frame["arch"])) if "arch" in frame else [None]
-
-
-def _of(frame: pd.DataFrame, arch) -> pd.DataFrame:
-    return frame if arch is None or "arch" not in frame else frame[frame["arch"] == arch]
-
-
 def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_size=(6.0, 3.8)):
     """One panel per architecture and task (a row per architecture): each variant's mean validation score over
     steps with its 95% t band across seeds (``compute_learning_curves``). A variant keeps its colour in every
     panel."""
     check_backend(backend)
     tasks = list(dict.fromkeys(frame["task"]))
-    archs = _archs(frame)
+    panels = by_arch(frame)
     variants = list(dict.fromkeys(frame["variant"]))
     metric = {t: frame[frame["task"] == t]["metric"].iloc[0] for t in tasks}
-    titles = [f"{t}: {metric[t]} (validation)" + ("" if a is None else f", {a}") for a in archs for t in tasks]
+    titles = [f"{t}: {metric[t]} (validation)" + ("" if a is None else f", {a}") for a, _ in panels for t in tasks]
     if backend == "plotly":
-        fig = plotly_grid(len(archs), len(tasks), titles, shared_xaxes=False, height_per_row=360)
-        for r, arch in enumerate(archs, 1):
+        fig = plotly_grid(len(panels), len(tasks), titles, shared_xaxes=False, height_per_row=360)
+        for r, (_, rows) in enumerate(panels, 1):
             for j, task in enumerate(tasks, 1):
                 for i, variant in enumerate(variants):
-                    sub = _of(frame, arch)
-                    sub = sub[(sub["task"] == task) & (sub["variant"] == variant)]
+                    sub = rows[(rows["task"] == task) & (rows["variant"] == variant)]
                     if sub.empty:
                         continue
                     band = sub.dropna(subset=["ci_low"])
@@ -60,12 +51,11 @@ def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", pa
                                     showlegend=r == 1 and j == 1, row=r, col=j)
                 fig.update_xaxes(title_text="step", row=r, col=j)
         return fig
-    fig, axes = mpl_figure(len(archs), len(tasks), panel_size)
-    for r, arch in enumerate(archs):
+    fig, axes = mpl_figure(len(panels), len(tasks), panel_size)
+    for r, (_, rows) in enumerate(panels):
         for ax, task, title in zip(axes[r], tasks, titles[r * len(tasks):]):
             for i, variant in enumerate(variants):
-                sub = _of(frame, arch)
-                sub = sub[(sub["task"] == task) & (sub["variant"] == variant)]
+                sub = rows[(rows["task"] == task) & (rows["variant"] == variant)]
                 if sub.empty:
                     continue
                 ax.plot(sub["step"], sub["mean"], "o-", ms=3, color=_colour(i), label=variant)
@@ -85,16 +75,17 @@ def plot_exchange_settling(exchange: pd.DataFrame, settling: pd.DataFrame, *, ba
     """Each exchanging variant's mean exchange ratio over steps (``exchange_curves``), with a dotted line at its
     plateau step (``settling_table``); one panel per architecture."""
     check_backend(backend)
-    archs = _archs(settling)
+    archs = [a for a, _ in by_arch(settling)]
     titles = ["Exchange ratio over training, and where it settles" + ("" if a is None else f": {a}")
               for a in archs]
     moving_all = list(dict.fromkeys(settling[settling["final_exchange_ratio"] > 0]["variant"]))
     colour = {v: _colour(i) for i, v in enumerate(moving_all)}
+    curves = dict(by_arch(exchange))
 
     def panel(arch):
-        st = _of(settling, arch)
+        st = settling if arch is None else settling[settling["arch"] == arch]
         moving = st[st["final_exchange_ratio"] > 0]["variant"].tolist()
-        ex = _of(exchange, arch)
+        ex = curves.get(arch, exchange)
         means = ex[ex["variant"].isin(moving)].groupby(["variant", "step"], sort=False)["exchange_ratio"].mean()
         return moving, means, st.set_index("variant")["plateau_step"]
 
