@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ._io import atomic_path
 from .config import ARCHS, ExperimentConfig  # ARCHS: the default benchmark's architectures, plain first
 from .runlog import load_run
 from .sweeps import sweep
@@ -111,7 +112,7 @@ def run_fusion_benchmark(runs_dir: str | Path, *, preset: str = "default", varia
     -------
     pandas.DataFrame
         The sweep tables one after the other, with ``arch``, ``preset``, ``variant``, ``seed``, ``path``,
-        ``status`` and ``seconds``.
+        ``status`` and ``seconds``; also written to ``runs_dir/sweep.parquet`` (over the last sweep's own).
     """
     names = list(VARIANTS) if variants is None else list(variants)
     unknown = [v for v in names if v not in _CATALOGUE]
@@ -128,7 +129,11 @@ def run_fusion_benchmark(runs_dir: str | Path, *, preset: str = "default", varia
         table = sweep(fusion_base(preset, steps, model__arch=arch, **overrides), {"seed": list(seeds)}, runs_dir,
                       variants=bundles, backend="loky" if n_jobs > 1 else "serial", n_jobs=n_jobs, progress=progress)
         tables.append(table.assign(arch=arch, preset=preset))
-    return pd.concat(tables, ignore_index=True)
+    out = pd.concat(tables, ignore_index=True)
+    if len(tables) > 1:  # each sweep wrote its own table to runs_dir/sweep.parquet: keep the whole benchmark's
+        with atomic_path(Path(runs_dir) / "sweep.parquet") as tmp:
+            out.to_parquet(tmp, index=False)
+    return out
 
 
 def completed_runs(table: pd.DataFrame) -> Iterator[tuple[Any, Any, dict[str, str]]]:

@@ -1,5 +1,7 @@
 """Learning curves and the step where the exchange settles (cen_lab.learning_curves)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -52,6 +54,8 @@ def small_bench(tmp_path_factory):
 
 def test_curves_from_a_tiny_benchmark_and_their_figures(small_bench):
     per_run = lc.per_run_curves(small_bench)
+    on_disk = pd.read_parquet(Path(small_bench["path"].iloc[0]).parent / "sweep.parquet")
+    assert on_disk["arch"].tolist() == small_bench["arch"].tolist()  # both sweeps' runs, not the last one's
     assert sorted(per_run["step"].unique()) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # ten evaluations (steps // 10)
     assert set(per_run["variant"]) == {"cen", "late-fusion"} and set(per_run["metric"]) == {"miou"}
     assert per_run.groupby("arch").size().to_dict() == {"plain": 44, "bottleneck": 44}  # 2 variants x 2 seeds x 11
