@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .fusion import completed_runs
+from .fusion import by_arch, completed_runs
 
 __all__ = ["per_run_curves", "compute_learning_curves", "exchange_curves", "plateau_step", "settling_table"]
 
@@ -44,20 +44,18 @@ def per_run_curves(table: pd.DataFrame) -> pd.DataFrame:
 def compute_learning_curves(curves: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """``arch, variant, task, metric, step, n_seeds, mean, ci_low, ci_high`` (t interval across seeds; NaN with
     one seed or no spread) from ``per_run_curves``."""
-    curves = curves if "arch" in curves else curves.assign(arch=None)
-    rows = []
-    for (arch, variant, task, metric, step), sub in curves.groupby(["arch", "variant", "task", "metric", "step"],
-                                                                   sort=False, dropna=False):
-        v = sub["value"].to_numpy(float)
-        low = high = float("nan")
-        if len(v) > 1 and np.std(v, ddof=1) > 0:
-            low, high = stats.t.interval(level, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
-        rows.append({"arch": arch, "variant": variant, "task": task, "metric": metric, "step": int(step),
-                     "n_seeds": len(v), "mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high)})
-    out = pd.DataFrame(rows)
-    order = pd.factorize(out["arch"], use_na_sentinel=False)[0]  # architectures in order of appearance
-    out = out.assign(_a=order).sort_values(["_a", "variant", "task", "step"], kind="stable")
-    return out.drop(columns="_a").reset_index(drop=True)
+    parts = []
+    for arch, of_arch in by_arch(curves):
+        rows = []
+        for (variant, task, metric, step), sub in of_arch.groupby(["variant", "task", "metric", "step"], sort=False):
+            v = sub["value"].to_numpy(float)
+            low = high = float("nan")
+            if len(v) > 1 and np.std(v, ddof=1) > 0:
+                low, high = stats.t.interval(level, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+            rows.append({"arch": arch, "variant": variant, "task": task, "metric": metric, "step": int(step),
+                         "n_seeds": len(v), "mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high)})
+        parts.append(pd.DataFrame(rows).sort_values(["variant", "task", "step"], kind="stable"))
+    return pd.concat(parts, ignore_index=True)  # architectures in order of appearance
 
 
 def exchange_curves(table: pd.DataFrame) -> pd.DataFrame:
@@ -95,15 +93,15 @@ def settling_table(exchange: pd.DataFrame, tol: float = 0.01, min_span: float = 
     ``last_step``, ``final_exchange_ratio`` and ``settled``: a plateau that lasts at least ``min_span`` of the run
     (a curve still moving until its last two points is not settled). A variant that never exchanges has a flat 0
     curve and settles at its first step."""
-    exchange = exchange if "arch" in exchange else exchange.assign(arch=None)
     rows = []
-    for (arch, variant), sub in exchange.groupby(["arch", "variant"], sort=False, dropna=False):
-        mean = sub.groupby("step")["exchange_ratio"].mean()
-        step = plateau_step(mean.index.to_numpy(), mean.to_numpy(), tol)
-        last = int(mean.index.max())
-        rows.append({"arch": arch, "variant": variant, "plateau_step": step, "last_step": last,
-                     "final_exchange_ratio": float(mean.iloc[-1]),
-                     "settled": step is not None and last - step >= min_span * last})
+    for arch, of_arch in by_arch(exchange):
+        for variant, sub in of_arch.groupby("variant", sort=False):
+            mean = sub.groupby("step")["exchange_ratio"].mean()
+            step = plateau_step(mean.index.to_numpy(), mean.to_numpy(), tol)
+            last = int(mean.index.max())
+            rows.append({"arch": arch, "variant": variant, "plateau_step": step, "last_step": last,
+                         "final_exchange_ratio": float(mean.iloc[-1]),
+                         "settled": step is not None and last - step >= min_span * last})
     out = pd.DataFrame(rows, columns=["arch", "variant", "plateau_step", "last_step", "final_exchange_ratio",
                                       "settled"])
     return out.astype({"plateau_step": "Int64"})  # a step, or <NA> when the curve never settles

@@ -80,10 +80,10 @@ def plot_exchange_settling(exchange: pd.DataFrame, settling: pd.DataFrame, *, ba
               for a in archs]
     moving_all = list(dict.fromkeys(settling[settling["final_exchange_ratio"] > 0]["variant"]))
     colour = {v: _colour(i) for i, v in enumerate(moving_all)}
-    curves = dict(by_arch(exchange))
+    settlings, curves = dict(by_arch(settling)), dict(by_arch(exchange))
 
     def panel(arch):
-        st = settling if arch is None else settling[settling["arch"] == arch]
+        st = settlings[arch]
         moving = st[st["final_exchange_ratio"] > 0]["variant"].tolist()
         ex = curves.get(arch, exchange)
         means = ex[ex["variant"].isin(moving)].groupby(["variant", "step"], sort=False)["exchange_ratio"].mean()
