@@ -82,3 +82,14 @@ def test_curves_from_a_tiny_benchmark_and_their_figures(small_bench):
     assert [ax.get_title().rsplit(": ", 1)[-1] for ax in fig.get_axes()] == ["plain", "bottleneck"]
     assert fig.get_axes()[0].get_ylabel() == "portion of channels exchanged"
     plots.plot_exchange_settling(ex, settling, backend="plotly")
+
+
+def test_every_variant_has_a_legend_entry_even_when_it_predicts_another_task_only():
+    frame = pd.DataFrame({"arch": "plain", "variant": ["multitask", "multitask", "single-task-depth"],
+                          "task": ["seg", "depth", "depth"], "metric": ["miou", "mae", "mae"], "step": 10,
+                          "n_seeds": 1, "mean": [0.3, 0.1, 0.2], "ci_low": np.nan, "ci_high": np.nan})
+    fig = plots.plot_learning_curves(frame, backend="plotly")
+    assert [d.name for d in fig.data if d.showlegend] == ["multitask", "single-task-depth"]
+    fig = plots.plot_learning_curves(frame)
+    legend = fig.get_axes()[-1].get_legend()  # beside the last panel of the first row
+    assert [t.get_text() for t in legend.get_texts()] == ["multitask", "single-task-depth"]

@@ -34,6 +34,7 @@ def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", pa
     titles = [f"{t}: {metric[t]} (validation)" + ("" if a is None else f", {a}") for a, _ in panels for t in tasks]
     if backend == "plotly":
         fig = plotly_grid(len(panels), len(tasks), titles, shared_xaxes=False, height_per_row=360)
+        shown: set[str] = set()  # one legend entry per variant, where it is first drawn (some predict one task)
         for r, (_, rows) in enumerate(panels, 1):
             for j, task in enumerate(tasks, 1):
                 for i, variant in enumerate(variants):
@@ -48,7 +49,8 @@ def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", pa
                                         hoverinfo="skip", row=r, col=j)
                     fig.add_scatter(x=sub["step"], y=sub["mean"], mode="lines+markers", name=variant,
                                     legendgroup=variant, line=dict(color=_colour(i)),
-                                    showlegend=r == 1 and j == 1, row=r, col=j)
+                                    showlegend=variant not in shown, row=r, col=j)
+                    shown.add(variant)
                 fig.update_xaxes(title_text="step", row=r, col=j)
         return fig
     fig, axes = mpl_figure(len(panels), len(tasks), panel_size)
