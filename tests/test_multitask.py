@@ -147,3 +147,19 @@ def test_multimodal_multitask_exchanges_across_modalities_and_tasks(tiny, tmp_pa
     model = run.load_model()
     assert set(model.forward_tasks(torch.zeros(2, 1, 3, 16, 16))) == {"seg", "edges"}
     assert {"miou/seg/depth", "f1/edges/rgb"} <= set(run.metrics["name"])
+
+
+def test_task_metrics_seg_counts_the_argmax_of_every_pixel_ties_and_nan_included():
+    # TaskMetrics reads the predicted class with max(1).indices, for speed; it must count exactly what argmax
+    # picks: the first of tied maxima, and a NaN logit as the maximum
+    torch.manual_seed(0)
+    preds = torch.randint(0, 3, (2, 4, 5, 6, 6)).float()  # [P, N, K, H, W], many ties
+    preds[0, 0, 3, :2] = float("nan")
+    preds[1, 2, 1:3, 4] = float("nan")
+    target = torch.randint(0, 5, (4, 6, 6))
+    metrics = TaskMetrics("seg", 2, 5)
+    metrics.update(preds, target)
+    for i in range(2):
+        expected = torch.bincount(target.flatten() * 5 + preds[i].argmax(1).flatten(), minlength=25).view(5, 5)
+        assert torch.equal(metrics.conf[i], expected)
+    assert metrics.conf.sum() == 2 * target.numel()
