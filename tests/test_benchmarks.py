@@ -94,6 +94,9 @@ def test_theorem_benchmark_runs_at_tiny_size():
                 "default_cen_bf16_step_speedup"):
         assert out[key] > 0, key
     assert len(out["theorem_throughput_speedup_per_seed"]) == 2 and isinstance(out["bf16_native"], bool)
+    # the reference path (argmax in validation) is kept inside the benchmark and logs what today's fp32 path logs
+    assert out["theorem_fp32_logs_identical_to_reference"] is True and out["theorem_fp32_throughput_speedup"] > 0
+    assert out["theorem_fastest_path"] in ("fp32", "bf16")
     assert {"final gamma", "final |gamma| mean", "final val miou/ensemble"} <= {
         r["quantity"] for r in out["precision_effect"]}
     assert set(bench_cli.GOALS) >= {"theorem_throughput_speedup"} and "theorem" in bench_cli.PARTS
