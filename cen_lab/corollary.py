@@ -20,6 +20,7 @@ from scipy import stats
 from .config import ExperimentConfig
 from .data import load_data
 from .models import build_model
+from .theorem_runs import theorem_config
 from .training import data_losses, train
 
 __all__ = ["training_loss", "corollary_check", "corollary_summary"]
@@ -66,8 +67,6 @@ def corollary_check(seeds: Sequence[int], runs_dir: str | Path, *, preset: str =
     for share in shares:
         for seed in seeds:
             # the base run is the theorem run of the same settings, so the two checks share it
-            from .theorem import theorem_config  # the base runs are the theorem runs of the same settings
-
             base_cfg = theorem_config(preset, lam, seed, base_steps, "proximal", checkpoints,
                                       model__share_convs=share, **overrides)
             base = train(base_cfg, Path(runs_dir) / base_cfg.name, resume=True, progress=progress)

@@ -30,6 +30,7 @@ from scipy import stats
 
 from ._io import atomic_path
 from .config import ARCHS, ExperimentConfig  # ARCHS: the default benchmark's architectures, plain first
+from .precision import name_suffix
 from .runlog import load_run
 from .sweeps import sweep
 
@@ -94,6 +95,7 @@ def fusion_base(preset: str = "default", steps: int = 600, **overrides) -> Exper
             "train.ckpt_every": steps, "log.eval_every": max(1, steps // 10), "log.every": max(1, steps // 30),
             "model.fusion_block": 1}
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    base["name"] += name_suffix(base.get("train.precision", "fp32"))  # bf16 runs in their own folders
     if base.get("model.arch", "plain") != "plain":  # each architecture's runs in their own folders
         base["name"] += f"-{base['model.arch']}"
     return ExperimentConfig.preset(preset).override(base)

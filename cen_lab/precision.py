@@ -27,9 +27,15 @@ from scipy import stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DTYPES", "autocast", "bf16_native", "compare_precisions"]
+__all__ = ["DTYPES", "autocast", "bf16_native", "compare_precisions", "name_suffix"]
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # train.precision -> autocast dtype (None: no autocast)
+
+
+def name_suffix(precision: str) -> str:
+    """What a run name carries for ``train.precision``: ``""`` for fp32, else ``"-bf16"``, so that experiment
+    helpers (``theorem_base``, ``fusion_base``) never reuse an fp32 run for a bf16 one, or the reverse."""
+    return "" if precision == "fp32" else f"-{precision}"
 
 
 def bf16_native(device: torch.device | str = "cpu") -> bool:

@@ -1,7 +1,7 @@
 """Theorem 1 and Corollary 1 checked on trained networks (see ``cen_lab.theory`` for the statement).
 
-- ``theorem_config``: the compact no-exchange network the checks train (proximal L1 by default, so that
-  "attracted to zero" is an exact zero).
+- ``theorem_config`` (from ``cen_lab.theorem_runs``): the compact no-exchange network the checks train
+  (proximal L1 by default, so that "attracted to zero" is an exact zero).
 - ``local_check``: at checkpoints, for every penalised channel and many minibatches, set that channel's gamma
   to 0 and measure the data-loss gradient ``g_c`` and ``||dL/dx'_c||``; the theorem predicts
   ``P(|g_c| <= lam) = attraction_probability(lam, ||dL/dx'_c||)``.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -25,16 +24,15 @@ import torch
 from scipy import stats
 
 from ._progress import progress_bar
-from .config import ExperimentConfig
 from .data import load_data
 from .hooks import record_bn_output_grad_norms
 from .observer import BNLayer, penalised_masks, resolve_layers
 from .regime import regime_of, regime_text
 from .runlog import Run
-from .sweeps import run_name, sweep
 from .theory import attraction_probability, brier_score, expected_calibration_error, proportion_ci, reliability_table
 from .training import data_losses
 from .corollary import corollary_check, corollary_summary, training_loss  # noqa: F401  (part of this API)
+from .theorem_runs import theorem_base, theorem_config, train_theorem_runs  # noqa: F401  (part of this API)
 
 log = logging.getLogger(__name__)
 
@@ -42,53 +40,6 @@ __all__ = ["theorem_base", "theorem_config", "train_theorem_runs", "local_check"
            "minibatch_indices", "calibration_summary", "outcome_table", "theorem_regimes", "verdict_table",
            "training_loss", "corollary_check", "corollary_summary", "local_check_runs", "theorem_summary",
            "calibration_frame"]
-
-
-def theorem_base(preset: str = "default", steps: int = 400, l1_rule: str = "proximal", checkpoints: int = 4,
-                 **overrides) -> ExperimentConfig:
-    """The compact network *without* exchange (the setting of Theorem 1), checkpointed ``checkpoints`` times.
-
-    Defaults: widths (16, 16), gamma initialised at 0.25 so that the L1 penalty can reach zero within a few
-    hundred steps, proximal L1 (exact zeros), gradient logging on. ``overrides`` are dotted config keys with
-    ``__`` for dots (``model__widths=(8, 8)``). The name is ``theorem-<preset>-<rule>`` (plus ``-unshared``,
-    ``-<arch>`` for another architecture and ``-momentum<m>`` for a momentum other than the preset's).
-    """
-    base = {"model.exchange": "none", "model.widths": (16, 16), "model.strides": (1, 2), "model.gamma_init": 0.25,
-            "train.l1_rule": l1_rule, "train.steps": steps, "train.ckpt_every": max(1, steps // checkpoints),
-            "log.grads": True, "name": f"theorem-{preset}-{l1_rule}"}
-    base.update({k.replace("__", "."): v for k, v in overrides.items()})
-    if base.get("model.share_convs") is False:
-        base["name"] += "-unshared"
-    if base.get("model.arch", "plain") != "plain":  # runs of each architecture and optimiser in their own folders
-        base["name"] += f"-{base['model.arch']}"
-    default_momentum = ExperimentConfig.preset(preset).train.momentum
-    if base.get("train.momentum", default_momentum) != default_momentum:
-        base["name"] += f"-momentum{base['train.momentum']:g}"
-    return ExperimentConfig.preset(preset).override(base)
-
-
-def theorem_config(preset: str = "default", lam: float = 1e-2, seed: int = 0, steps: int = 400,
-                   l1_rule: str = "proximal", checkpoints: int = 4, **overrides) -> ExperimentConfig:
-    """``theorem_base`` at one (lam, seed), named as ``cen_lab.sweep`` names that grid point."""
-    base = theorem_base(preset, steps, l1_rule, checkpoints, **overrides)
-    point = {"train.lam": lam, "seed": seed}
-    return base.override({**point, "name": run_name(base.name, point)})
-
-
-def train_theorem_runs(lams: Sequence[float], seeds: Sequence[int], runs_dir: str | Path, *, preset: str = "default",
-                       steps: int = 400, l1_rule: str = "proximal", checkpoints: int = 4, n_jobs: int = 1,
-                       progress: bool = True, **overrides) -> dict[tuple[float, int], Run]:
-    """Train (or reuse) one theorem run per (lam, seed) in ``runs_dir`` with ``cen_lab.sweep`` (loky workers when
-    ``n_jobs > 1``); returns (lam, seed) -> Run. Raises if any run failed, naming it and its error."""
-    from .runlog import load_run
-
-    base = theorem_base(preset, steps, l1_rule, checkpoints, **overrides)
-    table = sweep(base, {"train.lam": list(lams), "seed": list(seeds)}, runs_dir,
-                  backend="loky" if n_jobs > 1 else "serial", n_jobs=n_jobs, progress=progress)
-    failed = table[table["status"] == "failed"]
-    if len(failed):
-        raise RuntimeError("theorem runs failed: " + "; ".join(f"{r.name}: {r.error}" for r in failed.itertuples()))
-    return {(row["train.lam"], row["seed"]): load_run(row["path"]) for _, row in table.iterrows()}
 
 
 def minibatch_indices(n: int, batch_size: int, n_batches: int, seed: int = 0) -> list[torch.Tensor]:
@@ -424,14 +375,15 @@ def _coverage(within: np.ndarray, level: float) -> tuple[float, list[float], str
 
 
 def theorem_regimes(runs: Mapping[tuple[float, int], Run], preset: str, *, corollary_lam: float,
-                    finetune_steps: int, seeds: Sequence[int], steps: int, checkpoints: int) -> dict[str, dict]:
+                    finetune_steps: int, seeds: Sequence[int], steps: int, checkpoints: int,
+                    **overrides) -> dict[str, dict]:
     """The regimes behind the theorem notebook's numbers (see ``cen_lab.regime``): ``trained`` (the networks of
     ``train_theorem_runs``, read from their configs), ``corollary-shared`` and ``corollary-unshared`` (those of
-    ``corollary_check``)."""
+    ``corollary_check`` with the same ``overrides``)."""
     out = {"trained": regime_of([run.config for run in runs.values()], preset)}
     for share in (True, False):
-        cfgs = [theorem_config(preset, corollary_lam, seed, steps, "proximal", checkpoints, model__share_convs=share)
-                for seed in seeds]
+        cfgs = [theorem_config(preset, corollary_lam, seed, steps, "proximal", checkpoints, model__share_convs=share,
+                               **overrides) for seed in seeds]
         out[f"corollary-{'shared' if share else 'unshared'}"] = regime_of(
             cfgs, preset, then=f"then {finetune_steps} fine-tuning steps with and without exchange")
     return out

@@ -61,11 +61,12 @@ class RegimeComparison:
 def compare_regimes(lams: Sequence[float], seeds: Sequence[int], runs_dir: str | Path, *, preset: str = "default",
                     steps: int = 300, l1_rule: str = "proximal", checkpoints: int = 2, n_batches: int = 8,
                     archs: Sequence[str] = ("plain", "bottleneck"), momentums: Sequence[float] = (0.9, 0.0),
-                    n_jobs: int = 1, progress: bool = True) -> RegimeComparison:
+                    n_jobs: int = 1, progress: bool = True, **overrides) -> RegimeComparison:
     """Train (or reuse) the theorem networks of every (arch, momentum) and check Theorem 1 on each.
 
     Runs go to ``runs_dir`` under names that carry the architecture and a non-default momentum
-    (``theorem.theorem_base``), so the default regime reuses the theorem notebook's own runs.
+    (``theorem_runs.theorem_base``), so the default regime reuses the theorem notebook's own runs. ``overrides``
+    are further config keys of every run, as in ``theorem_runs.theorem_base`` (``train__precision="bf16"``).
     """
     calibration, outcomes, locals_ = [], [], []
     for arch in archs:
@@ -73,7 +74,7 @@ def compare_regimes(lams: Sequence[float], seeds: Sequence[int], runs_dir: str |
             label = regime_label(arch, momentum)
             runs = train_theorem_runs(lams, seeds, runs_dir, preset=preset, steps=steps, l1_rule=l1_rule,
                                       checkpoints=checkpoints, n_jobs=n_jobs, progress=progress,
-                                      model__arch=arch, train__momentum=momentum)
+                                      model__arch=arch, train__momentum=momentum, **overrides)
             local = local_check_runs(runs, n_batches=n_batches, progress=progress)
             cal = calibration_summary(local)
             outcome, _ = outcome_table(runs, local)

@@ -133,6 +133,9 @@ def test_cli_words_for_the_reference_switches_and_the_architecture(tmp_path, mon
     assert seen["archs"] == ["bottleneck"] and seen["steps"] == 600
     assert _bench_fusion_arguments(monkeypatch, "--out", str(tmp_path))["archs"] == ["plain", "bottleneck"]
     assert fusion.fusion_base("tiny", 4, model__arch="bottleneck").name == "fusion-tiny-bottleneck"
+    # the notebooks' precision parameter: bf16 runs live in their own folders, never reusing fp32 ones
+    bf16 = fusion.fusion_base("tiny", 4, model__arch="bottleneck", train__precision="bf16")
+    assert bf16.name == "fusion-tiny-bf16-bottleneck" and bf16.train.precision == "bf16"
 
 
 @pytest.fixture(scope="module")

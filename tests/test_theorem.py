@@ -27,6 +27,19 @@ def test_theorem_config_is_the_no_exchange_network():
     assert theorem.theorem_config("tiny", model__share_convs=False).name.startswith("theorem-tiny-proximal-unshared-")
 
 
+def test_bf16_theorem_runs_have_their_own_names_and_say_so_in_their_regime():
+    # the theorem notebook's precision parameter: a bf16 run must never reuse (or collide with) the fp32 run
+    cfg = theorem.theorem_config("tiny", 0.01, 3, 12, train__precision="bf16")
+    assert cfg.train.precision == "bf16" and cfg.name == "theorem-tiny-proximal-bf16-train.lam=0.01-seed=3"
+    runs = {(0.01, 3): SimpleNamespace(config=cfg)}
+    regimes = theorem.theorem_regimes(runs, "tiny", corollary_lam=0.5, finetune_steps=4, seeds=[3], steps=12,
+                                      checkpoints=2, train__precision="bf16")
+    assert all(r["optimiser"].endswith(", bf16 forward") for r in regimes.values())
+    fp32 = theorem.theorem_regimes(runs, "tiny", corollary_lam=0.5, finetune_steps=4, seeds=[3], steps=12,
+                                   checkpoints=2)
+    assert not fp32["corollary-shared"]["optimiser"].endswith("bf16 forward")
+
+
 def test_local_check_matches_an_independent_gradient(theorem_runs):
     run = theorem_runs[(0.01, 0)]
     local = theorem.local_check(run, n_batches=2, seed=5)
