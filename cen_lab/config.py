@@ -98,6 +98,14 @@ class SceneParams:
                 raise ConfigError(f"data.scene.{name} must be in [0, 1], got {value!r}")
 
 
+# the canonical datasets committed in data/, by name (written and read by cen_lab.data.canonical): here, below the
+# data package, because DataConfig validates data.source against their names
+CANONICAL_SCENES: dict[str, SceneParams] = {
+    "scenes-seg": SceneParams(task="seg", image_size=32, num_classes=5, n_train=512, n_val=128, seed=0),
+    "scenes-cls": SceneParams(task="cls", image_size=32, num_classes=5, n_train=256, n_val=128, seed=1),
+}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data a run trains on.
@@ -113,11 +121,9 @@ class DataConfig:
     scene: SceneParams = field(default_factory=SceneParams)
 
     def __post_init__(self) -> None:
-        from .data.canonical import CANONICAL  # local: the data package imports this module
-
-        if not (self.source in CANONICAL or self.source == "generate" or self.source.endswith(".npz")):
+        if not (self.source in CANONICAL_SCENES or self.source == "generate" or self.source.endswith(".npz")):
             raise ConfigError(
-                f"data.source must be one of {sorted(CANONICAL)}, 'generate', or a path ending in .npz; "
+                f"data.source must be one of {sorted(CANONICAL_SCENES)}, 'generate', or a path ending in .npz; "
                 f"got {self.source!r}"
             )
         if len(self.modalities) < 1:

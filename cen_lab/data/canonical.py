@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..config import SceneParams
+from ..config import CANONICAL_SCENES, SceneParams
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +17,7 @@ __all__ = ["CANONICAL", "DATA_DIR", "canonical_path", "write_canonical", "load_c
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
-CANONICAL: dict[str, SceneParams] = {
-    "scenes-seg": SceneParams(task="seg", image_size=32, num_classes=5, n_train=512, n_val=128, seed=0),
-    "scenes-cls": SceneParams(task="cls", image_size=32, num_classes=5, n_train=256, n_val=128, seed=1),
-}
+CANONICAL: dict[str, SceneParams] = CANONICAL_SCENES  # name -> generator parameters (kept in cen_lab.config)
 
 
 def canonical_path(name: str, data_dir: str | Path | None = None) -> Path:
