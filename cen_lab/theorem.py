@@ -33,14 +33,15 @@ from .theory import attraction_probability, brier_score, expected_calibration_er
 from .training import data_losses
 from .corollary import corollary_check, corollary_summary, training_loss  # noqa: F401  (part of this API)
 from .theorem_runs import theorem_base, theorem_config, train_theorem_runs  # noqa: F401  (part of this API)
-from .theorem_verdicts import CONTROLLED_REGIME, theorem_regimes, theorem_summary, verdict_table  # noqa: F401
+from .theorem_verdicts import (CONTROLLED_REGIME, theorem_regimes, theorem_summary,  # noqa: F401
+                               verdict_display, verdict_table)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["theorem_base", "theorem_config", "train_theorem_runs", "local_check", "local_check_model",
            "minibatch_indices", "calibration_summary", "outcome_table", "theorem_regimes", "verdict_table",
            "training_loss", "corollary_check", "corollary_summary", "local_check_runs", "theorem_summary",
-           "calibration_frame"]
+           "calibration_frame", "verdict_display"]
 
 
 def minibatch_indices(n: int, batch_size: int, n_batches: int, seed: int = 0) -> list[torch.Tensor]:

@@ -4,6 +4,7 @@ machine-readable summary. ``cen_lab.theorem`` re-exports these.
 - ``theorem_regimes``: the settings behind the trained networks' and the Corollary's numbers (``cen_lab.regime``).
 - ``verdict_table``: one row per claim (controlled checks, calibration and ranking in trained networks,
   Gaussianity, outcome, Corollary 1, and per training regime), with the rule each verdict follows.
+- ``verdict_display``: the same table for reading (rounded, intervals as text).
 - ``theorem_summary``: everything as JSON-ready records (``summary.json``).
 """
 
@@ -21,7 +22,7 @@ from .runlog import Run
 from .theorem_runs import theorem_config
 from .theory import proportion_ci
 
-__all__ = ["CONTROLLED_REGIME", "theorem_regimes", "verdict_table", "theorem_summary"]
+__all__ = ["CONTROLLED_REGIME", "theorem_regimes", "verdict_table", "verdict_display", "theorem_summary"]
 
 
 def _coverage(within: np.ndarray, level: float) -> tuple[float, list[float], str]:
@@ -142,6 +143,17 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
                           "regime": texts.get("trained", "not stated")})
         out = pd.concat([out, pd.DataFrame(extra)], ignore_index=True)
     return out
+
+
+def verdict_display(verdicts: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """``verdict_table`` for reading: ``number`` rounded to ``digits``, ``interval`` as ``"low to high"`` with the
+    same rounding (empty where a claim has no interval). The table itself keeps the numbers for ``summary.json``."""
+    def interval(bounds) -> str:
+        low, high = (float(b) for b in bounds)
+        return "" if np.isnan(low) or np.isnan(high) else f"{low:.{digits}f} to {high:.{digits}f}"
+
+    return verdicts.assign(number=verdicts["number"].astype(float).round(digits),
+                           interval=[interval(b) for b in verdicts["interval"]])
 
 
 def _regime_rows(comparison, ece_tolerance: float) -> pd.DataFrame:

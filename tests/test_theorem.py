@@ -125,6 +125,15 @@ def test_verdict_table_rules():
     assert v == ["holds", "does not hold", "does not hold", "holds", "holds", "holds", "holds"]
 
 
+def test_verdict_display_rounds_and_writes_intervals_as_text():
+    verdicts = pd.DataFrame({"claim": ["a", "b"], "number": [0.41208889, -0.518], "verdict": ["x", "y"],
+                             "interval": [[0.378883485, 0.445775159], [float("nan"), float("nan")]]})
+    shown = theorem.verdict_display(verdicts)
+    assert shown["interval"].tolist() == ["0.379 to 0.446", ""]
+    assert shown["number"].tolist() == [0.412, -0.518]
+    assert verdicts["interval"].iloc[0] == [0.378883485, 0.445775159]  # the table itself keeps its numbers
+
+
 def test_every_verdict_says_its_regime():
     runs = {(lam, s): SimpleNamespace(config=theorem.theorem_config("tiny", lam, s, 12)) for lam in (0.01, 0.5)
             for s in (0, 1)}
