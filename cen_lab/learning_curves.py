@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from .fusion import by_arch, completed_runs
+from .fusion import _interval, by_arch, completed_runs
 
 __all__ = ["per_run_curves", "compute_learning_curves", "exchange_curves", "plateau_step", "settling_table"]
 
@@ -49,11 +48,9 @@ def compute_learning_curves(curves: pd.DataFrame, level: float = 0.95) -> pd.Dat
         rows = []
         for (variant, task, metric, step), sub in of_arch.groupby(["variant", "task", "metric", "step"], sort=False):
             v = sub["value"].to_numpy(float)
-            low = high = float("nan")
-            if len(v) > 1 and np.std(v, ddof=1) > 0:
-                low, high = stats.t.interval(level, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+            low, high = _interval(v, level)  # the t interval of the fusion tables
             rows.append({"arch": arch, "variant": variant, "task": task, "metric": metric, "step": int(step),
-                         "n_seeds": len(v), "mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high)})
+                         "n_seeds": len(v), "mean": float(v.mean()), "ci_low": low, "ci_high": high})
         parts.append(pd.DataFrame(rows).sort_values(["variant", "task", "step"], kind="stable"))
     return pd.concat(parts, ignore_index=True)  # architectures in order of appearance
 

@@ -10,7 +10,7 @@ bfloat16 keeps 8 bits of mantissa, so the activations and the gradients through 
 about 0.4%. Whether that moves the quantities cen_lab reports is measured, not assumed:
 ``compare_precisions`` pairs runs that differ only in precision (same seed, same initialisation, same batches)
 and reports how far the final gammas move against their spread across seeds, and the difference in final
-validation scores with a Welch interval. ``benchmarks`` (``--only precision``) runs it on the Theorem 1
+validation scores with a Welch interval. ``make bench`` (part ``theorem``) runs it on the Theorem 1
 networks; the numbers are in ``benchmarks/README.md``.
 """
 

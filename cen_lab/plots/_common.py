@@ -72,4 +72,3 @@ def plotly_grid(nrows: int, ncols: int, titles: list[str], *, shared_xaxes: bool
                         vertical_spacing=min(0.12, 0.35 / max(nrows, 1)), **kw)
     fig.update_layout(height=80 + height_per_row * nrows, template="plotly_white", margin=dict(t=70, l=60, r=20, b=50))
     return fig
-

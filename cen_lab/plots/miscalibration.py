@@ -11,7 +11,6 @@ from ._common import BRANCH_COLOURS, ENSEMBLE_COLOUR, FORMULA_COLOUR, check_back
 __all__ = ["compute_drift", "plot_drift", "plot_prediction_ece"]
 
 
-
 def compute_drift(channels: pd.DataFrame) -> pd.DataFrame:
     """Per channel (``channel_statistics``): ``drift`` = mean of dL/dγ over minibatches in units of ‖dL/dx'‖ (the
     mean correlation of dL/dx' with x̂ over its scale 1/√n; 0 under independence) and ``spread`` = its std in the

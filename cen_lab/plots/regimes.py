@@ -77,4 +77,3 @@ def plot_regime_outcome(frame: pd.DataFrame, *, backend: str = "matplotlib", pan
     axes[0, 0].legend(fontsize=7, frameon=False)
     fig.suptitle(title)
     return fig
-

@@ -12,7 +12,6 @@ __all__ = ["plot_controlled_check", "plot_dynamic_check", "plot_reliability", "c
            "plot_outcome", "plot_corollary"]
 
 
-
 def _curve(ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r = np.geomspace(max(ratios.min(), 1e-3), ratios.max(), 200)
     return r, 2 * stats.norm.cdf(r) - 1
