@@ -119,7 +119,7 @@ def _end_to_end(seeds: int, steps: int) -> dict:
             for path in names[seed % 3:] + names[:seed % 3]:  # rotate the order, seed by seed
                 cfg = theorem_config("default", lam=1e-2, seed=seed, steps=steps, train__precision=PATHS[path])
                 metrics = _ArgmaxMetrics if path == "reference" else TaskMetrics
-                with mock.patch("cen_lab.training.TaskMetrics", metrics):
+                with mock.patch("cen_lab.experiments.evaluation.TaskMetrics", metrics):
                     run = cen_lab.train(cfg, Path(tmp) / f"{path}-{seed}", progress=False)
                 seconds[path].append(float(run.manifest["train_seconds"]))
                 runs[path][seed] = run

@@ -5,22 +5,28 @@
 >>> run = cen_lab.train(cfg, out_dir="runs/demo")          # doctest: +SKIP
 >>> run = cen_lab.load_run("runs/demo")                    # doctest: +SKIP
 >>> run.gammas, run.exchange, run.metrics, run.grads       # doctest: +SKIP
+
+The package follows the flow of data (see "How the code is organised" in the README): ``config`` -> ``network``
+-> ``experiments`` (the training loop) or your own loop -> ``runs`` (observer, run directory) -> analyses
+(``experiments``, ``theory``) -> ``views`` (figures, explorer, report). The names below are the front of it; the
+flat module paths of before (``cen_lab.runlog``, ``cen_lab.fusion``, ...) stay importable (``cen_lab._moved``).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from . import _moved
+from ._version import __version__
 
-from . import exchange
-from .config import ExperimentConfig
-from .errors import (CenLabError, ConfigError, DataFormatError, NonFiniteLossError, ObserveError, RunExistsError,
-                     RunFormatError)
-from .importer import import_checkpoints
-from .observer import Observer, observe
-from .runlog import Run, load_run
-from .sparsity import sparsity_mask
-from .sweeps import sweep
-from .training import train
+_moved.install()  # the old module paths, e.g. cen_lab.plots -> cen_lab.views.plots (no module is imported by it)
+
+from .config import ExperimentConfig  # noqa: E402
+from .errors import (CenLabError, ConfigError, DataFormatError, NonFiniteLossError, ObserveError,  # noqa: E402
+                     RunExistsError, RunFormatError)
+from .experiments.sweeps import sweep  # noqa: E402
+from .experiments.training import train  # noqa: E402
+from .network import exchange  # noqa: E402
+from .network.penalty import sparsity_mask  # noqa: E402
+from .runs import Observer, Run, import_checkpoints, load_run, observe  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from ._version import __version__
 from .config import PRESETS, ExperimentConfig
 from .errors import CenLabError, ConfigError, ObserveError
 
@@ -40,7 +40,7 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "default"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from .experiments.training import train
 
     cfg = _config_from_args(args)
     run = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .importer import import_checkpoints
+    from .runs.importer import import_checkpoints
 
     paths = args.paths[0] if len(args.paths) == 1 else args.paths
     try:
@@ -109,7 +109,7 @@ def _parse_params(items: Sequence[str]) -> dict[str, dict[str, object]]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .reports import REPORT_NOTEBOOKS, build_report
+    from .views.reports import REPORT_NOTEBOOKS, build_report
 
     if not args.quiet:  # papermill echoes notebook output (training progress) at INFO level
         logging.getLogger("papermill").setLevel(logging.INFO)
@@ -156,13 +156,13 @@ def _parse_grid(items: Sequence[str]) -> dict[str, list]:
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from .app import serve_explorer
+    from .views.app import serve_explorer
 
     return serve_explorer(args.run_dirs, port=args.port, token=args.token, open_browser=args.open)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweeps import sweep
+    from .experiments.sweeps import sweep
 
     if not args.grid:
         raise ConfigError("give at least one --grid KEY=VALUES")
@@ -175,7 +175,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_bench_fusion(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from . import fusion
+    from .experiments import fusion
 
     variants = args.variants.split(",") if args.variants else None
     if variants == ["scenarios"]:
@@ -204,7 +204,7 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
                   "95% Welch interval):")
             exchange = fusion.final_exchange_ratios(table)
             print(fusion.compare_switches(scores, exchange).round(4).to_string(index=False))
-        from .learning_curves import exchange_curves, settling_table
+        from .experiments.learning_curves import exchange_curves, settling_table
 
         print("\nWhen the exchange settles (mean exchange ratio within 0.01 to the end):")
         print(settling_table(exchange_curves(table)).round(4).to_string(index=False))

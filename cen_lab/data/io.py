@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .._io import atomic_write_bytes
+from .._util.atomic import atomic_write_bytes
 from ..errors import DataFormatError
 
 __all__ = ["MultimodalDataset", "save_dataset", "load_dataset", "content_sha256", "FORMAT", "FORMAT_VERSION"]

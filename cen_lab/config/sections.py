@@ -1,0 +1,374 @@
+"""Experiment configuration: one frozen, validated dataclass tree (its sections, the presets, and the choices
+each field takes).
+
+``ExperimentConfig`` holds everything a run depends on. It is validated on construction, serialises with
+``to_dict`` / ``from_dict`` (unknown keys are errors, with a suggestion), and is changed only by
+``override`` with dotted keys (``{"train.lam": 1e-3, "seed": 3}``), which returns a new validated config.
+The command line's ``--set key=value`` and the notebooks' parameters go through the same ``override``.
+
+Two presets exist: ``"tiny"`` (trains in seconds; used by the tests) and ``"default"`` (the toy experiment
+behind ``make report``; a couple of minutes on 2 CPU cores).
+
+The defaults are toy-scale, not the paper's: the reference values ``lam = 2e-4`` and ``threshold = 2e-2``
+belong to ResNet training runs of tens of thousands of steps. With a few hundred steps the penalty must be
+larger for sparsity to show, so the presets use ``lam = 5e-3`` with the paper's threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+from .overrides import apply_overrides
+from .validation import _choice, _from_dict, _positive, _to_dict
+
+__all__ = [
+    "SceneParams",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "LogConfig",
+    "ExperimentConfig",
+    "PRESETS",
+]
+
+EXCHANGE_MODES = ("mean", "cyclic", "random", "none")
+FUSIONS = ("cen", "early", "late", "aggregate-sum", "aggregate-concat")
+ARCHS = ("plain", "bottleneck")
+SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
+L1_RULES = ("subgradient", "proximal")
+OPTIMIZERS = ("sgd", "adam")
+PRECISIONS = ("fp32", "bf16")  # of the training forward pass (cen_lab.precision); parameters stay fp32
+TASKS = ("seg", "cls")
+PREDICTION_TASKS = ("seg", "cls", "depth", "edges")  # what a network's heads can predict (cen_lab.tasks)
+EXCHANGE_BETWEEN = ("auto", "modalities", "tasks", "both")
+MODALITY_NAMES = ("rgb", "depth", "edges")
+
+
+@dataclass(frozen=True)
+class SceneParams:
+    """Parameters of the procedural RGB-D-like scene generator (``cen_lab.data.scenes``).
+
+    Object classes combine a *material* (seen only in rgb) with a *geometry* (seen only in depth), so
+    neither modality alone identifies the class; camouflaged scenes hide object outlines in rgb.
+    """
+
+    task: str = "seg"  # "seg": per-pixel labels; "cls": label of the largest object
+    image_size: int = 32  # height = width, pixels
+    num_classes: int = 5  # including background (class 0)
+    n_train: int = 512
+    n_val: int = 128
+    max_objects: int = 3  # objects per scene, uniform in 1..max_objects
+    rgb_noise: float = 0.08  # std of additive Gaussian noise, in [0, 1] intensity units
+    depth_noise: float = 0.05
+    edges_noise: float = 0.1
+    depth_dropout: float = 0.02  # fraction of depth pixels lost (set to 0), as in real sensors
+    camouflage: float = 0.3  # probability that a scene's background takes one material's colour
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data.scene.task", self.task, TASKS)
+        if self.image_size < 8:
+            raise ConfigError(f"data.scene.image_size must be >= 8, got {self.image_size}")
+        if not 3 <= self.num_classes <= 17:
+            raise ConfigError(f"data.scene.num_classes must be in 3..17, got {self.num_classes}")
+        _positive("data.scene.n_train", self.n_train)
+        _positive("data.scene.n_val", self.n_val)
+        _positive("data.scene.max_objects", self.max_objects)
+        for name in ("rgb_noise", "depth_noise", "edges_noise"):
+            _positive(f"data.scene.{name}", getattr(self, name), strict=False)
+        for name in ("depth_dropout", "camouflage"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"data.scene.{name} must be in [0, 1], got {value!r}")
+
+
+# the canonical datasets committed in data/, by name (written and read by cen_lab.data.canonical): here, below the
+# data package, because DataConfig validates data.source against their names
+CANONICAL_SCENES: dict[str, SceneParams] = {
+    "scenes-seg": SceneParams(task="seg", image_size=32, num_classes=5, n_train=512, n_val=128, seed=0),
+    "scenes-cls": SceneParams(task="cls", image_size=32, num_classes=5, n_train=256, n_val=128, seed=1),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a run trains on.
+
+    ``source`` is the name of a canonical dataset in ``data/`` (see ``cen_lab.data.CANONICAL``),
+    ``"generate"`` (generate in memory from ``scene``), or a path to an ``.npz`` file in the documented format.
+    """
+
+    source: str = "scenes-seg"
+    modalities: tuple[str, ...] = ("rgb", "depth")
+    tasks: tuple[str, ...] | None = None  # predicted tasks ("seg"/"cls" = the labels, "depth", "edges");
+    #                                      None = the dataset's labels only (single task)
+    scene: SceneParams = field(default_factory=SceneParams)
+
+    def __post_init__(self) -> None:
+        if not (self.source in CANONICAL_SCENES or self.source == "generate" or self.source.endswith(".npz")):
+            raise ConfigError(
+                f"data.source must be one of {sorted(CANONICAL_SCENES)}, 'generate', or a path ending in .npz; "
+                f"got {self.source!r}"
+            )
+        if len(self.modalities) < 1:
+            raise ConfigError("data.modalities must name at least one modality")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"data.modalities has duplicates: {list(self.modalities)}")
+        if self.tasks is not None:
+            if not self.tasks:
+                raise ConfigError("data.tasks must name at least one task, or be null for the dataset's labels")
+            for t in self.tasks:
+                _choice("data.tasks entries", t, PREDICTION_TASKS)
+            if len(set(self.tasks)) != len(self.tasks) or {"seg", "cls"} <= set(self.tasks):
+                raise ConfigError(f"data.tasks must be distinct with at most one of 'seg'/'cls', got {list(self.tasks)}")
+
+    @property
+    def num_tasks(self) -> int:
+        """T, the number of task branches per modality (1 unless ``tasks`` names several)."""
+        return 1 if self.tasks is None else len(self.tasks)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Compact CEN: conv blocks with convolutions shared across modalities and private BatchNorm."""
+
+    arch: str = "plain"  # "plain": blocks of conv -> BN -> exchange -> ReLU; "bottleneck": the reference's shape,
+    #                      a stem (conv, BN, ReLU) then residual bottlenecks (1x1, 3x3, 1x1 convs with expansion,
+    #                      a downsample conv + BN where the shape changes) exchanging and penalised at bn2 only
+    widths: tuple[int, ...] = (32, 32, 64, 64)  # output channels of each block (bottleneck: bn1 and bn2, where it
+    #                                             exchanges, have widths[b] // expansion channels)
+    strides: tuple[int, ...] = (1, 2, 1, 2)  # stride of each block's 3x3 convolution
+    expansion: int = 2  # bottleneck only: a block's output channels over its inner (bn2) channels (ResNet: 4)
+    stem_width: int = 16  # bottleneck only: channels of the stem's 3x3 convolution
+    exchange: str = "mean"  # "mean" (paper), "cyclic", "random" (control), or "none" (the network of Theorem 1)
+    exchange_blocks: tuple[int, ...] | None = None  # blocks whose BN is penalised and exchanges; None = all
+    exchange_between: str = "auto"  # which branches exchange: "modalities" (same task), "tasks" (same
+    #                                 modality), "both"; "auto" = modalities if one task, tasks if one modality,
+    #                                 else both (see cen_lab.exchange.BranchGrid)
+    threshold: float = 2e-2  # |gamma| below this is exchanged
+    share_convs: bool = True  # False gives each modality its own convolutions (an ablation)
+    gamma_init: float = 1.0  # initial BN scaling factor (PyTorch's default is 1)
+    fusion: str = "cen"  # "cen"; baselines: "early" (inputs concatenated), "late" (logits averaged),
+    #                      "aggregate-sum" / "aggregate-concat" (streams merged after block fusion_block)
+    fusion_block: int = 1  # for "aggregate-*": the last block that still has one stream per modality
+
+    def __post_init__(self) -> None:
+        if len(self.widths) < 1:
+            raise ConfigError("model.widths must have at least one block")
+        if len(self.strides) != len(self.widths):
+            raise ConfigError(
+                f"model.strides must have one entry per block ({len(self.widths)}), got {len(self.strides)}"
+            )
+        _choice("model.arch", self.arch, ARCHS)
+        _positive("model.expansion", self.expansion)
+        _positive("model.stem_width", self.stem_width)
+        for w in self.widths:
+            _positive("model.widths entries", w)
+            if self.arch == "bottleneck" and w % self.expansion:
+                raise ConfigError(f"model.widths entries must be multiples of model.expansion={self.expansion} for "
+                                  f"the bottleneck architecture, got {w}")
+        for s in self.strides:
+            if s not in (1, 2):
+                raise ConfigError(f"model.strides entries must be 1 or 2, got {s}")
+        _choice("model.exchange", self.exchange, EXCHANGE_MODES)
+        _choice("model.exchange_between", self.exchange_between, EXCHANGE_BETWEEN)
+        if self.exchange_blocks is not None:
+            bad = [b for b in self.exchange_blocks if not 0 <= b < len(self.widths)]
+            if bad or len(set(self.exchange_blocks)) != len(self.exchange_blocks):
+                raise ConfigError(
+                    f"model.exchange_blocks must be distinct block indices in 0..{len(self.widths) - 1}, "
+                    f"got {list(self.exchange_blocks)}"
+                )
+        _positive("model.threshold", self.threshold, strict=False)
+        _positive("model.gamma_init", self.gamma_init)
+        _choice("model.fusion", self.fusion, FUSIONS)
+        if self.fusion.startswith("aggregate") and not 0 <= self.fusion_block < len(self.widths):
+            raise ConfigError(f"model.fusion_block must be a block index in 0..{len(self.widths) - 1}, got {self.fusion_block}")
+
+    @property
+    def cen_blocks(self) -> tuple[int, ...]:
+        """Indices of the blocks whose BN is penalised and exchange-capable (for "aggregate-*" fusion only
+        blocks up to ``fusion_block``, which still have one stream per modality)."""
+        blocks = range(len(self.widths)) if self.exchange_blocks is None else sorted(self.exchange_blocks)
+        if self.fusion.startswith("aggregate"):
+            blocks = [b for b in blocks if b <= self.fusion_block]
+        return tuple(blocks)
+
+    def exchange_channels(self, block: int) -> int:
+        """Channels of block ``block``'s exchanging (and penalised) BN: its width, or for a bottleneck its bn2's."""
+        return self.widths[block] // (self.expansion if self.arch == "bottleneck" else 1)
+
+    @property
+    def streams_merged(self) -> bool:
+        """True when the network ends in a single stream (early fusion, feature aggregation)."""
+        return self.fusion == "early" or self.fusion.startswith("aggregate")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, the L1 penalty on BN scaling factors, and the device."""
+
+    steps: int = 600
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0  # applied to convolution weights only, never to BN parameters or alpha
+    lam: float = 5e-3  # L1 weight on the penalised gammas
+    l1_rule: str = "subgradient"  # "subgradient" (reference) or "proximal" (soft-thresholding; exact zeros)
+    sparsity: str = "disjoint"  # which gammas are penalised: "disjoint" (paper), "alternate-halves" (the reference
+    #                             code's name filter: first half of even, second half of odd BN tensors), "all", "none"
+    l1_per_output: bool = False  # add lam * |gamma| once per output (M + 1 times a step for M modalities: each
+    #                              branch's prediction and the ensemble), as the reference code does; False: once
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N", or "auto" (CUDA when present)
+    ckpt_every: int = 100  # steps between periodic checkpoints (and log flushes)
+    init_from: str | None = None  # start from these weights: a checkpoint .pt or a run directory (its latest)
+    task_weights: tuple[float, ...] | None = None  # loss weight of each of data.tasks; None = all 1
+    precision: str = "fp32"  # "fp32", or "bf16": the training forward under bfloat16 autocast (opt-in; its effect
+    #                          on gammas and scores is measured in benchmarks/README.md; see cen_lab.precision)
+
+    def __post_init__(self) -> None:
+        _positive("train.steps", self.steps)
+        _choice("train.precision", self.precision, PRECISIONS)
+        _positive("train.batch_size", self.batch_size)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _positive("train.lr", self.lr)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum!r}")
+        _positive("train.weight_decay", self.weight_decay, strict=False)
+        _positive("train.lam", self.lam, strict=False)
+        _choice("train.l1_rule", self.l1_rule, L1_RULES)
+        _choice("train.sparsity", self.sparsity, SPARSITY_SCHEMES)
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
+        _positive("train.ckpt_every", self.ckpt_every)
+        if self.init_from is not None and not self.init_from:
+            raise ConfigError("train.init_from must be a path or null, not an empty string")
+        if self.task_weights is not None:
+            for w in self.task_weights:
+                _positive("train.task_weights entries", w, strict=False)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """What is logged and how often (see the run schema in ``cen_lab.runlog``)."""
+
+    every: int = 5  # steps between gamma / exchange / train-loss records
+    eval_every: int = 50  # steps between validation passes (also at the first and last step)
+    grads: bool = False  # also log dL/dgamma of the data loss and ||dL/dx'|| per channel
+
+    def __post_init__(self) -> None:
+        _positive("log.every", self.every)
+        _positive("log.eval_every", self.eval_every)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one run depends on. Frozen: change it with ``override``.
+
+    Examples
+    --------
+    >>> cfg = ExperimentConfig.preset("tiny").override({"train.lam": 1e-3, "seed": 3})
+    >>> ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
+
+    name: str = "default"
+    seed: int = 0  # model initialisation and batch order; the data has its own data.scene.seed
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\"):
+            raise ConfigError(f"name must be a non-empty string without path separators, got {self.name!r}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        mc, tasks = self.model, self.data.num_tasks
+        streams = 1 if mc.fusion == "early" else len(self.data.modalities)
+        between = resolve_between(streams, tasks, mc.exchange_between)
+        if mc.exchange != "none":
+            if between in ("modalities", "both") and streams < 2:
+                raise ConfigError(
+                    f"a CEN exchanging between modalities needs M >= 2 modalities; data.modalities is "
+                    f"{list(self.data.modalities)}" + (" (one stream with model.fusion='early')" if mc.fusion == "early" else "")
+                )
+            if between in ("tasks", "both") and tasks < 2:
+                raise ConfigError(f"model.exchange_between={between!r} needs T >= 2 tasks in data.tasks")
+            if between == "both" and mc.exchange == "cyclic":
+                raise ConfigError("model.exchange='cyclic' is defined within one group; with "
+                                  "exchange_between='both' use 'mean' or 'random'")
+        if tasks > 1 and mc.fusion.startswith("aggregate"):
+            raise ConfigError(f"model.fusion={mc.fusion!r} merges the modality streams; it is not defined for "
+                              "several tasks (use 'cen', 'late' or 'early')")
+        if self.train.task_weights is not None and len(self.train.task_weights) != tasks:
+            raise ConfigError(f"train.task_weights needs one weight per task ({tasks}), got {list(self.train.task_weights)}")
+        branches = streams * tasks
+        if self.train.sparsity == "disjoint" and mc.cen_blocks and min(mc.exchange_channels(b) for b in mc.cen_blocks) < branches:
+            raise ConfigError(f"train.sparsity='disjoint' needs at least one channel per branch ({branches}) in "
+                              "every CEN block")
+
+    # -- construction ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str) -> "ExperimentConfig":
+        """Return a named preset (see ``PRESETS``)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls.from_dict(PRESETS[name])
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        """Build and validate a config from a (possibly partial) nested dict; missing keys take defaults."""
+        return _from_dict(cls, d, prefix="")
+
+    @classmethod
+    def from_json(cls, path: str) -> "ExperimentConfig":
+        """Read a config written by ``to_dict`` (e.g. a run's ``config.json``)."""
+        with open(path, encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready nested dict (tuples become lists); ``from_dict`` inverts it exactly."""
+        return _to_dict(self)
+
+    def override(self, updates: Mapping[str, Any]) -> "ExperimentConfig":
+        """Return a new validated config with dotted keys replaced.
+
+        Values may be typed Python values or strings as typed on a command line (``"1e-3"``, ``"[1, 2]"``,
+        ``"true"``); strings are parsed according to the field's type.
+        """
+        return type(self).from_dict(apply_overrides(self.to_dict(), type(self), updates))
+
+
+def resolve_between(num_modalities: int, num_tasks: int, between: str) -> str:
+    """``model.exchange_between`` with ``"auto"`` resolved: ``"modalities"`` for one task, ``"tasks"`` for
+    one modality stream, ``"both"`` for several of each."""
+    if between != "auto":
+        return between
+    if num_tasks == 1:
+        return "modalities"
+    return "tasks" if num_modalities == 1 else "both"
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tiny": {
+        "name": "tiny",
+        "data": {
+            "source": "generate",
+            "scene": {"image_size": 16, "n_train": 64, "n_val": 32, "max_objects": 2},
+        },
+        "model": {"widths": [8, 8], "strides": [1, 2]},
+        "train": {"steps": 12, "batch_size": 16, "ckpt_every": 6},
+        "log": {"every": 2, "eval_every": 6},
+    },
+}

@@ -1,0 +1,128 @@
+"""Attach an ``Observer`` to any model: ``observe`` finds its layers, checks the settings, and creates or reopens
+the run directory (``cen_lab.runs.importer`` attaches one to a skeleton model the same way)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from torch import nn
+
+from ..errors import ObserveError, RunExistsError
+from ..network.layouts import BNLayer, penalised_masks, resolve_layers
+from .exchange_maps import ExchangeFn, ExchangeMap, _exchange_map
+from .lock import RunLock
+from .observer import Observer
+from .schema import _read_manifest
+from .writer import RunWriter, _prepare_dir
+
+__all__ = ["observe"]
+
+
+def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, threshold: float = 2e-2,
+            penalised: str | Mapping[str, Any] | None = None, exchange: str | ExchangeFn = "mean",
+            modality_names: Sequence[str] | None = None, lam: float | None = None, seed: int | None = None,
+            total_steps: int | None = None, resume: bool = False, overwrite: bool = False,
+            flush_every: int = 50) -> Observer:
+    """Observe ``model`` in its own training loop; see the module docstring for layers, rules and the API.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any CEN-like model, on any device.
+    out_dir : str or Path
+        The run directory (created; an existing run needs ``resume`` or ``overwrite``).
+    layers : None, str, list of str, or dict name -> list of modules
+        Which BN layers to observe (None: every readable one).
+    threshold : float
+        The exchange threshold (>= 0; the paper's 2e-2).
+    penalised : {"disjoint", "alternate-halves", "all", "none"} or dict name -> bool [M, C]
+        Which gammas carry the L1 penalty (the ``penalised`` column). Required unless every layer is cen_lab's
+        ``ModalBatchNorm2d`` (its ``penalty_mask``).
+    exchange : "mean", "none" or callable
+        The rule of the exchange map.
+    modality_names : list of str, optional
+        Names of the M branches (default ``modality0``, ...).
+    lam : float, optional
+        The L1 weight the loop uses, recorded in the manifest (used by the Theorem 1 check by default).
+    seed, total_steps : int, optional
+        Recorded in the manifest.
+    resume : bool
+        Continue an observed run in ``out_dir``: the first step logged after reopening may be earlier than the
+        last one on disk (a loop restarted from its own checkpoint); rows at and after it are then dropped, so
+        no step is duplicated.
+    overwrite : bool
+        Replace a run in ``out_dir`` (never a folder that is not a run).
+    flush_every : int
+        Write the buffered rows every this many logged steps.
+
+    Returns
+    -------
+    Observer
+        Call ``log`` / ``log_metrics`` / ``grads`` in the loop and ``close`` at the end (or use it as a context
+        manager: an exception then records status ``failed``).
+    """
+    return _open(model, out_dir, source="observed", layers=layers, threshold=threshold, penalised=penalised,
+                 exchange=exchange, modality_names=modality_names, lam=lam, resume=resume, overwrite=overwrite,
+                 flush_every=flush_every, manifest={"seed": seed, "total_steps": total_steps})
+
+
+def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, threshold: float,
+          penalised: str | Mapping[str, Any] | None, exchange: str | ExchangeFn,
+          modality_names: Sequence[str] | None, lam: float | None, resume: bool, overwrite: bool,
+          flush_every: int | None, manifest: dict[str, Any], model_class: str | None = None) -> Observer:
+    """``observe`` for any source (``"observed"``, ``"imported"``): resolve and check everything, then create or
+    reopen the run; ``manifest`` adds source-specific keys."""
+    found = resolve_layers(model, layers)
+    m = found[0].num_branches
+    names = list(modality_names) if modality_names is not None else [f"modality{i}" for i in range(m)]
+    if len(names) != m or len(set(names)) != m or not all(isinstance(n, str) and n for n in names):
+        raise ObserveError(f"modality_names must be {m} distinct non-empty names (the layers have M = {m}), got {names}")
+    if not threshold >= 0:
+        raise ObserveError(f"threshold must be >= 0, got {threshold!r}")
+    if lam is not None and not lam >= 0:
+        raise ObserveError(f"lam must be >= 0 or None, got {lam!r}")
+    rule, masks = penalised_masks(found, penalised, model)
+    xmap = _exchange_map(exchange, found)
+    settings = {"kind": source, "layers": [la.name for la in found], "threshold": float(threshold),
+                "penalised": rule, "exchange": xmap.name, "modality_names": names, "lam": lam}
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"{out} exists and is not a directory")
+    lock = RunLock(out).acquire()  # one writer per run; held until close (the OS releases it if the process dies)
+    try:
+        writer, rewind = _writer(out, settings, found, m, names, threshold, lam, rule, xmap, model, source, resume,
+                                 overwrite, manifest, model_class)
+    except BaseException:
+        lock.release()
+        raise
+    return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every,
+                    rewind_on_resume=rewind, lock=lock)
+
+
+def _writer(out: Path, settings: dict[str, Any], found: list[BNLayer], m: int, names: list[str], threshold: float,
+            lam: float | None, rule: str, xmap: ExchangeMap, model: nn.Module, source: str, resume: bool,
+            overwrite: bool, manifest: dict[str, Any], model_class: str | None) -> tuple[RunWriter, bool]:
+    """The writer of ``_open``'s run (with the lock held): reopened when resuming, else a new run."""
+    if resume and (out / "manifest.json").is_file():
+        writer = RunWriter.reopen_observed(out)
+        differs = [k for k in ("kind", "layers", "threshold", "penalised", "exchange", "modality_names")
+                   if writer.settings.get(k) != settings[k]]
+        if differs:
+            raise RunExistsError(f"{out} holds a run with other settings ({', '.join(differs)}); "
+                                 "pass overwrite=True to replace it or choose another directory")
+        return writer, True
+    if _prepare_dir(out, overwrite) == "existing":
+        status = _read_manifest(out)["status"] if (out / "manifest.json").is_file() else "unknown"
+        raise RunExistsError(f"{out} already holds a run (status {status}); pass resume=True to continue it or "
+                             "overwrite=True to start again")
+    full = {"source": source, "name": out.name, "seed": None, "total_steps": None,
+            "model_class": model_class or f"{type(model).__module__}.{type(model).__qualname__}",
+            "layers": [la.name for la in found],
+            "layer_layouts": ["stacked" if la.stacked else "per-branch" for la in found],
+            "num_branches": m, "modalities": names, "input_modalities": names, "tasks": [],
+            "branches": [{"name": n, "modality": i, "task": 0} for i, n in enumerate(names)],
+            "outputs": names, "ensembles": ["ensemble"], "threshold": float(threshold), "lam": lam,
+            "penalised_rule": rule, "exchange": xmap.name, "device": str(found[0].modules[0].weight.device),
+            **manifest}
+    return RunWriter.start(out, settings, full), False

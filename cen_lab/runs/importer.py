@@ -1,0 +1,243 @@
+"""Import a series of another codebase's checkpoints as a run: one logged step per checkpoint.
+
+``import_checkpoints(paths, out_dir, layers=..., threshold=..., penalised=...)`` reads each file with
+``torch.load(..., weights_only=True)``, finds the state dict inside the usual wrappers, takes the BN layers'
+gammas and betas, and logs them (with the exchange map the threshold implies) through the same
+``cen_lab.observer.Observer`` that observes a live model. A series of epoch checkpoints so becomes gamma
+trajectories that every figure and the explorer read.
+
+State dicts
+-----------
+- a plain ``{name: tensor}`` dict, or one inside ``state_dict``, ``model_state_dict``, ``model``,
+  ``segmenter`` (the reference code's), ``net`` or ``network`` (nested up to four deep);
+- a ``module.`` prefix (``nn.DataParallel``) is removed from every key that has it;
+- a BN is a prefix ``p`` with ``p.weight``, ``p.bias`` and ``p.running_mean``. A layer is either a stacked
+  ``ModalBatchNorm2d`` (``p.weight`` of shape ``[M, C]``) or a parent whose children are all BNs (the reference
+  code's ``bn_0 ... bn_{M-1}``), branch m being the m-th child in key order. ``layers`` picks among them by
+  name or glob, as for ``cen_lab.observe``; ``"alternate-halves"`` counts the gamma tensors in key order.
+
+Files that need code to unpickle (a pickled class, function or any other global outside torch's allow-list) are
+refused before anything in them runs: ``weights_only=True`` never executes it.
+
+Steps come from ``steps`` (one per file), else from an entry every file has at its top level (``step``,
+``global_step``, ``iteration``, ``epoch`` or the reference's ``epoch_start``), else from the file order
+(0, 1, ...). The manifest's ``step_source`` says which.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .._util.progress import progress_bar
+from ..errors import ObserveError, RunFormatError
+from .attach import _open
+from .exchange_maps import ExchangeFn
+from .reader import Run, load_run
+
+log = logging.getLogger(__name__)
+
+__all__ = ["import_checkpoints", "read_state_dict", "skeleton"]
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "segmenter", "net", "network")
+STEP_KEYS = ("step", "global_step", "iteration", "epoch", "epoch_start")
+_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _files(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """A glob, a folder (its checkpoint files) or a list of paths -> files; globs and folders in natural order
+    (``epoch-10`` after ``epoch-9``)."""
+    if isinstance(paths, (str, Path)):
+        text = str(paths)
+        if Path(text).is_dir():
+            files = sorted((p for p in Path(text).iterdir() if p.suffix in _SUFFIXES), key=_natural)
+        elif any(c in text for c in "*?["):
+            files = sorted((Path(p) for p in glob.glob(text)), key=_natural)
+        else:
+            files = [Path(text)]
+    else:
+        files = [Path(p) for p in paths]
+    if not files:
+        raise ObserveError(f"no checkpoint files in {paths!r}")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ObserveError(f"no such checkpoint file: {missing[0]}")
+    return files
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """Load one checkpoint safely: ``(state dict, top-level entries, where it was found)``.
+
+    Raises
+    ------
+    ObserveError
+        The file needs code to unpickle (refused; nothing in it ran), or holds no state dict.
+    RunFormatError
+        The file is not a readable torch file.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ObserveError(
+            f"{path}: refused: it needs code to unpickle (a class, function or other global that "
+            f"torch.load(weights_only=True) does not allow: {first[:300]}). Nothing in it was executed. Save the "
+            "state dict alone (torch.save(model.state_dict(), path)) to import it") from None
+    except Exception as e:  # truncated zip, not a torch file ...
+        raise RunFormatError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    top = obj if isinstance(obj, Mapping) else {}
+    where: list[str] = []
+    for _ in range(5):
+        if _is_state_dict(obj):
+            break
+        if not isinstance(obj, Mapping):
+            raise ObserveError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
+            raise ObserveError(f"{path}: no state dict found; top-level keys {sorted(map(str, obj))[:20]} (a state dict "
+                               f"is read at the top or under one of {list(WRAPPER_KEYS)})")
+        obj, where = obj[key], where + [key]
+    else:
+        raise ObserveError(f"{path}: no state dict within {len(where)} levels of {list(WRAPPER_KEYS)}")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return state, dict(top), ".".join(where) or "<top>"
+
+
+def _bn_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Prefixes ``p`` with ``p.weight``, ``p.bias`` and ``p.running_mean``, in key order."""
+    return [k[:-len(".running_mean")] for k in state if k.endswith(".running_mean")
+            and f"{k[:-len('.running_mean')]}.weight" in state and f"{k[:-len('.running_mean')]}.bias" in state]
+
+
+def skeleton(state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """An ``nn.Module`` tree holding one BN (``nn.BatchNorm2d``, or ``ModalBatchNorm2d`` for ``[M, C]`` weights)
+    at every BN prefix of ``state``, in key order, so that ``cen_lab.observer.resolve_layers`` finds the layers
+    and their parameter order by the same rules as on a live model. Each checkpoint's values are copied in
+    before it is logged."""
+    from ..network.architectures import ModalBatchNorm2d
+
+    root = nn.Module()
+    for prefix in _bn_prefixes(state):
+        w = state[f"{prefix}.weight"]
+        bn = ModalBatchNorm2d(*w.shape) if w.dim() == 2 else nn.BatchNorm2d(w.shape[0])
+        node = root
+        for part in prefix.split(".")[:-1]:
+            if not hasattr(node, part) or not isinstance(getattr(node, part), nn.Module):
+                node.add_module(part, nn.Module())
+            node = getattr(node, part)
+        node.add_module(prefix.split(".")[-1], bn)
+    return root
+
+
+@torch.no_grad()
+def _load_into(root: nn.Module, state: Mapping[str, torch.Tensor], layers, path: Path) -> None:
+    names = {id(m): n for n, m in root.named_modules()}
+    for layer in layers:
+        for mod in layer.modules:
+            name = names[id(mod)]
+            for attr in ("weight", "bias"):
+                key = f"{name}.{attr}"
+                if key not in state:
+                    raise ObserveError(f"{path}: no {key!r} (the first checkpoint had it); every file must hold the "
+                                       "same layers")
+                value = state[key]
+                target = getattr(mod, attr)
+                if value.shape != target.shape:
+                    raise ObserveError(f"{path}: {key!r} has shape {list(value.shape)}, the first checkpoint "
+                                       f"{list(target.shape)}")
+                target.copy_(value)
+
+
+def _steps(files: list[Path], tops: list[dict[str, Any]], steps: Sequence[int] | None) -> tuple[list[int], str]:
+    if steps is not None:
+        steps = list(steps)
+        if len(steps) != len(files):
+            raise ObserveError(f"steps has {len(steps)} entries for {len(files)} checkpoint files")
+        source = "argument"
+    else:
+        key = next((k for k in STEP_KEYS if all(isinstance(t.get(k), int) and not isinstance(t.get(k), bool)
+                                                for t in tops)), None)
+        if key is not None:
+            steps, source = [int(t[key]) for t in tops], f"file entry {key!r}"
+        else:
+            steps, source = list(range(len(files))), "file order"
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+        raise ObserveError(f"steps must be integers >= 0, got {steps}")
+    if len(set(steps)) != len(steps):
+        dup = sorted({s for s in steps if steps.count(s) > 1})
+        raise ObserveError(f"two checkpoints have the same step {dup} (from {source}); pass steps= explicitly")
+    return steps, source
+
+
+def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | Path, *, layers: Any = None,
+                       threshold: float = 2e-2, penalised: str | Mapping[str, Any] | None = None,
+                       steps: Sequence[int] | None = None, modality_names: Sequence[str] | None = None,
+                       exchange: str | ExchangeFn = "mean", lam: float | None = None, overwrite: bool = False,
+                       progress: bool = True) -> Run:
+    """Make a run with one logged step per checkpoint (gammas, betas and the exchange map ``threshold`` implies).
+
+    Parameters
+    ----------
+    paths : str, Path or list
+        A glob (``"ckpt/epoch-*.pth"``), a folder of checkpoint files, or a list of files.
+    out_dir : str or Path
+        The run directory to write (an existing run needs ``overwrite``).
+    layers, threshold, penalised, exchange, modality_names, lam
+        As for ``cen_lab.observe``; layer names are the state dict's BN prefixes (``layer1.0.bn2``).
+        ``penalised`` is required (the reference code's rule is ``"alternate-halves"``).
+    steps : list of int, optional
+        The step of each file; default from the files' entries, else their order.
+    progress : bool
+        A progress bar over the files.
+
+    Returns
+    -------
+    Run
+        Source ``"imported"``; the manifest lists the files with their steps (``imported_files``) and the
+        ``step_source``.
+    """
+    files = _files(paths)
+    # keep only the BN tensors and the step entries of each file: a series of large checkpoints fits in memory
+    states, tops, where0 = [], [], None
+    for f in files:
+        state, top, where = read_state_dict(f)
+        prefixes = _bn_prefixes(state)
+        if not prefixes:
+            keys = [k for k in state if k.endswith(".weight")][:20]
+            raise ObserveError(f"{f}: no BatchNorm found in its state dict (under {where}); keys like {keys}")
+        keep = {f"{p}.{a}" for p in prefixes for a in ("weight", "bias", "running_mean")}
+        states.append({k: v for k, v in state.items() if k in keep})
+        tops.append({k: top[k] for k in STEP_KEYS if k in top})
+        where0 = where0 or where
+        del state, top
+    root = skeleton(states[0])
+    order, step_source = _steps(files, tops, steps)
+    ranked = sorted(range(len(files)), key=lambda i: order[i])
+    manifest = {"step_source": step_source, "state_dict_key": where0,
+                "imported_files": [{"path": str(files[i].resolve()), "step": order[i]} for i in ranked],
+                "total_steps": order[ranked[-1]]}
+    obs = _open(root, out_dir, source="imported", layers=layers, threshold=threshold, penalised=penalised,
+                exchange=exchange, modality_names=modality_names, lam=lam, resume=False, overwrite=overwrite,
+                flush_every=None, manifest=manifest, model_class="unknown (imported from checkpoints)")
+    with obs:
+        for i in progress_bar(ranked, desc="import checkpoints", disable=not progress):
+            _load_into(root, states[i], obs.layers, files[i])
+            obs.log(order[i])
+    return load_run(out_dir)

@@ -1,0 +1,97 @@
+"""Theorem 1 in the regime it is stated for, next to the regime it is usually trained in.
+
+The theorem's stay-at-zero condition ``|dL/dgamma| <= lam`` is about plain (sub)gradient steps. cen_lab's theorem
+networks train with SGD momentum 0.9 by default. ``compare_regimes`` trains the same theorem networks (no
+exchange, the penalty on the disjoint portion) for every combination of architecture (``plain``, ``bottleneck``)
+and momentum (0.9, and 0: plain SGD), runs the local check on each, and reports side by side, per regime:
+
+- ``calibration``: ECE, Brier and Spearman of the prediction at gamma = 0, with bootstrap intervals, and the mean and
+  std of ``dL/dgamma / ||dL/dx'||`` (0 and 1 under the theorem's independence assumption);
+- ``outcome``: which penalised channels end training at zero, predicted at the first checkpoint against observed
+  (with a Wilson interval), per lam.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ..experiments.regime import architecture, optimiser, regime_of, regime_text
+from .local_checks import calibration_summary, local_check_runs, outcome_table, train_theorem_runs
+
+__all__ = ["RegimeComparison", "compare_regimes", "regime_label"]
+
+
+def regime_label(arch: str, momentum: float) -> str:
+    """``plain, momentum 0.9`` (what the tables and figures call a regime)."""
+    return f"{arch}, momentum {momentum:g}"
+
+
+@dataclass
+class RegimeComparison:
+    """What ``compare_regimes`` measured.
+
+    Attributes
+    ----------
+    calibration : pandas.DataFrame
+        One row per regime: ``regime, arch, momentum, regime_text`` (``cen_lab.regime.regime_text`` of its runs),
+        ``architecture, optimiser, n_channels, ece, ece_low, ece_high, brier, spearman, spearman_low,
+        spearman_high, z_mean, z_std, no_gradient``.
+    outcome : pandas.DataFrame
+        ``outcome_table`` per regime, stacked: ``regime, arch, momentum, lam, predicted, observed, ci_low,
+        ci_high, inside`` (the prediction inside the observed interval), ...
+    local : pandas.DataFrame
+        The local-check rows of every regime, with ``regime, arch, momentum`` columns.
+    """
+
+    calibration: pd.DataFrame
+    outcome: pd.DataFrame
+    local: pd.DataFrame
+
+    def summary(self) -> dict:
+        """The calibration and outcome tables as JSON-ready records (for ``summary.json``)."""
+        return {"calibration": json.loads(self.calibration.to_json(orient="records")),
+                "outcome": json.loads(self.outcome.to_json(orient="records"))}
+
+
+def compare_regimes(lams: Sequence[float], seeds: Sequence[int], runs_dir: str | Path, *, preset: str = "default",
+                    steps: int = 300, l1_rule: str = "proximal", checkpoints: int = 2, n_batches: int = 8,
+                    archs: Sequence[str] = ("plain", "bottleneck"), momentums: Sequence[float] = (0.9, 0.0),
+                    n_jobs: int = 1, progress: bool = True, **overrides) -> RegimeComparison:
+    """Train (or reuse) the theorem networks of every (arch, momentum) and check Theorem 1 on each.
+
+    Runs go to ``runs_dir`` under names that carry the architecture and a non-default momentum
+    (``theorem_runs.theorem_base``), so the default regime reuses the theorem notebook's own runs. ``overrides``
+    are further config keys of every run, as in ``theorem_runs.theorem_base`` (``train__precision="bf16"``).
+    """
+    calibration, outcomes, locals_ = [], [], []
+    for arch in archs:
+        for momentum in momentums:
+            label = regime_label(arch, momentum)
+            runs = train_theorem_runs(lams, seeds, runs_dir, preset=preset, steps=steps, l1_rule=l1_rule,
+                                      checkpoints=checkpoints, n_jobs=n_jobs, progress=progress,
+                                      model__arch=arch, train__momentum=momentum, **overrides)
+            local = local_check_runs(runs, n_batches=n_batches, progress=progress)
+            cal = calibration_summary(local)
+            outcome, _ = outcome_table(runs, local)
+            cfg = next(iter(runs.values())).config
+            calibration.append({
+                "regime": label, "arch": arch, "momentum": momentum,
+                "regime_text": regime_text(regime_of([run.config for run in runs.values()], preset)),
+                "architecture": architecture(cfg),
+                "optimiser": optimiser(cfg), "n_channels": cal["n_channels"], "ece": cal["ece"],
+                "ece_low": cal["ece_ci"][0], "ece_high": cal["ece_ci"][1], "brier": cal["brier"],
+                "spearman": cal["spearman"], "spearman_low": cal["spearman_ci"][0],
+                "spearman_high": cal["spearman_ci"][1], "z_mean": cal["normality"]["mean"],
+                "z_std": cal["normality"]["std"], "no_gradient": cal["no_gradient"]["fraction"]})
+            inside = (outcome["predicted"] >= outcome["ci_low"]) & (outcome["predicted"] <= outcome["ci_high"])
+            outcomes.append(outcome.assign(regime=label, arch=arch, momentum=momentum, inside=inside))
+            locals_.append(local.assign(regime=label, arch=arch, momentum=momentum))
+    outcome = pd.concat(outcomes, ignore_index=True)
+    first = ["regime", "arch", "momentum", "lam", "predicted", "observed", "ci_low", "ci_high", "inside"]
+    outcome = outcome[first + [c for c in outcome.columns if c not in first]]
+    return RegimeComparison(pd.DataFrame(calibration), outcome, pd.concat(locals_, ignore_index=True))
