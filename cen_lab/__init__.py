@@ -9,7 +9,7 @@
 The package follows the flow of data (see "How the code is organised" in the README): ``config`` -> ``network``
 -> ``experiments`` (the training loop) or your own loop -> ``runs`` (observer, run directory) -> analyses
 (``experiments``, ``theory``) -> ``views`` (figures, explorer, report). The names below are the front of it; the
-flat module paths of before (``cen_lab.runlog``, ``cen_lab.fusion``, ...) stay importable (``cen_lab._moved``).
+flat module paths of before (``cen_lab.runs``, ``cen_lab.fusion``, ...) stay importable (``cen_lab._moved``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Progress bars: tqdm, notebook-aware in a live kernel, plain text when notebooks run headless.
 
-``CEN_LAB_PROGRESS=text`` (set by ``cen_lab.notebook_runner`` for papermill runs) gives plain-text bars every few
+``CEN_LAB_PROGRESS=text`` (set by ``cen_lab.views.notebooks`` for papermill runs) gives plain-text bars every few
 seconds: papermill's log shows text but not widgets, and a widget bar saved in an executed notebook renders as an
 empty box in its HTML page.
 """

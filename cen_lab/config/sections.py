@@ -40,9 +40,9 @@ ARCHS = ("plain", "bottleneck")
 SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
 L1_RULES = ("subgradient", "proximal")
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("fp32", "bf16")  # of the training forward pass (cen_lab.precision); parameters stay fp32
+PRECISIONS = ("fp32", "bf16")  # of the training forward pass (cen_lab.experiments.precision); parameters stay fp32
 TASKS = ("seg", "cls")
-PREDICTION_TASKS = ("seg", "cls", "depth", "edges")  # what a network's heads can predict (cen_lab.tasks)
+PREDICTION_TASKS = ("seg", "cls", "depth", "edges")  # what a network's heads can predict (cen_lab.network.tasks)
 EXCHANGE_BETWEEN = ("auto", "modalities", "tasks", "both")
 MODALITY_NAMES = ("rgb", "depth", "edges")
 
@@ -228,7 +228,7 @@ class TrainConfig:
     init_from: str | None = None  # start from these weights: a checkpoint .pt or a run directory (its latest)
     task_weights: tuple[float, ...] | None = None  # loss weight of each of data.tasks; None = all 1
     precision: str = "fp32"  # "fp32", or "bf16": the training forward under bfloat16 autocast (opt-in; its effect
-    #                          on gammas and scores is measured in benchmarks/README.md; see cen_lab.precision)
+    #                          on gammas and scores is measured in benchmarks/README.md; see cen_lab.experiments.precision)
 
     def __post_init__(self) -> None:
         _positive("train.steps", self.steps)
@@ -254,7 +254,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """What is logged and how often (see the run schema in ``cen_lab.runlog``)."""
+    """What is logged and how often (see the run schema in ``cen_lab.runs``)."""
 
     every: int = 5  # steps between gamma / exchange / train-loss records
     eval_every: int = 50  # steps between validation passes (also at the first and last step)

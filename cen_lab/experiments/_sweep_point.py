@@ -1,4 +1,4 @@
-"""A sweep worker's training process (``cen_lab.sweeps._Trainer``).
+"""A sweep worker's training process (``cen_lab.experiments.sweeps._Trainer``).
 
 ``python -m cen_lab.experiments._sweep_point [--die-with-parent]`` reads one JSON request per line on standard input,
 ``{"config": ..., "path": ..., "threads": ...}``, trains that run (resuming what is there) and answers with one

@@ -19,7 +19,7 @@ def compute_run_summary(runs: Sequence[Run] | Mapping[str, Run]) -> pd.DataFrame
     Columns: ``run, status, steps, seed, lam, threshold, l1_rule, optimiser, architecture, exchange, modalities,
     tasks``, then for the
     last validation pass ``val/<score>/<branch>`` (score ``miou``, ``accuracy``, ``mae`` or ``f1``, see
-    ``cen_lab.tasks``; branch a modality or ``ensemble``, prefixed ``<task>/`` with several tasks), and at the last logged state ``exchange_ratio`` (portion of channels exchanged) and
+    ``cen_lab.network.tasks``; branch a modality or ``ensemble``, prefixed ``<task>/`` with several tasks), and at the last logged state ``exchange_ratio`` (portion of channels exchanged) and
     ``penalised_below_threshold`` (portion of penalised gammas with |gamma| < threshold).
     """
     items = runs.items() if isinstance(runs, Mapping) else ((run.path.name, run) for run in runs)

@@ -8,13 +8,13 @@ parameter count, training time); ``compare_to`` gives differences with Welch int
 ``SCENARIOS`` adds the TPAMI extension's other scenarios on the same base and machinery: cycle fusion of three
 modalities, multitask learning on one input (segmentation, depth, edges) and multimodal multitask learning,
 with the single-task networks and the no-exchange multitask network to compare them with. Every table then has
-a ``task`` column, and each task is scored by its own metric (``cen_lab.tasks``: mIoU, depth MAE where lower is
+a ``task`` column, and each task is scored by its own metric (``cen_lab.network.tasks``: mIoU, depth MAE where lower is
 better, edge F1).
 
 The default benchmark runs every variant on both architectures (``ARCHS``: ``plain`` conv blocks and the
 ``bottleneck`` residual network with the exchange at ``bn2``). Every table has an ``arch`` column, read from each
 run's own config; means, intervals and comparisons are taken within one architecture, never across. Every
-per-run and aggregated table also carries ``regime`` (``cen_lab.regime.regime_text``: preset, architecture,
+per-run and aggregated table also carries ``regime`` (``cen_lab.experiments.regime.regime_text``: preset, architecture,
 steps, lam, optimiser, L1 rule and what evidence the preset gives).
 """
 
@@ -88,7 +88,7 @@ _CATALOGUE = {**VARIANTS, **SCENARIOS, **REFERENCE_SWITCHES}
 
 def fusion_base(preset: str = "default", steps: int = 600, **overrides) -> ExperimentConfig:
     """The common base: the preset with widths (16, 16, 32, 32), ``lam = 1e-2`` so that exchange starts within
-    the budget, ten validation passes (for the learning curves, ``cen_lab.learning_curves``), and one checkpoint. ``overrides`` use ``__`` for
+    the budget, ten validation passes (for the learning curves, ``cen_lab.experiments.learning_curves``), and one checkpoint. ``overrides`` use ``__`` for
     dots (``train__lam=5e-3``)."""
     base = {"name": f"fusion-{preset}", "model.widths": (16, 16, 32, 32), "model.strides": (1, 2, 1, 2),
             "train.lam": 1e-2, "train.steps": steps,
@@ -177,7 +177,7 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
 def per_run_scores(table: pd.DataFrame) -> pd.DataFrame:
     """The final validation score of every prediction of every completed run in a benchmark table:
     ``arch, variant, seed, task, branch, metric, value, params, seconds, regime`` (``branch`` a stream name or
-    ``ensemble``, ``metric`` the task's, see ``cen_lab.tasks.TaskMetrics``; ``arch`` and ``regime`` from the
+    ``ensemble``, ``metric`` the task's, see ``cen_lab.network.tasks.TaskMetrics``; ``arch`` and ``regime`` from the
     run's config)."""
     from ..network.tasks import TaskMetrics
     from .training import prediction_names

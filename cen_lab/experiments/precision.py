@@ -67,7 +67,7 @@ def compare_precisions(fp32: Mapping[int, object], low: Mapping[int, object], le
     Parameters
     ----------
     fp32, low : mapping seed -> Run
-        The fp32 runs and the lower-precision runs of the same seeds (``cen_lab.runlog.Run``).
+        The fp32 runs and the lower-precision runs of the same seeds (``cen_lab.runs.Run``).
 
     Returns
     -------

@@ -4,15 +4,15 @@ One training step at state ``s`` (the model after ``s`` updates):
 
 1. every ``log.every`` steps: record gammas, betas and the exchange map of state ``s``; every
    ``log.eval_every`` steps: evaluate on the validation split;
-2. forward the minibatch (under bfloat16 autocast with ``train.precision = "bf16"``, see ``cen_lab.precision``),
+2. forward the minibatch (under bfloat16 autocast with ``train.precision = "bf16"``, see ``cen_lab.experiments.precision``),
    data loss ``L = sum_t w_t (sum_m loss_t(pred_tm) + loss_t(ensemble_t))`` over tasks t (one task:
    ``sum_m CE(logits_m) + CE(ensemble)``; each output has its own loss, as in the reference code; the ensemble
    loss only trains alpha because the branch logits are detached; ``w_t`` is ``train.task_weights``, loss_t as
-   in ``cen_lab.tasks``);
+   in ``cen_lab.network.tasks``);
 3. backward of ``L`` alone; at logging steps record the train losses, and with ``log.grads`` the data-loss
    gradients ``dL/dgamma`` and ``||dL/dx'||`` of state ``s``;
 4. the L1 penalty on the penalised gammas: ``lam * sign(gamma)`` added to their gradients (subgradient rule),
-   or soft-thresholding after the optimizer step (proximal rule); see ``cen_lab.sparsity``;
+   or soft-thresholding after the optimizer step (proximal rule); see ``cen_lab.network.penalty``;
 5. the optimizer step gives state ``s + 1``; every ``train.ckpt_every`` steps the buffered rows are flushed
    and a checkpoint written.
 
@@ -127,7 +127,7 @@ def forward_backward(model: CENNet, optimizer: torch.optim.Optimizer, xb: torch.
     """Forward a minibatch and back-propagate the data loss (no penalty yet).
 
     ``yb``: the targets of a single-task model, or task -> targets. ``precision``: ``"bf16"`` runs the forward
-    pass under bfloat16 autocast (``cen_lab.precision``). Returns the detached data loss and, per task, the
+    pass under bfloat16 autocast (``cen_lab.experiments.precision``). Returns the detached data loss and, per task, the
     ``[M + 1]`` losses of the branches and the ensemble (see ``task_losses``).
     """
     targets = yb if isinstance(yb, dict) else {model.task: yb}
@@ -185,7 +185,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
     -----
     On Linux with glibc, the first call raises the process's malloc trim and mmap thresholds, so that large
     activations freed at the end of a step are reused rather than returned to the OS and faulted in again
-    (``cen_lab._malloc``; ``CEN_LAB_MALLOC_TUNING=0`` turns this off). Results do not depend on it.
+    (``cen_lab._util.malloc``; ``CEN_LAB_MALLOC_TUNING=0`` turns this off). Results do not depend on it.
 
     Raises
     ------
@@ -205,7 +205,7 @@ def train(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume
         raise ValueError(f"stop_at must be in 1..train.steps={cfg.train.steps}, got {stop_at}")
     if out.exists() and not out.is_dir():
         raise RunExistsError(f"{out} exists and is not a directory")
-    with RunLock(out):  # one writer per run directory (cen_lab._lock); the OS releases it if this process dies
+    with RunLock(out):  # one writer per run directory (cen_lab.runs.lock); the OS releases it if this process dies
         return _train(cfg, out, resume, overwrite, progress, stop_at)
 
 
@@ -217,7 +217,7 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
         log.info("%s is already complete; loading it", out)
         return load_run(out)
 
-    keep_freed_memory()  # no page-fault churn on large activations (glibc; see cen_lab._malloc)
+    keep_freed_memory()  # no page-fault churn on large activations (glibc; see cen_lab._util.malloc)
     device = resolve_device(cfg.train.device)
     if cfg.train.precision == "bf16" and not bf16_native(device):
         log.warning("train.precision='bf16' on %s without native bfloat16: it runs emulated, slower than fp32",
@@ -375,5 +375,5 @@ def _load_initial_weights(model: CENNet, source: str) -> None:
 
 
 def _progress_bar(**kwargs):
-    """The training bar (``cen_lab._progress``): kept on screen when done."""
+    """The training bar (``cen_lab._util.progress``): kept on screen when done."""
     return progress_bar(leave=True, **kwargs)

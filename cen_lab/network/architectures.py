@@ -57,7 +57,7 @@ class CENNet(nn.Module):
     num_classes : int
         K, classes of the ``seg`` / ``cls`` labels.
     tasks : str or sequence of str
-        The task (``"seg"``, ``"cls"``) or tasks (also ``"depth"``, ``"edges"``; see ``cen_lab.tasks``).
+        The task (``"seg"``, ``"cls"``) or tasks (also ``"depth"``, ``"edges"``; see ``cen_lab.network.tasks``).
     config : ModelConfig
     sparsity : {"disjoint", "alternate-halves", "all", "none"}
         Which gammas of the CEN blocks carry the penalty (``penalty_mask``); ``"disjoint"`` cuts the channels

@@ -1,5 +1,5 @@
 """Where the gammas of a CEN are: BN layers in any of the layouts CEN codebases use, and which gammas the
-L1 penalty is on. ``cen_lab.observer`` and ``cen_lab.importer`` read models and state dicts through these.
+L1 penalty is on. ``cen_lab.runs.observer`` and ``cen_lab.runs.importer`` read models and state dicts through these.
 
 Layers
 ------

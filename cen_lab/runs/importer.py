@@ -3,7 +3,7 @@
 ``import_checkpoints(paths, out_dir, layers=..., threshold=..., penalised=...)`` reads each file with
 ``torch.load(..., weights_only=True)``, finds the state dict inside the usual wrappers, takes the BN layers'
 gammas and betas, and logs them (with the exchange map the threshold implies) through the same
-``cen_lab.observer.Observer`` that observes a live model. A series of epoch checkpoints so becomes gamma
+``cen_lab.runs.observer.Observer`` that observes a live model. A series of epoch checkpoints so becomes gamma
 trajectories that every figure and the explorer read.
 
 State dicts
@@ -128,7 +128,7 @@ def _bn_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
 
 def skeleton(state: Mapping[str, torch.Tensor]) -> nn.Module:
     """An ``nn.Module`` tree holding one BN (``nn.BatchNorm2d``, or ``ModalBatchNorm2d`` for ``[M, C]`` weights)
-    at every BN prefix of ``state``, in key order, so that ``cen_lab.observer.resolve_layers`` finds the layers
+    at every BN prefix of ``state``, in key order, so that ``cen_lab.runs.observer.resolve_layers`` finds the layers
     and their parameter order by the same rules as on a live model. Each checkpoint's values are copied in
     before it is logged."""
     from ..network.architectures import ModalBatchNorm2d

@@ -104,7 +104,7 @@ class Observer:
     """Logs BN gammas, betas, exchange maps, metrics and gradients of a model into a run directory.
 
     Build one with ``observe`` (any model) or, as ``cen_lab.train`` does, from resolved layers and a writer.
-    The tables follow ``cen_lab.runlog``; branch ``b`` is modality ``b // tasks``, task ``b % tasks``.
+    The tables follow ``cen_lab.runs``; branch ``b`` is modality ``b // tasks``, task ``b % tasks``.
 
     Attributes
     ----------
@@ -272,7 +272,7 @@ class Observer:
 
     def grad_norms(self):
         """Context manager: hooks that record ``||dL/dx'||`` ``[M, C]`` per layer during the next backward
-        (``cen_lab.hooks.record_bn_output_grad_norms``); yields the dict that ``log_grads`` takes."""
+        (``cen_lab.network.hooks.record_bn_output_grad_norms``); yields the dict that ``log_grads`` takes."""
         return record_bn_output_grad_norms(self._hook_points)
 
     def log_grads(self, step: int, dxprime: Mapping[str, torch.Tensor]) -> None:

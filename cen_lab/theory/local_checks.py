@@ -1,6 +1,6 @@
 """Theorem 1 and Corollary 1 checked on trained networks (see ``cen_lab.theory`` for the statement).
 
-- ``theorem_config`` (from ``cen_lab.theorem_runs``): the compact no-exchange network the checks train
+- ``theorem_config`` (from ``cen_lab.theory.networks``): the compact no-exchange network the checks train
   (proximal L1 by default, so that "attracted to zero" is an exact zero).
 - ``local_check``: at checkpoints, for every penalised channel and many minibatches, set that channel's gamma
   to 0 and measure the data-loss gradient ``g_c`` and ``||dL/dx'_c||``; the theorem predicts
@@ -8,9 +8,9 @@
 - ``calibration_summary``: Brier score, expected calibration error, Spearman correlation (with channel
   bootstrap intervals), reliability table, and the Gaussianity of ``g_c / ||dL/dx'_c||``.
 - ``outcome_table``: which channels end training at zero, against the prediction from an early checkpoint.
-- ``corollary_check`` (from ``cen_lab.corollary``): train without exchange, then fine-tune with and without
+- ``corollary_check`` (from ``cen_lab.theory.corollary``): train without exchange, then fine-tune with and without
   exchange from the same weights; compare the training losses per seed.
-- ``verdict_table``, ``theorem_regimes``, ``theorem_summary`` (from ``cen_lab.theorem_verdicts``): one verdict per
+- ``verdict_table``, ``theorem_regimes``, ``theorem_summary`` (from ``cen_lab.theory.verdicts``): one verdict per
   claim with the regime it holds in, and the notebook's summary.
 """
 

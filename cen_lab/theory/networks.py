@@ -1,6 +1,6 @@
 """The networks Theorem 1 and Corollary 1 are checked on, and how they are trained (``cen_lab.sweep``).
 
-``cen_lab.theorem`` (the checks) and ``cen_lab.corollary`` both build on these; ``cen_lab.theorem`` re-exports
+``cen_lab.theorem`` (the checks) and ``cen_lab.theory.corollary`` both build on these; ``cen_lab.theorem`` re-exports
 them.
 """
 

@@ -38,7 +38,7 @@ class RegimeComparison:
     Attributes
     ----------
     calibration : pandas.DataFrame
-        One row per regime: ``regime, arch, momentum, regime_text`` (``cen_lab.regime.regime_text`` of its runs),
+        One row per regime: ``regime, arch, momentum, regime_text`` (``cen_lab.experiments.regime.regime_text`` of its runs),
         ``architecture, optimiser, n_channels, ece, ece_low, ece_high, brier, spearman, spearman_low,
         spearman_high, z_mean, z_std, no_gradient``.
     outcome : pandas.DataFrame

@@ -1,7 +1,7 @@
 """What the Theorem 1 notebook concludes: one verdict per claim, each with the regime it holds in, and the
 machine-readable summary. ``cen_lab.theorem`` re-exports these.
 
-- ``theorem_regimes``: the settings behind the trained networks' and the Corollary's numbers (``cen_lab.regime``).
+- ``theorem_regimes``: the settings behind the trained networks' and the Corollary's numbers (``cen_lab.experiments.regime``).
 - ``verdict_table``: one row per claim (controlled checks, calibration and ranking in trained networks,
   Gaussianity, outcome, Corollary 1, and per training regime), with the rule each verdict follows.
 - ``verdict_display``: the same table for reading (rounded, intervals as text).
@@ -37,7 +37,7 @@ def _coverage(within: np.ndarray, level: float) -> tuple[float, list[float], str
 def theorem_regimes(runs: Mapping[tuple[float, int], Run], preset: str, *, corollary_lam: float,
                     finetune_steps: int, seeds: Sequence[int], steps: int, checkpoints: int,
                     **overrides) -> dict[str, dict]:
-    """The regimes behind the theorem notebook's numbers (see ``cen_lab.regime``): ``trained`` (the networks of
+    """The regimes behind the theorem notebook's numbers (see ``cen_lab.experiments.regime``): ``trained`` (the networks of
     ``train_theorem_runs``, read from their configs), ``corollary-shared`` and ``corollary-unshared`` (those of
     ``corollary_check`` with the same ``overrides``)."""
     out = {"trained": regime_of([run.config for run in runs.values()], preset)}

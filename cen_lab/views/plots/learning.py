@@ -1,4 +1,4 @@
-"""Learning curves of the fusion benchmark (``cen_lab.learning_curves``): validation scores over training with t
+"""Learning curves of the fusion benchmark (``cen_lab.experiments.learning_curves``): validation scores over training with t
 bands across seeds, and the exchange ratio with the step where it settles."""
 
 from __future__ import annotations

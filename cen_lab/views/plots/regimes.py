@@ -1,4 +1,4 @@
-"""Theorem 1 across training regimes (``cen_lab.theorem_regimes.compare_regimes``)."""
+"""Theorem 1 across training regimes (``cen_lab.theory.regimes.compare_regimes``)."""
 
 from __future__ import annotations
 
