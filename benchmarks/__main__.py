@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cen_lab._io import atomic_write_json
+from cen_lab._util.atomic import atomic_write_json
 
 from . import suite, theorem_paths
 

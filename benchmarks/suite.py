@@ -22,12 +22,12 @@ from scipy import stats
 
 import cen_lab
 from cen_lab import training
-from cen_lab._malloc import keep_freed_memory
+from cen_lab._util.malloc import keep_freed_memory
 from cen_lab.config import ExperimentConfig
-from cen_lab.exchange import channel_exchange
-from cen_lab.models import build_model
-from cen_lab.runlog import RunWriter
-from cen_lab.training import forward_backward, penalised_update, _make_optimizer
+from cen_lab.network.exchange import channel_exchange
+from cen_lab.network.architectures import build_model
+from cen_lab.runs import RunWriter
+from cen_lab.experiments.training import forward_backward, penalised_update, _make_optimizer
 
 
 def paired(a: Callable[[], None], b: Callable[[], None], repeats: int = 15, warmup: int = 3) -> tuple[float, float]:

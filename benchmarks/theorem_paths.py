@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 import cen_lab
-from cen_lab._malloc import keep_freed_memory
+from cen_lab._util.malloc import keep_freed_memory
 from cen_lab.config import ExperimentConfig
-from cen_lab.models import build_model
-from cen_lab.precision import bf16_native, compare_precisions
-from cen_lab.tasks import TaskMetrics
-from cen_lab.theorem import theorem_config
-from cen_lab.training import _make_optimizer, forward_backward, penalised_update
+from cen_lab.network.architectures import build_model
+from cen_lab.experiments.precision import bf16_native, compare_precisions
+from cen_lab.network.tasks import TaskMetrics
+from cen_lab.theory.local_checks import theorem_config
+from cen_lab.experiments.training import _make_optimizer, forward_backward, penalised_update
 
 from .suite import paired
 

@@ -33,7 +33,7 @@ def tiny_run(tmp_path_factory) -> cen_lab.Run:
 @pytest.fixture(scope="session")
 def tiny_report(tmp_path_factory):
     """A report of the tiny preset with small notebook parameters, built once per session (read-only)."""
-    from cen_lab.reports import build_report
+    from cen_lab.views.reports import build_report
 
     root = tmp_path_factory.mktemp("report")
     common = {"preset": "tiny", "runs_dir": str(root / "runs"), "progress": False}

@@ -7,9 +7,9 @@ import sys
 import nbformat
 import pytest
 
-from cen_lab.app import HOST, ExploreError, explorer_notebook, free_port, voila_command
+from cen_lab.views.app import HOST, ExploreError, explorer_notebook, free_port, voila_command
 from cen_lab.cli import main
-from cen_lab.reports import obtain_runs
+from cen_lab.views.reports import obtain_runs
 
 
 def test_the_app_notebook_is_the_explorer_with_the_runs_injected(tiny_run, tmp_path):
@@ -42,7 +42,7 @@ def test_voila_listens_on_loopback_only_behind_a_token(tmp_path):
 
 
 def test_the_app_template_loads_nothing_from_a_cdn():
-    from cen_lab.app import JUPYTER_DATA, TEMPLATE
+    from cen_lab.views.app import JUPYTER_DATA, TEMPLATE
 
     page = (JUPYTER_DATA / "voila" / "templates" / TEMPLATE / "index.html.j2").read_text()
     assert "extends 'lab/index.html.j2'" in page and "https://" not in page.split("-#}", 1)[1]

@@ -11,8 +11,8 @@ import cen_lab
 from benchmarks import __main__ as bench_cli
 from benchmarks import suite
 from cen_lab import training
-from cen_lab.exchange import channel_exchange
-from cen_lab.runlog import RunWriter
+from cen_lab.network.exchange import channel_exchange
+from cen_lab.runs import RunWriter
 
 
 def test_mask_reference_equals_channel_exchange():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import cen_lab
-from cen_lab.models import BottleneckBlock, ModalBatchNorm2d, ModalConv2d, build_model
-from cen_lab.runlog import TABLES
+from cen_lab.network.architectures import BottleneckBlock, ModalBatchNorm2d, ModalConv2d, build_model
+from cen_lab.runs import TABLES
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_bottleneck_widths_must_divide_by_the_expansion(tiny):
 
 
 def test_the_explorer_shows_a_bottleneck_run(tiny_bottleneck, tmp_path):
-    from cen_lab.widgets import explore
+    from cen_lab.views.widgets import explore
 
     run = cen_lab.train(tiny_bottleneck, tmp_path / "b", progress=False)
     ex = explore(run)

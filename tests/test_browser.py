@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from cen_lab.app import free_port
-from cen_lab.reports import NOTEBOOK_DIR
+from cen_lab.views.app import free_port
+from cen_lab.views.reports import NOTEBOOK_DIR
 
 pytestmark = pytest.mark.browser
 
@@ -152,7 +152,7 @@ def test_every_report_page_renders_offline(tiny_report, browser):
 
 
 def tiny_report_notebooks(out: Path) -> list[str]:
-    from cen_lab.reports import REPORT_NOTEBOOKS
+    from cen_lab.views.reports import REPORT_NOTEBOOKS
 
     return [n for n in REPORT_NOTEBOOKS if (out / f"{n}.html").is_file()]
 

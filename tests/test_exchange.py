@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from cen_lab.exchange import BranchGrid, channel_exchange, exchange_sources
+from cen_lab.network.exchange import BranchGrid, channel_exchange, exchange_sources
 
 
 def test_two_modalities_hand_computed():
@@ -86,7 +86,7 @@ def test_fast_exchange_equals_the_straightforward_one_in_values_and_gradients(m)
 ], ids=str)
 def test_run_path_matches_the_definition_on_every_keep_pattern(rule, grid, monkeypatch):
     from cen_lab import exchange
-    from cen_lab.exchange import _donor_terms, _donors, _ExchangeRuns, _ExchangeTwo, _keep_runs
+    from cen_lab.network.exchange import _donor_terms, _donors, _ExchangeRuns, _ExchangeTwo, _keep_runs
 
     b = grid.size
     gen = torch.Generator().manual_seed(b)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cen_lab.exchange import BranchGrid, channel_exchange, donor_matrix, exchange_keep, exchange_sources
+from cen_lab.network.exchange import BranchGrid, channel_exchange, donor_matrix, exchange_keep, exchange_sources
 
 
 def _column(values):  # [B] values -> x [B, N=1, C, 1] with channel c of branch b = values[b] * (c + 1)

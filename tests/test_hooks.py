@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from cen_lab.config import ModelConfig
-from cen_lab.hooks import record_bn_output_grad_norms
-from cen_lab.models import CENNet
+from cen_lab.network.hooks import record_bn_output_grad_norms
+from cen_lab.network.architectures import CENNet
 
 
 def _net():
@@ -30,7 +30,7 @@ def test_hooks_are_removed_on_error():
 
 @pytest.mark.parametrize("stacked", [True, False])
 def test_norms_equal_the_gradient_of_the_bn_output_either_way(stacked):
-    from cen_lab.models import ModalBatchNorm2d
+    from cen_lab.network.architectures import ModalBatchNorm2d
 
     torch.manual_seed(1)
     bn = ModalBatchNorm2d(2, 3)

@@ -9,10 +9,10 @@ import pytest
 
 STEP_FAULTS = textwrap.dedent("""
     import resource, torch
-    from cen_lab._malloc import keep_freed_memory
+    from cen_lab._util.malloc import keep_freed_memory
     from cen_lab.config import ExperimentConfig
-    from cen_lab.models import build_model
-    from cen_lab.training import _make_optimizer, forward_backward
+    from cen_lab.network.architectures import build_model
+    from cen_lab.experiments.training import _make_optimizer, forward_backward
 
     tuned = keep_freed_memory()
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def test_keep_freed_memory_removes_the_page_faults_of_a_cen_step():
 
 
 def test_keep_freed_memory_can_be_turned_off_and_decides_once(monkeypatch):
-    from cen_lab._malloc import keep_freed_memory
+    from cen_lab._util.malloc import keep_freed_memory
 
     keep_freed_memory.cache_clear()
     try:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cen_lab import plots, theorem
-from cen_lab.miscalibration import (channel_statistics, compare_predictions, fit_logistic, gaussian_attraction,
+from cen_lab.theory.miscalibration import (channel_statistics, compare_predictions, fit_logistic, gaussian_attraction,
                                     layer_sizes)
 from cen_lab.theory import attraction_probability
 

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from cen_lab.config import ModelConfig
-from cen_lab.models import CENNet, ModalBatchNorm2d
-from cen_lab.training import data_losses
+from cen_lab.network.architectures import CENNet, ModalBatchNorm2d
+from cen_lab.experiments.training import data_losses
 
 
 def _net(task="seg", m=2, **kw):

@@ -7,9 +7,9 @@ import torch
 import cen_lab
 from cen_lab.config import ModelConfig
 from cen_lab.errors import ConfigError
-from cen_lab.models import CENNet
-from cen_lab.tasks import TaskMetrics, task_loss
-from cen_lab.training import forward_backward
+from cen_lab.network.architectures import CENNet
+from cen_lab.network.tasks import TaskMetrics, task_loss
+from cen_lab.experiments.training import forward_backward
 
 TASKS3 = ("seg", "depth", "edges")
 

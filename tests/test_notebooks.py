@@ -5,7 +5,7 @@ import ast
 import nbformat
 import pytest
 
-from cen_lab.reports import NOTEBOOK_DIR, notebook_parameters, run_notebook
+from cen_lab.views.reports import NOTEBOOK_DIR, notebook_parameters, run_notebook
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import cen_lab
 from cen_lab.errors import ObserveError, RunExistsError
-from cen_lab.observer import alternate_halves, find_bn_layers, resolve_layers
+from cen_lab.runs import alternate_halves, find_bn_layers, resolve_layers
 from cen_lab.zoo import BatchNorm2dParallel, ReferenceStyleCEN, reference_slim_params, segmentation_loss
 
 GOLDEN = Path(__file__).parent / "data" / "golden_tiny_v2"
@@ -173,7 +173,7 @@ def test_a_custom_exchange_rule(tmp_path):
 
 def test_every_figure_and_the_explorer_work_on_an_observed_run(tmp_path):
     from cen_lab import plots
-    from cen_lab.widgets import explore
+    from cen_lab.views.widgets import explore
 
     run = _observed_run(tmp_path / "run", 5)
     traj = plots.compute_gamma_trajectories(run.gammas, run.branches)
@@ -190,7 +190,7 @@ def test_every_figure_and_the_explorer_work_on_an_observed_run(tmp_path):
     for fig in (plots.plot_gamma_trajectories(traj, run.threshold), plots.plot_exchange_maps(maps),
                 plots.plot_training_curves(curves)):
         assert fig.get_axes()
-    from cen_lab.analysis import compute_run_summary
+    from cen_lab.experiments.analysis import compute_run_summary
 
     summary = compute_run_summary([run])
     assert summary.loc[0, "threshold"] == 0.9 and summary.loc[0, "val/miou/ensemble"] == 0.6
@@ -367,7 +367,7 @@ def test_schema_2_runs_are_read_by_migration(tiny_run, tmp_path):
 def test_the_quickstart_notebook_reads_an_observed_run(tmp_path):
     import nbformat
 
-    from cen_lab.reports import NOTEBOOK_DIR, run_notebook
+    from cen_lab.views.reports import NOTEBOOK_DIR, run_notebook
 
     _observed_run(tmp_path / "run", 4)
     figs = tmp_path / "figs"

@@ -2,7 +2,7 @@ import matplotlib.colors as mcolors
 import pandas as pd
 import pytest
 
-from cen_lab.plots import FREE_COLOUR, PENALISED_COLOUR, compute_gamma_trajectories, plot_gamma_trajectories
+from cen_lab.views.plots import FREE_COLOUR, PENALISED_COLOUR, compute_gamma_trajectories, plot_gamma_trajectories
 
 
 def _gammas():

@@ -8,8 +8,8 @@ import torch
 import cen_lab
 from cen_lab import precision
 from cen_lab.config import ConfigError, ExperimentConfig
-from cen_lab.models import build_model
-from cen_lab.runlog import load_run
+from cen_lab.network.architectures import build_model
+from cen_lab.runs import load_run
 
 
 def _cfg(seed: int, prec: str, steps: int = 30) -> ExperimentConfig:

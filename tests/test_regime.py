@@ -3,7 +3,7 @@
 import pytest
 
 from cen_lab import ExperimentConfig
-from cen_lab.regime import SMOKE_TEST, architecture, evidence, optimiser, regime_of, regime_text
+from cen_lab.experiments.regime import SMOKE_TEST, architecture, evidence, optimiser, regime_of, regime_text
 
 
 def test_regime_lists_every_setting_of_the_runs():

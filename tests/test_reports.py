@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from cen_lab.analysis import compute_run_summary
-from cen_lab.reports import (NOTEBOOK_DIR, REPORT_NOTEBOOKS, FigureSink, NotebookExecutionError,
+from cen_lab.experiments.analysis import compute_run_summary
+from cen_lab.views.reports import (NOTEBOOK_DIR, REPORT_NOTEBOOKS, FigureSink, NotebookExecutionError,
                              NotebookParameterError, build_report, notebook_parameters, run_notebook,
                              validate_parameters)
 
@@ -215,7 +215,7 @@ def test_bring_your_own_notebook_in_the_report(tiny_report):
 
 
 def test_index_tables_put_the_run_and_its_settings_first_and_state_the_settings():
-    from cen_lab.reports import _index_html
+    from cen_lab.views.reports import _index_html
 
     runs = [{"exchange_ratio": 0.5, "lam": 0.01, "run": "r1", "seed": 0, "status": "complete", "steps": 12,
              "threshold": 0.02, "val/miou/ensemble": 0.7}]  # sorted keys, as summary.json stores them
@@ -254,7 +254,7 @@ def test_headless_notebooks_print_progress_as_text_not_widgets(tmp_path):
 def test_progress_bars_are_text_when_headless(monkeypatch):
     from tqdm.std import tqdm as text_tqdm
 
-    from cen_lab._progress import progress_bar
+    from cen_lab._util.progress import progress_bar
 
     monkeypatch.setenv("CEN_LAB_PROGRESS", "text")
     bar = progress_bar(range(3), disable=True)
@@ -262,7 +262,7 @@ def test_progress_bars_are_text_when_headless(monkeypatch):
 
 
 def test_a_tiny_report_says_at_the_top_that_it_is_a_smoke_test(tiny_report):
-    from cen_lab.regime import SMOKE_TEST
+    from cen_lab.experiments.regime import SMOKE_TEST
 
     out = tiny_report.out_dir
     top = json.loads((out / "summary.json").read_text())
@@ -285,8 +285,8 @@ def test_a_tiny_report_says_at_the_top_that_it_is_a_smoke_test(tiny_report):
 
 
 def test_only_smoke_test_reports_carry_the_notice():
-    from cen_lab.regime import SMOKE_TEST
-    from cen_lab.reports import _index_html, report_evidence
+    from cen_lab.experiments.regime import SMOKE_TEST
+    from cen_lab.views.reports import _index_html, report_evidence
 
     def settings(common, **notebooks):
         return {"common": common, "notebooks": notebooks}

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import cen_lab
-from cen_lab._lock import RunLock
+from cen_lab.runs.lock import RunLock
 from cen_lab.errors import RunLockedError, RunWriteError
 from cen_lab.zoo import ReferenceStyleCEN
 
@@ -115,7 +115,7 @@ def test_a_failed_write_ends_the_run_clearly_and_resume_completes_it(tmp_path, t
 
 
 def test_write_errors_name_the_file(tmp_path):
-    from cen_lab._io import atomic_write_bytes
+    from cen_lab._util.atomic import atomic_write_bytes
 
     folder = tmp_path / "ro"
     folder.mkdir()
@@ -143,8 +143,8 @@ def _kill_when_training(run_dir: Path, stop, killed: list) -> None:
 def test_a_killed_sweep_worker_is_a_failed_point_and_a_rerun_completes_it(tmp_path, backend):
     import threading
 
-    from cen_lab.runlog import TABLES
-    from cen_lab.sweeps import run_name
+    from cen_lab.runs import TABLES
+    from cen_lab.experiments.sweeps import run_name
 
     base = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 400, "train.ckpt_every": 20})
     grid = {"seed": [0, 1, 2]}
@@ -222,8 +222,8 @@ def test_a_killed_loky_worker_process_does_not_stop_the_sweep(tmp_path):
     again in a new pool and resume, and the table says so."""
     import threading
 
-    from cen_lab.runlog import TABLES
-    from cen_lab.sweeps import run_name
+    from cen_lab.runs import TABLES
+    from cen_lab.experiments.sweeps import run_name
 
     base = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 400, "train.ckpt_every": 20})
     out = tmp_path / "sweep"

@@ -7,7 +7,7 @@ import torch
 
 import cen_lab
 from cen_lab import RunFormatError
-from cen_lab.runlog import validate_table
+from cen_lab.runs import validate_table
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cen_lab import sparsity_mask
-from cen_lab.sparsity import add_l1_subgradient, apply_l1_proximal, l1_penalty
+from cen_lab.network.penalty import add_l1_subgradient, apply_l1_proximal, l1_penalty
 
 
 def test_two_modalities_split_in_halves():
@@ -68,8 +68,8 @@ def test_alternate_halves_is_the_reference_rule_layer_after_layer():
 
 
 def test_a_trained_network_penalises_what_the_reference_name_filter_picks(tiny):
-    from cen_lab.layouts import alternate_halves
-    from cen_lab.models import build_model
+    from cen_lab.network.layouts import alternate_halves
+    from cen_lab.network.architectures import build_model
 
     cfg = tiny.override({"data.modalities": ("rgb", "depth", "edges"), "train.sparsity": "alternate-halves"})
     model = build_model(cfg.model, 3, 3, 5, "seg", cfg.train.sparsity)

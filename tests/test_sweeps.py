@@ -4,8 +4,8 @@ import pytest
 import cen_lab
 from cen_lab import ConfigError
 from cen_lab.cli import main
-from cen_lab.runlog import TABLES
-from cen_lab.sweeps import grid_points, run_name
+from cen_lab.runs import TABLES
+from cen_lab.experiments.sweeps import grid_points, run_name
 
 GRID = {"train.lam": [0.001, 0.05], "seed": range(2)}
 

@@ -7,8 +7,8 @@ import torch
 
 from cen_lab import theorem
 from cen_lab.data import load_data
-from cen_lab.regime import SMOKE_TEST
-from cen_lab.training import data_losses
+from cen_lab.experiments.regime import SMOKE_TEST
+from cen_lab.experiments.training import data_losses
 
 TINY = {"preset": "tiny", "steps": 12, "checkpoints": 2, "model__widths": (8, 8)}
 

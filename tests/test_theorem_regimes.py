@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cen_lab import plots, theorem
-from cen_lab.theorem_regimes import compare_regimes, regime_label
+from cen_lab.theory.regimes import compare_regimes, regime_label
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import torch
 import cen_lab
 from cen_lab import ConfigError, NonFiniteLossError, RunExistsError
 from cen_lab.data import load_data
-from cen_lab.exchange import exchange_sources
-from cen_lab.models import build_model
-from cen_lab.runlog import TABLES
-from cen_lab.training import data_losses
+from cen_lab.network.exchange import exchange_sources
+from cen_lab.network.architectures import build_model
+from cen_lab.runs import TABLES
+from cen_lab.experiments.training import data_losses
 
 
 def assert_same_logs(a: cen_lab.Run, b: cen_lab.Run) -> None:

@@ -1,6 +1,6 @@
 import pytest
 
-from cen_lab.widgets import explore
+from cen_lab.views.widgets import explore
 
 
 def test_explorer_follows_the_slider_layer_and_modality(tiny_run):
@@ -61,7 +61,7 @@ def test_explorer_keeps_the_step_not_the_index_when_the_run_changes(tiny_run, tm
 def test_explorer_offers_the_runs_under_a_folder(tiny_run, tmp_path):
     import shutil
 
-    from cen_lab.widgets import runs_under
+    from cen_lab.views.widgets import runs_under
 
     shutil.copytree(tiny_run.path, tmp_path / "a" / "one")
     shutil.copytree(tiny_run.path, tmp_path / "b")
