@@ -81,6 +81,21 @@ def _is_state_dict(obj: Any) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _refusal(path: Path, error: Exception) -> str:
+    """cen_lab's own message for a file that ``torch.load(weights_only=True)`` refused: what, why, and how to save
+    one that imports. torch's text is not quoted (it is long, styled for a terminal, and suggests loading unsafely)."""
+    text = _ANSI.sub("", str(error))
+    found = sorted(set(re.findall(r"GLOBAL ([A-Za-z_][\w.]*)", text)))
+    what = f"it pickles code ({', '.join(found)})" if found else "it pickles code (a class, function or other global)"
+    return (f"{path}: refused: {what}, and unpickling code can run anything, so cen_lab loads checkpoints with "
+            "torch.load(weights_only=True), which reads tensors and plain containers only. Nothing in the file was "
+            "executed. Save the weights as a state dict and import that file: "
+            "torch.save({'state_dict': model.state_dict(), 'epoch': epoch}, path)")
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
     """Load one checkpoint safely: ``(state dict, top-level entries, where it was found)``.
 
@@ -95,11 +110,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ObserveError(
-            f"{path}: refused: it needs code to unpickle (a class, function or other global that "
-            f"torch.load(weights_only=True) does not allow: {first[:300]}). Nothing in it was executed. Save the "
-            "state dict alone (torch.save(model.state_dict(), path)) to import it") from None
+        raise ObserveError(_refusal(path, e)) from None
     except Exception as e:  # truncated zip, not a torch file ...
         raise RunFormatError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
     top = obj if isinstance(obj, Mapping) else {}
@@ -220,8 +231,13 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
         state, top, where = read_state_dict(f)
         prefixes = _bn_prefixes(state)
         if not prefixes:
-            keys = [k for k in state if k.endswith(".weight")][:20]
-            raise ObserveError(f"{f}: no BatchNorm found in its state dict (under {where}); keys like {keys}")
+            raise ObserveError(f"{f}: no BatchNorm found in its state dict (under {where}): no prefix has .weight, "
+                               f".bias and .running_mean; its {len(state)} keys begin {list(state)[:8]}")
+        for p in prefixes:  # before anything is written: a refused file leaves no half-imported run
+            bad = ~torch.isfinite(state[f"{p}.weight"])
+            if bad.any():
+                raise ObserveError(f"{f}: layer {p!r} has {int(bad.sum())} gamma(s) that are NaN or infinite "
+                                   f"({p}.weight); the file was not imported (a diverged run?)")
         keep = {f"{p}.{a}" for p in prefixes for a in ("weight", "bias", "running_mean")}
         states.append({k: v for k, v in state.items() if k in keep})
         tops.append({k: top[k] for k in STEP_KEYS if k in top})
