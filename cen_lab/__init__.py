@@ -14,6 +14,8 @@ flat module paths of before (``cen_lab.runs``, ``cen_lab.fusion``, ...) stay imp
 
 from __future__ import annotations
 
+import importlib
+
 from . import _moved
 from ._version import __version__
 
@@ -48,3 +50,14 @@ __all__ = [
     "sweep",
     "train",
 ]
+
+
+_SUBMODULES = ("config", "data", "network", "runs", "experiments", "theory", "views", "zoo", "cli", "errors")
+
+
+def __getattr__(name: str):
+    """``cen_lab.<module>`` without importing it first (``cen_lab.models.CENNet``, ``cen_lab.plots``), as when
+    the flat package imported most of its modules at once: the module is imported on first use."""
+    if f"{__name__}.{name}" in _moved.MOVED or name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

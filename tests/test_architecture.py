@@ -11,6 +11,8 @@ import ast
 import importlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -234,3 +236,14 @@ def test_old_module_paths_are_the_moved_modules_themselves():
     import cen_lab.experiments.training as moved
 
     assert training.train is moved.train is importlib.import_module("cen_lab").train
+
+
+def test_old_modules_are_attributes_of_the_package_without_an_import():
+    # user code of before wrote `import cen_lab` then `cen_lab.models.CENNet`: a fresh interpreter, no other import
+    code = ("import cen_lab\n"
+            "net = cen_lab.models.CENNet(2, 3, 4, 'seg', cen_lab.config.ModelConfig(widths=(4,), strides=(1,)))\n"
+            "assert cen_lab.plots.plot_gamma_trajectories and cen_lab.theorem.local_check_model\n"
+            "assert cen_lab.zoo.ReferenceStyleCEN and cen_lab.runlog.load_run is cen_lab.load_run\n"
+            "try:\n    cen_lab.no_such_module\nexcept AttributeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "module 'cen_lab' has no attribute 'no_such_module'"
