@@ -11,7 +11,7 @@ from typing import Sequence
 
 from ._version import __version__
 from .config import PRESETS, ExperimentConfig
-from .errors import CenLabError, ConfigError, ObserveError
+from .errors import CenLabError, ConfigError, ObserveError, command_line
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        with command_line():  # messages name the flags (--overwrite), not Python's keywords
+            return args.func(args)
     except CenLabError as e:
         print(f"cen-lab: error: {e}", file=sys.stderr)
         return 2

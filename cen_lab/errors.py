@@ -5,6 +5,35 @@ Every error names the field, key or file at fault so that a user can act on the 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from typing import Iterator
+
+# which interface the current call came through: messages that advise an option name it as that interface spells it
+_INTERFACE: contextvars.ContextVar[str] = contextvars.ContextVar("cen_lab_interface", default="python")
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Within this block, messages advise the command line's flags (``cen-lab`` runs its commands in it)."""
+    token = _INTERFACE.set("cli")
+    try:
+        yield
+    finally:
+        _INTERFACE.reset(token)
+
+
+def said(python: str, cli: str) -> str:
+    """``python`` or ``cli``: the advice as the interface of the current call spells it."""
+    return cli if _INTERFACE.get() == "cli" else python
+
+
+def option(name: str) -> str:
+    """A boolean option as the current interface spells it: ``overwrite=True`` from Python, ``--overwrite`` from
+    ``cen-lab``. Every message that advises an option names it through this, so that it never names one the
+    interface lacks."""
+    return said(f"{name}=True", f"--{name.replace('_', '-')}")
+
 
 class CenLabError(Exception):
     """Base class of every error cen_lab raises on purpose."""

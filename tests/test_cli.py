@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import cen_lab
 from cen_lab.cli import main
 
@@ -33,7 +35,13 @@ def test_existing_run_is_refused_by_the_cli(tmp_path, capsys):
     args = ["train", "--preset", "tiny", "--set", "train.steps=2", "--out", str(tmp_path / "r"), "--no-progress"]
     assert main(args) == 0
     assert main(args) == 2
-    assert "already holds this run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # the advice names the command line's flags, not Python's keywords
+    assert "already holds this run; pass --resume to continue or reuse it, or --overwrite to start again" in err
+    assert "=True" not in err
+    with pytest.raises(cen_lab.RunExistsError, match="pass resume=True to continue or reuse it, or overwrite=True"):
+        cen_lab.train(cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 2}), tmp_path / "r",
+                      progress=False)
 
 
 def test_report_runs_the_notebooks_and_reuses_the_run(tmp_path):

@@ -145,7 +145,13 @@ def test_cli_import(tmp_path, capsys):
     assert "3 checkpoints as steps [0, 5, 10] (file entry 'epoch_start')" in capsys.readouterr().out
     assert cen_lab.load_run(out).branches == ["rgb", "depth"]
     assert main(["import", str(tmp_path / "epoch-*.pth"), "--out", str(out), "--penalised", "none"]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # import has no resume, and the CLI spells overwrite as a flag
+    assert "already holds a run (status complete); pass --overwrite to replace it" in err
+    assert "resume" not in err and "=True" not in err
+    with pytest.raises(cen_lab.RunExistsError,
+                       match=r"pass overwrite=True to replace it, or choose another directory$"):
+        cen_lab.import_checkpoints(str(tmp_path / "epoch-*.pth"), out, penalised="none", progress=False)
     assert main(["import", str(tmp_path / "epoch-*.pth"), "--out", str(tmp_path / "x"), "--penalised", "none",
                  "--steps", "a,b"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err

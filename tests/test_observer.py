@@ -281,7 +281,8 @@ def test_steps_twice_backwards_and_non_finite_metrics_are_refused_and_nothing_is
     run = cen_lab.load_run(tmp_path / "run")
     assert sorted(run.gammas["step"].unique()) == [0, 3, 4]
     assert run.metrics["value"].tolist() == [1.0, 0.5, 0.25]
-    with pytest.raises(RunExistsError, match="resume=True"):
+    with pytest.raises(RunExistsError, match=r"\(status complete\); pass resume=True to continue it or overwrite=True "
+                                             "to start again"):
         cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="none")
 
 

@@ -29,6 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from .._util.atomic import atomic_path
+from ..errors import said
 from ..config import ARCHS, ExperimentConfig  # ARCHS: the default benchmark's architectures, plain first
 from .precision import name_suffix
 from ..runs.reader import load_run
@@ -124,7 +125,7 @@ def run_fusion_benchmark(runs_dir: str | Path, *, preset: str = "default", varia
     if not archs or any(a not in ARCHS for a in archs):
         raise ValueError(f"archs must be some of {list(ARCHS)}, got {archs}")
     if "model__arch" in overrides or "model.arch" in overrides:
-        raise ValueError("choose the architecture with archs=, not with a model.arch override")
+        raise ValueError("choose the architecture with " + said("archs=[...]", "--arch") + ", not with a model.arch override")
     bundles = {v: _CATALOGUE[v][1] for v in names}
     tables = []
     for arch in archs:

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from ..errors import ObserveError, RunExistsError
+from ..errors import ObserveError, RunExistsError, option
 from ..network.layouts import BNLayer, penalised_masks, resolve_layers
 from .exchange_maps import ExchangeFn, ExchangeMap, _exchange_map
 from .lock import RunLock
@@ -110,12 +110,13 @@ def _writer(out: Path, settings: dict[str, Any], found: list[BNLayer], m: int, n
                    if writer.settings.get(k) != settings[k]]
         if differs:
             raise RunExistsError(f"{out} holds a run with other settings ({', '.join(differs)}); "
-                                 "pass overwrite=True to replace it or choose another directory")
+                                 f"pass {option('overwrite')} to replace it or choose another directory")
         return writer, True
     if _prepare_dir(out, overwrite) == "existing":
         status = _read_manifest(out)["status"] if (out / "manifest.json").is_file() else "unknown"
-        raise RunExistsError(f"{out} already holds a run (status {status}); pass resume=True to continue it or "
-                             "overwrite=True to start again")
+        again = (f"pass {option('resume')} to continue it or {option('overwrite')} to start again" if source == "observed"
+                 else f"pass {option('overwrite')} to replace it, or choose another directory")  # import: no resume
+        raise RunExistsError(f"{out} already holds a run (status {status}); {again}")
     full = {"source": source, "name": out.name, "seed": None, "total_steps": None,
             "model_class": model_class or f"{type(model).__module__}.{type(model).__qualname__}",
             "layers": [la.name for la in found],

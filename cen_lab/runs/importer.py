@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .._util.progress import progress_bar
-from ..errors import ObserveError, RunFormatError
+from ..errors import ObserveError, RunFormatError, said
 from .attach import _open
 from .exchange_maps import ExchangeFn
 from .reader import Run, load_run
@@ -193,7 +193,8 @@ def _steps(files: list[Path], tops: list[dict[str, Any]], steps: Sequence[int] |
         raise ObserveError(f"steps must be integers >= 0, got {steps}")
     if len(set(steps)) != len(steps):
         dup = sorted({s for s in steps if steps.count(s) > 1})
-        raise ObserveError(f"two checkpoints have the same step {dup} (from {source}); pass steps= explicitly")
+        raise ObserveError(f"two checkpoints have the same step {dup} (from {source}); give each file's step "
+                           + said("with steps=[...]", "with --steps 0,5,10,..."))
     return steps, source
 
 

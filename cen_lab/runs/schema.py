@@ -77,7 +77,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import ExperimentConfig
-from ..errors import ConfigError, RunFormatError
+from ..errors import ConfigError, RunFormatError, said
 
 __all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "SOURCES", "TABLES", "validate_table"]
 
@@ -135,8 +135,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if version not in READABLE_VERSIONS:
         raise RunFormatError(
             f"{mpath}: schema_version {version!r} is not supported (this cen_lab reads "
-            f"{list(READABLE_VERSIONS)}); another cen_lab wrote it. Delete {path} or train it again with overwrite=True "
-            "(cen-lab train --overwrite); notebooks and reports then retrain it"
+            f"{list(READABLE_VERSIONS)}); another cen_lab wrote it. Delete {path} or train it again with "
+            + said("train(..., overwrite=True)", "cen-lab train --overwrite") + "; notebooks and reports then retrain it"
         )
     if version == 2:
         manifest = _migrate(path, manifest)

@@ -16,7 +16,7 @@ import torch
 
 from .._util.atomic import atomic_path, atomic_write_json
 from ..config import ExperimentConfig
-from ..errors import ConfigError, RunExistsError, RunFormatError
+from ..errors import ConfigError, RunExistsError, RunFormatError, option, said
 from .checkpoints import _checkpoint_steps, checkpoint_path, load_checkpoint, save_checkpoint
 from .schema import SCHEMA_VERSION, SOURCES, TABLES, _read_manifest, validate_table
 
@@ -62,12 +62,12 @@ class RunWriter:
             diff = _config_diff(existing.to_dict(), config.to_dict())
             raise RunExistsError(
                 f"{path} already holds a different run (differs in {', '.join(diff[:5])}); "
-                "pass overwrite=True (--overwrite) to replace it or choose another directory"
+                f"pass {option('overwrite')} to replace it or choose another directory"
             )
         if not resume:
             raise RunExistsError(
-                f"{path} already holds this run; pass resume=True (--resume) to continue or reuse it, "
-                "or overwrite=True (--overwrite) to start again"
+                f"{path} already holds this run; pass {option('resume')} to continue or reuse it, "
+                f"or {option('overwrite')} to start again"
             )
         manifest = _read_manifest(path)
         return ("done" if manifest["status"] == "complete" else "resume"), path
@@ -118,7 +118,8 @@ class RunWriter:
         everything on disk kept; ``truncate`` drops rows from a step on."""
         manifest = _read_manifest(path)
         if manifest["source"] == "trained":
-            raise RunExistsError(f"{path} holds a run trained by cen_lab.train; resume it with train(..., resume=True)")
+            raise RunExistsError(f"{path} holds a run trained by cen_lab.train; resume it with "
+                                 + said("train(..., resume=True)", "cen-lab train --resume"))
         settings = json.loads((path / "config.json").read_text(encoding="utf-8"))
         manifest.update(status="incomplete", error=None, ended_at=None, versions=_versions())
         w = cls(path, settings, manifest)
