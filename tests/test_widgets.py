@@ -1,5 +1,6 @@
 import pytest
 
+from cen_lab.views import widgets
 from cen_lab.views.widgets import explore
 
 
@@ -87,4 +88,15 @@ def test_headless_explorer_shows_still_pictures_and_never_writes_to_output_widge
     assert isinstance(shown[0], IPython.display.Markdown) and "needs a live kernel" in shown[0].data
     assert sum(isinstance(o, dict) and "image/png" in o for o in shown) == 3  # the three figures as PNG bundles
     monkeypatch.delenv("CEN_LAB_HEADLESS")
+    monkeypatch.setattr(widgets, "in_jupyter", lambda: True)  # as in a kernel
     assert explore(tiny_run).live
+
+
+def test_outside_jupyter_the_explorer_says_it_needs_jupyter_and_prints_nothing(tiny_run, monkeypatch, capsys):
+    monkeypatch.delenv("CEN_LAB_HEADLESS", raising=False)
+    assert not widgets.in_jupyter()  # pytest is no kernel
+    with pytest.warns(UserWarning, match=r"needs Jupyter .*`cen-lab explore RUN_DIR ...`"):
+        ex = explore(tiny_run)
+    assert not ex.live and set(ex.figures) == {"exchange", "gammas", "curves"}
+    ex.slider.value = 1
+    assert capsys.readouterr().out == ""  # no base64 PNGs printed by Output widgets without a frontend

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +24,20 @@ from ..runs.reader import Run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Explorer", "explore", "runs_under"]
+__all__ = ["Explorer", "explore", "runs_under", "in_jupyter"]
+
+OUTSIDE_JUPYTER = ("the explorer is an ipywidgets app and needs Jupyter (JupyterLab or Notebook: `make lab`); from a "
+                   "terminal, serve it in your browser with `cen-lab explore RUN_DIR ...` (or `make explore`)")
+
+
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, Notebook, Voila, papermill), False in a script or a terminal."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 class Explorer:
@@ -46,7 +60,9 @@ class Explorer:
         self._plots = plots
         self.runs = dict(runs)
         self.figures: dict[str, Any] = {}
-        self.live = os.environ.get("CEN_LAB_HEADLESS") != "1"  # False: draw figures, never write to Output widgets
+        # False: draw figures, never write to Output widgets (headless report runs; a terminal, where writing to one
+        # prints the PNGs' base64 text to stdout)
+        self.live = os.environ.get("CEN_LAB_HEADLESS") != "1" and in_jupyter()
         self.run_picker = w.Dropdown(options=list(self.runs), description="run")
         self.layer_picker = w.Dropdown(description="layer")
         self.branch_picker = w.Dropdown(description="branch")
@@ -168,4 +184,6 @@ def explore(runs: Run | Sequence[Run] | Mapping[str, Run] | str | Path) -> Explo
         runs = {runs.path.name: runs}
     elif not isinstance(runs, Mapping):
         runs = {run.path.name: run for run in runs}
+    if not in_jupyter() and os.environ.get("CEN_LAB_HEADLESS") != "1":
+        warnings.warn(OUTSIDE_JUPYTER, stacklevel=2)  # the state and figures are still built (``.figures``)
     return Explorer(runs)
