@@ -50,3 +50,39 @@ def test_plot_on_a_real_run(tiny_run):
 def test_empty_frame_is_an_error():
     with pytest.raises(ValueError, match="no gamma records"):
         plot_gamma_trajectories(compute_gamma_trajectories(_gammas().iloc[:0]))
+
+
+def test_every_plot_names_the_compute_that_makes_its_frame():
+    import inspect
+
+    import pandas as pd
+
+    from cen_lab import plots
+
+    names = [n for n in dir(plots) if n.startswith("plot_")]
+    assert len(names) == 24
+    for name in names:
+        plot = getattr(plots, name)
+        assert plot.columns, name
+        # plot_X draws compute_X's frame wherever a compute_X exists here (and every pair below has one)
+        twin = "compute_" + name[len("plot_"):]
+        if name not in ("plot_gamma_distributions", "plot_prediction_ece", "plot_regime_calibration",
+                        "plot_regime_outcome", "plot_exchange_settling", "plot_fusion_results",
+                        "plot_learning_curves"):
+            assert hasattr(plots, twin) and plot.maker.startswith(twin), (name, plot.maker)
+        args = [p for p in inspect.signature(plot).parameters.values() if p.default is p.empty][1:]
+        with pytest.raises(ValueError, match=f"^{plot.__name__} takes the frame of .*this frame lacks"):
+            plot(pd.DataFrame({"unrelated": [1]}), *[0] * len(args))
+        with pytest.raises(TypeError, match=f"^{plot.__name__} takes the DataFrame"):
+            plot({"not": "a frame"}, *[0] * len(args))
+
+
+def test_raw_gammas_given_to_the_snapshot_plot_name_the_compute_step(tiny_run):
+    from cen_lab import plots
+
+    assert plots.plot_gamma_distributions is plots.plot_gamma_snapshot  # the old name stays
+    with pytest.raises(ValueError, match=r"run's raw 'gammas' table \(run.gammas\): pass it through "
+                                         r"compute_gamma_snapshot first"):
+        plots.plot_gamma_distributions(tiny_run.gammas, tiny_run.threshold)
+    snap = plots.compute_gamma_snapshot(tiny_run.gammas, tiny_run.threshold, tiny_run.branches)
+    assert plots.plot_gamma_snapshot(snap, tiny_run.threshold).get_axes()

@@ -124,7 +124,7 @@ class Explorer:
         layer_frame = self.exchange_frame[self.exchange_frame["layer"] == layer]
         self.figures = {
             "exchange": p.plot_exchange_snapshot(layer_frame, step, title=f"{layer} at step {step}", figsize=(5.5, 2.2)),
-            "gammas": p.plot_gamma_distributions(snapshot, thr, title=f"{layer}: |gamma| at step {step}",
+            "gammas": p.plot_gamma_snapshot(snapshot, thr, title=f"{layer}: |gamma| at step {step}",
                                                  panel_size=(4.0, 2.4)),
         }
         if not self.curves_frame.empty:  # an imported run has no metrics

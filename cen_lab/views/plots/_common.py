@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -72,3 +73,38 @@ def plotly_grid(nrows: int, ncols: int, titles: list[str], *, shared_xaxes: bool
                         vertical_spacing=min(0.12, 0.35 / max(nrows, 1)), **kw)
     fig.update_layout(height=80 + height_per_row * nrows, template="plotly_white", margin=dict(t=70, l=60, r=20, b=50))
     return fig
+
+
+def takes(maker: str, columns: Sequence[str]):
+    """Decorate a ``plot_*`` whose first argument is the frame ``maker`` returns: a frame without ``columns`` is a
+    ``ValueError`` that names ``maker`` (and says so when a raw run table was passed), before any drawing."""
+
+    def decorate(plot):
+        @functools.wraps(plot)
+        def checked(frame, *args, **kwargs):
+            check_frame(frame, plot.__name__, maker, columns)
+            return plot(frame, *args, **kwargs)
+
+        checked.__doc__ = (plot.__doc__ or "") + f"\n\n    Takes the frame of ``{maker}``.\n"
+        checked.maker = maker
+        checked.columns = tuple(columns)
+        return checked
+
+    return decorate
+
+
+_RUN_TABLES = {"gammas": ("gamma", "beta", "penalised"), "exchange": ("exchanged", "source"),
+               "metrics": ("split", "name", "value"), "grads": ("dgamma", "dxprime_norm")}
+
+
+def check_frame(frame, plot: str, maker: str, columns: Sequence[str]) -> None:
+    """Raise a ``TypeError`` / ``ValueError`` naming ``maker`` when ``frame`` is not the frame ``plot`` draws."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{plot} takes the DataFrame that {maker} returns, got {type(frame).__name__}")
+    missing = [c for c in columns if c not in frame.columns]
+    if not missing:
+        return
+    raw = next((t for t, cols in _RUN_TABLES.items() if all(c in frame.columns for c in cols)), None)
+    hint = f" It looks like a run's raw {raw!r} table (run.{raw}): pass it through {maker} first." if raw else ""
+    raise ValueError(f"{plot} takes the frame of {maker}, which has the columns {list(columns)}; this frame lacks "
+                     f"{missing}.{hint}")

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
+from ._common import takes, ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["compute_training_curves", "plot_training_curves", "compute_metric_across_runs", "plot_metric_across_runs"]
 
@@ -71,6 +71,7 @@ def _colour(branch: str, branches: list[str]) -> str:
     return ENSEMBLE_COLOUR if branch == "ensemble" else BRANCH_COLOURS[branches.index(branch) % len(BRANCH_COLOURS)]
 
 
+@takes('compute_training_curves', ('step', 'split', 'kind', 'task', 'branch', 'value'))
 def plot_training_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", marker_step: int | None = None,
                          title: str | None = None, panel_size: tuple[float, float] = (3.6, 2.6)):
     """Losses, validation scores and alpha over training, one line per branch (ensemble in black); one row of
@@ -165,6 +166,7 @@ def compute_metric_across_runs(runs: Mapping[str, Any], name: str, split: str = 
     return out
 
 
+@takes('compute_metric_across_runs', ('run', 'step', 'value'))
 def plot_metric_across_runs(frame: pd.DataFrame, *, ylabel: str = "value", backend: str = "matplotlib",
                             title: str | None = None, figsize: tuple[float, float] = (5.5, 3.2)):
     """One line per run (output of ``compute_metric_across_runs``)."""

@@ -7,10 +7,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import (KEPT_COLOUR, MEAN_COLOUR, BRANCH_COLOURS, check_backend, branch_names, branch_table,
+from ._common import (takes, KEPT_COLOUR, MEAN_COLOUR, BRANCH_COLOURS, check_backend, branch_names, branch_table,
                       mpl_figure, plotly_grid, select_layers, sort_by_layer)
 
-__all__ = ["compute_exchange_maps", "plot_exchange_maps", "plot_exchange_snapshot", "plot_exchange_animation",
+__all__ = ["compute_exchange_snapshot", "compute_exchange_animation", "compute_exchange_maps", "plot_exchange_maps", "plot_exchange_snapshot", "plot_exchange_animation",
            "compute_exchange_ratio", "plot_exchange_ratio", "compute_flip_events", "compute_flip_counts",
            "plot_flip_counts"]
 
@@ -57,6 +57,7 @@ def _labels(frame: pd.DataFrame) -> list[str]:
         ["kept"] + [f"from {n}" for _, n in branch_table(frame)] + ["mean of others"])
 
 
+@takes('compute_exchange_maps', ('layer', 'branch', 'branch_name', 'channel', 'step', 'code', 'state'))
 def plot_exchange_maps(frame: pd.DataFrame, *, backend: str = "matplotlib", title: str | None = None,
                        panel_size: tuple[float, float] = (4.2, 2.2)):
     """Channel x step maps per (layer, branch): which channels are exchanged, and from which branch.
@@ -133,6 +134,7 @@ def _snapshot(frame: pd.DataFrame, step: int) -> tuple[np.ndarray, list[str], np
     return z, [f"{layer} · {name}" for layer, name in rows], np.arange(width)
 
 
+@takes('compute_exchange_snapshot (= compute_exchange_maps)', ('layer', 'branch', 'branch_name', 'channel', 'step', 'code', 'state'))
 def plot_exchange_snapshot(frame: pd.DataFrame, step: int, *, backend: str = "matplotlib", title: str | None = None,
                            figsize: tuple[float, float] = (7.0, 3.0)):
     """All exchange maps at one step: rows are (layer, branch), columns channels."""
@@ -166,6 +168,7 @@ def plot_exchange_snapshot(frame: pd.DataFrame, step: int, *, backend: str = "ma
     return fig
 
 
+@takes('compute_exchange_animation (= compute_exchange_maps)', ('layer', 'branch', 'branch_name', 'channel', 'step', 'code', 'state'))
 def plot_exchange_animation(frame: pd.DataFrame, *, title: str | None = None, frame_ms: int = 150):
     """Plotly only: the exchange snapshot animated over the logged steps, with a step slider and play button."""
     import plotly.graph_objects as go
@@ -195,6 +198,11 @@ def plot_exchange_animation(frame: pd.DataFrame, *, title: str | None = None, fr
     return fig
 
 
+# the snapshot and the animation draw the same frame as the maps; these names pair them with their plot_*
+compute_exchange_snapshot = compute_exchange_maps
+compute_exchange_animation = compute_exchange_maps
+
+
 def compute_exchange_ratio(exchange: pd.DataFrame, branches: Sequence[str] | None = None) -> pd.DataFrame:
     """Portion of exchanged channels per step, layer and branch.
 
@@ -212,6 +220,7 @@ def compute_exchange_ratio(exchange: pd.DataFrame, branches: Sequence[str] | Non
     return out[["step", "layer", "branch", "branch_name", "ratio"]]
 
 
+@takes('compute_exchange_ratio', ('step', 'layer', 'branch', 'branch_name', 'ratio'))
 def plot_exchange_ratio(frame: pd.DataFrame, *, backend: str = "matplotlib", title: str | None = None,
                         panel_size: tuple[float, float] = (4.2, 2.8)):
     """Exchange ratio over training: one panel per branch, one line per layer."""
@@ -288,6 +297,7 @@ def compute_flip_counts(exchange: pd.DataFrame, branches: Sequence[str] | None =
     return counts[["step", "branch", "branch_name", "entered", "left"]]
 
 
+@takes('compute_flip_counts', ('step', 'branch', 'branch_name', 'entered', 'left'))
 def plot_flip_counts(frame: pd.DataFrame, *, backend: str = "matplotlib", title: str | None = None,
                      panel_size: tuple[float, float] = (4.2, 2.6)):
     """Channels entering (up) and leaving (down) exchange per logged step, one panel per branch."""

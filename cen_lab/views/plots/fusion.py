@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ...experiments.fusion import by_arch
-from ._common import ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
+from ._common import takes, ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_fusion_results"]
 
@@ -14,6 +14,7 @@ FAMILY_COLOURS = {"unimodal": "#7f7f7f", "single-task": "#7f7f7f", "baseline": B
                   "scenario": BRANCH_COLOURS[2], "ablation": BRANCH_COLOURS[1], "reference": "#8e44ad"}
 
 
+@takes('compute_fusion_results (cen_lab.fusion)', ('branch', 'metric', 'task'))
 def plot_fusion_results(results: pd.DataFrame, *, task: str | None = None, backend: str = "matplotlib",
                         figsize=(7.0, 4.8)):
     """The final prediction's score on one task per variant (mean across seeds with its t interval), best at

@@ -7,11 +7,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import (FREE_COLOUR, BRANCH_COLOURS, PENALISED_COLOUR, check_backend, branch_names,
+from ._common import (takes, FREE_COLOUR, BRANCH_COLOURS, PENALISED_COLOUR, check_backend, branch_names,
                       branch_table, mpl_figure, plotly_grid, select_layers, sort_by_layer)
 
 __all__ = ["compute_gamma_trajectories", "plot_gamma_trajectories", "compute_gamma_snapshot",
-           "plot_gamma_distributions", "compute_sparsity", "plot_sparsity"]
+           "plot_gamma_snapshot", "plot_gamma_distributions", "compute_sparsity", "plot_sparsity"]
 
 
 def compute_gamma_trajectories(gammas: pd.DataFrame, branches: Sequence[str] | None = None,
@@ -48,6 +48,7 @@ def compute_gamma_trajectories(gammas: pd.DataFrame, branches: Sequence[str] | N
     return sort_by_layer(out, order, ["branch", "channel", "step"])
 
 
+@takes('compute_gamma_trajectories', ('layer', 'branch', 'branch_name', 'channel', 'penalised', 'step', 'abs_gamma'))
 def plot_gamma_trajectories(frame: pd.DataFrame, threshold: float | None = None, *, backend: str = "matplotlib",
                             title: str | None = None, panel_size: tuple[float, float] = (3.6, 2.4)):
     """|gamma| trajectories: one panel per (layer, branch), one line per channel.
@@ -141,7 +142,8 @@ def compute_gamma_snapshot(gammas: pd.DataFrame, threshold: float, branches: Seq
                   "below_threshold"]]
 
 
-def plot_gamma_distributions(frame: pd.DataFrame, threshold: float | None = None, *, backend: str = "matplotlib",
+@takes('compute_gamma_snapshot', ('step', 'branch', 'branch_name', 'penalised', 'abs_gamma'))
+def plot_gamma_snapshot(frame: pd.DataFrame, threshold: float | None = None, *, backend: str = "matplotlib",
                              bins: int = 40, title: str | None = None, panel_size: tuple[float, float] = (4.0, 2.8)):
     """Histograms of |gamma| per branch (all layers pooled), penalised and free channels stacked.
 
@@ -214,6 +216,11 @@ def compute_sparsity(gammas: pd.DataFrame, threshold: float, branches: Sequence[
     return out[["step", "branch", "branch_name", "below_threshold", "n_penalised"]]
 
 
+
+plot_gamma_distributions = plot_gamma_snapshot  # its name before 2026-12-04: the frame is compute_gamma_snapshot's
+
+
+@takes('compute_sparsity', ('step', 'branch', 'branch_name', 'below_threshold'))
 def plot_sparsity(frame: pd.DataFrame, *, backend: str = "matplotlib", title: str | None = None,
                   panel_size: tuple[float, float] = (5.0, 3.0)):
     """Portion of penalised gammas below the threshold over training, one line per branch."""

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ...experiments.fusion import by_arch
-from ._common import check_backend, mpl_figure, plotly_grid
+from ._common import takes, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_learning_curves", "plot_exchange_settling"]
 
@@ -22,6 +22,7 @@ def _colour(i: int) -> str:
     return _MANY[i % len(_MANY)]
 
 
+@takes('compute_learning_curves (cen_lab.learning_curves)', ('task', 'variant'))
 def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_size=(6.0, 3.8)):
     """One panel per architecture and task (a row per architecture): each variant's mean validation score over
     steps with its 95% t band across seeds (``compute_learning_curves``). A variant keeps its colour in every
@@ -72,6 +73,7 @@ def plot_learning_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", pa
     return fig
 
 
+@takes('exchange_curves (cen_lab.learning_curves)', ('variant', 'step', 'exchange_ratio'))
 def plot_exchange_settling(exchange: pd.DataFrame, settling: pd.DataFrame, *, backend: str = "matplotlib",
                            figsize=(6.0, 3.6)):
     """Each exchanging variant's mean exchange ratio over steps (``exchange_curves``), with a dotted line at its

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import BRANCH_COLOURS, ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
+from ._common import takes, BRANCH_COLOURS, ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["compute_drift", "plot_drift", "plot_prediction_ece"]
 
@@ -20,6 +20,7 @@ def compute_drift(channels: pd.DataFrame) -> pd.DataFrame:
                          "spread": (channels["g_std"] / channels["norm_mean"]).to_numpy()})
 
 
+@takes('compute_drift', ('layer',))
 def plot_drift(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(5.4, 4.0)):
     """Each checked channel at (drift, spread); the cross marks (0, 1), where independence puts every channel."""
     check_backend(backend)
@@ -50,6 +51,7 @@ def plot_drift(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(5.4
     return fig
 
 
+@takes('compare_predictions (cen_lab.miscalibration)', ('predictor', 'ece', 'ci_low', 'ci_high'))
 def plot_prediction_ece(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(6.4, 2.6)):
     """The ECE of each prediction on the same held-out rows, with its 95% bootstrap interval
     (``MiscalibrationResult.ece``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
+from ._common import takes, ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_regime_calibration", "plot_regime_outcome"]
 
@@ -15,6 +15,7 @@ _PANELS = [("ece", "ece_low", "ece_high", "Calibration error (ECE)", "ECE, 0 = c
            ("z_mean", None, None, "Drift: mean of dL/dγ / ‖dL/dx'‖", "mean, 0 under independence", 0.0)]
 
 
+@takes('compare_regimes(...).calibration (cen_lab.theory.regimes)', ('regime',))
 def plot_regime_calibration(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_size=(3.6, 2.8)):
     """Per regime (rows of ``RegimeComparison.calibration``): the ECE and the Spearman correlation of the
     prediction at gamma = 0 with their 95% bootstrap intervals, and the mean of ``dL/dgamma / ||dL/dx'||``; a
@@ -44,6 +45,7 @@ def plot_regime_calibration(frame: pd.DataFrame, *, backend: str = "matplotlib",
     return fig
 
 
+@takes('compare_regimes(...).outcome (cen_lab.theory.regimes)', ('regime',))
 def plot_regime_outcome(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_size=(3.4, 3.0)):
     """Channels ending at zero per lam, observed (95% Wilson) against predicted at the first checkpoint; one panel
     per regime (``RegimeComparison.outcome``)."""

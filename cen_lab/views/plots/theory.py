@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._common import BRANCH_COLOURS, ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
+from ...theory.corollary import corollary_check
+from ...theory.formula import controlled_check, dynamic_check, reliability_table
+from ...theory.local_checks import outcome_table
+from ._common import takes, BRANCH_COLOURS, ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["plot_controlled_check", "plot_dynamic_check", "plot_reliability", "compute_qq", "plot_qq",
            "plot_outcome", "plot_corollary"]
@@ -21,6 +24,15 @@ def _errors(frame: pd.DataFrame, y: str) -> tuple[np.ndarray, np.ndarray]:
     return (frame[y] - frame["ci_low"]).to_numpy(), (frame["ci_high"] - frame[y]).to_numpy()
 
 
+# each plot_* beside the function that makes its frame, under the name that pairs them
+compute_controlled_check = controlled_check
+compute_dynamic_check = dynamic_check
+compute_reliability = reliability_table
+compute_outcome = outcome_table
+compute_corollary = corollary_check
+
+
+@takes('compute_controlled_check (= cen_lab.theory.controlled_check)', ('grad_norm', 'ratio'))
 def plot_controlled_check(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(6.0, 3.8)):
     """Monte Carlo frequency (with intervals) against ``lam / |dL/dx'|``, the formula (red) and the
     inverse-less variant for each ``|dL/dx'|`` (dashed). Input: ``theory.controlled_check``."""
@@ -57,6 +69,7 @@ def plot_controlled_check(frame: pd.DataFrame, *, backend: str = "matplotlib", f
     return fig
 
 
+@takes('compute_dynamic_check (= cen_lab.theory.dynamic_check)', ('ratio', 'rule'))
 def plot_dynamic_check(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(6.0, 3.6)):
     """Fraction of optimiser runs found at zero after training, per rule, against the static formula.
     Input: ``theory.dynamic_check``."""
@@ -89,6 +102,7 @@ def plot_dynamic_check(frame: pd.DataFrame, *, backend: str = "matplotlib", figs
     return fig
 
 
+@takes('compute_reliability (= cen_lab.theory.reliability_table)', ('mean_predicted', 'observed', 'n'))
 def plot_reliability(table: pd.DataFrame, *, backend: str = "matplotlib", title: str | None = None, figsize=(4.6, 4.2)):
     """Reliability diagram: observed frequency (Wilson intervals) against mean prediction per bin; the diagonal is
     perfect calibration; marker labels give the bin counts. Input: ``theory.reliability_table``."""
@@ -137,6 +151,7 @@ def compute_qq(local: pd.DataFrame, max_points: int = 4000, seed: int = 0) -> pd
     return pd.DataFrame({"theoretical": theoretical, "observed": z})
 
 
+@takes('compute_qq', ('observed', 'theoretical'))
 def plot_qq(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(4.6, 4.2)):
     """QQ plot of ``dL/dgamma / ||dL/dx'||`` against N(0, 1); the theorem's assumption is the line y = x."""
     check_backend(backend)
@@ -160,6 +175,7 @@ def plot_qq(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(4.6, 4
     return fig
 
 
+@takes('compute_outcome (= cen_lab.theorem.outcome_table)', ('lam', 'observed', 'predicted'))
 def plot_outcome(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(5.0, 3.6)):
     """Fraction of penalised channels ending at zero per lam (95% Wilson intervals) against the mean prediction
     from an early checkpoint. Input: ``theorem.outcome_table`` (per lam)."""
@@ -190,6 +206,7 @@ _STAGES = [("loss_base", "trained\nwithout exchange"), ("loss_switched", "exchan
            ("loss_exchange", "fine-tuned\nwith exchange"), ("loss_control", "fine-tuned\nwithout exchange")]
 
 
+@takes('compute_corollary (= cen_lab.theorem.corollary_check)', ('share_convs',))
 def plot_corollary(frame: pd.DataFrame, *, backend: str = "matplotlib", panel_size=(4.6, 3.4)):
     """Training loss per seed at each stage, one panel per ``share_convs`` setting; one line per seed.
     Input: ``theorem.corollary_check``."""
