@@ -98,3 +98,38 @@ def test_training_curves_keep_the_runs_task_order():
     df = plots.compute_training_curves(metrics, ["seg/rgb", "depth/rgb", "edges/rgb"])
     assert df["task"].tolist() == ["seg", "depth", "edges"]
     assert plots.compute_training_curves(metrics)["task"].tolist() == ["depth", "edges", "seg"]  # by name
+
+
+def test_metrics_outside_the_naming_rule_are_plottable(tmp_path):
+    # a user's loop logs plain names (the README's loss/total, an lr) beside a per-branch one
+    from cen_lab.views import plots
+
+    metrics = pd.DataFrame({"step": [0, 0, 0, 5, 5, 5], "epoch": -1, "split": "train",
+                            "name": ["loss/total", "lr", "loss/rgb"] * 2, "value": [2.0, 0.1, 1.0, 1.5, 0.05, 0.8]})
+    plain = plots.compute_training_curves(metrics, ["rgb"])
+    assert set(plain["kind"]) == {"loss"} and set(plain["branch"]) == {"rgb"}  # the rule alone: per-branch curves
+    full = plots.compute_training_curves(metrics, ["rgb"], others=True)
+    other = full[full["task"] == "other"]
+    assert sorted(set(other["kind"])) == ["loss/total", "lr"] and other["value"].tolist() == [2.0, 1.5, 0.1, 0.05]
+    fig = plots.plot_training_curves(full)
+    titles = [ax.get_title() for ax in fig.get_axes() if ax.get_visible()]
+    assert titles == ["train loss (minibatch)", "loss/total", "lr"]
+    pfig = plots.plot_training_curves(full, backend="plotly")
+    assert {t.name for t in pfig.data} == {"rgb", "loss/total", "lr"}
+
+
+def test_the_explorer_draws_an_observed_runs_plain_metrics(tmp_path):
+    import torch
+
+    import cen_lab
+    from cen_lab.views.widgets import explore
+    from cen_lab.zoo import ReferenceStyleCEN
+
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    with cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="alternate-halves") as obs:
+        for step in range(3):
+            obs.log(step, metrics={"loss/total": 1.0 / (step + 1)})
+            with torch.no_grad():
+                model.layers[0][0].bn2.bn_0.weight.mul_(0.5)
+    ex = explore(cen_lab.load_run(tmp_path / "run"))
+    assert [ax.get_title() for ax in ex.figures["curves"].get_axes() if ax.get_visible()] == ["loss/total"]

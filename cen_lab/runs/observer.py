@@ -29,6 +29,12 @@ every channel as kept (a network that does not exchange). Another rule is a call
 ``fn(layer_name, gamma, threshold) -> source``: ``gamma`` float32 ``[M, C]``, ``source`` int ``[M, C]``
 (the branch's own index where kept).
 
+Metrics
+-------
+Any finite number under any name. Names ``<kind>/<branch>`` (kind one of loss, miou, accuracy, mae, f1, alpha;
+branch a modality name or ``ensemble``) are drawn per branch; every other name gets a panel of its own in the
+explorer (``cen_lab.plots.compute_training_curves(..., others=True)``).
+
 Cost on a GPU: one device-to-host copy per logged step (every gamma and beta in one ``torch.cat``), none per
 layer; rows are buffered and written as Parquet parts every ``flush_every`` logged steps and at ``close``.
 """

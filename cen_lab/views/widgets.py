@@ -96,7 +96,8 @@ class Explorer:
         previous = self.step if getattr(self, "steps", None) else None  # the step shown, kept across runs
         self.steps = sorted(int(s) for s in run.gammas["step"].unique())
         self.exchange_frame = p.compute_exchange_maps(run.exchange, run.branches)
-        self.curves_frame = p.compute_training_curves(run.metrics, run.outputs)
+        # observed and imported runs: every metric the loop logged, also outside the naming rule (loss/total, lr)
+        self.curves_frame = p.compute_training_curves(run.metrics, run.outputs, others=run.source != "trained")
         self._updating = True  # one redraw for the whole change of run
         layer, branch = self.layer_picker.value, self.branch_picker.value
         layers = list(dict.fromkeys(run.gammas["layer"].astype(str)))

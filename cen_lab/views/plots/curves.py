@@ -20,12 +20,19 @@ _KINDS = [kind for (_, kind), _ in _PANELS]
 _UNIT_RANGE = ("miou", "accuracy", "f1")  # scores in [0, 1]
 
 
-def compute_training_curves(metrics: pd.DataFrame, outputs: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per-branch curves from the ``metrics`` table.
+OTHER = "other"  # the task value of metrics that are not per-branch curves (see compute_training_curves)
 
-    Names ``<kind>/<branch>`` (one task) or ``<kind>/<task>/<branch>`` (several tasks) are split into
-    ``kind``, ``task`` and ``branch``; names without a branch (``penalty``, ``sparsity/below_threshold``,
-    ``exchange/ratio``, ``loss/total``) are dropped.
+
+def compute_training_curves(metrics: pd.DataFrame, outputs: Sequence[str] | None = None, *,
+                            others: bool = False) -> pd.DataFrame:
+    """Per-branch curves from the ``metrics`` table, and optionally every other metric.
+
+    The naming rule: names ``<kind>/<branch>`` (one task) or ``<kind>/<task>/<branch>`` (several tasks), with
+    ``kind`` one of loss, miou, accuracy, mae, f1, alpha and ``branch`` a prediction branch or ``ensemble``, are
+    split into ``kind``, ``task`` and ``branch`` and drawn as one line per branch. Every other name
+    (``loss/total``, ``penalty``, ``sparsity/below_threshold``, a user's ``lr`` or ``grad_norm``) is dropped, or,
+    with ``others=True``, kept as a curve of its own: ``task = "other"``, ``kind`` and ``branch`` the full name,
+    drawn in a panel of its own.
 
     Parameters
     ----------
@@ -57,18 +64,25 @@ def compute_training_curves(metrics: pd.DataFrame, outputs: Sequence[str] | None
     branches = list(dict.fromkeys(o.rsplit("/", 1)[-1] for o in outputs)) if outputs is not None else sorted(
         {b for b in df["branch"].dropna() if b not in ("ensemble", "total", "below_threshold", "ratio")})
     keep = df["kind"].isin(_KINDS) & df["branch"].isin(branches + ["ensemble"])
+    if others:  # every finite value of any other name: its own curve
+        rest = ~keep & np.isfinite(df["value"].to_numpy(dtype=float))
+        names = metrics["name"].astype(str).to_numpy()
+        df.loc[rest, "task"], df.loc[rest, "kind"], df.loc[rest, "branch"] = OTHER, names[rest], names[rest]
+        keep = keep | rest
     df = df[keep].copy()
-    df["_order"] = df["branch"].map({b: i for i, b in enumerate(branches + ["ensemble"])})
+    df["_order"] = df["branch"].map({b: i for i, b in enumerate(branches + ["ensemble"])}).fillna(len(branches) + 1)
     # tasks in the run's order (that of ``outputs``), else by name
     tasks = list(dict.fromkeys(o.rsplit("/", 1)[0] for o in outputs if "/" in o)) if outputs is not None else []
-    df["_task"] = df["task"].map(lambda t: tasks.index(t) if t in tasks else len(tasks))
+    df["_task"] = df["task"].map(lambda t: tasks.index(t) if t in tasks else len(tasks) + (t == OTHER))
     df = df.sort_values(["split", "kind", "_task", "task", "_order", "step"], kind="stable").drop(
         columns=["_order", "_task"])
     return df.reset_index(drop=True)
 
 
 def _colour(branch: str, branches: list[str]) -> str:
-    return ENSEMBLE_COLOUR if branch == "ensemble" else BRANCH_COLOURS[branches.index(branch) % len(BRANCH_COLOURS)]
+    if branch == "ensemble":
+        return ENSEMBLE_COLOUR
+    return BRANCH_COLOURS[branches.index(branch) % len(BRANCH_COLOURS)] if branch in branches else "#555555"
 
 
 @takes('compute_training_curves', ('step', 'split', 'kind', 'task', 'branch', 'value'))
@@ -90,10 +104,14 @@ def plot_training_curves(frame: pd.DataFrame, *, backend: str = "matplotlib", ma
     tasks = list(dict.fromkeys(frame["task"]))
     rows = []  # per task: the (split, kind) panels it has, and their titles
     for task in tasks:
+        if task == OTHER:  # metrics outside the naming rule: a panel each, in the frame's order
+            present = list(dict.fromkeys(zip(*[frame.loc[frame["task"] == task, c] for c in ("split", "kind")])))
+            rows.append([((split, kind), kind if split == "train" else f"{kind} ({split})") for split, kind in present])
+            continue
         present = set(zip(*[frame.loc[frame["task"] == task, c] for c in ("split", "kind")]))
         rows.append([(key, f"{task}: {name}" if task else name) for key, name in _PANELS if key in present])
     ncols = max(len(r) for r in rows)
-    branches = list(dict.fromkeys(b for b in frame["branch"] if b != "ensemble"))
+    branches = list(dict.fromkeys(b for b, t in zip(frame["branch"], frame["task"]) if b != "ensemble" and t != OTHER))
     title = title or "Training curves"
 
     def lines(task, split, kind):
