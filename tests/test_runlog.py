@@ -90,3 +90,25 @@ def test_corrupt_or_foreign_checkpoint(run_copy, payload, match):
 def test_validate_table_on_write_rejects_missing_columns():
     with pytest.raises(RunFormatError, match="missing column 'value'"):
         validate_table("metrics", pd.DataFrame({"step": [0], "epoch": [0], "split": ["val"], "name": ["x"]}))
+
+
+def test_a_damaged_config_is_refused_not_read_as_the_defaults(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from cen_lab.errors import RunFormatError
+    from cen_lab.runs import load_run
+    from cen_lab.runs.schema import config_digest
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run.path, run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config_sha256"] == config_digest(json.loads((run_dir / "config.json").read_text()))
+    (run_dir / "config.json").write_text(json.dumps(json.loads((run_dir / "config.json").read_text()), indent=4))
+    assert load_run(run_dir).config == tiny_run.config  # re-indented: the same content, the same digest
+    (run_dir / "config.json").write_text("{}")  # truncated: a valid config of defaults, but not this run's
+    with pytest.raises(RunFormatError, match=r"run/config.json does not match the config this run was written with"):
+        load_run(run_dir)
+    del manifest["config_sha256"]  # a run written before the digest existed loads as before
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert load_run(run_dir).config.name == "default"

@@ -15,7 +15,7 @@ import torch
 from ..config import ExperimentConfig
 from ..errors import ConfigError, RunFormatError
 from .checkpoints import _checkpoint_steps, checkpoint_path, load_checkpoint
-from .schema import TABLES, _empty, _read_manifest, validate_table
+from .schema import TABLES, _empty, _read_manifest, config_digest, validate_table
 
 __all__ = ["Run", "load_run"]
 
@@ -175,5 +175,10 @@ def load_run(path: str | Path) -> Run:
             config = ExperimentConfig.from_dict(settings)
         except ConfigError as e:
             raise RunFormatError(f"{cpath}: {e}") from None
+    expected = manifest.get("config_sha256")
+    if expected is not None and config_digest(settings) != expected:
+        raise RunFormatError(f"{cpath} does not match the config this run was written with (its SHA-256 is not "
+                             f"manifest.json's config_sha256): the file was damaged or edited. Restore it, or train "
+                             "the run again; it is not read as another config")
     tables = {t: _read_table(path, t) for t in TABLES}
     return Run(path, config, manifest, **tables, settings=settings)

@@ -23,6 +23,10 @@ tables' ``layer`` values) and ``model_class``. Only trained runs have a checkpoi
 an ``ExperimentConfig``; ``Run.config`` is None for the others. Schema 3 added these manifest keys; a
 version-2 run (every one of them trained) is read by filling them in from its config (``_migrate``).
 
+``manifest.json["config_sha256"]`` is the SHA-256 of ``config.json``'s content (``config_digest``: its JSON with
+sorted keys and no spaces), written with it; ``load_run`` refuses a run whose ``config.json`` no longer matches it
+(a damaged or edited file would otherwise read as another config, or as the defaults). Runs written before
+2026-12-04 have no such key and load as before.
 ``manifest.json["train_seconds"]`` is the wall time of the training loop (summed over resumed parts). A trained
 run also records ``lam_per_step``, the L1 weight of one training step: ``lam``, times the number of outputs when
 ``train.l1_per_output`` adds the penalty once per output as the reference code does (``Run.lam_per_step``).
@@ -70,6 +74,7 @@ grads
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -79,7 +84,7 @@ import pandas as pd
 from ..config import ExperimentConfig
 from ..errors import ConfigError, RunFormatError, said
 
-__all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "SOURCES", "TABLES", "validate_table"]
+__all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "SOURCES", "TABLES", "validate_table", "config_digest"]
 
 SCHEMA_VERSION = 3  # 3: manifest source, threshold, lam, penalised_rule, exchange, model_class (2 is migrated)
 READABLE_VERSIONS = (2, 3)  # 2: branch and task columns, manifest branches/tasks (multitask); 1 is not read
@@ -98,6 +103,13 @@ TABLES: dict[str, dict[str, str]] = {
 }
 _MANIFEST_KEYS = ("schema_version", "status", "seed", "modalities", "tasks", "branches", "outputs", "last_step",
                   "total_steps", "source", "threshold", "lam", "penalised_rule", "exchange", "layers")
+
+
+def config_digest(settings: Any) -> str:
+    """SHA-256 of a run's config (``config.json`` parsed): of its JSON with sorted keys and no spaces, so that the
+    digest does not depend on how the file was indented."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def validate_table(name: str, df: pd.DataFrame, where: str = "") -> pd.DataFrame:

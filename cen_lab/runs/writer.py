@@ -18,7 +18,7 @@ from .._util.atomic import atomic_path, atomic_write_json
 from ..config import ExperimentConfig
 from ..errors import ConfigError, RunExistsError, RunFormatError, option, said
 from .checkpoints import _checkpoint_steps, checkpoint_path, load_checkpoint, save_checkpoint
-from .schema import SCHEMA_VERSION, SOURCES, TABLES, _read_manifest, validate_table
+from .schema import SCHEMA_VERSION, SOURCES, TABLES, _read_manifest, config_digest, validate_table
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class RunWriter:
             raise ValueError(f"manifest source must be one of {list(SOURCES)}, got {manifest.get('source')!r}")
         path.mkdir(parents=True, exist_ok=True)
         full = {"schema_version": SCHEMA_VERSION, "status": "incomplete", "error": None, "started_at": _now(),
-                "ended_at": None, "last_step": 0, "checkpoints": [], "versions": _versions(), **manifest}
+                "ended_at": None, "last_step": 0, "checkpoints": [], "versions": _versions(), **manifest,
+                "config_sha256": config_digest(settings)}
         atomic_write_json(path / "config.json", settings)
         w = cls(path, settings, full, config)
         w.write_manifest()
