@@ -71,3 +71,7 @@ class RunLockedError(CenLabError, RuntimeError):
 class RunWriteError(CenLabError, OSError):
     """A run file could not be written (disk full, read-only folder, file size limit); the message names it.
     Everything written before stays readable, and ``resume`` continues the run once the cause is gone."""
+
+
+class RunDivergedWarning(UserWarning):
+    """A run's train loss grew by orders of magnitude, or a gamma blew up (``cen_lab.runs.divergence``)."""

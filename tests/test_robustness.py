@@ -254,3 +254,33 @@ def test_a_killed_loky_worker_process_does_not_stop_the_sweep(tmp_path):
     resumed = cen_lab.load_run(victim)
     for t in TABLES:
         pd.testing.assert_frame_equal(getattr(resumed, t), getattr(reference, t), check_exact=True)
+
+
+def test_a_diverging_run_says_so_at_the_time_and_in_its_manifest(tmp_path, tiny_run):
+    from cen_lab.errors import RunDivergedWarning
+
+    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"train.lr": 1e4})
+    with pytest.warns(RunDivergedWarning, match=r"the run diverged at step \d+: a gamma reached .* > 1000"):
+        run = cen_lab.train(cfg, tmp_path / "lr1e4", progress=False)
+    assert run.status == "complete"  # what it logged is kept; the manifest says what happened
+    reloaded = cen_lab.load_run(tmp_path / "lr1e4")
+    assert reloaded.diverged["step"] == run.diverged["step"] and "gamma reached" in reloaded.diverged["reason"]
+    assert tiny_run.diverged is None
+
+
+def test_an_observed_loss_that_grows_by_orders_of_magnitude_is_flagged_once(tmp_path):
+    import warnings
+
+    from cen_lab.errors import RunDivergedWarning
+    from cen_lab.zoo import ReferenceStyleCEN
+
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="none") as obs:
+            for step, loss in enumerate([2.0, 50.0, 1999.0, 2001.0, 4e18]):
+                obs.log(step, metrics={"loss/total": loss})
+    said = [w for w in caught if issubclass(w.category, RunDivergedWarning)]
+    assert len(said) == 1 and "loss/total reached 2e+03, 1e+03 times its first logged value 2" in str(said[0].message)
+    assert cen_lab.load_run(tmp_path / "run").diverged == {"step": 3, "reason": str(said[0].message).split(": ", 2)[2]
+                                                           .removesuffix(". Lower the learning rate or lam")}

@@ -58,6 +58,7 @@ from ..errors import ObserveError
 from ..network.hooks import record_bn_output_grad_norms
 from ..network.layouts import (PENALISED_RULES, BNLayer, alternate_halves, find_bn_layers, penalised_masks,  # noqa: F401
                       resolve_layers)
+from .divergence import DivergenceWatch
 from .exchange_maps import ExchangeFn, ExchangeMap, MeanExchange, NoExchange, _CallableExchange, _exchange_map  # noqa: F401
 from .writer import RunWriter
 
@@ -152,6 +153,7 @@ class Observer:
         self._rows = [slice(o - m * c, o) for o, (m, c) in zip(
             np.cumsum([la.num_branches * la.num_channels for la in self.layers]),
             [(la.num_branches, la.num_channels) for la in self.layers])]
+        self.divergence = DivergenceWatch(str(writer.path), writer.manifest)  # a loss or gamma blowing up says so
         self._gamma_tensors = [t for la in self.layers for t in la.gammas()]
         self._beta_tensors = [t for la in self.layers for t in la.betas()]
         self._hook_points = [(la.name, la.hook_point()) for la in self.layers]
@@ -239,6 +241,7 @@ class Observer:
         gamma, beta = flat[:half], flat[half:]
         source = self.sources(gamma)
         exchanged = source != self.branch_col
+        self.divergence.gammas(step, gamma)
         self.writer.add("gammas", step=step, epoch=epoch, **self.ids, gamma=gamma, beta=beta, penalised=self.penalised)
         self.writer.add("exchange", step=step, **self.ids, exchanged=exchanged, source=source)
         self._last["gammas"] = step
@@ -264,6 +267,7 @@ class Observer:
         self.writer.add("metrics", step=step, epoch=epoch, split=split, name=np.array(list(checked), dtype=object),
                         value=np.array(list(checked.values()), np.float64))
         self._last_metric[split] = (step, (names if last == step else set()) | set(checked))
+        self.divergence.metrics(step, split, checked)
 
     def log(self, step: int, metrics: Mapping[str, Any] | None = None, *, epoch: int = -1,
             split: str = "train") -> None:

@@ -86,6 +86,12 @@ class Run:
         return self.lam if per_step is None else float(per_step)
 
     @property
+    def diverged(self) -> dict[str, Any] | None:
+        """``{"step", "reason"}`` when the run's loss grew by orders of magnitude or a gamma blew up
+        (``cen_lab.runs.divergence``), else None."""
+        return self.manifest.get("diverged")
+
+    @property
     def status(self) -> str:
         """``"complete"``, ``"incomplete"`` (still training, stopped early, or killed) or ``"failed"``."""
         return self.manifest["status"]
