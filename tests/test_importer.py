@@ -155,3 +155,25 @@ def test_cli_import(tmp_path, capsys):
     assert main(["import", str(tmp_path / "epoch-*.pth"), "--out", str(tmp_path / "x"), "--penalised", "none",
                  "--steps", "a,b"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_one_model_has_the_same_layer_names_however_it_is_wrapped(tmp_path):
+    # torch.compile adds _orig_mod., DataParallel module.: observe, import and the check unwrap by one rule
+    torch.manual_seed(0)
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    names = {}
+    for label, wrapped in {"bare": model, "compiled": torch.compile(model), "dp": torch.nn.DataParallel(model),
+                           "dp-compiled": torch.nn.DataParallel(torch.compile(model))}.items():
+        with cen_lab.observe(wrapped, tmp_path / label, layers="*.bn2", penalised="alternate-halves") as obs:
+            obs.log(0)
+        run = cen_lab.load_run(tmp_path / label)
+        names[label] = sorted(run.gammas["layer"].unique())
+        assert run.manifest["model_class"] == "cen_lab.network.zoo.ReferenceStyleCEN"  # the inner model's class
+    assert len(set(map(tuple, names.values()))) == 1 and names["bare"][0] == "layers.0.0.bn2"
+    observed = cen_lab.load_run(tmp_path / "bare").gammas
+    for label, prefix in {"compile": "_orig_mod.", "ddp-compile": "module._orig_mod."}.items():
+        torch.save({prefix + k: v for k, v in model.state_dict().items()}, tmp_path / f"{label}.pth")
+        run = cen_lab.import_checkpoints(tmp_path / f"{label}.pth", tmp_path / f"imp-{label}", layers="*.bn2",
+                                         penalised="alternate-halves", progress=False)
+        assert sorted(run.gammas["layer"].unique()) == names["bare"]
+        assert np.array_equal(run.gammas["gamma"].to_numpy(), observed["gamma"].to_numpy())

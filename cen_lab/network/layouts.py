@@ -48,9 +48,40 @@ from ..errors import ObserveError
 from .blocks import ModalBatchNorm2d
 from .penalty import alternate_halves, sparsity_mask  # noqa: F401  (alternate_halves: part of this API)
 
-__all__ = ["PENALISED_RULES", "BNLayer", "find_bn_layers", "resolve_layers", "penalised_masks", "alternate_halves"]
+__all__ = ["WRAPPER_PREFIXES", "unwrap", "strip_wrapper_prefix", "PENALISED_RULES", "BNLayer", "find_bn_layers", "resolve_layers", "penalised_masks", "alternate_halves"]
 
 PENALISED_RULES = ("disjoint", "alternate-halves", "all", "none")
+
+
+# -- wrappers ---------------------------------------------------------------------------------------------------
+
+# what wrappers put before the inner model's names: DataParallel / DistributedDataParallel (``module``) and
+# ``torch.compile`` (``_orig_mod``), in any nesting
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DataParallel, DistributedDataParallel and ``torch.compile`` wrappers, in any nesting, so
+    that a model is observed under the same layer names however it is wrapped (and as its checkpoints import)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def strip_wrapper_prefix(name: str) -> str:
+    """``name`` without the wrappers' leading prefixes (``module._orig_mod.layer1.bn2`` -> ``layer1.bn2``): the
+    same rule as ``unwrap``, for the keys of a state dict saved from a wrapped model."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
 
 
 # -- layers ---------------------------------------------------------------------------------------------------

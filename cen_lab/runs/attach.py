@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from ..errors import ObserveError, RunExistsError, option
-from ..network.layouts import BNLayer, penalised_masks, resolve_layers
+from ..network.layouts import BNLayer, penalised_masks, resolve_layers, unwrap
 from .exchange_maps import ExchangeFn, ExchangeMap, _exchange_map
 from .lock import RunLock
 from .observer import Observer
@@ -73,6 +73,7 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
           flush_every: int | None, manifest: dict[str, Any], model_class: str | None = None) -> Observer:
     """``observe`` for any source (``"observed"``, ``"imported"``): resolve and check everything, then create or
     reopen the run; ``manifest`` adds source-specific keys."""
+    model = unwrap(model)  # the same layer names however the model is wrapped (DataParallel, torch.compile)
     found = resolve_layers(model, layers)
     m = found[0].num_branches
     names = list(modality_names) if modality_names is not None else [f"modality{i}" for i in range(m)]

@@ -38,6 +38,7 @@ from torch import nn
 
 from .._util.progress import progress_bar
 from ..errors import ObserveError, RunFormatError, said
+from ..network.layouts import strip_wrapper_prefix
 from .attach import _open
 from .exchange_maps import ExchangeFn
 from .reader import Run, load_run
@@ -127,7 +128,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         obj, where = obj[key], where + [key]
     else:
         raise ObserveError(f"{path}: no state dict within {len(where)} levels of {list(WRAPPER_KEYS)}")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    state = {strip_wrapper_prefix(k): v for k, v in obj.items()}  # DataParallel's module., torch.compile's _orig_mod.
     return state, dict(top), ".".join(where) or "<top>"
 
 

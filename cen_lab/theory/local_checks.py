@@ -27,6 +27,7 @@ from scipy import stats
 from .._util.progress import progress_bar
 from ..data import load_data
 from ..network.hooks import record_bn_output_grad_norms
+from ..network.layouts import unwrap
 from ..runs.observer import BNLayer, penalised_masks, resolve_layers
 from ..runs.reader import Run
 from .formula import attraction_probability, brier_score, expected_calibration_error, proportion_ci, reliability_table
@@ -212,7 +213,7 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
         raise ValueError(f"lam must be >= 0, got {lam!r}")
     if not len(batches):
         raise ValueError("local_check_model needs at least one batch")
-    twin = copy.deepcopy(model).train()
+    twin = copy.deepcopy(unwrap(model)).train()  # the layer names of observe, however the model is wrapped
     found = resolve_layers(twin, layers)
     _, masks = penalised_masks(found, penalised, twin)
     items = [(li, int(m), int(c)) for li, mask in enumerate(masks) for m, c in zip(*np.nonzero(mask))]
