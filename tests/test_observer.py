@@ -377,3 +377,40 @@ def test_the_quickstart_notebook_reads_an_observed_run(tmp_path):
     assert nbformat.read(out, as_version=4).cells
     for stem in ("gamma_trajectories", "exchange_maps", "training_curves", "gamma_distributions"):
         assert (figs / f"{stem}.png").stat().st_size > 1000
+
+
+def test_mixed_precision_logs_the_true_gradients_and_not_the_steps_the_scaler_skips(tmp_path):
+    import warnings
+
+    import torch.nn.functional as F
+
+    from cen_lab.zoo import ReferenceStyleCEN
+
+    torch.manual_seed(0)
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    xs, y = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)], torch.randint(0, 4, (4, 16, 16))
+    unscaled = {}
+    obs = cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="alternate-halves")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(3):
+            opt.zero_grad()
+            with obs.grads(step, scaler=scaler):
+                outputs, _ = model(xs)
+                loss = sum(F.cross_entropy(o, y) for o in outputs) * (float("inf") if step == 1 else 1.0)
+                scaler.scale(loss).backward()
+            scaler.unscale_(opt)  # what the scaler steps with: the true gradients
+            unscaled[step] = torch.cat([m.weight.grad.flatten() for la in cen_lab.runs.resolve_layers(model, "*.bn2")
+                                        for m in la.modules])
+            scaler.step(opt)
+            scaler.update()
+    obs.close()
+    run = cen_lab.load_run(tmp_path / "run")
+    assert sorted(run.grads["step"].unique()) == [0, 2]  # step 1 had inf gradients: skipped, not logged
+    assert run.manifest["grad_steps_skipped"] == [1]
+    assert sum("GradScaler skips that step" in str(w.message) for w in caught) == 1
+    for step in (0, 2):
+        logged = run.grads[run.grads["step"] == step]["dgamma"].to_numpy()
+        assert np.array_equal(logged, unscaled[step].numpy())  # bit for bit, not 1024 times it

@@ -47,6 +47,7 @@ import functools
 import logging
 import math
 import numbers
+import warnings
 import weakref
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -285,28 +286,48 @@ class Observer:
         (``cen_lab.network.hooks.record_bn_output_grad_norms``); yields the dict that ``log_grads`` takes."""
         return record_bn_output_grad_norms(self._hook_points)
 
-    def log_grads(self, step: int, dxprime: Mapping[str, torch.Tensor]) -> None:
+    def log_grads(self, step: int, dxprime: Mapping[str, torch.Tensor], scale: float | None = None) -> None:
         """Log ``dL/dgamma`` (the gammas' ``.grad`` now; 0 where None) and ``||dL/dx'||`` (NaN for a layer whose
-        backward did not arrive) as the gradients of state ``step``."""
+        backward did not arrive) as the gradients of state ``step``.
+
+        ``scale``: the loss scale the backward ran under (a ``GradScaler``'s), divided out so that the true
+        gradients are logged. A step whose gradients are then not finite is one the scaler skips: nothing of it is
+        logged, and ``manifest["grad_steps_skipped"]`` lists it."""
         step = self._check_step("grads", step)
         grads = [g.grad if g.grad is not None else torch.zeros_like(g) for g in self._gamma_tensors]
         norms = [dxprime.get(la.name, torch.full((la.num_branches, la.num_channels), float("nan"),
                                                  device=la.modules[0].weight.device)) for la in self.layers]
         flat = self._gather(grads + norms)
         half = flat.size // 2
+        if scale is not None:
+            # as GradScaler.unscale_ does: times the fp32 reciprocal of the scale (exact for its powers of two)
+            flat = flat * np.float32(1.0 / np.float64(scale))
+            if not np.isfinite(flat[:half]).all():
+                skipped = self.writer.manifest.setdefault("grad_steps_skipped", [])
+                if not skipped:
+                    warnings.warn(f"{self.writer.path}: step {step}'s gradients are not finite under the loss scale "
+                                  f"{scale:g}, so the GradScaler skips that step; its gradients are not logged (every "
+                                  "such step is listed in manifest['grad_steps_skipped'])", stacklevel=4)
+                skipped.append(int(step))
+                return
         self.writer.add("grads", step=step, **self.ids, dgamma=flat[:half], dxprime_norm=flat[half:])
         self._last["grads"] = step
         self._after_log(step)
 
     @contextlib.contextmanager
-    def grads(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
+    def grads(self, step: int, scaler: Any = None) -> Iterator[dict[str, torch.Tensor]]:
         """Wrap the forward and backward of ``step``: on exit, log ``dL/dgamma`` (the ``.grad`` as the block
         leaves it, so back-propagate the data loss inside and add any penalty gradient after the block to log
-        the data-loss gradient) and ``||dL/dx'||`` of that backward. Nothing is logged when the block raises."""
+        the data-loss gradient) and ``||dL/dx'||`` of that backward. Nothing is logged when the block raises.
+
+        With mixed precision, pass the ``torch.amp.GradScaler`` whose ``scaler.scale(loss).backward()`` runs in
+        the block: the gradients are then multiplied by its scale, which is divided out before logging, and a step
+        it will skip (gradients not finite) is not logged as data (see ``log_grads``)."""
         self._check_step("grads", step)
         with self.grad_norms() as norms:
             yield norms
-        self.log_grads(step, norms)
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None
+        self.log_grads(step, norms, scale)
 
     # -- ending
 
