@@ -414,3 +414,41 @@ def test_mixed_precision_logs_the_true_gradients_and_not_the_steps_the_scaler_sk
     for step in (0, 2):
         logged = run.grads[run.grads["step"] == step]["dgamma"].to_numpy()
         assert np.array_equal(logged, unscaled[step].numpy())  # bit for bit, not 1024 times it
+
+
+def test_a_two_process_gloo_job_writes_the_run_from_rank_0_only(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    worker = Path(__file__).with_name("_ddp_worker.py")
+    out, init = tmp_path / "run", tmp_path / "pg-init"
+    procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", str(init), str(out), str(tmp_path / f"r{r}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    results = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]  # no RunLockedError on rank 1
+    reports = [json.loads((tmp_path / f"r{r}").read_text()) for r in range(2)]
+    assert [(r["observer"], r["writing"]) for r in reports] == [("Observer", True), ("IdleObserver", False)]
+    run = cen_lab.load_run(out)
+    assert run.status == "complete" and sorted(run.gammas["step"].unique()) == [0, 1, 2]
+    assert sorted(run.grads["step"].unique()) == [0, 1, 2] and len(run.metrics) == 3  # each step once, not twice
+    assert run.manifest["model_class"] == "cen_lab.network.zoo.ReferenceStyleCEN"  # the model inside DDP
+
+
+def test_observe_outside_a_process_group_writes_and_a_bad_rank_is_an_error(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from cen_lab.runs import IdleObserver
+
+    model = _model()
+    assert cen_lab.observe(model, tmp_path / "a", layers="*.bn2", penalised="none", rank=1).writing  # no group
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    idle = cen_lab.observe(model, tmp_path / "b", layers="*.bn2", penalised="none")
+    assert isinstance(idle, IdleObserver) and not (tmp_path / "b").exists()
+    with idle.grads(0) as norms:
+        assert norms == {}
+    idle.log(0, metrics={"loss/total": 1.0})
+    with pytest.raises(ObserveError, match=r"rank=2 is not a rank of this process group \(ranks 0..1\)"):
+        cen_lab.observe(model, tmp_path / "c", layers="*.bn2", penalised="none", rank=2)

@@ -284,3 +284,34 @@ def test_an_observed_loss_that_grows_by_orders_of_magnitude_is_flagged_once(tmp_
     assert len(said) == 1 and "loss/total reached 2e+03, 1e+03 times its first logged value 2" in str(said[0].message)
     assert cen_lab.load_run(tmp_path / "run").diverged == {"step": 3, "reason": str(said[0].message).split(": ", 2)[2]
                                                            .removesuffix(". Lower the learning rate or lam")}
+
+
+def test_the_lock_names_its_holder_even_in_the_instant_after_it_was_taken(tmp_path):
+    import fcntl
+    import threading
+
+    from cen_lab.errors import RunLockedError
+    from cen_lab.runs.lock import LOCK_NAME, RunLock
+
+    (tmp_path / "run").mkdir()
+    fd = os.open(tmp_path / "run" / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    os.pwrite(fd, json.dumps({"pid": 2 ** 22 + 12345, "host": __import__("socket").gethostname()}).encode(), 0)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, its record not written yet (a dead writer's is there)
+
+    def write_record_late():
+        time.sleep(0.3)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": "here", "since": "now", "command": "test"}).encode(), 0)
+
+    late = threading.Thread(target=write_record_late)
+    late.start()
+    try:
+        with pytest.raises(RunLockedError, match=rf"being written by another process \(process {os.getpid()} on here"):
+            RunLock(tmp_path / "run").acquire()
+    finally:
+        late.join()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    with RunLock(tmp_path / "run"):
+        pass
+    assert (tmp_path / "run" / LOCK_NAME).read_text() == ""  # released: no stale record names a past holder

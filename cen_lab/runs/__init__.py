@@ -16,7 +16,7 @@ What it may import: the network and everything below it (``cen_lab.network``, ``
 ``_util``); never experiments, theory or views.
 """
 
-from .attach import observe
+from .attach import IdleObserver, observe
 from .checkpoints import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint, save_checkpoint
 from .exchange_maps import CENExchange, ExchangeFn, ExchangeMap, MeanExchange, NoExchange
 from .importer import STEP_KEYS, WRAPPER_KEYS, import_checkpoints, read_state_dict, skeleton
@@ -27,7 +27,7 @@ from .reader import Run, load_run
 from .schema import READABLE_VERSIONS, SCHEMA_VERSION, SOURCES, TABLES, validate_table
 from .writer import RunWriter
 
-__all__ = ["observe", "CHECKPOINT_FORMAT", "checkpoint_path", "load_checkpoint", "save_checkpoint", "CENExchange",
+__all__ = ["observe", "IdleObserver", "CHECKPOINT_FORMAT", "checkpoint_path", "load_checkpoint", "save_checkpoint", "CENExchange",
            "ExchangeFn", "ExchangeMap", "MeanExchange", "NoExchange", "STEP_KEYS", "WRAPPER_KEYS",
            "import_checkpoints", "read_state_dict", "skeleton", "LOCK_NAME", "RunLock", "PENALISED_RULES", "BNLayer",
            "Observer", "alternate_halves", "find_bn_layers", "penalised_masks", "resolve_layers", "Run", "load_run",

@@ -3,6 +3,7 @@ the run directory (``cen_lab.runs.importer`` attaches one to a skeleton model th
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -16,14 +17,66 @@ from .observer import Observer
 from .schema import _read_manifest
 from .writer import RunWriter, _prepare_dir
 
-__all__ = ["observe"]
+__all__ = ["observe", "IdleObserver"]
+
+
+def _writes(rank: int) -> bool:
+    """Whether this process writes the run: yes without a process group, else when it is rank ``rank``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    world = dist.get_world_size()
+    if not 0 <= rank < world:
+        raise ObserveError(f"rank={rank} is not a rank of this process group (ranks 0..{world - 1})")
+    return dist.get_rank() == rank
+
+
+class IdleObserver:
+    """What ``observe`` gives the ranks of a distributed job that do not write the run: every method of
+    ``Observer`` that a loop calls, doing nothing (one rank's model holds the same gammas as the others')."""
+
+    writing = False
+
+    def log(self, step: int, metrics: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        pass
+
+    def log_state(self, step: int, epoch: int = -1) -> None:
+        pass
+
+    def log_metrics(self, step: int, values: Mapping[str, Any], split: str = "train", epoch: int = -1) -> None:
+        pass
+
+    def log_grads(self, step: int, dxprime: Mapping[str, Any], scale: float | None = None) -> None:
+        pass
+
+    def grad_norms(self):
+        return contextlib.nullcontext({})
+
+    def grads(self, step: int, scaler: Any = None):
+        return contextlib.nullcontext({})  # no hooks: this rank logs nothing
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str = "complete", error: str | None = None) -> None:
+        pass
+
+    def __enter__(self) -> "IdleObserver":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "IdleObserver(this rank does not write the run)"
 
 
 def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, threshold: float = 2e-2,
             penalised: str | Mapping[str, Any] | None = None, exchange: str | ExchangeFn = "mean",
             modality_names: Sequence[str] | None = None, lam: float | None = None, seed: int | None = None,
             total_steps: int | None = None, resume: bool = False, overwrite: bool = False,
-            flush_every: int = 50) -> Observer:
+            flush_every: int = 50, rank: int = 0) -> "Observer | IdleObserver":
     """Observe ``model`` in its own training loop; see the module docstring for layers, rules and the API.
 
     Parameters
@@ -55,6 +108,10 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         Replace a run in ``out_dir`` (never a folder that is not a run).
     flush_every : int
         Write the buffered rows every this many logged steps.
+    rank : int
+        Under ``torch.distributed`` (a DistributedDataParallel job), the one rank that writes the run (default 0);
+        every other rank gets an ``IdleObserver``, which has the same methods and does nothing, so the same loop
+        runs on every rank. Without a process group, this process writes.
 
     Returns
     -------
@@ -62,6 +119,8 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         Call ``log`` / ``log_metrics`` / ``grads`` in the loop and ``close`` at the end (or use it as a context
         manager: an exception then records status ``failed``).
     """
+    if not _writes(rank):
+        return IdleObserver()
     return _open(model, out_dir, source="observed", layers=layers, threshold=threshold, penalised=penalised,
                  exchange=exchange, modality_names=modality_names, lam=lam, resume=resume, overwrite=overwrite,
                  flush_every=flush_every, manifest={"seed": seed, "total_steps": total_steps})

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,7 +57,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            holder = _wait_for_holder(fd)
             os.close(fd)
             raise RunLockedError(
                 f"{self.path} is being written by another process ({holder}); nothing was written. Wait for it to "
@@ -75,6 +76,7 @@ class RunLock:
         if self._fd is not None:
             import fcntl
 
+            os.ftruncate(self._fd, 0)  # a record in the file always names the current holder
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -90,11 +92,31 @@ class RunLock:
         self.release()
 
 
-def _read_holder(fd: int) -> str:
+def _holder_record(fd: int) -> dict:
+    """The holder's record, or {} when there is none yet, or only a dead process's of this host (a killed
+    writer's, which the new holder is about to overwrite)."""
     try:
         info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError):
-        info = {}
+        return {}
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info.get("pid")), 0)
+        except ProcessLookupError:
+            return {}
+        except (OSError, TypeError, ValueError):
+            pass  # alive but not ours to signal, or no pid: keep the record
+    return info
+
+
+def _wait_for_holder(fd: int, timeout: float = 2.0) -> str:
+    """Who holds the lock: its record, waited for a moment, since the holder writes it just after it takes the
+    lock (a second writer arriving in that instant would otherwise see no one)."""
+    deadline = time.monotonic() + timeout
+    info = _holder_record(fd)
+    while not info and time.monotonic() < deadline:
+        time.sleep(0.02)
+        info = _holder_record(fd)
     if not info:
-        return "process unknown"
+        return f"a process that wrote no record within {timeout:g} s"
     return f"process {info.get('pid')} on {info.get('host')}, since {info.get('since')}: {info.get('command')}"

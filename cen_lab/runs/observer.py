@@ -125,6 +125,8 @@ class Observer:
     writer : RunWriter
     """
 
+    writing = True  # this process writes the run (see IdleObserver for the other ranks of a distributed job)
+
     def __init__(self, layers: Sequence[BNLayer], writer: RunWriter, *, threshold: float,
                  penalised: Sequence[np.ndarray], exchange: str | ExchangeFn | ExchangeMap = "mean", tasks: int = 1,
                  flush_every: int | None = 50, rewind_on_resume: bool = False, allow_nan_metrics: bool = False,
