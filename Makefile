@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 
 .PHONY: report test venv data lab explore bench clean-venv
 
-$(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-lab.txt requirements-cluster.txt constraints.txt
+$(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-lab.txt requirements-cluster.txt \
+          requirements-tensorboard.txt requirements-lightning.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)

@@ -3,8 +3,8 @@
 cen_lab's modules were grouped into subpackages (``network``, ``runs``, ``experiments``, ``theory``, ``views``).
 Each old path is an alias of the module that now holds its contents: ``import cen_lab.runlog`` gives
 ``cen_lab.runs`` itself, not a copy, so attributes set on it (monkeypatching) and ``isinstance`` checks behave as
-before. The documented short names (``cen_lab.exchange``, ``cen_lab.plots``, ``cen_lab.theorem``, ...) are the
-same aliases and stay public.
+before. The documented short names (``cen_lab.exchange``, ``cen_lab.plots``, ``cen_lab.theorem``, ``cen_lab.export``,
+...) are the same aliases and stay public.
 
 The aliases are served by one finder on ``sys.meta_path`` that answers only for the names in ``MOVED``; it is
 installed when ``cen_lab`` is imported, and installing it twice is a no-op.
@@ -62,6 +62,8 @@ MOVED: dict[str, str] = {
     "cen_lab.reports": "cen_lab.views.reports",
     "cen_lab.notebook_runner": "cen_lab.views.notebooks",
     "cen_lab.display": "cen_lab.views.display",
+    # short public names of modules inside the subpackages (new since the grouping)
+    "cen_lab.export": "cen_lab.runs.export",
     # helpers
     "cen_lab._io": "cen_lab._util.atomic",
     "cen_lab._progress": "cen_lab._util.progress",

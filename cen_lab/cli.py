@@ -68,6 +68,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    from .runs.export import tensorboard
+
+    runs = [Path(r) for r in args.runs]
+    for run in runs:  # one run: its events in --logdir; several: each in --logdir/<run folder name>
+        out = Path(args.logdir) if len(runs) == 1 else Path(args.logdir) / run.name
+        tensorboard(run, out)
+        print(f"{run}: TensorBoard events in {out}")
+    print(f"view them with: tensorboard --logdir {args.logdir}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(json.dumps(_config_from_args(args).to_dict(), indent=2))
     return 0
@@ -257,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/fusion", metavar="DIR", help="where the runs go (default: runs/fusion)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_fusion)
+
+    p = sub.add_parser("tensorboard", help="write runs (trained, observed, imported) as TensorBoard events")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--logdir", required=True, help="where to write the events (several runs: a folder each)")
+    p.set_defaults(func=cmd_tensorboard)
 
     p = sub.add_parser("import", help="import another codebase's checkpoints as a run (one step per checkpoint)")
     p.add_argument("paths", nargs="+", help="checkpoint files, a folder of them, or a quoted glob ('ckpt/*.pth')")

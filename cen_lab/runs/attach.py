@@ -76,7 +76,7 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
             penalised: str | Mapping[str, Any] | None = None, exchange: str | ExchangeFn = "mean",
             modality_names: Sequence[str] | None = None, lam: float | None = None, seed: int | None = None,
             total_steps: int | None = None, resume: bool = False, overwrite: bool = False,
-            flush_every: int = 50, rank: int = 0) -> "Observer | IdleObserver":
+            flush_every: int = 50, rank: int = 0, tensorboard: Any = None) -> "Observer | IdleObserver":
     """Observe ``model`` in its own training loop; see the module docstring for layers, rules and the API.
 
     Parameters
@@ -108,6 +108,10 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         Replace a run in ``out_dir`` (never a folder that is not a run).
     flush_every : int
         Write the buffered rows every this many logged steps.
+    tensorboard : torch.utils.tensorboard.SummaryWriter, optional
+        Also write what is logged to this writer as it is logged (the exchange ratio and the portion below the
+        threshold per layer and branch, gamma histograms, the metrics, gradient summaries; see
+        ``cen_lab.export``), from the same host copy of each logged step.
     rank : int
         Under ``torch.distributed`` (a DistributedDataParallel job), the one rank that writes the run (default 0);
         every other rank gets an ``IdleObserver``, which has the same methods and does nothing, so the same loop
@@ -123,13 +127,14 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         return IdleObserver()
     return _open(model, out_dir, source="observed", layers=layers, threshold=threshold, penalised=penalised,
                  exchange=exchange, modality_names=modality_names, lam=lam, resume=resume, overwrite=overwrite,
-                 flush_every=flush_every, manifest={"seed": seed, "total_steps": total_steps})
+                 flush_every=flush_every, manifest={"seed": seed, "total_steps": total_steps}, tensorboard=tensorboard)
 
 
 def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, threshold: float,
           penalised: str | Mapping[str, Any] | None, exchange: str | ExchangeFn,
           modality_names: Sequence[str] | None, lam: float | None, resume: bool, overwrite: bool,
-          flush_every: int | None, manifest: dict[str, Any], model_class: str | None = None) -> Observer:
+          flush_every: int | None, manifest: dict[str, Any], model_class: str | None = None,
+          tensorboard: Any = None) -> Observer:
     """``observe`` for any source (``"observed"``, ``"imported"``): resolve and check everything, then create or
     reopen the run; ``manifest`` adds source-specific keys."""
     model = unwrap(model)  # the same layer names however the model is wrapped (DataParallel, torch.compile)
@@ -157,7 +162,7 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
         lock.release()
         raise
     return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every,
-                    rewind_on_resume=rewind, lock=lock)
+                    rewind_on_resume=rewind, lock=lock, tensorboard=tensorboard)
 
 
 def _writer(out: Path, settings: dict[str, Any], found: list[BNLayer], m: int, names: list[str], threshold: float,

@@ -60,6 +60,7 @@ from ..network.hooks import record_bn_output_grad_norms
 from ..network.layouts import (PENALISED_RULES, BNLayer, alternate_halves, find_bn_layers, penalised_masks,  # noqa: F401
                       resolve_layers)
 from .divergence import DivergenceWatch
+from .export import TensorBoardSink
 from .exchange_maps import ExchangeFn, ExchangeMap, MeanExchange, NoExchange, _CallableExchange, _exchange_map  # noqa: F401
 from .writer import RunWriter
 
@@ -130,7 +131,7 @@ class Observer:
     def __init__(self, layers: Sequence[BNLayer], writer: RunWriter, *, threshold: float,
                  penalised: Sequence[np.ndarray], exchange: str | ExchangeFn | ExchangeMap = "mean", tasks: int = 1,
                  flush_every: int | None = 50, rewind_on_resume: bool = False, allow_nan_metrics: bool = False,
-                 lock: RunLock | None = None):
+                 lock: RunLock | None = None, tensorboard: Any = None):
         if not threshold >= 0:
             raise ObserveError(f"threshold must be >= 0, got {threshold!r}")
         if flush_every is not None and flush_every < 1:
@@ -157,6 +158,9 @@ class Observer:
             np.cumsum([la.num_branches * la.num_channels for la in self.layers]),
             [(la.num_branches, la.num_channels) for la in self.layers])]
         self.divergence = DivergenceWatch(str(writer.path), writer.manifest)  # a loss or gamma blowing up says so
+        names = [b["name"] for b in writer.manifest.get("branches", [])] or [str(b) for b in range(self.branch_col.max() + 1)]
+        self._tb = None if tensorboard is None else TensorBoardSink(tensorboard, self.ids["layer"], self.branch_col, names,
+                                                                    self.penalised, self.threshold)
         self._gamma_tensors = [t for la in self.layers for t in la.gammas()]
         self._beta_tensors = [t for la in self.layers for t in la.betas()]
         self._hook_points = [(la.name, la.hook_point()) for la in self.layers]
@@ -247,6 +251,8 @@ class Observer:
         self.divergence.gammas(step, gamma)
         self.writer.add("gammas", step=step, epoch=epoch, **self.ids, gamma=gamma, beta=beta, penalised=self.penalised)
         self.writer.add("exchange", step=step, **self.ids, exchanged=exchanged, source=source)
+        if self._tb is not None:  # from the arrays already on the host: no other device copy
+            self._tb.state(step, gamma, exchanged)
         self._last["gammas"] = step
         self._after_log(step)
         return gamma, exchanged
@@ -271,6 +277,8 @@ class Observer:
                         value=np.array(list(checked.values()), np.float64))
         self._last_metric[split] = (step, (names if last == step else set()) | set(checked))
         self.divergence.metrics(step, split, checked)
+        if self._tb is not None:
+            self._tb.metrics(step, split, checked)
 
     def log(self, step: int, metrics: Mapping[str, Any] | None = None, *, epoch: int = -1,
             split: str = "train") -> None:
@@ -313,6 +321,8 @@ class Observer:
                 skipped.append(int(step))
                 return
         self.writer.add("grads", step=step, **self.ids, dgamma=flat[:half], dxprime_norm=flat[half:])
+        if self._tb is not None:
+            self._tb.grads(step, flat[:half], flat[half:])
         self._last["grads"] = step
         self._after_log(step)
 
