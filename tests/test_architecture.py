@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("cen_lab.data",)),
     ("network", ("cen_lab.network",)),
     ("runs", ("cen_lab.runs",)),
-    ("experiments", ("cen_lab.experiments",)),
+    ("experiments", ("cen_lab.experiments", "cen_lab.integrations")),
     ("theory", ("cen_lab.theory",)),
     ("views", ("cen_lab.views",)),
     ("front", ("cen_lab", "cen_lab.__main__", "cen_lab.cli", "cen_lab.zoo")),  # the package's face and the CLI
