@@ -12,7 +12,7 @@ import torch
 
 from cen_lab._util.atomic import atomic_write_json
 
-from . import suite, theorem_paths
+from . import local_check, suite, theorem_paths
 
 # name -> (goal, direction): ">=" means at least, "<=" at most
 GOALS = {
@@ -25,12 +25,15 @@ GOALS = {
     "observer_overhead_full": (0.15, "<="),
     "sweep_speedup_2_workers": (1.7, ">="),
     "theorem_throughput_speedup": (1.5, ">="),
+    "local_check_speedup": (3.0, ">="),
 }
 # reported beside the goals, without one
-REPORTED = ("theorem_fp32_throughput_speedup", "theorem_bf16_step_speedup", "theorem_channels_last_step_speedup",
+REPORTED = ("local_check_same_numbers", "local_check_forward_share", "theorem_fp32_throughput_speedup",
+            "theorem_bf16_step_speedup", "theorem_channels_last_step_speedup",
             "theorem_seed_batching_speedup", "bottleneck_theorem_bf16_step_speedup", "default_cen_bf16_step_speedup")
 PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,
-         "observer": suite.bench_observer, "sweep": suite.bench_sweep, "theorem": theorem_paths.bench_theorem}
+         "observer": suite.bench_observer, "sweep": suite.bench_sweep, "theorem": theorem_paths.bench_theorem,
+         "local_check": local_check.bench_local_check}
 
 
 def main() -> int:

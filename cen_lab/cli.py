@@ -60,7 +60,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     names = args.modality_names.split(",") if args.modality_names else None
     layers = args.layers if args.layers else None
     run = import_checkpoints(paths, args.out, layers=layers, threshold=args.threshold, penalised=args.penalised,
-                             steps=steps, modality_names=names, lam=args.lam, overwrite=args.overwrite,
+                             steps=steps, modality_names=names, lam=args.lam, reference_lamda=args.reference_lamda,
+                             overwrite=args.overwrite,
                              progress=not args.no_progress)
     print(f"{run.path}: {len(run.manifest['imported_files'])} checkpoints as steps "
           f"{sorted(run.gammas['step'].unique().tolist())} ({run.manifest['step_source']}); "
@@ -286,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", help="comma-separated step of each file (default: the files' step/epoch entry, "
                                    "else their order)")
     p.add_argument("--modality-names", help="comma-separated names of the M branches, e.g. rgb,depth")
-    p.add_argument("--lam", type=float, help="the L1 weight the run was trained with (recorded)")
+    p.add_argument("--lam", type=float, help="the L1 weight per step the run was trained with (recorded)")
+    p.add_argument("--reference-lamda", type=float, help="instead of --lam: the reference code's lamda, added once "
+                   "per output (M + 1 times a step); recorded beside the per-step weight")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)

@@ -32,6 +32,13 @@ def test_benchmark_parts_run_at_tiny_size():
     assert suite.conv_flops(model, 2, batch=2, size=8) > 0
 
 
+def test_local_check_benchmark_runs_at_tiny_size_with_the_same_numbers():
+    from benchmarks.local_check import bench_local_check
+
+    out = bench_local_check(size=8, batch=4, n_batches=1, channels=3, repeats=1)
+    assert out["local_check_same_numbers"] and out["local_check_speedup"] > 0
+
+
 def test_paired_step_overhead_recovers_a_known_overhead_under_drift():
     rng = np.random.default_rng(0)
     steps = np.arange(1, 402)

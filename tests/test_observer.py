@@ -452,3 +452,19 @@ def test_observe_outside_a_process_group_writes_and_a_bad_rank_is_an_error(tmp_p
     idle.log(0, metrics={"loss/total": 1.0})
     with pytest.raises(ObserveError, match=r"rank=2 is not a rank of this process group \(ranks 0..1\)"):
         cen_lab.observe(model, tmp_path / "c", layers="*.bn2", penalised="none", rank=2)
+
+
+def test_lam_is_the_weight_per_step_and_the_references_lamda_is_recorded_beside_it(tmp_path):
+    model = _model()
+    with cen_lab.observe(model, tmp_path / "a", layers="*.bn2", penalised="none", reference_lamda=2e-4) as obs:
+        obs.log(0)
+    run = cen_lab.load_run(tmp_path / "a")
+    # the reference adds lamda * L1 once per output: M = 2 branches and the ensemble
+    assert run.manifest["reference_lamda"] == 2e-4 and run.lam == run.lam_per_step == pytest.approx(6e-4)
+    with cen_lab.observe(model, tmp_path / "b", layers="*.bn2", penalised="none", lam=6e-4) as obs:
+        obs.log(0)
+    run = cen_lab.load_run(tmp_path / "b")
+    assert run.lam_per_step == 6e-4 and run.manifest["reference_lamda"] is None
+    with pytest.raises(ObserveError, match=r"lam=0.001 is the L1 weight per step, and reference_lamda=0.0002 counted "
+                                           r"once per output \(M \+ 1 = 3\) gives 0.0006"):
+        cen_lab.observe(model, tmp_path / "c", layers="*.bn2", penalised="none", lam=1e-3, reference_lamda=2e-4)

@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
+import cen_lab
 from cen_lab import theorem
+from cen_lab.errors import ObserveError
 from cen_lab.data import load_data
 from cen_lab.experiments.regime import SMOKE_TEST
 from cen_lab.experiments.training import data_losses
@@ -215,3 +217,66 @@ def test_local_check_on_a_user_model_in_the_reference_layout():
     with pytest.raises(ValueError, match="selects none"):
         theorem.local_check_model(model, segmentation_loss, batches, 0.01, layers="*.bn2", penalised="none",
                                   progress=False)
+
+
+def _reference_model_and_batches():
+    from cen_lab.zoo import ReferenceStyleCEN
+
+    torch.manual_seed(0)
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    with torch.no_grad():  # as if trained: betas away from 0, running statistics of their own
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.add_(0.3 * torch.randn_like(b))
+    g = torch.Generator().manual_seed(0)
+    batches = [([torch.randn(8, 3, 8, 8, generator=g) for _ in range(2)], torch.randint(0, 4, (8, 8, 8), generator=g))
+               for _ in range(2)]
+    return model, batches
+
+
+def test_exchange_off_by_a_recipe_is_checked_and_equals_the_model_without_exchange():
+    from cen_lab.theory.foreign import exchange_is_off, set_attribute
+    from cen_lab.zoo import segmentation_loss, without_exchange
+
+    model, batches = _reference_model_and_batches()
+    kw = dict(layers="*.bn2", penalised="alternate-halves", progress=False)
+    off, table = exchange_is_off(model, segmentation_loss, batches[0], layers="*.bn2", penalised="alternate-halves")
+    assert not off and (table["no_gradient"] == table["channels"]).all()  # the reference's exchange is on
+    assert exchange_is_off(without_exchange(model), segmentation_loss, batches[0], layers="*.bn2",
+                           penalised="alternate-halves")[0]
+    # the ready recipe for the reference layout: its bottlenecks keep the threshold as a plain attribute
+    by_recipe = theorem.local_check_model(model, segmentation_loss, batches, 0.01,
+                                          exchange_off=set_attribute("threshold", 0.0), **kw)
+    by_copy = theorem.local_check_model(without_exchange(model), segmentation_loss, batches, 0.01, **kw)
+    pd.testing.assert_frame_equal(by_recipe, by_copy)
+    assert model.layers[0][0].threshold == 2e-2  # the user's model is untouched
+    with pytest.raises(ObserveError, match=r"exchange_off=.* leaves the exchange on: .*layers.0.0.bn2"):
+        theorem.local_check_model(model, segmentation_loss, batches, 0.01, exchange_off=lambda m: None, **kw)
+    with pytest.raises(ObserveError, match="no module of ReferenceStyleCEN has a number 'thresh'"):
+        theorem.local_check_model(model, segmentation_loss, batches, 0.01, exchange_off=set_attribute("thresh"), **kw)
+
+
+def test_bn_mode_of_the_local_check(tmp_path):
+    from cen_lab.zoo import segmentation_loss, without_exchange
+
+    model, batches = _reference_model_and_batches()
+    model = without_exchange(model)
+    kw = dict(layers="*.bn2", penalised="alternate-halves", progress=False)
+    train = theorem.local_check_model(model, segmentation_loss, batches, 0.01, **kw)
+    frozen = theorem.local_check_model(model, segmentation_loss, batches, 0.01, bn_mode="eval", **kw)
+    assert train.attrs["bn_mode"] == "train" and frozen.attrs["bn_mode"] == "eval"
+    assert not np.allclose(train["g"], frozen["g"])  # running statistics, not the batch's
+    model.eval()
+    as_is = theorem.local_check_model(model, segmentation_loss, batches, 0.01, bn_mode="as-is", **kw)
+    assert np.allclose(as_is["g"], frozen["g"], rtol=1e-5, atol=1e-10)  # eval BN, the rest (no dropout) alike
+    # the default is what the model's observed run recorded
+    with cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="alternate-halves") as obs:
+        obs.log(0)
+    run = cen_lab.load_run(tmp_path / "run")
+    assert run.manifest["bn_mode"] == "eval"
+    default = theorem.local_check_model(model, segmentation_loss, batches, 0.01, run=run, **kw)
+    assert default.attrs["bn_mode"] == "eval" and np.array_equal(default["g"], frozen["g"])
+    with pytest.raises(ValueError, match=r"bn_mode must be one of \['train', 'eval', 'as-is'\], got 'evaluation'"):
+        theorem.local_check_model(model, segmentation_loss, batches, 0.01, bn_mode="evaluation", **kw)

@@ -42,7 +42,8 @@ from ..runs.lock import RunLock
 from ..errors import ConfigError, NonFiniteLossError, RunExistsError
 from ..network.tasks import resolve_tasks, target_modalities, task_loss, task_targets
 from ..network.architectures import CENNet, build_model
-from ..runs.exchange_maps import CENExchange
+from ..network.tasks import TaskMetrics  # noqa: F401  (importable from here, as before)
+from ..runs.exchange_maps import CENExchange, ExchangeMap  # noqa: F401
 from ..runs.observer import BNLayer, Observer
 from .evaluation import evaluate, prediction_names
 from .precision import autocast, bf16_native

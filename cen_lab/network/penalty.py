@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["SPARSITY_SCHEMES", "sparsity_mask", "alternate_halves", "l1_penalty", "add_l1_subgradient", "apply_l1_proximal"]
+__all__ = ["SPARSITY_SCHEMES", "sparsity_mask", "alternate_halves", "per_step_lam", "l1_penalty", "add_l1_subgradient", "apply_l1_proximal"]
 
 SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
 
@@ -97,6 +97,16 @@ def alternate_halves(order: Sequence[tuple[int, int]], shapes: Sequence[tuple[in
         masks[li][b, (slice(None, c // 2) if k % 2 == 0 else slice(c // 2, None))] = True
     return masks
 
+
+
+def per_step_lam(reference_lamda: float, num_outputs: int) -> float:
+    """The L1 weight per step of the reference code's ``lamda``: it adds ``lamda * L1`` once per output (each of
+    the M branch predictions and the ensemble: ``num_outputs = M + 1``), so one step's gradient carries
+    ``num_outputs * lamda``. cen_lab's ``lam`` (``observe``, ``import_checkpoints``, the Theorem 1 check) is
+    always this per-step weight."""
+    if not reference_lamda >= 0 or num_outputs < 1:
+        raise ValueError(f"need reference_lamda >= 0 and num_outputs >= 1, got {reference_lamda!r}, {num_outputs!r}")
+    return reference_lamda * num_outputs
 
 
 def l1_penalty(gammas: Iterable[torch.Tensor], masks: Iterable[torch.Tensor], lam: float) -> torch.Tensor:

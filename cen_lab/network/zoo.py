@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .penalty import per_step_lam
+
 __all__ = ["ModuleParallel", "BatchNorm2dParallel", "Exchange", "Bottleneck", "ReferenceStyleCEN",
            "reference_slim_params", "reference_l1", "segmentation_loss", "without_exchange", "effective_lam"]
 
@@ -156,8 +158,8 @@ def without_exchange(model: ReferenceStyleCEN) -> ReferenceStyleCEN:
 
 def effective_lam(lam: float, num_parallel: int) -> float:
     """The L1 weight per step of ``hand_written_loop``: the reference adds ``lam * L1`` once per output, M + 1
-    times."""
-    return lam * (num_parallel + 1)
+    times (``cen_lab.network.penalty.per_step_lam``)."""
+    return per_step_lam(lam, num_parallel + 1)
 
 
 def reference_slim_params(model: nn.Module) -> list[torch.Tensor]:

@@ -4,12 +4,14 @@ the run directory (``cen_lab.runs.importer`` attaches one to a skeleton model th
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from torch import nn
 
 from ..errors import ObserveError, RunExistsError, option
+from ..network.penalty import per_step_lam
 from ..network.layouts import BNLayer, penalised_masks, resolve_layers, unwrap
 from .exchange_maps import ExchangeFn, ExchangeMap, _exchange_map
 from .lock import RunLock
@@ -74,7 +76,8 @@ class IdleObserver:
 
 def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, threshold: float = 2e-2,
             penalised: str | Mapping[str, Any] | None = None, exchange: str | ExchangeFn = "mean",
-            modality_names: Sequence[str] | None = None, lam: float | None = None, seed: int | None = None,
+            modality_names: Sequence[str] | None = None, lam: float | None = None,
+            reference_lamda: float | None = None, seed: int | None = None,
             total_steps: int | None = None, resume: bool = False, overwrite: bool = False,
             flush_every: int = 50, rank: int = 0, tensorboard: Any = None) -> "Observer | IdleObserver":
     """Observe ``model`` in its own training loop; see the module docstring for layers, rules and the API.
@@ -97,7 +100,12 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
     modality_names : list of str, optional
         Names of the M branches (default ``modality0``, ...).
     lam : float, optional
-        The L1 weight the loop uses, recorded in the manifest (used by the Theorem 1 check by default).
+        The L1 weight *per step* that the loop applies (what one step's gradient carries; Theorem 1's check
+        compares ``|dL/dgamma|`` with it), recorded in the manifest as ``lam`` and ``lam_per_step``.
+    reference_lamda : float, optional
+        Instead of ``lam``: the reference code's ``lamda``, which it adds once per output (M + 1 times a step);
+        the per-step ``lam`` is then ``(M + 1) * reference_lamda`` (``network.penalty.per_step_lam``), and the
+        manifest records both.
     seed, total_steps : int, optional
         Recorded in the manifest.
     resume : bool
@@ -126,7 +134,8 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
     if not _writes(rank):
         return IdleObserver()
     return _open(model, out_dir, source="observed", layers=layers, threshold=threshold, penalised=penalised,
-                 exchange=exchange, modality_names=modality_names, lam=lam, resume=resume, overwrite=overwrite,
+                 exchange=exchange, modality_names=modality_names, lam=lam, reference_lamda=reference_lamda,
+                 resume=resume, overwrite=overwrite,
                  flush_every=flush_every, manifest={"seed": seed, "total_steps": total_steps}, tensorboard=tensorboard)
 
 
@@ -134,7 +143,7 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
           penalised: str | Mapping[str, Any] | None, exchange: str | ExchangeFn,
           modality_names: Sequence[str] | None, lam: float | None, resume: bool, overwrite: bool,
           flush_every: int | None, manifest: dict[str, Any], model_class: str | None = None,
-          tensorboard: Any = None) -> Observer:
+          tensorboard: Any = None, reference_lamda: float | None = None) -> Observer:
     """``observe`` for any source (``"observed"``, ``"imported"``): resolve and check everything, then create or
     reopen the run; ``manifest`` adds source-specific keys."""
     model = unwrap(model)  # the same layer names however the model is wrapped (DataParallel, torch.compile)
@@ -147,6 +156,8 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
         raise ObserveError(f"threshold must be >= 0, got {threshold!r}")
     if lam is not None and not lam >= 0:
         raise ObserveError(f"lam must be >= 0 or None, got {lam!r}")
+    lam = _per_step(lam, reference_lamda, m)
+    manifest = {**manifest, "reference_lamda": reference_lamda}  # None unless given: lam is then as the loop said
     rule, masks = penalised_masks(found, penalised, model)
     xmap = _exchange_map(exchange, found)
     settings = {"kind": source, "layers": [la.name for la in found], "threshold": float(threshold),
@@ -163,6 +174,19 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
         raise
     return Observer(found, writer, threshold=threshold, penalised=masks, exchange=xmap, flush_every=flush_every,
                     rewind_on_resume=rewind, lock=lock, tensorboard=tensorboard)
+
+
+def _per_step(lam: float | None, reference_lamda: float | None, m: int) -> float | None:
+    """The per-step L1 weight from ``lam`` (already per step) or the reference's ``lamda`` (per output, M + 1)."""
+    if reference_lamda is None:
+        return lam
+    if not reference_lamda >= 0:
+        raise ObserveError(f"reference_lamda must be >= 0, got {reference_lamda!r}")
+    per_step = per_step_lam(reference_lamda, m + 1)
+    if lam is not None and not math.isclose(lam, per_step, rel_tol=1e-12):
+        raise ObserveError(f"lam={lam!r} is the L1 weight per step, and reference_lamda={reference_lamda!r} counted "
+                           f"once per output (M + 1 = {m + 1}) gives {per_step!r}: give one of them")
+    return per_step
 
 
 def _writer(out: Path, settings: dict[str, Any], found: list[BNLayer], m: int, names: list[str], threshold: float,
@@ -189,6 +213,7 @@ def _writer(out: Path, settings: dict[str, Any], found: list[BNLayer], m: int, n
             "num_branches": m, "modalities": names, "input_modalities": names, "tasks": [],
             "branches": [{"name": n, "modality": i, "task": 0} for i, n in enumerate(names)],
             "outputs": names, "ensembles": ["ensemble"], "threshold": float(threshold), "lam": lam,
+            "lam_per_step": lam,
             "penalised_rule": rule, "exchange": xmap.name, "device": str(found[0].modules[0].weight.device),
             **manifest}
     return RunWriter.start(out, settings, full), False

@@ -202,7 +202,8 @@ def _steps(files: list[Path], tops: list[dict[str, Any]], steps: Sequence[int] |
 def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | Path, *, layers: Any = None,
                        threshold: float = 2e-2, penalised: str | Mapping[str, Any] | None = None,
                        steps: Sequence[int] | None = None, modality_names: Sequence[str] | None = None,
-                       exchange: str | ExchangeFn = "mean", lam: float | None = None, overwrite: bool = False,
+                       exchange: str | ExchangeFn = "mean", lam: float | None = None,
+                       reference_lamda: float | None = None, overwrite: bool = False,
                        progress: bool = True) -> Run:
     """Make a run with one logged step per checkpoint (gammas, betas and the exchange map ``threshold`` implies).
 
@@ -212,8 +213,9 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
         A glob (``"ckpt/epoch-*.pth"``), a folder of checkpoint files, or a list of files.
     out_dir : str or Path
         The run directory to write (an existing run needs ``overwrite``).
-    layers, threshold, penalised, exchange, modality_names, lam
-        As for ``cen_lab.observe``; layer names are the state dict's BN prefixes (``layer1.0.bn2``).
+    layers, threshold, penalised, exchange, modality_names, lam, reference_lamda
+        As for ``cen_lab.observe`` (``lam`` per step, or the reference's ``reference_lamda`` per output); layer
+        names are the state dict's BN prefixes (``layer1.0.bn2``).
         ``penalised`` is required (the reference code's rule is ``"alternate-halves"``).
     steps : list of int, optional
         The step of each file; default from the files' entries, else their order.
@@ -252,7 +254,8 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
                 "imported_files": [{"path": str(files[i].resolve()), "step": order[i]} for i in ranked],
                 "total_steps": order[ranked[-1]]}
     obs = _open(root, out_dir, source="imported", layers=layers, threshold=threshold, penalised=penalised,
-                exchange=exchange, modality_names=modality_names, lam=lam, resume=False, overwrite=overwrite,
+                exchange=exchange, modality_names=modality_names, lam=lam, reference_lamda=reference_lamda,
+                resume=False, overwrite=overwrite,
                 flush_every=None, manifest=manifest, model_class="unknown (imported from checkpoints)")
     with obs:
         for i in progress_bar(ranked, desc="import checkpoints", disable=not progress):

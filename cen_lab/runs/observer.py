@@ -6,7 +6,7 @@ middle BN (``bn2``) of each residual bottleneck, and an L1 penalty on gammas pic
 observer reads such a model where it stands::
 
     obs = cen_lab.observe(model, "runs/mine", layers="*.bn2", threshold=2e-2, penalised="alternate-halves",
-                          modality_names=["rgb", "depth"], lam=2e-4)
+                          modality_names=["rgb", "depth"], reference_lamda=2e-4)
     for step, batch in enumerate(loader):
         with obs.grads(step):                      # optional: dL/dgamma and ||dL/dx'|| of this backward
             loss = loss_fn(model, batch); loss.backward()
@@ -249,6 +249,7 @@ class Observer:
         source = self.sources(gamma)
         exchanged = source != self.branch_col
         self.divergence.gammas(step, gamma)
+        self._record_bn_mode()
         self.writer.add("gammas", step=step, epoch=epoch, **self.ids, gamma=gamma, beta=beta, penalised=self.penalised)
         self.writer.add("exchange", step=step, **self.ids, exchanged=exchanged, source=source)
         if self._tb is not None:  # from the arrays already on the host: no other device copy
@@ -256,6 +257,14 @@ class Observer:
         self._last["gammas"] = step
         self._after_log(step)
         return gamma, exchanged
+
+    def _record_bn_mode(self) -> None:
+        """``manifest["bn_mode"]``: how the observed BatchNorms ran at the logged steps (``"train"``, ``"eval"``,
+        or ``"mixed"``), the default of the Theorem 1 check's ``bn_mode``."""
+        modes = {m.training for la in self.layers for m in la.modules}
+        mode = "mixed" if len(modes) > 1 else ("train" if modes.pop() else "eval")
+        seen = self.writer.manifest.get("bn_mode")
+        self.writer.manifest["bn_mode"] = mode if seen in (None, mode) else "mixed"
 
     def log_metrics(self, step: int, values: Mapping[str, Any], split: str = "train", epoch: int = -1) -> None:
         """Log named numbers at ``step`` (``split`` ``"train"`` or ``"val"``); every value must be finite, and a

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,14 +26,16 @@ from scipy import stats
 
 from .._util.progress import progress_bar
 from ..data import load_data
-from ..network.hooks import record_bn_output_grad_norms
-from ..network.layouts import unwrap
-from ..runs.observer import BNLayer, penalised_masks, resolve_layers
+from ..network.hooks import record_bn_output_grad_norms  # noqa: F401  (importable from here, as before)
+from ..runs.observer import BNLayer, penalised_masks, resolve_layers  # noqa: F401
 from ..runs.reader import Run
-from .formula import attraction_probability, brier_score, expected_calibration_error, proportion_ci, reliability_table
+from .foreign import exchange_is_off, local_check_model, set_attribute  # noqa: F401  (part of this API)
+from .formula import (attraction_probability, brier_score, expected_calibration_error,  # noqa: F401
+                      proportion_ci, reliability_table)
 from ..experiments.training import data_losses
 from .corollary import corollary_check, corollary_summary, training_loss  # noqa: F401  (part of this API)
 from .networks import theorem_base, theorem_config, train_theorem_runs  # noqa: F401  (part of this API)
+from .zeroing import _local_frame, _zeroed_gradients, minibatch_indices  # noqa: F401
 from .verdicts import (CONTROLLED_REGIME, theorem_regimes, theorem_summary,  # noqa: F401
                                verdict_display, verdict_table)
 
@@ -43,68 +45,6 @@ __all__ = ["theorem_base", "theorem_config", "train_theorem_runs", "local_check"
            "minibatch_indices", "calibration_summary", "outcome_table", "theorem_regimes", "verdict_table",
            "training_loss", "corollary_check", "corollary_summary", "local_check_runs", "theorem_summary",
            "calibration_frame", "verdict_display"]
-
-
-def minibatch_indices(n: int, batch_size: int, n_batches: int, seed: int = 0) -> list[torch.Tensor]:
-    """``n_batches`` index tensors of ``batch_size`` distinct samples out of ``n``, drawn with ``seed``: the
-    minibatches of the local checks."""
-    rng = np.random.default_rng(seed)
-    return [torch.from_numpy(rng.choice(n, batch_size, replace=False)) for _ in range(n_batches)]
-
-
-def _gamma_at(layer: BNLayer, m: int, c: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """The parameter holding gamma[m, c] of ``layer`` and its index there."""
-    return (layer.modules[0].weight, (m, c)) if layer.stacked else (layer.modules[m].weight, (c,))
-
-
-def _zeroed_gradients(model: torch.nn.Module, layers: Sequence[BNLayer], groups: Sequence[Sequence[tuple[int, int, int]]],
-                      batches: Sequence, loss_fn, bar=None) -> list[tuple]:
-    """For every batch and every group of channels ``(layer index, branch, channel)``: set those gammas to 0,
-    back-propagate ``loss_fn(model, batch)``, read ``g = dL/dgamma`` and ``||dL/dx'||`` of each, and restore them.
-
-    Returns rows ``(layer name, branch, channel, batch index, trained gamma, g, norm)``.
-    """
-    points = [(la.name, la.hook_point()) for la in layers]
-    trained = {}
-    for group in groups:
-        for li, m, c in group:
-            t, i = _gamma_at(layers[li], m, c)
-            trained[(li, m, c)] = float(t.detach()[i])
-    rows: list[tuple] = []
-    for b, batch in enumerate(batches):
-        for group in groups:
-            with torch.no_grad():
-                for li, m, c in group:
-                    t, i = _gamma_at(layers[li], m, c)
-                    t[i] = 0.0
-            model.zero_grad(set_to_none=True)
-            with record_bn_output_grad_norms(points) as norms:
-                loss_fn(model, batch).backward()
-            with torch.no_grad():
-                for li, m, c in group:
-                    t, i = _gamma_at(layers[li], m, c)
-                    name = layers[li].name
-                    grad = float(t.grad[i]) if t.grad is not None else 0.0
-                    norm = float(norms[name][m, c]) if name in norms else float("nan")
-                    rows.append((name, m, c, b, trained[(li, m, c)], grad, norm))
-                    t[i] = trained[(li, m, c)]
-        if bar is not None:
-            bar.update(1)
-    return rows
-
-
-def _local_frame(rows: list[tuple], run: str, lam: float, step: int | None = None) -> pd.DataFrame:
-    """The ``local_check`` table from ``_zeroed_gradients`` rows (with a ``step`` column in front of them)."""
-    df = pd.DataFrame(rows, columns=(["step"] if step is None else []) + ["layer", "modality", "channel", "batch",
-                                                                          "gamma", "g", "norm"])
-    if step is not None:
-        df.insert(0, "step", step)
-    df.insert(0, "lam", lam)
-    df.insert(0, "run", run)
-    df["z"] = df["g"] / df["norm"]
-    df["predicted"] = attraction_probability(lam, df["norm"].to_numpy())
-    df["attracted"] = df["g"].abs() <= lam
-    return df
 
 
 def _cen_loss(model, batch) -> torch.Tensor:
@@ -156,85 +96,6 @@ def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 1
         rows += [(step, *r) for r in _zeroed_gradients(model, layers, groups, batches, _cen_loss, bar)]
     bar.close()
     return _local_frame(rows, run.path.name, lam)
-
-
-def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: float, *, layers: Any = None,
-                      penalised: str | Mapping[str, Any] | None = None, max_channels: int | None = None,
-                      step: int = 0, name: str = "model", seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """Theorem 1's local check on any model (``cen_lab.observe``'s layouts), with the user's own loss.
-
-    A copy of ``model`` (the model itself, its gammas and BN running statistics are left untouched) is put in
-    training mode. For every penalised channel (or ``max_channels`` of them, drawn with ``seed``) and every batch,
-    that channel's gamma is set to 0, ``loss_fn(copy, batch).backward()`` gives ``g = dL/dgamma`` and
-    ``||dL/dx'||`` (x' the output of that branch's BN), and the gamma is restored. One channel is zeroed per pass,
-    because the branches of a model that exchanges interact.
-
-    Parameters
-    ----------
-    model : nn.Module
-    loss_fn : callable
-        ``loss_fn(model, batch) -> scalar tensor``: the *data* loss of one batch (without the L1 penalty, whose
-        gradient at gamma = 0 is the subgradient interval the theorem reasons about).
-    batches : sequence
-        Minibatches as ``loss_fn`` takes them (move them to the model's device yourself).
-    lam : float
-        The L1 weight (per step, as the penalty enters the gradient; the reference code's once-per-output
-        penalty is ``(M + 1) * lam``).
-    layers, penalised
-        As for ``cen_lab.observe``.
-    max_channels : int, optional
-        Check a random subset of the penalised channels (for large models).
-    step, name : int, str
-        The ``step`` and ``run`` columns of the result.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The columns of ``local_check``; ``calibration_summary``, ``calibration_frame`` and
-        ``cen_lab.plots.plot_reliability`` take it as they take a cen_lab network's.
-
-    Warns
-    -----
-    UserWarning
-        When at least half of the rows have ``||dL/dx'|| = 0``: those channels get no gradient at gamma = 0,
-        so the check is vacuous for them (``predicted`` 1, ``attracted`` True). Besides exchange (below), a ReLU
-        after the BN does this to a channel whose beta is <= 0: at gamma = 0 it outputs beta everywhere.
-
-    Notes
-    -----
-    The theorem is stated for a network trained with the penalty but *without* exchange. In a model that
-    exchanges, a gamma set to 0 is below the threshold, so the channel is replaced by the other branches' output
-    and its own BN output reaches nothing: ``g = 0`` and ``||dL/dx'|| = 0`` exactly. Check such a model with its
-    exchange turned off (for ``cen_lab.zoo`` models, ``zoo.without_exchange(model)``).
-    """
-    import copy
-
-    if not lam >= 0:
-        raise ValueError(f"lam must be >= 0, got {lam!r}")
-    if not len(batches):
-        raise ValueError("local_check_model needs at least one batch")
-    twin = copy.deepcopy(unwrap(model)).train()  # the layer names of observe, however the model is wrapped
-    found = resolve_layers(twin, layers)
-    _, masks = penalised_masks(found, penalised, twin)
-    items = [(li, int(m), int(c)) for li, mask in enumerate(masks) for m, c in zip(*np.nonzero(mask))]
-    if not items:
-        raise ValueError("no penalised channel to check: penalised= selects none")
-    if max_channels is not None and max_channels < len(items):
-        pick = np.random.default_rng(seed).choice(len(items), max_channels, replace=False)
-        items = [items[i] for i in sorted(pick)]
-    bar = progress_bar(total=len(batches), desc=f"local check {name}", disable=not progress, leave=False)
-    rows = _zeroed_gradients(twin, found, [[i] for i in items], batches, loss_fn, bar)
-    bar.close()
-    df = _local_frame(rows, name, float(lam), step=step)
-    dead = float((df["norm"] == 0).mean())
-    if dead >= 0.5:
-        import warnings
-
-        warnings.warn(f"{dead:.0%} of the checked channels get no gradient at gamma = 0 (||dL/dx'|| = 0), so the "
-                      "check says nothing about them: a model that exchanges discards a channel whose gamma is below "
-                      "its threshold (check it with exchange turned off), and a ReLU after the BN silences a zeroed "
-                      "channel whose beta is <= 0", UserWarning, stacklevel=2)
-    return df
 
 
 def local_check_runs(runs: Mapping[tuple[float, int], Run], n_batches: int = 16, seed: int = 0,

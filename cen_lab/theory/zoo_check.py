@@ -29,5 +29,6 @@ def check_theorem(zoo_run: ZooRun, preset: str = "default", seed: int = 0, progr
     local = local_check_model(without_exchange(zoo_run.model), segmentation_loss, batches,
                               effective_lam(zoo_run.settings["lam"], m), layers="*.bn2", penalised="alternate-halves",
                               max_channels=p["max_channels"], step=zoo_run.run.manifest["last_step"],
+                              run=zoo_run.run,
                               name=zoo_run.run.path.name, seed=seed, progress=progress)
     return local, calibration_summary(local)

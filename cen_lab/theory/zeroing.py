@@ -1,0 +1,97 @@
+"""The core of Theorem 1's local check: set chosen gammas of a model to 0, back-propagate the data loss, and read
+``g = dL/dgamma`` and ``||dL/dx'||`` of each (``_zeroed_gradients``), then the check's table (``_local_frame``).
+Used by the check on cen_lab's networks (``local_checks``) and on any model (``foreign``)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..network.hooks import record_bn_output_grad_norms
+from ..runs.observer import BNLayer
+from .formula import attraction_probability
+
+__all__ = ["minibatch_indices"]
+
+
+def minibatch_indices(n: int, batch_size: int, n_batches: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n_batches`` index tensors of ``batch_size`` distinct samples out of ``n``, drawn with ``seed``: the
+    minibatches of the local checks."""
+    rng = np.random.default_rng(seed)
+    return [torch.from_numpy(rng.choice(n, batch_size, replace=False)) for _ in range(n_batches)]
+
+
+def _gamma_at(layer: BNLayer, m: int, c: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The parameter holding gamma[m, c] of ``layer`` and its index there."""
+    return (layer.modules[0].weight, (m, c)) if layer.stacked else (layer.modules[m].weight, (c,))
+
+
+def _zeroed_gradients(model: torch.nn.Module, layers: Sequence[BNLayer], groups: Sequence[Sequence[tuple[int, int, int]]],
+                      batches: Sequence, loss_fn, bar=None, per_pass: bool = False,
+                      stop_at_layer: bool = True) -> list[tuple]:
+    """For every batch and every group of channels ``(layer index, branch, channel)``: set those gammas to 0,
+    back-propagate ``loss_fn(model, batch)``, read ``g = dL/dgamma`` and ``||dL/dx'||`` of each, and restore them.
+
+    ``stop_at_layer``: back-propagate only as far as the group's layers (``torch.autograd.grad`` with their
+    gammas as the inputs), not down to the input: the gradients below them are never used. The numbers are those
+    of a full ``backward()`` (the same kernels compute them); ``bar`` advances per batch, or per pass with
+    ``per_pass``.
+
+    Returns rows ``(layer name, branch, channel, batch index, trained gamma, g, norm)``.
+    """
+    points = [(la.name, la.hook_point()) for la in layers]
+    trained = {}
+    for group in groups:
+        for li, m, c in group:
+            t, i = _gamma_at(layers[li], m, c)
+            trained[(li, m, c)] = float(t.detach()[i])
+    rows: list[tuple] = []
+    for b, batch in enumerate(batches):
+        for group in groups:
+            with torch.no_grad():
+                for li, m, c in group:
+                    t, i = _gamma_at(layers[li], m, c)
+                    t[i] = 0.0
+            model.zero_grad(set_to_none=True)
+            # every gamma tensor of the group's layers: each branch's BN output then gets its gradient (the hooks
+            # of a per-branch layer wait for all of them)
+            inputs = list(dict.fromkeys(t for li in {li for li, _, _ in group} for t in layers[li].gammas()))
+            with record_bn_output_grad_norms(points) as norms:
+                loss = loss_fn(model, batch)
+                if stop_at_layer:
+                    found = torch.autograd.grad(loss, inputs, allow_unused=True)
+                    grads = {id(t): g for t, g in zip(inputs, found)}
+                else:
+                    loss.backward()
+                    grads = {id(t): t.grad for t in inputs}
+            with torch.no_grad():
+                for li, m, c in group:
+                    t, i = _gamma_at(layers[li], m, c)
+                    name = layers[li].name
+                    g = grads[id(t)]
+                    grad = float(g[i]) if g is not None else 0.0
+                    norm = float(norms[name][m, c]) if name in norms else float("nan")
+                    rows.append((name, m, c, b, trained[(li, m, c)], grad, norm))
+                    t[i] = trained[(li, m, c)]
+            if bar is not None and per_pass:
+                bar.update(1)
+        if bar is not None and not per_pass:
+            bar.update(1)
+    return rows
+
+
+def _local_frame(rows: list[tuple], run: str, lam: float, step: int | None = None) -> pd.DataFrame:
+    """The ``local_check`` table from ``_zeroed_gradients`` rows (with a ``step`` column in front of them)."""
+    df = pd.DataFrame(rows, columns=(["step"] if step is None else []) + ["layer", "modality", "channel", "batch",
+                                                                          "gamma", "g", "norm"])
+    if step is not None:
+        df.insert(0, "step", step)
+    df.insert(0, "lam", lam)
+    df.insert(0, "run", run)
+    df["z"] = df["g"] / df["norm"]
+    df["predicted"] = attraction_probability(lam, df["norm"].to_numpy())
+    df["attracted"] = df["g"].abs() <= lam
+    return df
