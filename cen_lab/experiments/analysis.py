@@ -7,8 +7,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .regime import architecture, optimiser
 from ..runs.reader import Run
+from .regime import architecture, optimiser
 
 __all__ = ["compute_run_summary"]
 

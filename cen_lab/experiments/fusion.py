@@ -29,10 +29,10 @@ import pandas as pd
 from scipy import stats
 
 from .._util.atomic import atomic_path
-from ..errors import said
 from ..config import ARCHS, ExperimentConfig  # ARCHS: the default benchmark's architectures, plain first
-from .precision import name_suffix
+from ..errors import said
 from ..runs.reader import load_run
+from .precision import name_suffix
 from .sweeps import sweep
 
 LOWER_IS_BETTER = ("mae",)  # metrics where a smaller value is better

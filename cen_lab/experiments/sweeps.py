@@ -27,8 +27,8 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .._util.progress import progress_bar
 from .._util.atomic import atomic_path
+from .._util.progress import progress_bar
 from ..config import ExperimentConfig
 from ..errors import ConfigError
 

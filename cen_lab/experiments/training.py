@@ -38,18 +38,18 @@ from .._util.malloc import keep_freed_memory
 from .._util.progress import progress_bar
 from ..config import ExperimentConfig
 from ..data import MultimodalDataset, load_data
-from ..runs.lock import RunLock
 from ..errors import ConfigError, NonFiniteLossError, RunExistsError
-from ..network.tasks import resolve_tasks, target_modalities, task_loss, task_targets
 from ..network.architectures import CENNet, build_model
+from ..network.penalty import add_l1_subgradient, apply_l1_proximal
+from ..network.tasks import resolve_tasks, target_modalities, task_loss, task_targets
 from ..network.tasks import TaskMetrics  # noqa: F401  (importable from here, as before)
 from ..runs.exchange_maps import CENExchange, ExchangeMap  # noqa: F401
+from ..runs.lock import RunLock
 from ..runs.observer import BNLayer, Observer
-from .evaluation import evaluate, prediction_names
-from .precision import autocast, bf16_native
 from ..runs.reader import Run, load_run
 from ..runs.writer import RunWriter
-from ..network.penalty import add_l1_subgradient, apply_l1_proximal
+from .evaluation import evaluate, prediction_names
+from .precision import autocast, bf16_native
 
 log = logging.getLogger(__name__)
 

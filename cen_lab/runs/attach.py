@@ -11,8 +11,8 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from ..errors import ObserveError, RunExistsError, option
-from ..network.penalty import per_step_lam
 from ..network.layouts import BNLayer, penalised_masks, resolve_layers, unwrap
+from ..network.penalty import per_step_lam
 from .exchange_maps import ExchangeFn, ExchangeMap, _exchange_map
 from .lock import RunLock
 from .observer import Observer

@@ -54,14 +54,14 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .lock import RunLock
 from ..errors import ObserveError
 from ..network.hooks import record_bn_output_grad_norms
 from ..network.layouts import (PENALISED_RULES, BNLayer, alternate_halves, find_bn_layers, penalised_masks,  # noqa: F401
-                      resolve_layers)
+                               resolve_layers)
 from .divergence import DivergenceWatch
-from .export import TensorBoardSink
 from .exchange_maps import ExchangeFn, ExchangeMap, MeanExchange, NoExchange, _CallableExchange, _exchange_map  # noqa: F401
+from .export import TensorBoardSink
+from .lock import RunLock
 from .writer import RunWriter
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,11 @@ version-2 run (every one of them trained) is read by filling them in from its co
 sorted keys and no spaces), written with it; ``load_run`` refuses a run whose ``config.json`` no longer matches it
 (a damaged or edited file would otherwise read as another config, or as the defaults). Runs written before
 2026-12-04 have no such key and load as before.
+Optional manifest keys, absent where they do not apply: ``diverged`` (``{"step", "reason"}``,
+``cen_lab.runs.divergence``), ``lam_per_step`` (the L1 weight per step) and ``reference_lamda`` (an observed or
+imported run's reference-code lamda, counted once per output), ``bn_mode`` (``"train"``, ``"eval"`` or
+``"mixed"``: how an observed run's BatchNorms ran at its logged steps) and ``grad_steps_skipped`` (steps whose
+gradients a ``GradScaler`` found non-finite, not logged).
 ``manifest.json["train_seconds"]`` is the wall time of the training loop (summed over resumed parts). A trained
 run also records ``lam_per_step``, the L1 weight of one training step: ``lam``, times the number of outputs when
 ``train.l1_per_output`` adds the penalty once per output as the reference code does (``Run.lam_per_step``).

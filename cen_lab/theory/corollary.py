@@ -19,9 +19,9 @@ from scipy import stats
 
 from ..config import ExperimentConfig
 from ..data import load_data
+from ..experiments.training import data_losses, train
 from ..network.architectures import build_model
 from .networks import theorem_config
-from ..experiments.training import data_losses, train
 
 __all__ = ["training_loss", "corollary_check", "corollary_summary"]
 

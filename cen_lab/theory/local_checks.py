@@ -26,18 +26,18 @@ from scipy import stats
 
 from .._util.progress import progress_bar
 from ..data import load_data
+from ..experiments.training import data_losses
 from ..network.hooks import record_bn_output_grad_norms  # noqa: F401  (importable from here, as before)
 from ..runs.observer import BNLayer, penalised_masks, resolve_layers  # noqa: F401
 from ..runs.reader import Run
+from .corollary import corollary_check, corollary_summary, training_loss  # noqa: F401  (part of this API)
 from .foreign import exchange_is_off, local_check_model, set_attribute  # noqa: F401  (part of this API)
 from .formula import (attraction_probability, brier_score, expected_calibration_error,  # noqa: F401
                       proportion_ci, reliability_table)
-from ..experiments.training import data_losses
-from .corollary import corollary_check, corollary_summary, training_loss  # noqa: F401  (part of this API)
 from .networks import theorem_base, theorem_config, train_theorem_runs  # noqa: F401  (part of this API)
-from .zeroing import _local_frame, _zeroed_gradients, minibatch_indices  # noqa: F401
 from .verdicts import (CONTROLLED_REGIME, theorem_regimes, theorem_summary,  # noqa: F401
-                               verdict_display, verdict_table)
+                       verdict_display, verdict_table)
+from .zeroing import _local_frame, _zeroed_gradients, minibatch_indices  # noqa: F401
 
 log = logging.getLogger(__name__)
 

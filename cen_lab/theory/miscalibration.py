@@ -32,8 +32,8 @@ import torch
 from scipy import optimize, stats
 
 from ..runs.reader import Run
-from .local_checks import calibration_summary
 from .formula import attraction_probability
+from .local_checks import calibration_summary
 
 __all__ = ["gaussian_attraction", "layer_sizes", "channel_statistics", "training_features", "fit_logistic",
            "MiscalibrationResult", "compare_predictions"]

@@ -11,8 +11,8 @@ from typing import Sequence
 
 from ..config import ExperimentConfig
 from ..experiments.precision import name_suffix
-from ..runs.reader import Run, load_run
 from ..experiments.sweeps import run_name, sweep
+from ..runs.reader import Run, load_run
 
 __all__ = ["theorem_base", "theorem_config", "train_theorem_runs"]
 

@@ -19,8 +19,8 @@ from scipy import stats
 
 from ..experiments.regime import regime_of, regime_text
 from ..runs.reader import Run
-from .networks import theorem_config
 from .formula import proportion_ci
+from .networks import theorem_config
 
 __all__ = ["CONTROLLED_REGIME", "theorem_regimes", "verdict_table", "verdict_display", "theorem_summary"]
 

@@ -24,10 +24,10 @@ import pandas as pd
 
 from .._util.atomic import atomic_write_bytes, atomic_write_json
 from .display import display_figure
+from .notebooks import (NotebookExecutionError, NotebookParameterError, notebook_parameters, run_notebook,
+                        validate_parameters)
 from .pages import (MATHJAX_CONFIG, MATHJAX_DIR, RUN_COLUMNS, TEMPLATES, VERDICT_COLUMNS, _index_html,  # noqa: F401
                     _to_html, report_evidence, write_mathjax)  # (the constants and report_evidence: importable here)
-from .notebooks import (NotebookExecutionError, NotebookParameterError, notebook_parameters, run_notebook,
-                              validate_parameters)
 
 log = logging.getLogger(__name__)
 

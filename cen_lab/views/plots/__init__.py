@@ -17,15 +17,15 @@ from .curves import compute_metric_across_runs, compute_training_curves, plot_me
 from .exchange import (compute_exchange_animation, compute_exchange_maps, compute_exchange_snapshot, compute_exchange_ratio, compute_flip_counts, compute_flip_events,
                        plot_exchange_animation, plot_exchange_maps, plot_exchange_ratio, plot_exchange_snapshot,
                        plot_flip_counts)
+from .fusion import plot_fusion_results
+from .gammas import (compute_gamma_snapshot, compute_gamma_trajectories, compute_sparsity, plot_gamma_distributions, plot_gamma_snapshot,
+                     plot_gamma_trajectories, plot_sparsity)
+from .learning import plot_exchange_settling, plot_learning_curves
+from .miscalibration import compute_drift, plot_drift, plot_prediction_ece
+from .regimes import plot_regime_calibration, plot_regime_outcome
 from .theory import (compute_controlled_check, compute_corollary, compute_dynamic_check, compute_outcome, compute_qq,
                      compute_reliability, plot_controlled_check, plot_corollary, plot_dynamic_check, plot_outcome, plot_qq,
                      plot_reliability)
-from .fusion import plot_fusion_results
-from .regimes import plot_regime_calibration, plot_regime_outcome
-from .miscalibration import compute_drift, plot_drift, plot_prediction_ece
-from .learning import plot_exchange_settling, plot_learning_curves
-from .gammas import (compute_gamma_snapshot, compute_gamma_trajectories, compute_sparsity, plot_gamma_distributions, plot_gamma_snapshot,
-                     plot_gamma_trajectories, plot_sparsity)
 
 __all__ = [
     "BACKENDS", "FREE_COLOUR", "PENALISED_COLOUR",
