@@ -24,6 +24,7 @@ _moved.install()  # the old module paths, e.g. cen_lab.plots -> cen_lab.views.pl
 from .config import ExperimentConfig  # noqa: E402
 from .errors import (CenLabError, ConfigError, DataFormatError, NonFiniteLossError, ObserveError,  # noqa: E402
                      RunExistsError, RunFormatError)
+from .experiments.diagnosis import diagnose  # noqa: E402
 from .experiments.sweeps import sweep  # noqa: E402
 from .experiments.training import train  # noqa: E402
 from .network import exchange  # noqa: E402
@@ -42,6 +43,7 @@ __all__ = [
     "Run",
     "RunExistsError",
     "RunFormatError",
+    "diagnose",
     "exchange",
     "import_checkpoints",
     "load_run",

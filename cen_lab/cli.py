@@ -69,6 +69,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .experiments.diagnosis import diagnose
+
+    grid = [float(t) for t in args.thresholds.split(",")] if args.thresholds else None
+    for i, path in enumerate(args.runs):
+        d = diagnose(path, threshold=args.threshold, thresholds=grid)
+        print(("\n" if i else "") + str(d))
+        print("under each threshold at the last step (no retraining: the threshold acts on the logged gammas):")
+        print(d.thresholds.to_string(index=False))
+    return 0
+
+
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     from .runs.export import tensorboard
 
@@ -270,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/fusion", metavar="DIR", help="where the runs go (default: runs/fusion)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_fusion)
+
+    p = sub.add_parser("diagnose", help="what a run's exchange is doing: collapsing, schedule- or importance-driven, ...")
+    p.add_argument("runs", nargs="+", help="run directories (trained, observed or imported)")
+    p.add_argument("--threshold", type=float, help="the exchange threshold (default: the run's)")
+    p.add_argument("--thresholds", help="comma-separated grid of thresholds for the last step's portions")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("tensorboard", help="write runs (trained, observed, imported) as TensorBoard events")
     p.add_argument("runs", nargs="+", help="run directories")

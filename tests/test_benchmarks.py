@@ -39,6 +39,13 @@ def test_local_check_benchmark_runs_at_tiny_size_with_the_same_numbers():
     assert out["local_check_same_numbers"] and out["local_check_speedup"] > 0
 
 
+def test_diagnose_benchmark_runs_at_tiny_size():
+    from benchmarks.diagnosis import bench_diagnose
+
+    out = bench_diagnose(steps=8, repeats=1)
+    assert out["diagnose_rows"] == 8 * 16 * 512 * 2 and out["diagnose_seconds_per_million_rows"] > 0
+
+
 def test_paired_step_overhead_recovers_a_known_overhead_under_drift():
     rng = np.random.default_rng(0)
     steps = np.arange(1, 402)

@@ -1,0 +1,296 @@
+"""What a run's exchange is doing, and why: ``diagnose(run)`` for any run (trained, observed or imported; finished
+or still running).
+
+The numbers
+-----------
+- **portion**: per logged step, layer and branch, the portion of the *penalised* gammas with ``|gamma| <
+  threshold``, and of the unpenalised ones as the control.
+- **crossings**: each penalised channel's first logged step under the threshold, against the step the penalty's
+  schedule alone predicts (``schedule_steps``): with SGD and momentum ``mu``, a penalised gamma's velocity from
+  the subgradient ``lam * sign(gamma)`` builds up as ``lam * (1 - mu^k) / (1 - mu)``, so after ``t`` steps it
+  has moved ``lr * lam / (1 - mu) * (t - mu * (1 - mu^t) / (1 - mu))``; the proximal rule shrinks it by
+  ``lr * lam`` a step. Adam normalises its steps, and a run without a config records no optimiser: nothing is
+  predicted for those, and the diagnosis says so.
+- **importance**: the mean ``|dL/dgamma|`` of the data loss over the logged steps before the channel crossed
+  (runs with ``log.grads``), and the Spearman correlation of the crossing step with it, with a 95% interval
+  (Fisher's z with the Bonett-Wright standard error): importance-driven exchange crosses the useful channels late.
+- **one-sidedness**: the final portion under the threshold per branch.
+- **thresholds**: the final portion under each threshold of a grid (``thresholds=``): the threshold acts on the
+  logged gammas, so this needs no retraining.
+
+The states (``Diagnosis.state``, the first that holds; ``flags`` lists every one that holds)
+-----------------------------------------------------------------------------------------
+``too early to tell``
+    fewer than ``MIN_STEPS`` logged steps after the first, or no channel has crossed and none is on its way.
+``not sparsifying``
+    the penalised gammas are not smaller than the unpenalised ones at the last step (one-sided Mann-Whitney U
+    test, p >= 0.05) and no more of them are under the threshold.
+``collapsing``
+    90% or more of the penalised gammas are under the threshold, or heading there: the portion's trend over the
+    last third of the run reaches 0.9 within the run's length again ("by step ...").
+``importance-driven``
+    the lower bound of the importance correlation is >= 0.3.
+``schedule-driven``
+    the crossings cluster where the schedule puts them (median |crossing - predicted| <= 20% of the predicted
+    span) and importance explains little (its lower bound < 0.3, or no gradients logged).
+``settling``
+    a partial exchange whose portion has stayed within 0.01 since its plateau step for the last tenth of the run.
+``one-sided`` (a flag beside the state)
+    one branch has at least 10% of its penalised gammas under the threshold and another at most a quarter of
+    that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import RunFormatError
+from ..runs.reader import Run, load_run
+from .learning_curves import plateau_step
+
+__all__ = ["MIN_STEPS", "STATES", "Diagnosis", "diagnose", "schedule_steps"]
+
+MIN_STEPS = 5  # logged steps a diagnosis needs
+STATES = ("too early to tell", "not sparsifying", "collapsing", "importance-driven", "schedule-driven", "settling",
+          "one-sided")
+
+
+def schedule_steps(gamma0: np.ndarray, threshold: float, lr: float, lam: float, momentum: float = 0.0,
+                   rule: str = "subgradient", max_steps: int = 10_000_000) -> np.ndarray:
+    """Steps the L1 penalty alone needs to bring ``|gamma0|`` under ``threshold`` (0 where it is already under;
+    -1 beyond ``max_steps`` or where ``lam`` is 0).
+
+    ``rule="subgradient"``: SGD with heavy-ball momentum ``momentum`` on the gradient ``lam * sign(gamma)``
+    (PyTorch's: ``buf = momentum * buf + grad``, ``gamma -= lr * buf``); ``"proximal"``: ``lr * lam`` a step.
+    """
+    g0 = np.abs(np.asarray(gamma0, dtype=np.float64))
+    out = np.zeros(g0.shape, dtype=np.int64)
+    need = g0 - threshold  # the distance to cover: strictly more than this
+    todo = need >= 0
+    if lam <= 0 or lr <= 0:
+        out[todo] = -1
+        return out
+    if rule == "proximal" or momentum == 0:
+        steps = np.floor(need[todo] / (lr * lam)).astype(np.int64) + 1
+    else:
+        mu = momentum
+
+        def moved(t: np.ndarray) -> np.ndarray:
+            return lr * lam / (1 - mu) * (t - mu * (1 - mu ** t) / (1 - mu))
+
+        lo = np.zeros(int(todo.sum()), dtype=np.int64)
+        hi = np.full(lo.shape, max_steps, dtype=np.int64)
+        target = need[todo]
+        while (hi - lo > 1).any():  # the first t with moved(t) > need: moved is increasing in t
+            mid = (lo + hi) // 2
+            over = moved(mid.astype(np.float64)) > target
+            hi = np.where(over, mid, hi)
+            lo = np.where(over, lo, mid)
+        steps = hi
+    steps = np.where(steps >= max_steps, -1, steps)
+    out[todo] = steps
+    return out
+
+
+@dataclass
+class Diagnosis:
+    """``diagnose``'s answer: the state, the numbers behind it, and the frames the figure draws."""
+
+    run: str
+    state: str
+    flags: list[str]
+    table: pd.DataFrame  # measure, value, interval, rule: the numbers behind the state
+    portion: pd.DataFrame  # step, layer, branch, branch_name, penalised, below, n
+    crossings: pd.DataFrame  # layer, branch, channel, gamma0, crossing_step, predicted_step, importance
+    thresholds: pd.DataFrame  # threshold, penalised_below, unpenalised_below (at the last step)
+    regime: str
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        flags = [f for f in self.flags if f != self.state]
+        head = f"{self.run}: {self.state}" + (f" ({', '.join(flags)})" if flags else "")
+        return "\n".join([head, f"regime: {self.regime}", *[f"note: {n}" for n in self.notes],
+                          self.table.to_string(index=False)])
+
+
+def _steps_matrix(gammas: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """``(steps [S], rows of one step [R], gamma [S, R])``: the gammas table as one matrix (every logged step has
+    the same rows, in the observer's order)."""
+    steps, counts = np.unique(gammas["step"].to_numpy(), return_counts=True)
+    if (counts != counts[0]).any():
+        raise RunFormatError("the gammas table has steps with different rows; it cannot be diagnosed")
+    order = np.argsort(gammas["step"].to_numpy(), kind="stable")
+    g = gammas["gamma"].to_numpy()[order].reshape(len(steps), counts[0])
+    rows = gammas.iloc[order[:counts[0]]][["layer", "branch", "channel", "penalised"]].reset_index(drop=True)
+    return steps, rows, g
+
+
+def _spearman_ci(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rho = float(stats.spearmanr(x, y).statistic)
+    z, se = math.atanh(max(min(rho, 0.999999), -0.999999)), math.sqrt((1 + rho ** 2 / 2) / (len(x) - 3))
+    q = stats.norm.ppf(0.5 + level / 2)
+    return rho, math.tanh(z - q * se), math.tanh(z + q * se)
+
+
+def diagnose(run: Run | str | Path, threshold: float | None = None,
+             thresholds: Sequence[float] | None = None) -> Diagnosis:
+    """Diagnose the exchange of ``run`` (a ``Run`` or its directory); see the module docstring for the rules.
+
+    Raises ``ValueError`` for a run with no penalised gamma, no threshold (give ``threshold=``), a negative
+    threshold, or fewer than ``MIN_STEPS`` logged steps; ``RunFormatError`` (from ``load_run``) for a run
+    directory of a schema this cen_lab does not read.
+    """
+    run = run if isinstance(run, Run) else load_run(run)
+    thr = run.manifest.get("threshold") if threshold is None else threshold
+    if thr is None:
+        raise ValueError(f"{run.path}: the run records no exchange threshold; give one: diagnose(run, threshold=...)")
+    grid = sorted({float(thr), *(thresholds if thresholds is not None else (thr / 4, thr / 2, thr * 2, thr * 4))})
+    if min(grid) < 0:
+        raise ValueError(f"thresholds must be >= 0, got {[t for t in grid if t < 0]}")
+    if run.gammas.empty or not run.gammas["penalised"].any():
+        raise ValueError(f"{run.path}: no penalised gammas (the gammas table's penalised column is all False); "
+                         "nothing is attracted to 0, so there is nothing to diagnose")
+    steps, rows, g = _steps_matrix(run.gammas)
+    if len(steps) < MIN_STEPS + 1:
+        raise ValueError(f"{run.path}: {len(steps)} logged steps; a diagnosis needs at least {MIN_STEPS + 1} "
+                         f"(log more often, or wait for the run to log more)")
+    below = np.abs(g) < np.float32(thr)  # [S, R], as the exchange compares
+    pen = rows["penalised"].to_numpy()
+    names = run.branches
+
+    # portion under the threshold per step, layer, branch, penalised or not: one matrix product
+    keys = rows[["layer", "branch", "penalised"]].drop_duplicates().reset_index(drop=True)
+    group = rows.merge(keys.reset_index(), on=["layer", "branch", "penalised"], how="left")["index"].to_numpy()
+    onehot = np.zeros((len(rows), len(keys)), dtype=np.float32)
+    onehot[np.arange(len(rows)), group] = 1.0
+    n = onehot.sum(0)
+    share = (below.astype(np.float32) @ onehot) / n  # [S, K]
+    portion = pd.DataFrame({"step": np.repeat(steps, len(keys)),
+                            "layer": np.tile(keys["layer"].to_numpy(), len(steps)),
+                            "branch": np.tile(keys["branch"].to_numpy(), len(steps)),
+                            "penalised": np.tile(keys["penalised"].to_numpy(), len(steps)),
+                            "below": share.ravel(), "n": np.tile(n.astype(np.int64), len(steps))})
+    portion["branch_name"] = [names[b] if b < len(names) else str(b) for b in portion["branch"]]
+    total_pen = below[:, pen].mean(1)  # [S] all layers and branches
+    total_free = below[:, ~pen].mean(1) if (~pen).any() else np.zeros(len(steps))
+
+    # crossings and their predicted steps
+    crossed = below[:, pen].any(0)
+    first = np.where(crossed, below[:, pen].argmax(0), -1)
+    crossings = rows[pen][["layer", "branch", "channel"]].reset_index(drop=True)
+    crossings["gamma0"] = g[0, pen]
+    crossings["crossing_step"] = pd.array(np.where(crossed, steps[np.maximum(first, 0)], -1), dtype="Int64")
+    crossings.loc[~crossed, "crossing_step"] = pd.NA
+    notes: list[str] = []
+    cfg = run.config
+    predicted = None
+    if cfg is None:
+        notes.append(f"a {run.source} run records no optimiser: the schedule's crossing steps are not predicted")
+    elif cfg.train.optimizer != "sgd":
+        notes.append(f"optimizer {cfg.train.optimizer!r} normalises its steps: the schedule is predicted for SGD only")
+    else:
+        t = schedule_steps(g[0, pen], thr, cfg.train.lr, run.lam_per_step or 0.0,
+                           cfg.train.momentum if cfg.train.l1_rule == "subgradient" else 0.0, cfg.train.l1_rule)
+        predicted = np.where(t >= 0, steps[0] + t, -1)
+        crossings["predicted_step"] = pd.array(np.where(t >= 0, predicted, 0), dtype="Int64")
+        crossings.loc[t < 0, "predicted_step"] = pd.NA
+    if "predicted_step" not in crossings:
+        crossings["predicted_step"] = pd.array([pd.NA] * len(crossings), dtype="Int64")
+
+    # importance: mean |dL/dgamma| before the crossing
+    rho = lo = hi = float("nan")
+    crossings["importance"] = np.nan
+    if not run.grads.empty:
+        grads = run.grads.merge(crossings[["layer", "branch", "channel", "crossing_step"]],
+                                on=["layer", "branch", "channel"], how="inner")
+        until = grads["crossing_step"].astype("float64").fillna(np.inf).to_numpy()  # never crossed: every step
+        before = grads[grads["step"].to_numpy() < until]
+        imp = before.assign(a=before["dgamma"].abs()).groupby(["layer", "branch", "channel"])["a"].mean()
+        crossings["importance"] = crossings.set_index(["layer", "branch", "channel"]).index.map(imp).to_numpy(float)
+        c = crossings.dropna(subset=["crossing_step", "importance"])
+        rho, lo, hi = _spearman_ci(c["crossing_step"].to_numpy(float), c["importance"].to_numpy())
+    else:
+        notes.append("no gradients logged (log.grads / obs.grads): importance is not measured")
+
+    # the rules
+    last_pen = np.abs(g[-1, pen])
+    last_free = np.abs(g[-1, ~pen]) if (~pen).any() else np.array([])
+    p_mw = float(stats.mannwhitneyu(last_pen, last_free, alternative="less").pvalue) if len(last_free) else float("nan")
+    final, final_free = float(total_pen[-1]), float(total_free[-1])
+    tail = slice(len(steps) * 2 // 3, None)
+    slope = np.polyfit(steps[tail], total_pen[tail], 1)[0] if len(steps[tail]) >= 2 else 0.0
+    reach = steps[-1] + (0.9 - final) / slope if slope > 0 and final < 0.9 else None
+    plateau = plateau_step(steps, total_pen, 0.01)
+    span = steps[-1] - steps[0]
+    settled = plateau is not None and steps[-1] - plateau >= 0.1 * span
+    per_branch = {names[b] if b < len(names) else str(b): float(below[-1, pen & (rows["branch"].to_numpy() == b)].mean())
+                  for b in sorted(rows.loc[pen, "branch"].unique())}
+    cluster = float("nan")
+    if predicted is not None and crossed.any():
+        ok = crossed & (predicted >= 0)
+        if ok.any():
+            err = np.abs(steps[first[ok]] - predicted[ok])
+            cluster = float(np.median(err / np.maximum(predicted[ok] - steps[0], 1)))
+
+    flags = []
+    if final <= final_free + 0.02 and not (p_mw < 0.05):
+        flags.append("not sparsifying")
+    if final >= 0.9 or (reach is not None and reach <= steps[-1] + span):
+        flags.append("collapsing")
+    if lo >= 0.3:
+        flags.append("importance-driven")
+    if cluster <= 0.2 and not lo >= 0.3:
+        flags.append("schedule-driven")
+    if settled and 0 < final < 0.9:
+        flags.append("settling")
+    top = max(per_branch.values()) if per_branch else 0.0
+    if len(per_branch) > 1 and top >= 0.1 and min(per_branch.values()) <= top / 4:
+        flags.append("one-sided")
+    order = ["not sparsifying", "collapsing", "importance-driven", "schedule-driven", "settling"]
+    state = next((s for s in order if s in flags), "too early to tell")
+    if state == "too early to tell":
+        flags.insert(0, state)
+
+    def row(measure, value, interval="", rule=""):
+        return {"measure": measure, "value": value, "interval": interval, "rule": rule}
+
+    table = pd.DataFrame([
+        row("penalised under the threshold, last step", f"{final:.3f}", "", "collapsing: >= 0.9 or heading there"),
+        row("unpenalised under the threshold (control)", f"{final_free:.3f}"),
+        row("penalised < unpenalised |gamma| (Mann-Whitney p)", f"{p_mw:.3g}", "", "not sparsifying: p >= 0.05"),
+        row("trend reaches 0.9 by step", "" if reach is None else f"{reach:.0f}"),
+        row("crossing vs schedule, median |error| / span", f"{cluster:.3f}", "", "schedule-driven: <= 0.2"),
+        row("Spearman(crossing step, importance)", f"{rho:.3f}", f"{lo:.3f} to {hi:.3f}",
+            "importance-driven: lower bound >= 0.3"),
+        row("plateau step", "" if plateau is None else str(plateau), "", "settling: flat for >= 10% of the run"),
+        row("under the threshold per branch", ", ".join(f"{k} {v:.3f}" for k, v in per_branch.items()), "",
+            "one-sided: one >= 0.1, another <= a quarter of it"),
+    ])
+    free = ~pen
+    thresholds_df = pd.DataFrame({"threshold": grid,
+                                  "penalised_below": [float((np.abs(g[-1, pen]) < np.float32(t)).mean()) for t in grid],
+                                  "unpenalised_below": [float((np.abs(g[-1, free]) < np.float32(t)).mean())
+                                                        if free.any() else float("nan") for t in grid]})
+    return Diagnosis(run.path.name, state, flags, table, portion, crossings, thresholds_df, _regime(run), notes)
+
+
+def _regime(run: Run) -> str:
+    from .regime import SMOKE_PRESETS, SMOKE_TEST, architecture, optimiser
+
+    m = run.manifest
+    if run.config is None:
+        return (f"{run.source} run, {m.get('model_class')}; {m.get('last_step')} steps; lam per step "
+                f"{run.lam_per_step}; threshold {run.threshold}")
+    cfg = run.config
+    evidence = SMOKE_TEST if cfg.name in SMOKE_PRESETS else "one run"
+    return (f"{architecture(cfg)}; {cfg.train.steps} steps; lam {cfg.train.lam} (per step {run.lam_per_step}); "
+            f"{optimiser(cfg)}; L1 {cfg.train.l1_rule}; gamma init {cfg.model.gamma_init} (evidence: {evidence})")
