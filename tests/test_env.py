@@ -13,9 +13,12 @@ def test_pyproject_reads_the_requirement_files():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     dynamic = project["tool"]["setuptools"]["dynamic"]
     assert dynamic["dependencies"]["file"] == ["requirements.txt"]
-    # the tests drive JupyterLab, Voila and Dask, so the dev extra takes the lab and cluster files too
+    # the tests drive JupyterLab, Voila, Dask, TensorBoard and Lightning, so the dev extra takes those files too
     assert dynamic["optional-dependencies"]["dev"]["file"] == ["requirements-dev.txt", "requirements-lab.txt",
-                                                               "requirements-cluster.txt"]
+                                                               "requirements-cluster.txt", "requirements-tensorboard.txt",
+                                                               "requirements-lightning.txt"]
+    assert dynamic["optional-dependencies"]["tensorboard"]["file"] == ["requirements-tensorboard.txt"]
+    assert dynamic["optional-dependencies"]["lightning"]["file"] == ["requirements-lightning.txt"]
     assert project["project"]["scripts"]["cen-lab"] == "cen_lab.cli:main"
 
 
