@@ -80,7 +80,7 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
             reference_lamda: float | None = None, seed: int | None = None,
             total_steps: int | None = None, resume: bool = False, overwrite: bool = False,
             flush_every: int = 50, rank: int = 0, tensorboard: Any = None) -> "Observer | IdleObserver":
-    """Observe ``model`` in its own training loop; see the module docstring for layers, rules and the API.
+    """Observe ``model`` in its own training loop; see ``cen_lab.runs.observer`` for layers, rules and the API.
 
     Parameters
     ----------
