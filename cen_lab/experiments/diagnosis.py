@@ -165,7 +165,10 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
                          f"(log more often, or wait for the run to log more)")
     below = np.abs(g) < np.float32(thr)  # [S, R], as the exchange compares
     pen = rows["penalised"].to_numpy()
-    names = run.branches
+    below_pen = below[:, pen]  # [S, R_pen]: one copy, used for the totals and the crossings
+
+    def name(b: int) -> str:
+        return run.branches[b] if b < len(run.branches) else str(b)
 
     # portion under the threshold per step, layer, branch, penalised or not: one matrix product
     keys = rows[["layer", "branch", "penalised"]].drop_duplicates().reset_index(drop=True)
@@ -179,13 +182,13 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
                             "branch": np.tile(keys["branch"].to_numpy(), len(steps)),
                             "penalised": np.tile(keys["penalised"].to_numpy(), len(steps)),
                             "below": share.ravel(), "n": np.tile(n.astype(np.int64), len(steps))})
-    portion["branch_name"] = [names[b] if b < len(names) else str(b) for b in portion["branch"]]
-    total_pen = below[:, pen].mean(1)  # [S] all layers and branches
+    portion["branch_name"] = [name(b) for b in portion["branch"]]
+    total_pen = below_pen.mean(1)  # [S] all layers and branches
     total_free = below[:, ~pen].mean(1) if (~pen).any() else np.zeros(len(steps))
 
     # crossings and their predicted steps
-    crossed = below[:, pen].any(0)
-    first = np.where(crossed, below[:, pen].argmax(0), -1)
+    crossed = below_pen.any(0)
+    first = np.where(crossed, below_pen.argmax(0), -1)
     crossings = rows[pen][["layer", "branch", "channel"]].reset_index(drop=True)
     crossings["gamma0"] = g[0, pen]
     crossings["crossing_step"] = pd.array(np.where(crossed, steps[np.maximum(first, 0)], -1), dtype="Int64")
@@ -232,7 +235,7 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     plateau = plateau_step(steps, total_pen, 0.01)
     span = steps[-1] - steps[0]
     settled = plateau is not None and steps[-1] - plateau >= 0.1 * span
-    per_branch = {names[b] if b < len(names) else str(b): float(below[-1, pen & (rows["branch"].to_numpy() == b)].mean())
+    per_branch = {name(b): float(below[-1, pen & (rows["branch"].to_numpy() == b)].mean())
                   for b in sorted(rows.loc[pen, "branch"].unique())}
     cluster = float("nan")
     if predicted is not None and crossed.any():
