@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 
@@ -65,3 +66,16 @@ def test_no_exchange_network_may_have_one_modality(tiny):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
         ExperimentConfig.preset("huge")
+
+
+def test_a_config_written_before_lr_schedule_existed_reads_as_it_was_trained(tmp_path):
+    # a run's config.json written in full by an older cen_lab has no train.lr_schedule: it trained at a constant rate
+    old = ExperimentConfig.preset("collapse").to_dict()
+    del old["train"]["lr_schedule"]
+    assert ExperimentConfig.from_dict(old).train.lr_schedule == "constant"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    assert ExperimentConfig.from_json(str(path)) == ExperimentConfig.preset("collapse")
+    # a partial dict is not an old file: it takes today's default
+    assert ExperimentConfig.from_dict({"train": {"optimizer": "sgd"}}).train.lr_schedule == "cosine"
+    assert ExperimentConfig.from_dict({}).train.lr_schedule == "cosine"

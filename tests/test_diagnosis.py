@@ -17,15 +17,22 @@ from cen_lab.experiments.diagnosis import MIN_STEPS, STATES, diagnose, schedule_
 from cen_lab.runs import Run
 
 
-@pytest.mark.parametrize("momentum,rule", [(0.9, "subgradient"), (0.0, "subgradient"), (0.9, "proximal")])
-def test_the_schedule_predicts_the_crossings_when_only_the_penalty_acts(momentum, rule):
+@pytest.mark.parametrize("momentum,rule,cosine", [(0.9, "subgradient", False), (0.0, "subgradient", False),
+                                                  (0.9, "proximal", False), (0.9, "subgradient", True),
+                                                  (0.9, "proximal", True)])
+def test_the_schedule_predicts_the_crossings_when_only_the_penalty_acts(momentum, rule, cosine):
     # no data gradient at all: a real torch SGD moves the gammas by the L1 penalty alone
+    from cen_lab.experiments.training import lr_at
+
     lr, lam, thr = 0.05, 5e-3, 2e-2
-    gamma0 = torch.tensor([1.0, 0.7, 0.3113, 0.05, 0.01, -0.6])
+    gamma0 = torch.tensor([1.0, 0.7, 0.3113, 0.05, 0.01, -0.6, 2.5013])
     gamma = torch.nn.Parameter(gamma0.clone().double())
     opt = torch.optim.SGD([gamma], lr=lr, momentum=momentum)
     crossed = torch.full_like(gamma0, -1, dtype=torch.int64)
+    tcfg = cen_lab.ExperimentConfig().train.__class__(lr=lr, steps=3999, lr_schedule="cosine" if cosine else "constant")
     for t in range(1, 4000):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(tcfg, t - 1)
         opt.zero_grad()
         if rule == "subgradient":
             gamma.grad = lam * torch.sign(gamma.detach())
@@ -34,15 +41,46 @@ def test_the_schedule_predicts_the_crossings_when_only_the_penalty_acts(momentum
             gamma.grad = torch.zeros_like(gamma)
             opt.step()
             with torch.no_grad():
-                gamma.copy_(torch.sign(gamma) * torch.clamp(gamma.abs() - lr * lam, min=0))
+                gamma.copy_(torch.sign(gamma) * torch.clamp(gamma.abs() - lr_at(tcfg, t - 1) * lam, min=0))
         newly = (gamma.detach().abs() < thr) & (crossed < 0)
         crossed[newly] = t
     crossed[gamma0.abs() < thr] = 0
-    predicted = schedule_steps(gamma0.numpy(), thr, lr, lam, momentum, rule)
+    rates = np.array([lr_at(tcfg, s) for s in range(3999)]) if cosine else lr
+    predicted = schedule_steps(gamma0.numpy(), thr, rates, lam, momentum, rule, max_steps=4000)
     assert predicted.tolist() == crossed.tolist()
-    if rule == "subgradient" and momentum == 0.9:  # the rule of thumb: lr lam / (1 - mu) a step, after a warm-up
+    if cosine and rule == "proximal":  # lr * lam a step, falling to 0: 0.5 in all, so the large ones never cross
+        assert predicted[0] == predicted[1] == predicted[-1] == -1 and predicted[2] > 0
+    if rule == "subgradient" and momentum == 0.9 and not cosine:  # the rule of thumb: lr lam / (1 - mu) a step, after a warm-up
         rate = lr * lam / (1 - momentum)  # of mu / (1 - mu) steps
         assert abs(predicted[0] - (1 - thr) / rate - momentum / (1 - momentum)) <= 1
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_the_adam_schedule_moves_every_gamma_by_lr_a_step_whatever_lam(cosine):
+    from cen_lab.experiments.training import lr_at
+
+    lr, thr, steps = 5e-3, 2e-2, 600
+    gamma0 = torch.tensor([1.0, 0.5, -0.75, 0.01, 4.0])
+    tcfg = cen_lab.ExperimentConfig().train.__class__(lr=lr, steps=steps, lr_schedule="cosine" if cosine else "constant")
+    rates = np.array([lr_at(tcfg, s) for s in range(steps)])
+    predictions = []
+    for lam in (1e-4, 2e-3, 5e-2):
+        gamma = torch.nn.Parameter(gamma0.clone().double())
+        opt = torch.optim.Adam([gamma], lr=lr)
+        crossed = torch.full_like(gamma0, -1, dtype=torch.int64)
+        for t in range(1, steps + 1):
+            for group in opt.param_groups:
+                group["lr"] = rates[t - 1]
+            opt.zero_grad()
+            gamma.grad = lam * torch.sign(gamma.detach())
+            opt.step()
+            crossed[(gamma.detach().abs() < thr) & (crossed < 0)] = t
+        crossed[gamma0.abs() < thr] = 0
+        predicted = schedule_steps(gamma0.numpy(), thr, rates, lam, 0.9, optimizer="adam")
+        assert predicted.tolist() == crossed.tolist()
+        predictions.append(predicted.tolist())
+    assert predictions[0] == predictions[1] == predictions[2]  # lam does not set Adam's pace
+    assert predictions[0][-1] == -1 and (predictions[0][0] == 197 if not cosine else predictions[0][0] > 197)
 
 
 def _run(gamma: np.ndarray, penalised: np.ndarray, *, steps=None, grads: np.ndarray | None = None, config=None,
@@ -82,7 +120,8 @@ def test_each_state_on_hand_built_tables():
     d = diagnose(_run(falling, PEN))
     assert d.state == "collapsing" and d.table.iloc[0]["value"] == "1.000"
     # schedule-driven: an SGD run whose crossings are where the schedule puts them, importance unrelated
-    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"train.lam": 5e-3, "train.lr": 0.05})
+    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"train.lam": 5e-3, "train.lr": 0.05, "train.optimizer": "sgd",
+                                                             "train.lr_schedule": "constant"})
     rng = np.random.default_rng(0)
     g0 = np.where(PEN, rng.uniform(0.5, 3.0, 16), 1.0)
     cross = schedule_steps(g0[PEN], 0.02, 0.05, 5e-3, 0.9)
@@ -112,7 +151,9 @@ def test_each_state_on_hand_built_tables():
 
 
 def test_a_real_tiny_run_and_the_threshold_grid(tmp_path, capsys):
-    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 40, "log.grads": True, "train.lam": 0.05})
+    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 40, "log.grads": True, "train.lam": 0.05,
+                                                             "train.optimizer": "sgd", "train.lr": 0.05,
+                                                             "train.lr_schedule": "constant"})
     run = cen_lab.train(cfg, tmp_path / "run", progress=False)
     d = cen_lab.diagnose(run, thresholds=[0.0, 0.02, 0.5])
     assert d.state in STATES and "smoke test" in d.regime and set(d.flags) <= set(STATES)
@@ -145,3 +186,36 @@ def test_bad_input_gets_one_clear_error(tmp_path):
     (run.path / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 1}))
     with pytest.raises(RunFormatError, match=r"schema_version 1 is not supported \(this cen_lab reads \[2, 3\]\)"):
         diagnose(run.path)
+
+
+def test_two_regimes_side_by_side_table_and_figure(tmp_path):
+    from cen_lab import plots
+    from cen_lab.config import COLLAPSE_TRAIN
+    from cen_lab.experiments.diagnosis import compare_diagnoses, diagnose_runs
+
+    base = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 40, "log.grads": True})
+    runs = {"adam": cen_lab.train(base, tmp_path / "adam", progress=False),
+            "sgd": cen_lab.train(base.override({**COLLAPSE_TRAIN, "train.lam": 0.3}), tmp_path / "sgd", progress=False)}
+    diagnoses = diagnose_runs(runs)
+    table = compare_diagnoses(diagnoses)
+    assert list(table.columns) == ["measure", "adam", "sgd", "rule"] and table["measure"].iloc[0] == "state"
+    assert table.set_index("measure").loc["state", "sgd"].startswith(diagnoses["sgd"].state)
+    assert "SGD lr 0.05" in table.set_index("measure").loc["regime", "sgd"]
+    frame = plots.compute_regime_comparison(runs, diagnoses)
+    sgd = frame[(frame["regime"] == "sgd") & (frame["kind"] == "channel")]
+    assert len(sgd) == len(diagnoses["sgd"].crossings) and sgd["crossing_step"].notna().any()
+    assert sgd["crossing_step"].notna().sum() == diagnoses["sgd"].crossings["crossing_step"].notna().sum()
+    traj = frame[(frame["regime"] == "sgd") & (frame["kind"] == "trajectory")]
+    first = runs["sgd"].gammas.query("penalised")["layer"].iloc[0]
+    assert traj["channel"].nunique() == runs["sgd"].gammas.query("penalised and layer == @first and step == 0").shape[0]
+    last = traj[traj["step"] == traj["step"].max()]
+    assert ((last["value"] < 0.02) <= last["crossed"]).all()  # under the threshold at the end: it crossed
+    portion = frame[(frame["kind"] == "portion") & (frame["regime"] == "sgd") & (frame["series"] == "penalised")]
+    assert portion["value"].iloc[-1] == pytest.approx(float(diagnoses["sgd"].table.iloc[0]["value"]), abs=1e-3)
+    fig = plots.plot_regime_comparison(frame)
+    assert len(fig.get_axes()) == 6 and fig.get_axes()[1].get_title() == "adam: crossing step vs importance"
+    assert len(plots.plot_regime_comparison(frame, backend="plotly").data) > 6
+    with pytest.raises(ValueError, match="compute_regime_comparison"):
+        plots.plot_regime_comparison(runs["sgd"].gammas)
+    with pytest.raises(ValueError, match="no penalised layer 'nope'"):
+        plots.compute_regime_comparison(runs, diagnoses, layer="nope")

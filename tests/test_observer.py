@@ -337,9 +337,15 @@ def test_a_killed_loop_leaves_a_readable_run_and_resume_does_not_duplicate_steps
 # -- cen_lab.train logs through the same observer
 
 
-def test_train_tables_are_identical_to_the_logger_before_the_observer(tiny_run):
+def test_train_tables_are_identical_to_the_logger_before_the_observer(tmp_path):
     """Golden tables of the tiny preset with log.grads, written by the logger of commit 6d85f7d (before train()
-    logged through the observer). Floats to within float32 rounding, everything else exactly."""
+    logged through the observer), when the tiny preset trained as the ``collapse`` preset's settings still do
+    (SGD, momentum 0.9, constant lr 0.05, lam 5e-3). Floats to within float32 rounding, everything else exactly."""
+    from cen_lab.config import COLLAPSE_TRAIN
+
+    torch.set_num_threads(1)
+    cfg = cen_lab.ExperimentConfig.preset("tiny").override({**COLLAPSE_TRAIN, "name": "tiny", "log.grads": True})
+    tiny_run = cen_lab.train(cfg, tmp_path / "tiny", progress=False)
     for table in ("gammas", "exchange", "metrics", "grads"):
         golden = pd.read_parquet(GOLDEN / f"{table}.parquet")
         got = getattr(tiny_run, table).reset_index(drop=True)

@@ -3,11 +3,12 @@
 import pytest
 
 from cen_lab import ExperimentConfig
+from cen_lab.config import COLLAPSE_TRAIN
 from cen_lab.experiments.regime import SMOKE_TEST, architecture, evidence, optimiser, regime_of, regime_text
 
 
 def test_regime_lists_every_setting_of_the_runs():
-    base = ExperimentConfig.preset("default")
+    base = ExperimentConfig.preset("collapse").override({"name": "default"})
     cfgs = [base.override({"train.lam": lam}) for lam in (0.02, 0.005, 0.01)]
     r = regime_of(cfgs, "default", then="100 fine-tuning steps")
     assert r["lam"] == "0.005, 0.01, 0.02" and r["steps"] == "600" and r["preset"] == "default"
@@ -25,9 +26,11 @@ def test_regime_names_the_variants_and_the_smoke_test():
     assert architecture(base.override({"model.share_convs": False, "model.exchange": "none"})).endswith(
         "no exchange, unshared convs")
     assert "late fusion" in architecture(base.override({"model.fusion": "late", "model.exchange": "none"}))
-    assert optimiser(base.override({"train.optimizer": "adam", "train.lr": 1e-3})) == "adam lr 0.001"
-    assert optimiser(base.override({"train.momentum": 0.0})).endswith("momentum 0")
-    assert optimiser(base.override({"train.precision": "bf16"})) == "SGD lr 0.05 momentum 0.9, bf16 forward"
+    assert optimiser(base) == "Adam lr 0.005 cosine"  # the default regime
+    assert optimiser(base.override({"train.lr": 1e-3, "train.lr_schedule": "constant"})) == "Adam lr 0.001"
+    sgd = base.override(COLLAPSE_TRAIN)
+    assert optimiser(sgd.override({"train.momentum": 0.0})).endswith("momentum 0")
+    assert optimiser(sgd.override({"train.precision": "bf16"})) == "SGD lr 0.05 momentum 0.9, bf16 forward"
     assert evidence("tiny") == SMOKE_TEST and regime_of([base], "tiny")["evidence"] == SMOKE_TEST
     with pytest.raises(ValueError, match="at least one run"):
         regime_of([], "tiny")

@@ -281,7 +281,7 @@ def test_a_tiny_report_says_at_the_top_that_it_is_a_smoke_test(tiny_report):
                for claim, text in regimes.items() if claim.startswith("Corollary"))
     assert "<th>regime</th>" in page  # the verdict tables of the index carry it too
     runs = top["notebooks"]["quickstart"]["summary"]["runs"][0]
-    assert runs["optimiser"] == "SGD lr 0.05 momentum 0.9" and runs["architecture"].startswith("plain conv blocks")
+    assert runs["optimiser"] == "Adam lr 0.005 cosine" and runs["architecture"].startswith("plain conv blocks")
 
 
 def test_only_smoke_test_reports_carry_the_notice():

@@ -84,7 +84,8 @@ def test_the_per_output_penalty_is_exactly_m_plus_one_times_the_once_per_step_on
     from cen_lab import train
 
     # one plain SGD step from the same weights and minibatch: the gamma updates differ only by the penalty
-    base = tiny.override({"train.steps": 1, "train.momentum": 0.0, "train.l1_rule": "subgradient",
+    base = tiny.override({"train.steps": 1, "train.optimizer": "sgd", "train.lr_schedule": "constant", "train.lr": 0.05,
+                          "train.momentum": 0.0, "train.l1_rule": "subgradient",
                           "train.ckpt_every": 1, "train.lam": 0.01})
     gammas = {}
     for name, over in {"none": {"train.lam": 0.0}, "once": {}, "per_output": {"train.l1_per_output": True}}.items():

@@ -9,6 +9,7 @@ import torch
 
 import cen_lab
 from cen_lab import ConfigError, NonFiniteLossError, RunExistsError
+from cen_lab.config import COLLAPSE_TRAIN
 from cen_lab.data import load_data
 from cen_lab.network.exchange import exchange_sources
 from cen_lab.network.architectures import build_model
@@ -93,7 +94,8 @@ def test_logged_gradients_match_an_independent_computation(tiny_run):
 @pytest.mark.parametrize("rule", ["subgradient", "proximal"])
 def test_penalty_acts_only_on_penalised_gammas_during_training(tiny, tmp_path, rule):
     lr, lam = 0.1, 0.05
-    cfg = tiny.override({"train.steps": 2, "train.momentum": 0.0, "train.lr": lr, "train.lam": lam,
+    cfg = tiny.override({"train.steps": 2, "train.optimizer": "sgd", "train.lr_schedule": "constant",
+                         "train.momentum": 0.0, "train.lr": lr, "train.lam": lam,
                          "train.l1_rule": rule, "log.every": 1, "log.grads": True})
     run = cen_lab.train(cfg, tmp_path / rule, progress=False)
     g = run.gammas.set_index(["step", "layer", "modality", "channel"]).sort_index()
@@ -110,7 +112,7 @@ def test_penalty_acts_only_on_penalised_gammas_during_training(tiny, tmp_path, r
 
 
 def test_proximal_rule_reaches_exact_zeros_on_penalised_gammas_only(tiny, tmp_path):
-    cfg = tiny.override({"train.l1_rule": "proximal", "train.lam": 1.0, "train.lr": 0.2})
+    cfg = tiny.override({**COLLAPSE_TRAIN, "train.l1_rule": "proximal", "train.lam": 1.0, "train.lr": 0.2})
     run = cen_lab.train(cfg, tmp_path / "prox", progress=False)
     final = run.gammas.query("step == 12")
     assert (final.loc[final["penalised"], "gamma"] == 0.0).all()
@@ -132,6 +134,22 @@ def test_stop_and_resume_equals_uninterrupted(tiny, tmp_path):
     resumed = cen_lab.train(tiny, tmp_path / "part", progress=False, resume=True)
     assert resumed.complete
     assert_same_logs(full, resumed)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_cosine_schedule_sets_each_steps_rate_and_resumes_exactly(tiny, tmp_path, optimizer):
+    from cen_lab.experiments.training import lr_at
+
+    cfg = tiny.override({"train.lr_schedule": "cosine", "train.optimizer": optimizer, "train.lr": 0.01})
+    rates = [lr_at(cfg.train, s) for s in range(cfg.train.steps)]
+    assert rates[0] == 0.01 and rates == sorted(rates, reverse=True) and 0 < rates[-1] < 0.01 * 0.02
+    assert rates[cfg.train.steps // 2] == pytest.approx(0.005)
+    assert lr_at(tiny.override({"train.lr_schedule": "constant"}).train, 7) == tiny.train.lr
+    full = cen_lab.train(cfg, tmp_path / "full", progress=False)
+    constant = cen_lab.train(cfg.override({"train.lr_schedule": "constant"}), tmp_path / "const", progress=False)
+    assert not np.array_equal(full.gammas["gamma"], constant.gammas["gamma"])  # the schedule is applied
+    cen_lab.train(cfg, tmp_path / "part", progress=False, stop_at=9)
+    assert_same_logs(full, cen_lab.train(cfg, tmp_path / "part", progress=False, resume=True))
 
 
 def test_resume_after_an_error_drops_rows_past_the_checkpoint(tiny, tmp_path, monkeypatch):
@@ -159,13 +177,13 @@ def test_resume_after_an_error_drops_rows_past_the_checkpoint(tiny, tmp_path, mo
 KILL_SCRIPT = textwrap.dedent("""
     import os, sys, torch, cen_lab
     torch.set_num_threads(1)
-    real_step, calls = torch.optim.SGD.step, {"n": 0}
+    real_step, calls = torch.optim.Adam.step, {"n": 0}  # the tiny preset's optimiser
     def step(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == 9:
             os._exit(3)  # a hard kill: no handler runs, nothing is flushed
         return real_step(self, *a, **k)
-    torch.optim.SGD.step = step
+    torch.optim.Adam.step = step
     cen_lab.train(cen_lab.ExperimentConfig.preset("tiny"), sys.argv[1], progress=False)
 """)
 

@@ -9,11 +9,15 @@ The numbers
   schedule alone predicts (``schedule_steps``): with SGD and momentum ``mu``, a penalised gamma's velocity from
   the subgradient ``lam * sign(gamma)`` builds up as ``lam * (1 - mu^k) / (1 - mu)``, so after ``t`` steps it
   has moved ``lr * lam / (1 - mu) * (t - mu * (1 - mu^t) / (1 - mu))``; the proximal rule shrinks it by
-  ``lr * lam`` a step. Adam normalises its steps, and a run without a config records no optimiser: nothing is
-  predicted for those, and the diagnosis says so.
-- **importance**: the mean ``|dL/dgamma|`` of the data loss over the logged steps before the channel crossed
-  (runs with ``log.grads``), and the Spearman correlation of the crossing step with it, with a 95% interval
-  (Fisher's z with the Bonett-Wright standard error): importance-driven exchange crosses the useful channels late.
+  ``lr * lam`` a step; Adam moves it by ``lr`` a step whatever lam (its moments of a constant gradient are
+  exact); a learning-rate schedule is followed step by step. A run without a config records no optimiser:
+  nothing is predicted for it, and the diagnosis says so.
+- **importance** (runs with ``log.grads``): at each logged step, a channel's percentile of the data loss's
+  ``|dL/dgamma|`` among the penalised channels of its layer still above the threshold, averaged over the steps
+  before it crossed (ranking within a step removes the common trend: gradients shrink as the loss falls). Then
+  the Spearman correlation of the crossing step with it, channels that never crossed ranked last (tied), with a
+  95% interval (Fisher's z with the Bonett-Wright standard error): importance-driven exchange crosses the
+  useful channels late or never.
 - **one-sidedness**: the final portion under the threshold per branch.
 - **thresholds**: the final portion under each threshold of a grid (``thresholds=``): the threshold acts on the
   logged gammas, so this needs no retraining.
@@ -34,7 +38,8 @@ The states (``Diagnosis.state``, the first that holds; ``flags`` lists every one
     the crossings cluster where the schedule puts them (median |crossing - predicted| <= 20% of the predicted
     span) and importance explains little (its lower bound < 0.3, or no gradients logged).
 ``settling``
-    a partial exchange whose portion has stayed within 0.01 since its plateau step for the last tenth of the run.
+    a partial exchange whose portion has stayed within 0.01 (or within one channel, where one channel is more:
+    fewer than 100 penalised channels) since its plateau step, for at least the last tenth of the run.
 ``one-sided`` (a flag beside the state)
     one branch has at least 10% of its penalised gammas under the threshold and another at most a quarter of
     that.
@@ -54,26 +59,46 @@ from scipy import stats
 from ..errors import RunFormatError
 from ..runs.reader import Run, load_run
 from .learning_curves import plateau_step
+from .training import lr_at
 
-__all__ = ["MIN_STEPS", "STATES", "Diagnosis", "diagnose", "schedule_steps"]
+__all__ = ["MIN_STEPS", "STATES", "Diagnosis", "diagnose", "schedule_steps", "compare_diagnoses", "diagnose_runs"]
 
 MIN_STEPS = 5  # logged steps a diagnosis needs
 STATES = ("too early to tell", "not sparsifying", "collapsing", "importance-driven", "schedule-driven", "settling",
           "one-sided")
 
 
-def schedule_steps(gamma0: np.ndarray, threshold: float, lr: float, lam: float, momentum: float = 0.0,
-                   rule: str = "subgradient", max_steps: int = 10_000_000) -> np.ndarray:
+def schedule_steps(gamma0: np.ndarray, threshold: float, lr: float | np.ndarray, lam: float, momentum: float = 0.0,
+                   rule: str = "subgradient", max_steps: int = 10_000_000, optimizer: str = "sgd",
+                   eps: float = 1e-8) -> np.ndarray:
     """Steps the L1 penalty alone needs to bring ``|gamma0|`` under ``threshold`` (0 where it is already under;
     -1 beyond ``max_steps`` or where ``lam`` is 0).
 
     ``rule="subgradient"``: SGD with heavy-ball momentum ``momentum`` on the gradient ``lam * sign(gamma)``
     (PyTorch's: ``buf = momentum * buf + grad``, ``gamma -= lr * buf``); ``"proximal"``: ``lr * lam`` a step.
+    ``lr`` is one rate, or the rate of every step (a schedule, e.g. ``lr_at`` over the run); with a schedule,
+    a channel that has not crossed by its last step gets -1.
+
+    ``optimizer="adam"`` (subgradient rule): Adam's bias-corrected moments of a constant gradient
+    ``lam * sign(gamma)`` are exactly ``lam`` and ``lam**2``, so every step moves gamma by ``lr * lam / (lam +
+    eps)``, whatever lam: the penalty alone brings every gamma from 1 to the threshold at one step, and a gamma
+    that crosses much later is held by its data gradient. (The proximal rule shrinks by ``lr * lam`` under
+    either optimiser.)
     """
+    if optimizer == "adam" and rule == "subgradient":  # lr * lam / (lam + eps) a step: as SGD without momentum
+        return schedule_steps(gamma0, threshold, lr, lam / (lam + eps) if lam > 0 else 0.0, 0.0, rule, max_steps)
     g0 = np.abs(np.asarray(gamma0, dtype=np.float64))
     out = np.zeros(g0.shape, dtype=np.int64)
     need = g0 - threshold  # the distance to cover: strictly more than this
     todo = need >= 0
+    if np.ndim(lr):
+        rates = np.asarray(lr, dtype=np.float64)
+        mu = 0.0 if rule == "proximal" else momentum
+        velocity = lam * (1 - mu ** np.arange(1, len(rates) + 1)) / (1 - mu) if mu else np.full(len(rates), lam)
+        moved = np.cumsum(rates * velocity)  # moved[i]: the distance covered after step i + 1
+        first = np.searchsorted(moved, need[todo], side="right")  # the first i with moved[i] > need
+        out[todo] = np.where((first < len(rates)) & (lam > 0), first + 1, -1)
+        return out
     if lam <= 0 or lr <= 0:
         out[todo] = -1
         return out
@@ -198,29 +223,28 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     predicted = None
     if cfg is None:
         notes.append(f"a {run.source} run records no optimiser: the schedule's crossing steps are not predicted")
-    elif cfg.train.optimizer != "sgd":
-        notes.append(f"optimizer {cfg.train.optimizer!r} normalises its steps: the schedule is predicted for SGD only")
     else:
-        t = schedule_steps(g[0, pen], thr, cfg.train.lr, run.lam_per_step or 0.0,
-                           cfg.train.momentum if cfg.train.l1_rule == "subgradient" else 0.0, cfg.train.l1_rule)
+        lr = cfg.train.lr
+        if cfg.train.lr_schedule != "constant":
+            lr = np.array([lr_at(cfg.train, s) for s in range(int(steps[0]), cfg.train.steps)])
+        t = schedule_steps(g[0, pen], thr, lr, run.lam_per_step or 0.0,
+                           cfg.train.momentum if cfg.train.l1_rule == "subgradient" else 0.0, cfg.train.l1_rule,
+                           optimizer=cfg.train.optimizer)
         predicted = np.where(t >= 0, steps[0] + t, -1)
         crossings["predicted_step"] = pd.array(np.where(t >= 0, predicted, 0), dtype="Int64")
         crossings.loc[t < 0, "predicted_step"] = pd.NA
     if "predicted_step" not in crossings:
         crossings["predicted_step"] = pd.array([pd.NA] * len(crossings), dtype="Int64")
 
-    # importance: mean |dL/dgamma| before the crossing
+    # importance: each channel's percentile of |dL/dgamma| among the penalised channels of its layer still above
+    # the threshold, averaged over its logged steps before it crossed; channels that never crossed rank last
     rho = lo = hi = float("nan")
     crossings["importance"] = np.nan
     if not run.grads.empty:
-        grads = run.grads.merge(crossings[["layer", "branch", "channel", "crossing_step"]],
-                                on=["layer", "branch", "channel"], how="inner")
-        until = grads["crossing_step"].astype("float64").fillna(np.inf).to_numpy()  # never crossed: every step
-        before = grads[grads["step"].to_numpy() < until]
-        imp = before.assign(a=before["dgamma"].abs()).groupby(["layer", "branch", "channel"])["a"].mean()
-        crossings["importance"] = crossings.set_index(["layer", "branch", "channel"]).index.map(imp).to_numpy(float)
-        c = crossings.dropna(subset=["crossing_step", "importance"])
-        rho, lo, hi = _spearman_ci(c["crossing_step"].to_numpy(float), c["importance"].to_numpy())
+        crossings["importance"] = _importance(run.grads, crossings)
+        c = crossings.dropna(subset=["importance"])
+        order = c["crossing_step"].astype("float64").fillna(float(steps[-1]) + 1).to_numpy()  # censored: last
+        rho, lo, hi = _spearman_ci(order, c["importance"].to_numpy())
     else:
         notes.append("no gradients logged (log.grads / obs.grads): importance is not measured")
 
@@ -232,7 +256,7 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     tail = slice(len(steps) * 2 // 3, None)
     slope = np.polyfit(steps[tail], total_pen[tail], 1)[0] if len(steps[tail]) >= 2 else 0.0
     reach = steps[-1] + (0.9 - final) / slope if slope > 0 and final < 0.9 else None
-    plateau = plateau_step(steps, total_pen, 0.01)
+    plateau = plateau_step(steps, total_pen, max(0.01, 1.5 / int(pen.sum())))  # 0.01, or one channel if more
     span = steps[-1] - steps[0]
     settled = plateau is not None and steps[-1] - plateau >= 0.1 * span
     per_branch = {name(b): float(below[-1, pen & (rows["branch"].to_numpy() == b)].mean())
@@ -286,6 +310,43 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     return Diagnosis(run.path.name, state, flags, table, portion, crossings, thresholds_df, _regime(run), notes)
 
 
+def diagnose_runs(runs: dict[str, Run], threshold: float | None = None) -> dict[str, Diagnosis]:
+    """``diagnose`` every run of a dict label -> Run (or run directory), keeping the labels."""
+    return {label: diagnose(run, threshold) for label, run in runs.items()}
+
+
+def compare_diagnoses(diagnoses: dict[str, Diagnosis]) -> pd.DataFrame:
+    """The diagnosis tables of several runs side by side: one row per measure (the state and the regime first),
+    one column per label of ``diagnoses`` (value, with its interval in brackets where it has one), then the rule."""
+    labels = list(diagnoses)
+    if not labels:
+        raise ValueError("compare_diagnoses needs at least one diagnosis")
+    first = diagnoses[labels[0]].table
+    out = pd.DataFrame({"measure": ["state", "regime", *first["measure"]]})
+    for label, d in diagnoses.items():
+        cells = [f"{v} ({i})" if i else v for v, i in zip(d.table["value"], d.table["interval"])]
+        state = d.state + "".join(f", {f}" for f in d.flags if f != d.state)
+        out[label] = [state, d.regime, *cells]
+    out["rule"] = ["first of the flags that hold (see cen_lab.experiments.diagnosis)", "", *first["rule"]]
+    return out
+
+
+def _importance(grads: pd.DataFrame, crossings: pd.DataFrame) -> np.ndarray:
+    """Per row of ``crossings``: the mean, over the channel's logged steps before it crossed, of its percentile of
+    ``|dL/dgamma|`` among the penalised channels of its layer not yet crossed at that step (NaN without gradients).
+
+    Ranking within each step removes the common trend (the data gradient shrinks as the loss falls): a raw mean
+    would make a channel that crossed early look important only because it was measured early.
+    """
+    keys = ["layer", "branch", "channel"]
+    g = grads[["step", *keys, "dgamma"]].merge(crossings[[*keys, "crossing_step"]], on=keys, how="inner")
+    until = g["crossing_step"].astype("float64").fillna(np.inf).to_numpy()  # never crossed: every step
+    g = g[g["step"].to_numpy() < until]
+    pct = g.assign(a=g["dgamma"].abs()).groupby(["step", "layer"])["a"].rank(pct=True)
+    imp = pct.groupby([g[k] for k in keys]).mean()
+    return crossings.set_index(keys).index.map(imp).to_numpy(float)
+
+
 def _regime(run: Run) -> str:
     from .regime import SMOKE_PRESETS, SMOKE_TEST, architecture, optimiser
 
@@ -294,6 +355,7 @@ def _regime(run: Run) -> str:
         return (f"{run.source} run, {m.get('model_class')}; {m.get('last_step')} steps; lam per step "
                 f"{run.lam_per_step}; threshold {run.threshold}")
     cfg = run.config
-    evidence = SMOKE_TEST if cfg.name in SMOKE_PRESETS else "one run"
+    smoke = any(cfg.name == p or cfg.name.startswith(f"{p}-") for p in SMOKE_PRESETS)  # obtain_run: <preset>-<hash>
+    evidence = SMOKE_TEST if smoke else "one run"
     return (f"{architecture(cfg)}; {cfg.train.steps} steps; lam {cfg.train.lam} (per step {run.lam_per_step}); "
             f"{optimiser(cfg)}; L1 {cfg.train.l1_rule}; gamma init {cfg.model.gamma_init} (evidence: {evidence})")

@@ -87,12 +87,18 @@ FAMILIES = ("unimodal", "single-task", "baseline", "cen", "scenario", "ablation"
 _CATALOGUE = {**VARIANTS, **SCENARIOS, **REFERENCE_SWITCHES}
 
 
+# lam of the fusion base where it is not the preset's own: the "collapse" preset (SGD at a constant rate, the
+# default before 2026-12) was benchmarked with lam 1e-2, so that its exchange started within the budget
+FUSION_LAM = {"collapse": 1e-2}
+
+
 def fusion_base(preset: str = "default", steps: int = 600, **overrides) -> ExperimentConfig:
-    """The common base: the preset with widths (16, 16, 32, 32), ``lam = 1e-2`` so that exchange starts within
-    the budget, ten validation passes (for the learning curves, ``cen_lab.experiments.learning_curves``), and one checkpoint. ``overrides`` use ``__`` for
-    dots (``train__lam=5e-3``)."""
+    """The common base: the preset with widths (16, 16, 32, 32), the preset's lam (``FUSION_LAM`` where it
+    differs), ten validation passes (for the learning curves, ``cen_lab.experiments.learning_curves``), and one
+    checkpoint. ``overrides`` use ``__`` for dots (``train__lam=5e-3``)."""
+    lam = FUSION_LAM.get(preset, ExperimentConfig.preset(preset).train.lam)
     base = {"name": f"fusion-{preset}", "model.widths": (16, 16, 32, 32), "model.strides": (1, 2, 1, 2),
-            "train.lam": 1e-2, "train.steps": steps,
+            "train.lam": lam, "train.steps": steps,
             "train.ckpt_every": steps, "log.eval_every": max(1, steps // 10), "log.every": max(1, steps // 30),
             "model.fusion_block": 1}
     base.update({k.replace("__", "."): v for k, v in overrides.items()})

@@ -44,10 +44,11 @@ def architecture(cfg: ExperimentConfig) -> str:
 
 
 def optimiser(cfg: ExperimentConfig) -> str:
-    """``SGD lr 0.05 momentum 0.9`` (momentum for SGD only; ``, bf16 forward`` when ``train.precision`` is not
-    fp32)."""
+    """``SGD lr 0.05 momentum 0.9`` or ``Adam lr 0.005 cosine`` (momentum for SGD only; the learning-rate schedule
+    unless constant; ``, bf16 forward`` when ``train.precision`` is not fp32)."""
     o = cfg.train
-    text = f"SGD lr {o.lr:g} momentum {o.momentum:g}" if o.optimizer == "sgd" else f"{o.optimizer} lr {o.lr:g}"
+    text = f"SGD lr {o.lr:g} momentum {o.momentum:g}" if o.optimizer == "sgd" else f"Adam lr {o.lr:g}"
+    text += "" if o.lr_schedule == "constant" else f" {o.lr_schedule}"
     return text if o.precision == "fp32" else f"{text}, {o.precision} forward"
 
 

@@ -139,16 +139,31 @@ def forward_backward(model: CENNet, optimizer: torch.optim.Optimizer, xb: torch.
     return loss.detach(), per_task
 
 
+def lr_at(tcfg, step: int) -> float:
+    """The learning rate of training step ``step`` (0-based) under ``tcfg.lr_schedule``: ``lr`` throughout
+    (``"constant"``), or ``lr * (1 + cos(pi * step / steps)) / 2`` (``"cosine"``, from ``lr`` to near 0 at the
+    last step). A function of the step alone, so a resumed run sets the same rates as an uninterrupted one."""
+    if tcfg.lr_schedule == "cosine":
+        return tcfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / tcfg.steps))
+    return tcfg.lr
+
+
 def penalised_update(optimizer: torch.optim.Optimizer, weights: list[torch.Tensor], masks: list[torch.Tensor],
-                     tcfg, lam: float | None = None) -> None:
+                     tcfg, lam: float | None = None, step: int | None = None) -> None:
     """The L1 penalty on the masked gammas (subgradient before, or proximal after the step) and the step.
-    ``lam`` is the weight per step (``step_lam``; default ``tcfg.lam``)."""
+    ``lam`` is the weight per step (``step_lam``; default ``tcfg.lam``); ``step`` sets the learning rate of that
+    step (``lr_at``) on every parameter group; None leaves the optimiser's rates as they are."""
     lam = tcfg.lam if lam is None else lam
+    lr = tcfg.lr
+    if step is not None:
+        lr = lr_at(tcfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     if tcfg.l1_rule == "subgradient" and lam > 0:
         add_l1_subgradient(weights, masks, lam)
     optimizer.step()
     if tcfg.l1_rule == "proximal" and lam > 0:
-        apply_l1_proximal(weights, masks, tcfg.lr * lam)
+        apply_l1_proximal(weights, masks, lr * lam)
 
 
 def step_lam(tcfg, n_outputs: int) -> float:
@@ -311,7 +326,7 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
                     logger.log_grads(s, dxprime)
                 bar.set_postfix(loss=f"{loss_value:.3f}", below_thr=f"{values['sparsity/below_threshold']:.2f}", refresh=False)
 
-            penalised_update(optimizer, weights, masks, cfg.train, lam)
+            penalised_update(optimizer, weights, masks, cfg.train, lam, step=s)
             bar.update(1)
 
             done = s + 1

@@ -32,7 +32,8 @@ from .pages import (MATHJAX_CONFIG, MATHJAX_DIR, RUN_COLUMNS, TEMPLATES, VERDICT
 log = logging.getLogger(__name__)
 
 __all__ = ["NOTEBOOK_DIR", "REPORT_NOTEBOOKS", "FigureSink", "NotebookParameterError", "NotebookExecutionError",
-           "notebook_parameters", "validate_parameters", "run_notebook", "build_report", "obtain_run", "obtain_runs"]
+           "notebook_parameters", "validate_parameters", "run_notebook", "build_report", "obtain_run", "obtain_runs",
+           "obtain_regime_pair"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 # notebooks the report executes, in order; the explorer needs a live kernel and is not part of it
@@ -167,6 +168,21 @@ def obtain_runs(preset: str = "default", grid: Mapping[str, Sequence[Any]] | Non
         label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or preset
         runs[label] = obtain_run(preset, overrides, "", runs_dir, progress)
     return runs
+
+
+def obtain_regime_pair(preset: str = "default", seed: int = 0, runs_dir: str = "runs",
+                       progress: bool = True) -> dict[str, Any]:
+    """Two runs of ``preset`` on one seed, with gradients logged (for the diagnosis's importance): in the preset's
+    own regime, and in the ``collapse`` preset's training settings (``cen_lab.config.COLLAPSE_TRAIN``: SGD with
+    momentum at a constant rate). Trained or reused as ``obtain_run`` does. Returns ``{preset: run, "collapse":
+    run}`` (only ``{"collapse": run}`` when the preset already is ``collapse``)."""
+    from ..config import COLLAPSE_TRAIN
+
+    common = {"seed": seed, "log.grads": True}
+    pair = {"collapse": obtain_run(preset, {**COLLAPSE_TRAIN, **common}, "", runs_dir, progress)}
+    if preset != "collapse":
+        pair = {preset: obtain_run(preset, common, "", runs_dir, progress), **pair}
+    return pair
 
 
 # -- the report -----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ state behind. ``plot_exchange_animation`` is plotly only (a step slider with a p
 """
 
 from ._common import BACKENDS, FREE_COLOUR, PENALISED_COLOUR
-from .diagnosis import compute_diagnosis, plot_diagnosis
+from .diagnosis import compute_diagnosis, compute_regime_comparison, plot_diagnosis, plot_regime_comparison
 from .curves import compute_metric_across_runs, compute_training_curves, plot_metric_across_runs, plot_training_curves
 from .exchange import (compute_exchange_animation, compute_exchange_maps, compute_exchange_snapshot, compute_exchange_ratio, compute_flip_counts, compute_flip_events,
                        plot_exchange_animation, plot_exchange_maps, plot_exchange_ratio, plot_exchange_snapshot,
@@ -29,7 +29,7 @@ from .theory import (compute_controlled_check, compute_corollary, compute_dynami
                      plot_reliability)
 
 __all__ = [
-    "compute_diagnosis", "plot_diagnosis",
+    "compute_diagnosis", "plot_diagnosis", "compute_regime_comparison", "plot_regime_comparison",
     "BACKENDS", "FREE_COLOUR", "PENALISED_COLOUR",
     "compute_exchange_maps", "compute_exchange_ratio", "compute_flip_counts", "compute_flip_events",
     "compute_gamma_snapshot", "compute_metric_across_runs", "plot_metric_across_runs", "compute_gamma_trajectories", "compute_sparsity", "compute_training_curves",
