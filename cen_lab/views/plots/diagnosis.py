@@ -156,7 +156,7 @@ def plot_regime_comparison(frame: pd.DataFrame, *, title: str | None = None, bac
         return traj, ch, por, float(sub["threshold"].iloc[0]), last, never, y, (float(pred.median()) if len(pred) else None)
 
     if backend == "plotly":
-        fig = plotly_grid(len(regimes), 3, titles, shared_xaxes=False)
+        fig = plotly_grid(len(regimes), 3, titles, shared_xaxes=False, height_per_row=300)
         for i, r in enumerate(regimes, start=1):
             traj, ch, por, thr, last, never, y, pred = parts(r)
             for (cname, crossed), sub in traj.groupby(["channel", "crossed"], sort=False):
@@ -171,6 +171,13 @@ def plot_regime_comparison(frame: pd.DataFrame, *, title: str | None = None, bac
             for series, sub in por.groupby("series", sort=False):
                 fig.add_scatter(x=sub["step"], y=sub["value"], mode="lines", name=f"{r}: {series}",
                                 line=dict(color=PENALISED_COLOUR if series == "penalised" else FREE_COLOUR), row=i, col=3)
+            for col, (xt, yt) in enumerate((("step", "|gamma|"), ("importance (percentile of |dL/dgamma|)",
+                                                                 "crossing step (top: never)"),
+                                            ("step", "portion under the threshold")), start=1):
+                if i == len(regimes):  # on the last row only: a title under an upper row covers the next one's
+                    fig.update_xaxes(title_text=xt, row=i, col=col)
+                fig.update_yaxes(title_text=yt, row=i, col=col)
+            fig.update_yaxes(range=[-0.02, 1.02], row=i, col=3)
         fig.update_layout(title=title)
         return fig
     fig, axes = mpl_figure(len(regimes), 3, panel_size)
