@@ -157,6 +157,7 @@ def test_a_real_tiny_run_and_the_threshold_grid(tmp_path, capsys):
     run = cen_lab.train(cfg, tmp_path / "run", progress=False)
     d = cen_lab.diagnose(run, thresholds=[0.0, 0.02, 0.5])
     assert d.state in STATES and "smoke test" in d.regime and set(d.flags) <= set(STATES)
+    assert f"{d.numbers['final']:.3f}" == d.table.iloc[0]["value"]  # the table formats the unrounded numbers
     below = d.thresholds["penalised_below"].tolist()
     assert d.thresholds["threshold"].tolist() == [0.0, 0.02, 0.5] and below == sorted(below) and below[0] == 0
     assert d.crossings["predicted_step"].notna().all()  # SGD: the schedule is predicted for every channel

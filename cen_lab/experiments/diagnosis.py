@@ -137,6 +137,8 @@ class Diagnosis:
     thresholds: pd.DataFrame  # threshold, penalised_below, unpenalised_below (at the last step)
     regime: str
     notes: list[str] = field(default_factory=list)
+    numbers: dict[str, float] = field(default_factory=dict)  # the table's numbers unformatted: final, final_free,
+    #                                                          p_mannwhitney, cluster, rho, rho_low, rho_high, plateau
 
     def __str__(self) -> str:
         flags = [f for f in self.flags if f != self.state]
@@ -307,7 +309,10 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
                                   "penalised_below": [float((np.abs(g[-1, pen]) < np.float32(t)).mean()) for t in grid],
                                   "unpenalised_below": [float((np.abs(g[-1, free]) < np.float32(t)).mean())
                                                         if free.any() else float("nan") for t in grid]})
-    return Diagnosis(run.path.name, state, flags, table, portion, crossings, thresholds_df, _regime(run), notes)
+    numbers = {"final": final, "final_free": final_free, "p_mannwhitney": p_mw, "cluster": cluster, "rho": rho,
+               "rho_low": lo, "rho_high": hi, "plateau": float("nan") if plateau is None else float(plateau)}
+    return Diagnosis(run.path.name, state, flags, table, portion, crossings, thresholds_df, _regime(run), notes,
+                     numbers)
 
 
 def diagnose_runs(runs: dict[str, Run], threshold: float | None = None) -> dict[str, Diagnosis]:

@@ -18,6 +18,7 @@ cen,unimodal-rgb,unimodal-depth``). The measured results are in the README; ``ce
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -97,19 +98,16 @@ def per_run_regime(table: pd.DataFrame) -> pd.DataFrame:
     for row in table[table["status"].isin(["complete", "skipped"])].itertuples(index=False):
         run = load_run(row.path)
         d = diagnose(run)
-        t = d.table.set_index("measure")
-        rho = float(t.loc["Spearman(crossing step, importance)", "value"])
-        interval = t.loc["Spearman(crossing step, importance)", "interval"]
-        lo, hi = (float(v) for v in interval.split(" to ")) if interval else (float("nan"),) * 2
-        plateau = t.loc["plateau step", "value"]
+        num = d.numbers
         val = run.metrics[run.metrics["split"] == "val"]
         last = val[val["step"] == val["step"].max()].set_index("name")["value"]
         scores = {f"score/{n.split('/', 1)[1]}": float(v) for n, v in last.items() if n.split("/")[0] in ("miou", "acc")}
         rows.append({"preset": row.preset, "arch": row.arch, "seed": int(row.seed), "state": d.state,
                      "flags": ", ".join(d.flags),
-                     "final": float(t.loc["penalised under the threshold, last step", "value"]),
-                     "settled": "settling" in d.flags, "plateau": int(plateau) if plateau else None,
-                     "rho": rho, "rho_low": lo, "rho_high": hi, "min_output_gap": min(branch_output_gaps(run).values()),
+                     "final": num["final"], "settled": "settling" in d.flags,
+                     "plateau": None if math.isnan(num["plateau"]) else int(num["plateau"]),
+                     "rho": num["rho"], "rho_low": num["rho_low"], "rho_high": num["rho_high"],
+                     "min_output_gap": min(branch_output_gaps(run).values()),
                      **scores, "regime": regime_text(regime_of([run.config], str(row.preset))),
                      "path": str(row.path)})
     return pd.DataFrame(rows)
