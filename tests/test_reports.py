@@ -4,6 +4,7 @@ import math
 import matplotlib.figure
 import nbformat
 import plotly.graph_objects as go
+import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -87,6 +88,18 @@ def test_figure_sink_writes_files_and_summary(tmp_path):
     assert json.loads((tmp_path / "figs" / "summary.json").read_text()) == {"n": 3}
     with pytest.raises(ValueError, match="plain file stem"):
         sink.show(fig, "a/b")
+
+
+def test_figure_sink_shows_a_table_whole_and_records_it(tmp_path, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
+    long = "plain conv blocks (32, 32, 64, 64), mean exchange; 600 steps; lam 0.002; Adam lr 0.005 cosine"
+    sink = FigureSink(tmp_path / "figs")
+    sink.table(pd.DataFrame({"measure": ["regime"], "default": [long]}), "cmp")
+    assert long in shown[0].data  # pandas' own display would cut it at 50 characters
+    assert json.loads((tmp_path / "figs" / "summary.json").read_text()) == {"cmp": [{"measure": "regime", "default": long}]}
 
 
 def test_run_summary_numbers(tiny_run):

@@ -92,6 +92,14 @@ class FigureSink:
                 "text/html": fig.to_html(full_html=False, include_plotlyjs=src),
                 "text/plain": f"<plotly figure: {fig.layout.title.text or ''}>"}
 
+    def table(self, frame: pd.DataFrame, key: str) -> None:
+        """``record`` ``frame`` under ``key`` and display it whole: pandas' display cuts text cells at 50
+        characters, which hides what a regime line says after its architecture (the optimiser, lam, ...)."""
+        from IPython.display import HTML, display
+
+        self.record(key, frame)
+        display(HTML(frame.to_html(index=False)))
+
     def record_all(self, values: Mapping[str, Any]) -> None:
         """``record`` every item of ``values``."""
         for key, value in values.items():
