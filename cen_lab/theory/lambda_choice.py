@@ -1,0 +1,370 @@
+"""Which lambda? Predict the exchange a lambda will give from a short probe of the training.
+
+``predict_exchange(probe, lams, budget)`` reads a probe, a run of the first few hundred steps of the training
+one wants (``cen_lab.train`` with ``stop_at``, or the user's own loop under ``cen_lab.observe``) at one lambda,
+and predicts, for every lambda of a grid, the portion of penalised gammas under the exchange threshold at the end
+of the budget, with an interval, and the state the run is expected to reach (``collapsing``, ``partial``,
+``none``).
+
+The model
+---------
+Time is counted in learning rate, ``u(t) = lr_0 + ... + lr_{t-1}``: under Adam the penalty alone moves a gamma by
+``lr`` a step, under SGD with momentum ``mu`` by ``lr * lam / (1 - mu)``, so in ``u`` every penalised gamma moves
+at a speed, and a learning-rate schedule only changes how much ``u`` the budget holds.
+
+1. **Speeds in the probe.** For every penalised channel and every logged step of the probe's window (its last
+   two thirds, where the channel is still above the threshold), the local speed of ``|gamma|`` in ``u`` (over
+   ``STRIDE`` logged steps) and its displacement from the start ``Delta = |gamma_0| - |gamma|``.
+2. **Deceleration.** ``speed = D_c - h_L * Delta``: a channel that has moved is held back more (the data gradient
+   of a useful channel restores it, the network compensates). ``h_L >= 0`` is pooled over the channels of a layer
+   (a within-channel regression), ``D_c`` is the channel's own starting speed. Then
+   ``Delta(u) = D_c / h_L * (1 - exp(-h_L * u))``, a relaxation towards an equilibrium (``D_c * u`` for
+   ``h_L = 0``: the schedule when nothing resists).
+3. **How lambda enters.** The penalty is one term of the gradient. SGD: ``D(lam) = D(lam_p) + (lam - lam_p) /
+   (1 - mu)``. Adam divides the mean gradient ``d`` by its root mean square: ``D = d / (sqrt(s^2 + d^2) + eps)``,
+   ``s`` the standard deviation of the channel's data gradient ``dL/dgamma`` in the probe (``log.grads``), so
+   ``d_p`` is solved from ``D(lam_p)`` and ``d(lam) = d_p + lam - lam_p``. With no data gradient (``s = 0``,
+   ``h = 0``) this is exactly the penalty's schedule (``cen_lab.experiments.diagnosis.schedule_steps``).
+4. **Absorption.** A channel under the threshold is exchanged: its own output is discarded, it gets no data
+   gradient, and the penalty keeps it there. So it counts as exchanged from its crossing on.
+5. **Interval.** A bootstrap over channels (resampled within each layer, which re-estimates ``h_L``) and over each
+   channel's starting speed (normal, with its standard error). It holds for the model; how far the model is from
+   real runs is what ``cen-lab bench-lambda`` measures on held-out lambdas and seeds (README).
+
+Plain Theorem 1 beside it (``theorem1`` column): the mean over penalised channels of ``2 Phi(lam / ||dL/dx'||) -
+1``, ``||dL/dx'||`` the channel's mean in the probe's window.
+
+What it models: SGD (heavy-ball momentum, subgradient L1 as the reference code) and Adam (subgradient L1), any
+learning-rate schedule; a probe with at least ``MIN_LOGS`` logged steps in its window; Adam needs ``log.grads``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..experiments.diagnosis import _steps_matrix
+from ..experiments.training import lr_at
+from ..runs.reader import Run, load_run
+from .formula import attraction_probability
+
+__all__ = ["MODELLED", "MIN_LOGS", "STRIDE", "COLLAPSING", "NONE", "ExchangePrediction", "ProbeFit", "fit_probe",
+           "predict_exchange", "predicted_state", "relaxation", "speed_at"]
+
+MODELLED = ("sgd", "adam")  # optimisers the model knows (subgradient L1)
+MIN_LOGS = 8  # logged steps the probe's window needs (so STRIDE-step speeds exist for every channel)
+STRIDE = 4  # logged steps a local speed spans
+COLLAPSING = 0.9  # predicted portion from which the state is "collapsing" (as cen_lab.diagnose)
+NONE = 0.01  # predicted portion under which the state is "none" (no sparsification)
+ADAM_EPS = 1e-8
+
+
+@dataclass
+class ProbeFit:
+    """The per-channel quantities of a probe (see the module docstring).
+
+    ``channels``: layer, branch, channel, gamma0, D (starting speed in ``u``), D_se, s (sd of dL/dgamma), dx
+    (mean ||dL/dx'||), layer_index; ``h``: per layer; ``lrs``: the rate of every step of the budget.
+    """
+
+    run: str
+    lam: float
+    optimizer: str
+    momentum: float
+    threshold: float
+    probe_steps: int
+    lrs: np.ndarray
+    channels: pd.DataFrame
+    h: pd.Series
+    sxy: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))  # per-channel within sums, for h
+    sxx: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    @property
+    def budget(self) -> int:
+        return len(self.lrs)
+
+
+@dataclass
+class ExchangePrediction:
+    """``predict_exchange``'s answer.
+
+    ``table``: one row per lambda: lam, predicted (portion under the threshold at the budget's end), low, high
+    (the ``level`` interval), state (``collapsing``, ``partial`` or ``none``), theorem1 (plain Theorem 1's
+    portion), median_crossing (predicted step of the median crossing channel, or NA).
+    ``crossings``: per lambda and channel, the predicted crossing step (-1: never within the budget).
+    """
+
+    table: pd.DataFrame
+    crossings: pd.DataFrame
+    fit: ProbeFit
+    budget: int
+    level: float
+    regime: str
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.fit.run}: predicted exchange at step {self.budget} (probe: {self.fit.probe_steps} steps at "
+                 f"lam {self.fit.lam:g}; {self.level:.0%} intervals hold for the model, see the README's validation)",
+                 f"regime: {self.regime}", *[f"note: {n}" for n in self.notes], self.table.to_string(index=False)]
+        return "\n".join(lines)
+
+
+def _lr_schedule(run: Run, budget: int | None, optimizer: str | None, lr, momentum: float | None
+                 ) -> tuple[str, float, np.ndarray]:
+    cfg = run.config
+    if cfg is not None:
+        optimizer = optimizer or cfg.train.optimizer
+        momentum = cfg.train.momentum if momentum is None else momentum
+        budget = cfg.train.steps if budget is None else budget
+        if lr is None:
+            tcfg = cfg.train
+            steps = tcfg.steps
+            future = cfg.override({"train.steps": budget}).train
+            lr = [lr_at(tcfg if s < steps and budget == steps else future, s) for s in range(budget)]
+        if cfg.train.l1_rule != "subgradient":
+            raise ValueError(f"{run.path}: the probe uses the {cfg.train.l1_rule!r} L1 rule; the model knows the "
+                             "subgradient rule only (the reference code's)")
+    missing = [n for n, v in (("optimizer", optimizer), ("lr", lr), ("budget", budget)) if v is None]
+    if missing:
+        raise ValueError(f"{run.path}: a {run.source} run records no optimiser; give {', '.join(missing)} "
+                         "(e.g. optimizer='sgd', lr=0.01 or a function step -> lr, momentum=0.9, budget=10000)")
+    if optimizer not in MODELLED:
+        raise ValueError(f"optimizer {optimizer!r} is not modelled; the model knows {', '.join(MODELLED)} "
+                         "(subgradient L1)")
+    momentum = 0.0 if optimizer == "adam" or momentum is None else float(momentum)
+    if callable(lr):
+        lrs = np.array([float(lr(s)) for s in range(budget)])
+    elif np.ndim(lr):
+        lrs = np.asarray(lr, dtype=np.float64)
+        if len(lrs) != budget:
+            raise ValueError(f"lr has {len(lrs)} rates; the budget has {budget} steps")
+    else:
+        lrs = np.full(budget, float(lr))
+    if (lrs < 0).any() or not np.isfinite(lrs).all():
+        raise ValueError("learning rates must be finite and >= 0")
+    return optimizer, momentum, lrs
+
+
+def fit_probe(probe: Run | str | Path, budget: int | None = None, *, optimizer: str | None = None,
+              lr: float | Sequence[float] | Callable[[int], float] | None = None, momentum: float | None = None,
+              lam: float | None = None, threshold: float | None = None, window: float = 1 / 3) -> ProbeFit:
+    """Measure a probe's per-channel speeds, decelerations and gradient noise (steps 1 and 2 of the model).
+
+    ``optimizer``, ``lr`` (one rate, the rate of every step of the budget, or a function step -> rate) and
+    ``momentum`` come from a trained run's config; give them for an observed or imported run. ``lam`` (the
+    weight per step) and ``threshold`` default to what the run records. ``window``: the probe's window starts at
+    this fraction of its logged steps.
+    """
+    run = probe if isinstance(probe, Run) else load_run(probe)
+    lam = run.lam_per_step if lam is None else lam
+    thr = run.manifest.get("threshold") if threshold is None else threshold
+    if lam is None or thr is None:
+        raise ValueError(f"{run.path}: the probe records no {'lam' if lam is None else 'threshold'}; give it")
+    if run.gammas.empty or not run.gammas["penalised"].any():
+        raise ValueError(f"{run.path}: the probe has no penalised gammas; nothing is attracted to 0")
+    steps, rows, g = _steps_matrix(run.gammas)
+    probe_steps = int(steps[-1])
+    if budget is not None and budget < probe_steps:
+        raise ValueError(f"the budget ({budget} steps) is shorter than the probe ({probe_steps} steps)")
+    optimizer, momentum, lrs = _lr_schedule(run, budget, optimizer, lr, momentum)
+    if len(lrs) < probe_steps:
+        raise ValueError(f"the budget ({len(lrs)} steps) is shorter than the probe ({probe_steps} steps)")
+    in_window = steps >= steps[0] + window * (steps[-1] - steps[0])
+    if in_window.sum() < MIN_LOGS:
+        need = int(np.ceil(MIN_LOGS / (1 - window)))
+        raise ValueError(f"{run.path}: the probe's window has {int(in_window.sum())} logged steps; the model needs "
+                         f"{MIN_LOGS} (a probe of at least {need} logged steps: log more often or probe longer)")
+    if optimizer == "adam" and run.grads.empty:
+        raise ValueError(f"{run.path}: under Adam the model needs the data gradient's noise: log gradients in the "
+                         "probe (log.grads=True, or observe's grads)")
+    u = np.concatenate([[0.0], np.cumsum(lrs)])
+    pen = rows["penalised"].to_numpy()
+    a = np.abs(g[:, pen].astype(np.float64))  # [S, C]
+    ch = rows[pen].reset_index(drop=True)
+    us = u[steps]
+    alive = a >= thr
+    w = in_window[:, None] & alive
+    # a channel that crossed before the window: every logged step before its crossing
+    few = w.sum(0) < STRIDE + 1
+    w[:, few] = alive[:, few]
+    # local speeds over STRIDE logged steps, both ends in the window
+    both = w[STRIDE:] & w[:-STRIDE]
+    du = (us[STRIDE:] - us[:-STRIDE])[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vloc = np.where(both & (du > 0), -(a[STRIDE:] - a[:-STRIDE]) / du, np.nan)
+    disp = a[0][None, :] - (a[STRIDE:] + a[:-STRIDE]) / 2
+    disp = np.where(np.isnan(vloc), np.nan, disp)
+    n = np.sum(~np.isnan(vloc), 0)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: channels crossed at once
+        vbar, dbar = np.nanmean(vloc, 0), np.nanmean(disp, 0)
+        sxy = np.nansum((vloc - vbar) * (disp - dbar), 0)
+        sxx = np.nansum((disp - dbar) ** 2, 0)
+        v_sd = np.nanstd(vloc, 0, ddof=1)
+    crossed_at_once = n == 0  # under the threshold by its second logged step: as fast as the model allows
+    vbar = np.where(crossed_at_once, np.inf, vbar)
+    dbar = np.where(crossed_at_once, 0.0, dbar)
+    layer_idx = pd.factorize(ch["layer"])[0]
+    h = _pooled_h(sxy, sxx, layer_idx)
+    D = vbar + h[layer_idx] * dbar
+    D_se = np.where(n > 1, np.nan_to_num(v_sd) / np.sqrt(np.maximum(n / STRIDE, 1)), 0.0)
+    s = np.zeros(len(ch))
+    dx = np.full(len(ch), np.nan)
+    if not run.grads.empty:
+        keys = ["layer", "branch", "channel"]
+        gr = run.grads[run.grads["step"].isin(steps[in_window])]
+        agg = gr.groupby(keys).agg(s=("dgamma", "std"), dx=("dxprime_norm", "mean"))
+        idx = pd.MultiIndex.from_frame(ch[keys])
+        s = np.nan_to_num(agg["s"].reindex(idx).to_numpy(float))
+        dx = agg["dx"].reindex(idx).to_numpy(float)
+    channels = ch[["layer", "branch", "channel"]].assign(gamma0=a[0], D=D, D_se=D_se, s=s, dx=dx,
+                                                           layer_index=layer_idx)
+    return ProbeFit(run.path.name, float(lam), optimizer, momentum, float(thr), probe_steps, lrs, channels,
+                    pd.Series(h, index=pd.unique(ch["layer"])), sxy, sxx)
+
+
+def _pooled_h(sxy: np.ndarray, sxx: np.ndarray, layer_idx: np.ndarray) -> np.ndarray:
+    """Per layer, ``-sum(Sxy) / sum(Sxx)`` over its channels (speed against displacement within channels),
+    clipped at 0 (a channel is never modelled as accelerating away from its start)."""
+    k = layer_idx.max() + 1
+    num = np.bincount(layer_idx, weights=sxy, minlength=k)
+    den = np.bincount(layer_idx, weights=sxx, minlength=k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(np.where(den > 0, -num / den, 0.0), 0.0, None)
+
+
+def speed_at(D: np.ndarray, lam_p: float, lam: float, optimizer: str, momentum: float = 0.0,
+             s: np.ndarray | float = 0.0, eps: float = ADAM_EPS) -> np.ndarray:
+    """A channel's starting speed (in ``u``) at ``lam``, from its speed ``D`` at the probe's ``lam_p`` (step 3).
+
+    SGD: ``D + (lam - lam_p) / (1 - momentum)``. Adam: the mean gradient ``d_p`` with ``D = d_p / (sqrt(s^2 +
+    d_p^2) + eps)`` is solved for, then ``d = d_p + lam - lam_p`` gives ``d / (sqrt(s^2 + d^2) + eps)``; a
+    saturated speed (``|D| >= 1 - 1e-6``, or ``s = 0``) is read as ``d_p = lam_p`` (the data gradient moves it
+    no slower than the penalty alone).
+    """
+    D = np.asarray(D, dtype=np.float64)
+    if optimizer == "sgd":
+        return D + (lam - lam_p) / (1.0 - momentum)
+    if optimizer != "adam":
+        raise ValueError(f"optimizer {optimizer!r} is not modelled; the model knows {', '.join(MODELLED)}")
+    s = np.broadcast_to(np.asarray(s, dtype=np.float64), D.shape)
+    Dc = np.clip(np.nan_to_num(D, posinf=1.0, neginf=-1.0), -1 + 1e-6, 1 - 1e-6)
+    sat = (s <= 0) | (np.abs(np.nan_to_num(D, posinf=1.0)) >= 1 - 1e-6)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_p = np.where(sat, lam_p, Dc * s / np.sqrt(1 - Dc ** 2))
+    d = d_p + lam - lam_p
+    return d / (np.sqrt(s ** 2 + d ** 2) + eps)
+
+
+def relaxation(D: np.ndarray, h: np.ndarray, u: np.ndarray | float) -> np.ndarray:
+    """``Delta(u) = D / h * (1 - exp(-h u))``, ``D * u`` where ``h = 0`` (step 2); broadcasts."""
+    D, h, u = np.asarray(D, np.float64), np.asarray(h, np.float64), np.asarray(u, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        out = np.where(h > 0, D * -np.expm1(-h * u) / np.where(h > 0, h, 1.0), D * u)
+    return np.where(np.isinf(D) & (D > 0), np.inf, out)
+
+
+def predicted_state(portion: float) -> str:
+    """``collapsing`` (>= ``COLLAPSING``), ``none`` (< ``NONE``) or ``partial``."""
+    return "collapsing" if portion >= COLLAPSING else ("none" if portion < NONE else "partial")
+
+
+def predict_exchange(probe: Run | str | Path | ProbeFit, lams: Sequence[float], budget: int | None = None, *,
+                     level: float = 0.95, n_boot: int = 400, seed: int = 0, optimizer: str | None = None,
+                     lr: float | Sequence[float] | Callable[[int], float] | None = None,
+                     momentum: float | None = None, lam: float | None = None, threshold: float | None = None
+                     ) -> ExchangePrediction:
+    """Predict the final exchange of every lambda of ``lams`` after ``budget`` steps, from a probe.
+
+    Parameters
+    ----------
+    probe : Run, run directory or ProbeFit
+        The first steps of the training (``cen_lab.train(cfg, stop_at=K)`` with ``cfg.train.steps`` the budget,
+        or the user's loop under ``cen_lab.observe``), at one lambda, with gammas logged (and gradients for Adam).
+    lams : sequence of float
+        The lambda grid (weights per step, > 0).
+    budget : int, optional
+        Steps of the full training (default: the probe's ``train.steps``).
+    level : float
+        Level of the bootstrap intervals.
+    n_boot : int
+        Bootstrap replicates.
+    seed : int
+        Seed of the bootstrap.
+    optimizer, lr, momentum, lam, threshold
+        For a probe that does not record them (observed or imported runs); see ``fit_probe``.
+
+    Returns
+    -------
+    ExchangePrediction
+
+    Raises
+    ------
+    ValueError
+        Lambdas that are not positive, a budget shorter than the probe, a probe with too few logged steps or no
+        penalised gammas, an optimiser the model does not know, Adam without logged gradients.
+    """
+    lams = [float(x) for x in np.atleast_1d(np.asarray(lams, dtype=np.float64))]
+    bad = [x for x in lams if not (x > 0 and np.isfinite(x))]
+    if not lams or bad:
+        raise ValueError(f"lambdas must be positive and finite; got {bad or 'an empty grid'}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    fit = probe if isinstance(probe, ProbeFit) else fit_probe(probe, budget, optimizer=optimizer, lr=lr,
+                                                              momentum=momentum, lam=lam, threshold=threshold)
+    if budget is not None and budget != fit.budget:
+        raise ValueError(f"the fit was made for a budget of {fit.budget} steps, not {budget}")
+    c = fit.channels
+    u = np.concatenate([[0.0], np.cumsum(fit.lrs)])
+    h = fit.h.to_numpy()[c["layer_index"].to_numpy()]
+    rng = np.random.default_rng(seed)
+    li = c["layer_index"].to_numpy()
+    boot_idx = np.concatenate([rng.choice(np.flatnonzero(li == k), size=(n_boot, int((li == k).sum())))
+                               for k in range(li.max() + 1)], axis=1)  # [B, C] within layers
+    h_boot = np.stack([_pooled_h(fit.sxy[i], fit.sxx[i], li[i]) for i in boot_idx])  # [B, layers]
+    D_noise = rng.standard_normal(boot_idx.shape)
+    rows, cross_rows = [], []
+    dist = c["gamma0"].to_numpy() - fit.threshold  # the distance to cover: strictly more than this
+    for lam_ in lams:
+        D = speed_at(c["D"].to_numpy(), fit.lam, lam_, fit.optimizer, fit.momentum, c["s"].to_numpy())
+        moved = relaxation(D, h, u[-1])
+        point = float(np.mean(moved > dist))
+        Db = speed_at(c["D"].to_numpy()[boot_idx] + c["D_se"].to_numpy()[boot_idx] * D_noise, fit.lam, lam_,
+                      fit.optimizer, fit.momentum, c["s"].to_numpy()[boot_idx])
+        hb = np.take_along_axis(h_boot, li[boot_idx], axis=1)
+        boot = np.mean(relaxation(Db, hb, u[-1]) > dist[boot_idx], axis=1)
+        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+        lo, hi = min(lo, point), max(hi, point)
+        steps = _crossing_steps(D, h, u, dist)
+        theorem = float(np.nanmean(attraction_probability(lam_, np.nan_to_num(c["dx"].to_numpy(), nan=np.nan))))\
+            if c["dx"].notna().any() else float("nan")
+        crossed = steps[steps >= 0]
+        rows.append({"lam": lam_, "predicted": point, "low": float(lo), "high": float(hi),
+                     "state": predicted_state(point), "theorem1": theorem,
+                     "median_crossing": int(np.median(crossed)) if len(crossed) else pd.NA})
+        cross_rows.append(c[["layer", "branch", "channel"]].assign(lam=lam_, crossing_step=steps))
+    table = pd.DataFrame(rows)
+    table["median_crossing"] = table["median_crossing"].astype("Int64")
+    notes = []
+    if fit.optimizer == "sgd" and fit.momentum:
+        notes.append("SGD with momentum: the velocity's build-up over the first 1/(1 - momentum) steps is read as "
+                     "part of the starting speed")
+    regime = (f"probe {fit.run}: {fit.probe_steps} steps at lam {fit.lam:g}; {fit.optimizer} "
+              f"{'momentum %g' % fit.momentum if fit.optimizer == 'sgd' else ''}".rstrip()
+              + f"; budget {fit.budget} steps, lr sum {u[-1]:.3g}; threshold {fit.threshold:g}")
+    return ExchangePrediction(table, pd.concat(cross_rows, ignore_index=True), fit, fit.budget, level, regime, notes)
+
+
+def _crossing_steps(D: np.ndarray, h: np.ndarray, u: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """The first step after which the modelled displacement exceeds ``dist`` (-1: never within the budget)."""
+    moved = relaxation(D[None, :], h[None, :], u[1:, None])  # [T, C]: after step t + 1
+    over = moved > dist[None, :]
+    first = over.argmax(0)
+    out = np.where(over.any(0), first + 1, -1)
+    return np.where(dist < 0, 0, out)
