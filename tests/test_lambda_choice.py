@@ -153,3 +153,23 @@ def test_an_observed_probe_of_a_foreign_model(tmp_path):
     assert pred.fit.lam == pytest.approx(z.run.lam_per_step)
     assert pred.table["predicted"].iloc[1] >= pred.table["predicted"].iloc[0]
     assert fit_probe(z.run, 600, optimizer="sgd", lr=0.05, momentum=0.9).optimizer == "sgd"
+
+
+def test_several_probes_interpolate_in_log_lambda(probe, tmp_path):
+    cfg = probe.config.override({"train.lam": 1e-2, "name": "probe2"})
+    other = cen_lab.train(cfg, tmp_path / "p2", progress=False, stop_at=30)
+    lams = [2e-3, 5e-3, 1e-2, 0.1]  # the probe's lam is the tiny preset's 2e-3
+    both = predict_exchange([other, probe], lams, n_boot=50)  # any order
+    alone = [predict_exchange(p, lams, n_boot=50).table for p in (probe, other)]
+    t = both.table
+    assert [f.lam for f in both.fits] == [2e-3, 1e-2]
+    # at a probe's lambda, and beyond the probes' range: that probe's own prediction
+    assert t.loc[0, "predicted"] == pytest.approx(alone[0].loc[0, "predicted"])
+    assert t.loc[2, "predicted"] == pytest.approx(alone[1].loc[2, "predicted"])
+    assert t.loc[3, "predicted"] == pytest.approx(alone[1].loc[3, "predicted"])
+    w = np.log(2.5) / np.log(5)
+    assert t.loc[1, "predicted"] == pytest.approx((1 - w) * alone[0].loc[1, "predicted"] + w * alone[1].loc[1, "predicted"])
+    assert t["probes"].tolist() == ["0.002", "0.002-0.01", "0.01", "0.01"]
+    assert ((t["low"] <= t["predicted"]) & (t["predicted"] <= t["high"])).all()
+    with pytest.raises(ValueError, match="share a lambda"):
+        predict_exchange([probe, probe], lams)

@@ -27,7 +27,10 @@ at a speed, and a learning-rate schedule only changes how much ``u`` the budget 
    ``h = 0``) this is exactly the penalty's schedule (``cen_lab.experiments.diagnosis.schedule_steps``).
 4. **Absorption.** A channel under the threshold is exchanged: its own output is discarded, it gets no data
    gradient, and the penalty keeps it there. So it counts as exchanged from its crossing on.
-5. **Interval.** A bootstrap over channels (resampled within each layer, which re-estimates ``h_L``) and over each
+5. **Several probes.** The model's error grows with the distance between the probe's lambda and the predicted
+   one (its lambda dependence is approximate). Given probes at a few lambdas, each lambda is predicted from the
+   two probes around it, interpolated in log lambda.
+6. **Interval.** A bootstrap over channels (resampled within each layer, which re-estimates ``h_L``) and over each
    channel's starting speed (normal, with its standard error). It holds for the model; how far the model is from
    real runs is what ``cen-lab bench-lambda`` measures on held-out lambdas and seeds (README).
 
@@ -96,7 +99,8 @@ class ExchangePrediction:
 
     ``table``: one row per lambda: lam, predicted (portion under the threshold at the budget's end), low, high
     (the ``level`` interval), state (``collapsing``, ``partial`` or ``none``), theorem1 (plain Theorem 1's
-    portion), median_crossing (predicted step of the median crossing channel, or NA).
+    portion), median_crossing (predicted step of the median crossing channel, or NA), probes (the lambdas of
+    the probes it came from).
     ``crossings``: per lambda and channel, the predicted crossing step (-1: never within the budget).
     """
 
@@ -107,10 +111,12 @@ class ExchangePrediction:
     level: float
     regime: str
     notes: list[str] = field(default_factory=list)
+    fits: list[ProbeFit] = field(default_factory=list)  # every probe's fit (the first is ``fit``)
 
     def __str__(self) -> str:
-        lines = [f"{self.fit.run}: predicted exchange at step {self.budget} (probe: {self.fit.probe_steps} steps at "
-                 f"lam {self.fit.lam:g}; {self.level:.0%} intervals hold for the model, see the README's validation)",
+        lams = ", ".join(f"{f.lam:g}" for f in (self.fits or [self.fit]))
+        lines = [f"predicted exchange at step {self.budget} (probe: {self.fit.probe_steps} steps at lam {lams}; "
+                 f"{self.level:.0%} intervals hold for the model, see the README's validation)",
                  f"regime: {self.regime}", *[f"note: {n}" for n in self.notes], self.table.to_string(index=False)]
         return "\n".join(lines)
 
@@ -169,7 +175,7 @@ def fit_probe(probe: Run | str | Path, budget: int | None = None, *, optimizer: 
     if run.gammas.empty or not run.gammas["penalised"].any():
         raise ValueError(f"{run.path}: the probe has no penalised gammas; nothing is attracted to 0")
     steps, rows, g = _steps_matrix(run.gammas)
-    probe_steps = int(steps[-1])
+    probe_steps = int(run.manifest.get("last_step") or steps[-1])
     if budget is not None and budget < probe_steps:
         raise ValueError(f"the budget ({budget} steps) is shorter than the probe ({probe_steps} steps)")
     optimizer, momentum, lrs = _lr_schedule(run, budget, optimizer, lr, momentum)
@@ -275,18 +281,22 @@ def predicted_state(portion: float) -> str:
     return "collapsing" if portion >= COLLAPSING else ("none" if portion < NONE else "partial")
 
 
-def predict_exchange(probe: Run | str | Path | ProbeFit, lams: Sequence[float], budget: int | None = None, *,
+def predict_exchange(probe: Run | str | Path | ProbeFit | Sequence[Run | str | Path | ProbeFit],
+                     lams: Sequence[float], budget: int | None = None, *,
                      level: float = 0.95, n_boot: int = 400, seed: int = 0, optimizer: str | None = None,
                      lr: float | Sequence[float] | Callable[[int], float] | None = None,
                      momentum: float | None = None, lam: float | None = None, threshold: float | None = None
                      ) -> ExchangePrediction:
-    """Predict the final exchange of every lambda of ``lams`` after ``budget`` steps, from a probe.
+    """Predict the final exchange of every lambda of ``lams`` after ``budget`` steps, from one or a few probes.
 
     Parameters
     ----------
-    probe : Run, run directory or ProbeFit
+    probe : Run, run directory or ProbeFit, or a sequence of them
         The first steps of the training (``cen_lab.train(cfg, stop_at=K)`` with ``cfg.train.steps`` the budget,
-        or the user's loop under ``cen_lab.observe``), at one lambda, with gammas logged (and gradients for Adam).
+        or the user's loop under ``cen_lab.observe``), with gammas logged (and gradients for Adam). Several
+        probes at different lambdas: each lambda of the grid is predicted from the two probes around it, the
+        predictions interpolated in log lambda (outside their range: from the nearest probe). The model's error
+        grows with the distance from the probe's lambda (README: "Choosing lambda and the threshold").
     lams : sequence of float
         The lambda grid (weights per step, > 0).
     budget : int, optional
@@ -303,12 +313,14 @@ def predict_exchange(probe: Run | str | Path | ProbeFit, lams: Sequence[float], 
     Returns
     -------
     ExchangePrediction
+        With several probes, ``fit`` is the first probe's and ``fits`` holds all of them.
 
     Raises
     ------
     ValueError
         Lambdas that are not positive, a budget shorter than the probe, a probe with too few logged steps or no
-        penalised gammas, an optimiser the model does not know, Adam without logged gradients.
+        penalised gammas, an optimiser the model does not know, Adam without logged gradients, probes of
+        different budgets or at the same lambda.
     """
     lams = [float(x) for x in np.atleast_1d(np.asarray(lams, dtype=np.float64))]
     bad = [x for x in lams if not (x > 0 and np.isfinite(x))]
@@ -316,10 +328,64 @@ def predict_exchange(probe: Run | str | Path | ProbeFit, lams: Sequence[float], 
         raise ValueError(f"lambdas must be positive and finite; got {bad or 'an empty grid'}")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    fit = probe if isinstance(probe, ProbeFit) else fit_probe(probe, budget, optimizer=optimizer, lr=lr,
-                                                              momentum=momentum, lam=lam, threshold=threshold)
-    if budget is not None and budget != fit.budget:
-        raise ValueError(f"the fit was made for a budget of {fit.budget} steps, not {budget}")
+    probes = list(probe) if isinstance(probe, (list, tuple)) else [probe]
+    if not probes:
+        raise ValueError("predict_exchange needs at least one probe")
+    fits = [p if isinstance(p, ProbeFit) else fit_probe(p, budget, optimizer=optimizer, lr=lr, momentum=momentum,
+                                                        lam=lam, threshold=threshold) for p in probes]
+    for fit in fits:
+        if budget is not None and budget != fit.budget:
+            raise ValueError(f"the fit of {fit.run} was made for a budget of {fit.budget} steps, not {budget}")
+    if len({f.budget for f in fits}) > 1:
+        raise ValueError(f"the probes were fitted for different budgets: {sorted({f.budget for f in fits})}")
+    fits.sort(key=lambda f: f.lam)
+    if len({f.lam for f in fits}) < len(fits):
+        raise ValueError(f"two probes share a lambda: {[f.lam for f in fits]}")
+    one = [_predict_one(f, lams, level, n_boot, seed) for f in fits]
+    if len(fits) == 1:
+        table, crossings = one[0]
+        table["probes"] = f"{fits[0].lam:g}"
+    else:
+        table, crossings = _interpolate(fits, one, lams)
+    notes = []
+    if fits[0].optimizer == "sgd" and fits[0].momentum:
+        notes.append("SGD with momentum: the velocity's build-up over the first 1/(1 - momentum) steps is read as "
+                     "part of the starting speed")
+    f0 = fits[0]
+    u_sum = float(np.sum(f0.lrs))
+    regime = (f"probe{'s' if len(fits) > 1 else ''} {', '.join(f.run for f in fits)}: {f0.probe_steps} steps at lam "
+              f"{', '.join(f'{f.lam:g}' for f in fits)}; {f0.optimizer}"
+              + (f" momentum {f0.momentum:g}" if f0.optimizer == "sgd" else "")
+              + f"; budget {f0.budget} steps, lr sum {u_sum:.3g}; threshold {f0.threshold:g}")
+    return ExchangePrediction(table, crossings, f0, f0.budget, level, regime, notes, fits)
+
+
+def _interpolate(fits: list[ProbeFit], one: list[tuple[pd.DataFrame, pd.DataFrame]], lams: list[float]
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each lambda from the two probes around it, linear in log lambda; outside their range, the nearest."""
+    logs = np.log([f.lam for f in fits])
+    rows, crossings = [], []
+    for i, lam_ in enumerate(lams):
+        x = np.log(lam_)
+        j = int(np.clip(np.searchsorted(logs, x) - 1, 0, len(fits) - 2))
+        w = float(np.clip((x - logs[j]) / (logs[j + 1] - logs[j]), 0.0, 1.0))
+        a, b = one[j][0].iloc[i], one[j + 1][0].iloc[i]
+        row = {k: (1 - w) * a[k] + w * b[k] for k in ("predicted", "low", "high", "theorem1")}
+        near = a if w < 0.5 else b
+        row.update(lam=lam_, state=predicted_state(row["predicted"]), median_crossing=near["median_crossing"],
+                   probes=f"{fits[j].lam:g}" if w == 0 else (f"{fits[j + 1].lam:g}" if w == 1
+                                                             else f"{fits[j].lam:g}-{fits[j + 1].lam:g}"))
+        rows.append(row)
+        cr = one[j if w < 0.5 else j + 1][1]
+        crossings.append(cr[cr["lam"] == lam_])
+    table = pd.DataFrame(rows)[["lam", "predicted", "low", "high", "state", "theorem1", "median_crossing", "probes"]]
+    table["median_crossing"] = table["median_crossing"].astype("Int64")
+    return table, pd.concat(crossings, ignore_index=True)
+
+
+def _predict_one(fit: ProbeFit, lams: list[float], level: float, n_boot: int, seed: int
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One probe's prediction for every lambda of ``lams``: the table and the crossings."""
     c = fit.channels
     u = np.concatenate([[0.0], np.cumsum(fit.lrs)])
     h = fit.h.to_numpy()[c["layer_index"].to_numpy()]
@@ -342,8 +408,9 @@ def predict_exchange(probe: Run | str | Path | ProbeFit, lams: Sequence[float], 
         lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
         lo, hi = min(lo, point), max(hi, point)
         steps = _crossing_steps(D, h, u, dist)
-        theorem = float(np.nanmean(attraction_probability(lam_, np.nan_to_num(c["dx"].to_numpy(), nan=np.nan))))\
-            if c["dx"].notna().any() else float("nan")
+        dx = c["dx"].to_numpy()
+        theorem = float(np.mean(attraction_probability(lam_, dx[np.isfinite(dx)]))) if np.isfinite(dx).any() \
+            else float("nan")  # no gradients logged
         crossed = steps[steps >= 0]
         rows.append({"lam": lam_, "predicted": point, "low": float(lo), "high": float(hi),
                      "state": predicted_state(point), "theorem1": theorem,
@@ -351,14 +418,7 @@ def predict_exchange(probe: Run | str | Path | ProbeFit, lams: Sequence[float], 
         cross_rows.append(c[["layer", "branch", "channel"]].assign(lam=lam_, crossing_step=steps))
     table = pd.DataFrame(rows)
     table["median_crossing"] = table["median_crossing"].astype("Int64")
-    notes = []
-    if fit.optimizer == "sgd" and fit.momentum:
-        notes.append("SGD with momentum: the velocity's build-up over the first 1/(1 - momentum) steps is read as "
-                     "part of the starting speed")
-    regime = (f"probe {fit.run}: {fit.probe_steps} steps at lam {fit.lam:g}; {fit.optimizer} "
-              f"{'momentum %g' % fit.momentum if fit.optimizer == 'sgd' else ''}".rstrip()
-              + f"; budget {fit.budget} steps, lr sum {u[-1]:.3g}; threshold {fit.threshold:g}")
-    return ExchangePrediction(table, pd.concat(cross_rows, ignore_index=True), fit, fit.budget, level, regime, notes)
+    return table, pd.concat(cross_rows, ignore_index=True)
 
 
 def _crossing_steps(D: np.ndarray, h: np.ndarray, u: np.ndarray, dist: np.ndarray) -> np.ndarray:
