@@ -30,6 +30,7 @@ from .experiments.training import train  # noqa: E402
 from .network import exchange  # noqa: E402
 from .network.penalty import sparsity_mask  # noqa: E402
 from .runs import Observer, Run, import_checkpoints, load_run, observe  # noqa: E402
+from .theory.lambda_choice import predict_exchange  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -48,6 +49,7 @@ __all__ = [
     "import_checkpoints",
     "load_run",
     "observe",
+    "predict_exchange",
     "sparsity_mask",
     "sweep",
     "train",
