@@ -173,3 +173,26 @@ def test_several_probes_interpolate_in_log_lambda(probe, tmp_path):
     assert ((t["low"] <= t["predicted"]) & (t["predicted"] <= t["high"])).all()
     with pytest.raises(ValueError, match="share a lambda"):
         predict_exchange([probe, probe], lams)
+
+
+def test_the_lambda_figure_draws_prediction_band_probes_and_held_out_runs(probe):
+    from cen_lab.views.plots import compute_lambda_curve, plot_lambda_curve
+
+    pred = predict_exchange(probe, [1e-4, 1e-3, 1e-2], n_boot=50)
+    validation = pd.DataFrame({"lam": [1e-3, 1e-2], "actual": [0.1, 0.5], "seed": [1, 1]})
+    frame = compute_lambda_curve(pred, validation)
+    assert frame["kind"].value_counts().to_dict() == {"prediction": 3, "validation": 2, "probe": 1}
+    assert (frame["budget"] == 60).all() and frame.loc[frame["kind"] == "probe", "lam"].tolist() == [2e-3]
+    fig = plot_lambda_curve(frame)
+    ax = fig.get_axes()[0]
+    assert ax.get_xscale() == "log"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert set(labels) == {"predicted (95% interval)", "predicted", "plain Theorem 1", "probe lambdas",
+                           "held-out full runs"}
+    dots = [c for c in ax.collections if c.get_offsets().shape[0] == 2]
+    assert np.allclose(dots[0].get_offsets(), [[1e-3, 0.1], [1e-2, 0.5]])
+    fig = plot_lambda_curve(frame, backend="plotly")
+    names = [t.name for t in fig.data]
+    assert "held-out full runs" in names and fig.layout.xaxis.type == "log"
+    with pytest.raises(ValueError, match="lacks"):
+        compute_lambda_curve(pred, pd.DataFrame({"lam": [1e-3]}))

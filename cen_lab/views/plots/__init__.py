@@ -7,7 +7,7 @@ A few frames come from analyses outside this package: ``plot_fusion_results`` an
 ``cen_lab.fusion.compute_fusion_results`` and ``cen_lab.learning_curves.compute_learning_curves``;
 ``plot_prediction_ece`` takes ``cen_lab.miscalibration.compare_predictions``; the ``plot_regime_*`` take
 ``compare_regimes(...).calibration`` / ``.outcome``; ``plot_exchange_settling`` takes ``exchange_curves`` and
-``settling_table``. Plot functions
+``settling_table``; ``compute_lambda_curve`` takes ``cen_lab.predict_exchange``'s answer. Plot functions
 never show or save anything themselves; matplotlib figures are built without pyplot, so they leave no global
 state behind. ``plot_exchange_animation`` is plotly only (a step slider with a play button).
 """
@@ -21,6 +21,7 @@ from .exchange import (compute_exchange_animation, compute_exchange_maps, comput
 from .fusion import plot_fusion_results
 from .gammas import (compute_gamma_snapshot, compute_gamma_trajectories, compute_sparsity, plot_gamma_distributions, plot_gamma_snapshot,
                      plot_gamma_trajectories, plot_sparsity)
+from .lambdas import compute_lambda_curve, plot_lambda_curve
 from .learning import plot_exchange_settling, plot_learning_curves
 from .miscalibration import compute_drift, plot_drift, plot_prediction_ece
 from .regimes import plot_regime_calibration, plot_regime_outcome
@@ -40,5 +41,5 @@ __all__ = [
     "plot_training_curves", "compute_qq", "plot_controlled_check", "plot_corollary", "plot_dynamic_check",
     "plot_outcome", "plot_qq", "plot_reliability", "plot_fusion_results", "plot_regime_calibration",
     "plot_regime_outcome", "compute_drift", "plot_drift", "plot_prediction_ece",
-    "plot_learning_curves", "plot_exchange_settling",
+    "plot_learning_curves", "plot_exchange_settling", "compute_lambda_curve", "plot_lambda_curve",
 ]
