@@ -81,3 +81,19 @@ def test_scenarios_notebook_executes_at_tiny_size(tmp_path):
     summary = json.loads((figs / "summary.json").read_text())
     assert {r["task"] for r in summary["summary"]} == {"seg", "depth", "edges"}
     assert {r["task"] for r in summary["multitask_vs"]} == {"seg", "depth", "edges"}
+
+
+def test_choose_lambda_notebook_executes_at_tiny_size(tmp_path):
+    import json
+
+    figs = tmp_path / "figs"
+    run_notebook(NOTEBOOK_DIR / "choose_lambda.ipynb",
+                 {"preset": "tiny", "runs_dir": str(tmp_path / "runs"), "n_jobs": 1, "figures_dir": str(figs),
+                  "progress": False}, tmp_path, progress_bar=False)
+    for stem in ("three_runs", "lambda_curve"):
+        assert (figs / f"{stem}.png").stat().st_size > 1000
+    summary = json.loads((figs / "summary.json").read_text())
+    assert [r["lam"] for r in summary["prediction"]] == [1e-4, 1e-3, 1e-2]
+    assert [r["lam"] for r in summary["held_out"]] == [1e-3]
+    assert {r["setting"]: r["value"] for r in summary["regime"]}["evidence"].startswith("none: the tiny preset")
+    assert set(summary["diagnoses"][0]) >= {"measure", "collapsing", "no sparsity", "good", "rule"}

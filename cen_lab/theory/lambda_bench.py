@@ -10,8 +10,9 @@ t interval, the coverage of the prediction's intervals, and whether the goal (me
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from ..runs.reader import Run, load_run
 from .lambda_choice import predict_exchange
 
 __all__ = ["CASES", "GOAL", "PROBE_LAMS", "SINGLE_LAM", "lambda_config", "probe_config", "obtain_probe", "final_portion", "run_lambda_benchmark",
-           "lambda_summary", "write_summary"]
+           "lambda_summary", "write_summary", "EXAMPLE_SIZES", "LambdaExample", "lambda_example"]
 
 PROBE_LAMS = (7e-4, 2e-3, 7e-3)  # none of them a held-out lambda
 SINGLE_LAM = 2e-3  # the default's lam: the one probe a user would run first
@@ -165,3 +166,60 @@ def write_summary(validation: pd.DataFrame, runs_dir: str | Path) -> pd.DataFram
     with atomic_path(Path(runs_dir) / "lambda_summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     return summary
+
+
+# the choose_lambda notebook's sizes: "default" (the README's regime), "tiny" a smoke test (no evidence)
+EXAMPLE_SIZES: dict[str, dict] = {
+    "default": {"budget": 600, "probe_steps": 150, "probe_lams": PROBE_LAMS, "held_out": (5e-4, 1e-3, 3e-3, 5e-3),
+                "seeds": (1,), "grid": tuple(np.geomspace(1e-4, 1e-2, 11)), "no_sparsity_lam": 1e-4},
+    "tiny": {"budget": 40, "probe_steps": 24, "probe_lams": (5e-4, 2e-3), "held_out": (1e-3,), "seeds": (1,),
+             "grid": (1e-4, 1e-3, 1e-2), "no_sparsity_lam": 1e-5},
+}
+
+
+@dataclass
+class LambdaExample:
+    """What ``notebooks/choose_lambda.ipynb`` shows: three diagnosed runs, a prediction, held-out runs."""
+
+    runs: dict[str, Run]  # "collapsing" (the collapse preset), "no sparsity" (a tiny lambda), "good" (the default)
+    diagnoses: dict[str, Any]
+    comparison: pd.DataFrame  # compare_diagnoses of the three
+    prediction: Any  # ExchangePrediction from the probes
+    validation: pd.DataFrame  # lam, seed, actual: the held-out full runs' final portions
+    regime: pd.DataFrame  # setting, value
+
+
+def lambda_example(preset: str = "default", arch: str = "plain", runs_dir: str | Path = "runs/lambda",
+                   n_jobs: int = 2, progress: bool = True) -> LambdaExample:
+    """Train (or reuse, in ``runs_dir``; the same runs as ``cen-lab bench-lambda`` where the sizes agree) the
+    notebook's runs at the size ``EXAMPLE_SIZES[preset]`` and diagnose, probe and predict."""
+    from ..config import COLLAPSE_TRAIN
+    from ..experiments.diagnosis import compare_diagnoses, diagnose_runs
+    from ..experiments.regime import evidence, optimiser
+
+    if preset not in EXAMPLE_SIZES:
+        raise ValueError(f"preset must be one of {sorted(EXAMPLE_SIZES)}, got {preset!r}")
+    size = EXAMPLE_SIZES[preset]
+    budget, seeds = size["budget"], list(size["seeds"])
+    base = lambda_config(preset, arch, budget)
+    backend = "loky" if n_jobs > 1 else "serial"
+    variants = {"collapsing": dict(COLLAPSE_TRAIN), "no-sparsity": {"train.lam": size["no_sparsity_lam"]},
+                "good": {}}
+    three = sweep(base, {"seed": seeds[:1]}, runs_dir, variants=variants, backend=backend, n_jobs=n_jobs,
+                  progress=progress)
+    runs = {v.replace("-", " "): load_run(p) for v, p in zip(three["variant"], three["path"])}
+    diagnoses = diagnose_runs(runs)
+    probes = [obtain_probe(probe_config(preset, arch, budget, lam), size["probe_steps"], runs_dir, progress)[0]
+              for lam in size["probe_lams"]]
+    prediction = predict_exchange(probes, list(size["grid"]), budget)
+    held = sweep(base, {"train.lam": list(size["held_out"]), "seed": seeds}, runs_dir, backend=backend,
+                 n_jobs=n_jobs, progress=progress)
+    validation = pd.DataFrame({"lam": held["train.lam"].astype(float), "seed": held["seed"],
+                               "actual": [final_portion(load_run(p)) for p in held["path"]]})
+    rows = {"preset": preset, "architecture": arch, "budget (steps)": budget,
+            "probes": f"{size['probe_steps']} steps at lam {', '.join(f'{x:g}' for x in size['probe_lams'])}, seed 0",
+            "held-out runs": f"lam {', '.join(f'{x:g}' for x in size['held_out'])}; seeds {seeds}",
+            "optimiser": optimiser(runs["good"].config), "lam of the good run": f"{runs['good'].config.train.lam:g}",
+            "evidence": evidence(preset)}
+    regime = pd.DataFrame({"setting": list(rows), "value": [str(v) for v in rows.values()]})
+    return LambdaExample(runs, diagnoses, compare_diagnoses(diagnoses), prediction, validation, regime)
