@@ -95,7 +95,14 @@ def test_the_verdicts_carry_both_corrected_predictions(checked):
     corollary = pd.DataFrame(columns=["share_convs", "comparison", "n_seeds", "seeds_lower_with_exchange",
                                       "mean_delta", "ci_low", "ci_high", "verdict"])
     table = theorem.verdict_table(controlled, calibration, outcome, corollary, miscalibration=r)
-    rows = table[table["claim"].str.startswith("Corrected prediction")]
-    assert list(rows["claim"]) == [f"Corrected prediction {p}" for p in r.ece["predictor"].iloc[1:]]
+    # (a) is fitted on the outcome's own quantity: labelled a check of the Gaussian form, never a prediction
+    check, pred = r.ece["predictor"].iloc[1], r.ece["predictor"].iloc[2]
+    assert check.startswith("(a) check, not a prediction") and pred.startswith("(b) training-time")
+    assert table["claim"].str.contains("Corrected prediction (a)", regex=False).sum() == 0
+    assert list(table.loc[table["claim"].str.startswith("Corrected prediction"), "claim"]) == [
+        f"Corrected prediction {pred}"]
+    assert list(table.loc[table["claim"].str.startswith("Gaussian form of g"), "claim"]) == [
+        f"Gaussian form of g around a drift {check}"]
+    rows = table[table["claim"].str.startswith(("Corrected prediction", "Gaussian form of g"))]
     assert rows["number"].tolist() == r.ece["ece"].iloc[1:].tolist()
     assert rows["measured"].str.contains("of the formula's ECE on the same rows").all()

@@ -201,7 +201,8 @@ def test_theorem_notebook_writes_its_summary_and_figures(tiny_report):
     assert sum("(bottleneck, momentum 0)" in r["claim"] for r in summary["verdicts"]) == 2
     # section 6: the formula and the two corrected predictions on the same held-out rows
     assert [r["predictor"][:3] for r in summary["miscalibration"]["ece"]] == ["for", "(a)", "(b)"]
-    assert sum(r["claim"].startswith("Corrected prediction") for r in summary["verdicts"]) == 2
+    assert sum(r["claim"].startswith("Corrected prediction") for r in summary["verdicts"]) == 1  # (b)
+    assert sum(r["claim"].startswith("Gaussian form of g around a drift (a) check") for r in summary["verdicts"]) == 1
 
 
 def test_bring_your_own_notebook_in_the_report(tiny_report):

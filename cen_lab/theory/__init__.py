@@ -11,7 +11,7 @@ What lives here
 - ``corollary``: Corollary 1 (fine-tuning with and without exchange);
 - ``verdicts``: the verdict table with each number's interval and regime;
 - ``regimes``: the checks repeated for momentum 0 and 0.9 on both architectures;
-- ``miscalibration``: why the prediction is miscalibrated, and two corrected predictions scored on held-out data;
+- ``miscalibration``: why the prediction is miscalibrated, a check of its Gaussian form (a) and a corrected prediction (b), scored on held-out data;
 - ``zoo_check``: the local check on the zoo's reference-style example.
 
 What it may import: experiments, runs, network and everything below them; never views.

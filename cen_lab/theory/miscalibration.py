@@ -1,4 +1,5 @@
-"""Why Theorem 1's prediction is miscalibrated in trained networks, measured, and two corrected predictions.
+"""Why Theorem 1's prediction is miscalibrated in trained networks, measured; a check of the Gaussian form and a
+corrected prediction.
 
 At gamma = 0, ``g = dL/dgamma = sum_i (dL/dx'_i) x_hat_i`` over the n = batch x H x W positions of a channel. With
 ``x_hat`` independent of ``dL/dx'`` (the theorem's assumption), ``g ~ N(0, ||dL/dx'||^2)`` and the correlation
@@ -7,11 +8,15 @@ At gamma = 0, ``g = dL/dgamma = sum_i (dL/dx'_i) x_hat_i`` over the n = batch x 
 is ``z``, averaged over minibatches) and the mean and spread of ``g`` over minibatches: a drift (mean far from 0)
 is a different failure from a spread (std far from ``||dL/dx'||``).
 
-Two corrected predictions, each scored on data it was not fitted on (``compare_predictions``):
+Two corrected models, each scored on data it was not fitted on (``compare_predictions``), of which only (b) is a
+prediction:
 
 (a) ``gaussian``: ``P(|g| <= lam)`` with ``g ~ N(mu_g, sigma_g^2)`` per channel, ``mu_g`` and ``sigma_g`` estimated
     on the first half of a checkpoint's minibatches and tested on the other half. With ``mu_g = 0`` and
-    ``sigma_g = ||dL/dx'||`` it is the theorem's formula (``gaussian_attraction``).
+    ``sigma_g = ||dL/dx'||`` it is the theorem's formula (``gaussian_attraction``). **A check, not a prediction**:
+    it is fitted to the outcome's own quantity ``g`` of the same channel at the same checkpoint and scored on more
+    minibatches of it, so it tests that ``g`` is Gaussian around a drift; it cannot predict anything ``g`` was
+    not measured for.
 (b) ``training``: no gradient at gamma = 0. A logistic model of "attracted" on what a user logs during training
     (``log.grads``): ``log(lam / ||dL/dx'||)`` and ``dL/dgamma / ||dL/dx'||`` at the trained gamma, and
     ``log|gamma|``, fitted on the other seeds and tested on each held-out seed (leave one seed out), on the same
@@ -35,7 +40,11 @@ from ..runs.reader import Run
 from .formula import attraction_probability
 from .local_checks import calibration_summary
 
-__all__ = ["gaussian_attraction", "layer_sizes", "channel_statistics", "training_features", "fit_logistic",
+# the names of the two corrected models in every table and figure: (a) re-measures the outcome's own quantity
+CHECK_A = "(a) check, not a prediction: Gaussian g, same channel"
+PREDICTION_B = "(b) training-time features, other seeds"
+
+__all__ = ["CHECK_A", "PREDICTION_B", "gaussian_attraction", "layer_sizes", "channel_statistics", "training_features", "fit_logistic",
            "MiscalibrationResult", "compare_predictions"]
 
 _CHANNEL = ["run", "step", "layer", "modality", "channel"]
@@ -216,8 +225,8 @@ def compare_predictions(runs: Mapping[tuple[float, int], Run], local: pd.DataFra
     rows = []
     base = None
     for name, col in (("formula 2*Phi(lam/||dL/dx'||)-1", "predicted_formula"),
-                      ("(a) g ~ N(mu_g, sigma_g^2), held-out minibatches", "predicted_gaussian"),
-                      ("(b) training-time features, held-out seeds", "predicted_training")):
+                      (CHECK_A, "predicted_gaussian"),
+                      (PREDICTION_B, "predicted_training")):
         cal = calibration_summary(test.assign(predicted=test[col].clip(0, 1)), seed=seed)
         base = cal["ece"] if base is None else base
         rows.append({"predictor": name, "ece": cal["ece"], "ci_low": cal["ece_ci"][0], "ci_high": cal["ece_ci"][1],

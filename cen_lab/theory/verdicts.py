@@ -79,8 +79,9 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
     - Corollary 1: as ``corollary_summary`` says;
     - with ``comparison`` (``theorem_regimes.compare_regimes``): the calibration and outcome rules again for every
       training regime (architecture x momentum), each row stating its regime;
-    - with ``miscalibration`` (``miscalibration.compare_predictions``): the calibration rule for the two corrected
-      predictions on held-out data, with the share of the formula's ECE each removes.
+    - with ``miscalibration`` (``miscalibration.compare_predictions``): the calibration rule for the check (a)
+      ("Gaussian form of g around a drift": fitted on the outcome's own quantity, so not a prediction) and the
+      corrected prediction (b) on held-out data, with the share of the formula's ECE each removes.
     """
     rows = []
     frac, ci, verdict = _coverage(controlled["within_ci"].to_numpy(), level)
@@ -135,7 +136,9 @@ def verdict_table(controlled: pd.DataFrame, calibration: dict, outcome: pd.DataF
     if miscalibration is not None:
         extra = []
         for r in miscalibration.ece.iloc[1:].itertuples(index=False):
-            extra.append({"claim": f"Corrected prediction {r.predictor}",
+            check = r.predictor.startswith("(a)")  # fitted on the outcome's own quantity: not a prediction
+            extra.append({"claim": (f"Gaussian form of g around a drift {r.predictor}" if check
+                                    else f"Corrected prediction {r.predictor}"),
                           "measured": f"expected calibration error (tolerance {ece_tolerance}); removes "
                                       f"{r.explained:.0%} of the formula's ECE on the same rows",
                           "number": r.ece, "interval": [r.ci_low, r.ci_high],

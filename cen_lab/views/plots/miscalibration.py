@@ -1,5 +1,5 @@
 """Why Theorem 1's prediction is miscalibrated (``cen_lab.miscalibration``): drift against spread, and the ECE of
-the formula next to the two corrected predictions."""
+the formula next to the check (a) and the corrected prediction (b)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def plot_prediction_ece(frame: pd.DataFrame, *, backend: str = "matplotlib", fig
     """The ECE of each prediction on the same held-out rows, with its 95% bootstrap interval
     (``MiscalibrationResult.ece``)."""
     check_backend(backend)
-    title = "Calibration on held-out data"
+    title = "Calibration on held-out data: the formula, the check (a), the prediction (b)"
     labels = list(frame["predictor"])
     lo, hi = frame["ece"] - frame["ci_low"], frame["ci_high"] - frame["ece"]
     if backend == "plotly":
