@@ -12,7 +12,7 @@ import torch
 
 from cen_lab._util.atomic import atomic_write_json
 
-from . import diagnosis, local_check, suite, theorem_paths
+from . import diagnosis, local_check, probe, suite, theorem_paths
 
 # name -> (goal, direction): ">=" means at least, "<=" at most
 GOALS = {
@@ -28,12 +28,13 @@ GOALS = {
     "local_check_speedup": (3.0, ">="),
 }
 # reported beside the goals, without one
-REPORTED = ("diagnose_seconds_per_million_rows", "diagnose_seconds_at_10000_steps", "local_check_same_numbers", "local_check_forward_share", "theorem_fp32_throughput_speedup",
+REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10000", "three_probes_cost_share_at_10000",
+            "diagnose_seconds_per_million_rows", "diagnose_seconds_at_10000_steps", "local_check_same_numbers", "local_check_forward_share", "theorem_fp32_throughput_speedup",
             "theorem_bf16_step_speedup", "theorem_channels_last_step_speedup",
             "theorem_seed_batching_speedup", "bottleneck_theorem_bf16_step_speedup", "default_cen_bf16_step_speedup")
 PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,
          "observer": suite.bench_observer, "sweep": suite.bench_sweep, "theorem": theorem_paths.bench_theorem,
-         "local_check": local_check.bench_local_check, "diagnose": diagnosis.bench_diagnose}
+         "local_check": local_check.bench_local_check, "diagnose": diagnosis.bench_diagnose, "probe": probe.bench_probe}
 
 
 def main() -> int:

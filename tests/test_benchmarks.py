@@ -114,3 +114,11 @@ def test_theorem_benchmark_runs_at_tiny_size():
     assert {"final gamma", "final |gamma| mean", "final val miou/ensemble"} <= {
         r["quantity"] for r in out["precision_effect"]}
     assert set(bench_cli.GOALS) >= {"theorem_throughput_speedup"} and "theorem" in bench_cli.PARTS
+
+
+def test_probe_benchmark_runs_at_tiny_size():
+    from benchmarks.probe import bench_probe
+
+    out = bench_probe(preset="tiny", budget=40, probe_steps=10, threads=1)
+    assert 0 < out["probe_cost_share"] and out["probe_step_cost_ratio"] > 0
+    assert out["three_probes_cost_share_at_10000"] == pytest.approx(3 * out["probe_cost_share_at_10000"])
