@@ -84,7 +84,7 @@ def test_the_adam_schedule_moves_every_gamma_by_lr_a_step_whatever_lam(cosine):
 
 
 def _run(gamma: np.ndarray, penalised: np.ndarray, *, steps=None, grads: np.ndarray | None = None, config=None,
-         threshold=0.02, branches=("rgb", "depth")) -> Run:
+         threshold=0.02, branches=("rgb", "depth"), status="complete") -> Run:
     """A run from a hand-built gamma matrix [S, R] (one layer, R = M * C rows, branch-major)."""
     s, r = gamma.shape
     steps = np.arange(s) * 10 if steps is None else np.asarray(steps)
@@ -102,7 +102,7 @@ def _run(gamma: np.ndarray, penalised: np.ndarray, *, steps=None, grads: np.ndar
             dgamma=grads.ravel().astype("float32"), dxprime_norm=np.float32(1))
     manifest = {"threshold": threshold, "lam": 5e-3, "lam_per_step": 5e-3, "source": "trained" if config else "observed",
                 "branches": [{"name": b} for b in branches], "last_step": int(steps[-1]), "model_class": "hand-built",
-                "status": "complete"}
+                "status": status}
     return Run(Path("hand-built"), config, manifest, gam, pd.DataFrame(), pd.DataFrame(), gr)
 
 
@@ -145,9 +145,12 @@ def test_each_state_on_hand_built_tables():
     d = diagnose(_run(part, PEN))
     assert d.state == "settling" and "one-sided" in d.flags
     assert "rgb 0.500, depth 0.000" in d.table.set_index("measure").loc["under the threshold per branch", "value"]
-    # too early to tell: penalised gammas smaller, none crossed yet, no trend to speak of
+    # too early to tell: penalised gammas smaller, none crossed yet, no trend to speak of, the run still going
     early = np.where(PEN, 0.8 - t * 0.001, 1.0)
-    assert diagnose(_run(early, PEN)).state == "too early to tell"
+    assert diagnose(_run(early, PEN, status="incomplete")).state == "too early to tell"
+    # the same gammas in a finished run: it exchanged nothing, so it is not sparsifying (a lambda too small)
+    d = diagnose(_run(early, PEN))
+    assert d.state == "not sparsifying" and d.numbers["p_mannwhitney"] < 0.05
 
 
 def test_a_real_tiny_run_and_the_threshold_grid(tmp_path, capsys):

@@ -28,7 +28,9 @@ The states (``Diagnosis.state``, the first that holds; ``flags`` lists every one
     fewer than ``MIN_STEPS`` logged steps after the first, or no channel has crossed and none is on its way.
 ``not sparsifying``
     the penalised gammas are not smaller than the unpenalised ones at the last step (one-sided Mann-Whitney U
-    test, p >= 0.05) and no more of them are under the threshold.
+    test, p >= 0.05) and no more of them are under the threshold; or the run is finished (status complete) and
+    fewer than ``NO_EXCHANGE`` (1%) of its penalised gammas are under the threshold: it exchanges nothing,
+    however much its penalised gammas shrank.
 ``collapsing``
     90% or more of the penalised gammas are under the threshold, or heading there: the portion's trend over the
     last third of the run reaches 0.9 within the run's length again ("by step ...").
@@ -61,9 +63,10 @@ from ..runs.reader import Run, load_run
 from .learning_curves import plateau_step
 from .training import lr_at
 
-__all__ = ["MIN_STEPS", "STATES", "Diagnosis", "diagnose", "schedule_steps", "compare_diagnoses", "diagnose_runs"]
+__all__ = ["MIN_STEPS", "NO_EXCHANGE", "STATES", "Diagnosis", "diagnose", "schedule_steps", "compare_diagnoses", "diagnose_runs"]
 
 MIN_STEPS = 5  # logged steps a diagnosis needs
+NO_EXCHANGE = 0.01  # a finished run with fewer of its penalised gammas under the threshold is not sparsifying
 STATES = ("too early to tell", "not sparsifying", "collapsing", "importance-driven", "schedule-driven", "settling",
           "one-sided")
 
@@ -271,7 +274,7 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
             cluster = float(np.median(err / np.maximum(predicted[ok] - steps[0], 1)))
 
     flags = []
-    if final <= final_free + 0.02 and not (p_mw < 0.05):
+    if (final <= final_free + 0.02 and not (p_mw < 0.05)) or (run.status == "complete" and final < NO_EXCHANGE):
         flags.append("not sparsifying")
     if final >= 0.9 or (reach is not None and reach <= steps[-1] + span):
         flags.append("collapsing")
@@ -295,7 +298,8 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     table = pd.DataFrame([
         row("penalised under the threshold, last step", f"{final:.3f}", "", "collapsing: >= 0.9 or heading there"),
         row("unpenalised under the threshold (control)", f"{final_free:.3f}"),
-        row("penalised < unpenalised |gamma| (Mann-Whitney p)", f"{p_mw:.3g}", "", "not sparsifying: p >= 0.05"),
+        row("penalised < unpenalised |gamma| (Mann-Whitney p)", f"{p_mw:.3g}", "",
+            f"not sparsifying: p >= 0.05, or finished with < {NO_EXCHANGE:g} under the threshold"),
         row("trend reaches 0.9 by step", "" if reach is None else f"{reach:.0f}"),
         row("crossing vs schedule, median |error| / span", f"{cluster:.3f}", "", "schedule-driven: <= 0.2"),
         row("Spearman(crossing step, importance)", f"{rho:.3f}", f"{lo:.3f} to {hi:.3f}",
