@@ -85,9 +85,9 @@ def plot_lambda_curve(frame: pd.DataFrame, *, title: str | None = None, backend:
     ax = axes[0, 0]
     ax.axhspan(0.9, 1.02, color="#999999", alpha=0.15, lw=0)
     ax.axhspan(-0.02, 0.01, color="#999999", alpha=0.15, lw=0)
-    ax.text(1.0, 0.95, "collapsing", transform=ax.get_yaxis_transform(), ha="right", va="center", fontsize=7,
-            color="#555555")
-    ax.text(1.0, 0.0, "none", transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7,
+    ax.text(0.5, 0.95, "collapsing (>= 0.9)", transform=ax.get_yaxis_transform(), ha="center", va="center",
+            fontsize=7, color="#555555")  # the curve rises left to right: the middle and the right are clear
+    ax.text(0.99, 0.0, "none (< 0.01)", transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7,
             color="#555555")
     ax.fill_between(p["lam"], p["low"], p["high"], color=PREDICTION_COLOUR, alpha=0.2, lw=0, label=band)
     ax.plot(p["lam"], p["value"], "-o", color=PREDICTION_COLOUR, ms=3, label="predicted")
