@@ -92,11 +92,15 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
     with atomic_path(previous) as tmp:
         validation.to_csv(tmp, index=False)
     summary = lb.write_summary(validation, args.out)
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(validation.drop(columns=["regime"]).round(3).to_string(index=False))
+    shown = validation.drop(columns=["regime", "probe_lams", "probe_steps"]).round(3)
+    shown["lam"] = validation["lam"].map("{:g}".format)  # not rounded away
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(shown.to_string(index=False))
         print(f"\nPer architecture and budget (mean over held-out runs, 95% t interval; goal: mean abs error <= "
               f"{lb.GOAL}):")
-        print(summary.round(3).T.to_string(header=False))
+        print(summary.drop(columns=["regime"]).round(3).T.to_string(header=False))
+    for r in summary.itertuples(index=False):
+        print(f"regime of {r.arch}, budget {r.budget}: {r.regime}")
     print(f"\nwrote lambda_validation_all.csv and lambda_summary.csv in {args.out}")
     return 0
 

@@ -40,6 +40,7 @@ def test_prediction_on_a_tiny_probe(probe):
     assert np.all(np.diff(t["predicted"]) >= 0)
     assert np.all(np.diff(t["theorem1"]) >= 0)
     assert "probe" in str(pred) and "budget 60 steps" in pred.regime
+    assert "Adam lr 0.005 cosine" in pred.regime and "plain conv blocks" in pred.regime  # from the probe's config
 
 
 def _synthetic_probe(optimizer: str, lam: float, momentum: float = 0.0, steps: int = 200, budget: int = 400,
@@ -150,6 +151,7 @@ def test_an_observed_probe_of_a_foreign_model(tmp_path):
         predict_exchange(z.run, [1e-3])
     pred = predict_exchange(z.run, [1e-3, 1e-2], budget=600, optimizer="sgd", lr=0.05, momentum=0.9, n_boot=50)
     assert len(pred.table) == 2 and pred.budget == 600
+    assert "sgd (given) momentum 0.9" in pred.regime
     assert pred.fit.lam == pytest.approx(z.run.lam_per_step)
     assert pred.table["predicted"].iloc[1] >= pred.table["predicted"].iloc[0]
     assert fit_probe(z.run, 600, optimizer="sgd", lr=0.05, momentum=0.9).optimizer == "sgd"

@@ -199,8 +199,7 @@ def predict_exchange(probe: Run | str | Path | ProbeFit | Sequence[Run | str | P
     f0 = fits[0]
     u_sum = float(np.sum(f0.lrs))
     regime = (f"probe{'s' if len(fits) > 1 else ''} {', '.join(f.run for f in fits)}: {f0.probe_steps} steps at lam "
-              f"{', '.join(f'{f.lam:g}' for f in fits)}; {f0.optimizer}"
-              + (f" momentum {f0.momentum:g}" if f0.optimizer == "sgd" else "")
+              f"{', '.join(f'{f.lam:g}' for f in fits)}; {f0.describe}"
               + f"; budget {f0.budget} steps, lr sum {u_sum:.3g}; threshold {f0.threshold:g}")
     return ExchangePrediction(table, crossings, f0, f0.budget, level, regime, notes, fits)
 

@@ -42,6 +42,7 @@ class ProbeFit:
     h: pd.Series
     sxy: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))  # per-channel within sums, for h
     sxx: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    describe: str = ""  # the probe's training in words: architecture, optimiser, schedule (its config's, or given)
 
     @property
     def budget(self) -> int:
@@ -158,8 +159,15 @@ def fit_probe(probe: Run | str | Path, budget: int | None = None, *, optimizer: 
         dx = agg["dx"].reindex(idx).to_numpy(float)
     channels = ch[["layer", "branch", "channel"]].assign(gamma0=a[0], D=D, D_se=D_se, s=s, dx=dx,
                                                            layer_index=layer_idx)
+    if run.config is not None:
+        from ..experiments.regime import architecture, optimiser
+
+        describe = f"{architecture(run.config)}; {optimiser(run.config)}"
+    else:
+        describe = (f"{run.source} {run.manifest.get('model_class', 'model')}; {optimizer} (given)"
+                    + (f" momentum {momentum:g}" if optimizer == "sgd" else ""))
     return ProbeFit(run.path.name, float(lam), optimizer, momentum, float(thr), probe_steps, lrs, channels,
-                    pd.Series(h, index=pd.unique(ch["layer"])), sxy, sxx)
+                    pd.Series(h, index=pd.unique(ch["layer"])), sxy, sxx, describe)
 
 
 def _pooled_h(sxy: np.ndarray, sxx: np.ndarray, layer_idx: np.ndarray) -> np.ndarray:
