@@ -51,7 +51,7 @@ def test_the_summary_reports_errors_with_intervals_and_the_goal(bench):
     assert s["mean abs error"] == pytest.approx(table["abs_error"].mean())
     assert s["theorem1 mean abs error"] == pytest.approx(table["theorem1_abs_error"].mean())
     assert s[f"goal: mean error <= {lb.GOAL}"] == (table["abs_error"].mean() <= lb.GOAL)
-    assert s["probes' share of budget"] == pytest.approx(2 * 24 / 40)
+    assert s["probes' steps over the budget"] == pytest.approx(2 * 24 / 40)
     assert s["coverage"] == f"{int(table['in_interval'].sum())} of 2"
 
 

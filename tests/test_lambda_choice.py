@@ -41,6 +41,7 @@ def test_prediction_on_a_tiny_probe(probe):
     assert np.all(np.diff(t["theorem1"]) >= 0)
     assert "probe" in str(pred) and "budget 60 steps" in pred.regime
     assert "Adam lr 0.005 cosine" in pred.regime and "plain conv blocks" in pred.regime  # from the probe's config
+    assert "smoke test" in str(pred)  # the tiny preset's numbers carry no evidence
 
 
 def _synthetic_probe(optimizer: str, lam: float, momentum: float = 0.0, steps: int = 200, budget: int = 400,

@@ -147,7 +147,7 @@ def lambda_summary(validation: pd.DataFrame, level: float = 0.95) -> pd.DataFram
         slo, shi = _interval(one, level)
         rows.append({"arch": arch, "budget": int(budget), "probe steps": int(sub["probe_steps"].iloc[0]),
                      "probe lambdas": sub["probe_lams"].iloc[0],
-                     "probes' share of budget": float(sub["probe_steps"].iloc[0] * len(sub["probe_lams"].iloc[0]
+                     "probes' steps over the budget": float(sub["probe_steps"].iloc[0] * len(sub["probe_lams"].iloc[0]
                                                                                     .split(",")) / budget),
                      "held-out runs": len(sub), "lambdas": ", ".join(f"{x:g}" for x in sorted(sub["lam"].unique())),
                      "mean abs error": float(err.mean()), "error low": lo, "error high": hi,
@@ -204,8 +204,9 @@ def lambda_example(preset: str = "default", arch: str = "plain", runs_dir: str |
     budget, seeds = size["budget"], list(size["seeds"])
     base = lambda_config(preset, arch, budget)
     backend = "loky" if n_jobs > 1 else "serial"
-    variants = {"collapsing": dict(COLLAPSE_TRAIN), "no-sparsity": {"train.lam": size["no_sparsity_lam"]},
-                "good": {}}
+    grads = {"log.grads": True}  # the diagnosis's importance needs them
+    variants = {"collapsing": {**COLLAPSE_TRAIN, **grads}, "no-sparsity": {"train.lam": size["no_sparsity_lam"], **grads},
+                "good": grads}
     three = sweep(base, {"seed": seeds[:1]}, runs_dir, variants=variants, backend=backend, n_jobs=n_jobs,
                   progress=progress)
     runs = {v.replace("-", " "): load_run(p) for v, p in zip(three["variant"], three["path"])}
