@@ -107,6 +107,7 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
 
 def add_lambda_commands(sub) -> None:
     """Add ``suggest-lambda`` and ``bench-lambda`` to the CLI's subparsers."""
+    from .cli import _archs  # cen_lab.cli is loaded: it is the one calling
     p = sub.add_parser("suggest-lambda", help="predict the exchange of a lambda grid from a short probe")
     p.add_argument("probe", nargs="?", help="a probe run directory (trained with stop_at, or observed); default: "
                                             "train one from --preset/--arch")
@@ -130,11 +131,10 @@ def add_lambda_commands(sub) -> None:
 
     p = sub.add_parser("bench-lambda", help="validate suggest-lambda's prediction on held-out lambdas and seeds")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="preset (default: default)")
-    p.add_argument("--arch", default=list(ARCHS), type=lambda t: t.split(","), metavar="A,B",
-                   help="architectures (default: both)")
+    p.add_argument("--arch", default=list(ARCHS), type=_archs, metavar="A,B", help="architectures (default: both)")
     p.add_argument("--budgets", type=_ints, default=[600, 10_000], metavar="A,B",
                    help="budgets of cen_lab.theory.lambda_bench.CASES (default: 600,10000; 10000 is the paper's "
-                        "lam 2e-4, about 25 min a plain run on 2 cores)")
+                        "lam 2e-4, whose two runs take most of the benchmark's 1.5 hours)")
     p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")
     p.add_argument("--out", default="runs/lambda", metavar="DIR", help="where the runs go (default: runs/lambda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

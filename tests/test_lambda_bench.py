@@ -89,3 +89,6 @@ def test_suggest_lambda_errors_are_clear(tmp_path, capsys):
     assert "lambdas must be positive" in capsys.readouterr().err
     assert main(["bench-lambda", "--budgets", "123", "--out", str(tmp_path)]) == 2
     assert "--budgets must be some of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench-lambda", "--arch", "resnet", "--out", str(tmp_path)])
+    assert "unknown architecture 'resnet'" in capsys.readouterr().err
