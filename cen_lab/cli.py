@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/regime", metavar="DIR", help="where the runs go (default: runs/regime)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_regime)
-    add_lambda_commands(sub)  # suggest-lambda, bench-lambda
+    add_lambda_commands(sub, _archs)  # suggest-lambda, bench-lambda
 
     p = sub.add_parser("diagnose", help="what a run's exchange is doing: collapsing, schedule- or importance-driven, ...")
     p.add_argument("runs", nargs="+", help="run directories (trained, observed or imported)")

@@ -105,9 +105,9 @@ def cmd_bench_lambda(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_lambda_commands(sub) -> None:
-    """Add ``suggest-lambda`` and ``bench-lambda`` to the CLI's subparsers."""
-    from .cli import _archs  # cen_lab.cli is loaded: it is the one calling
+def add_lambda_commands(sub, archs_type) -> None:
+    """Add ``suggest-lambda`` and ``bench-lambda`` to the CLI's subparsers; ``archs_type`` is the CLI's argparse
+    type of ``--arch`` (``cen_lab.cli._archs``), passed in so that this module does not import ``cen_lab.cli``."""
     p = sub.add_parser("suggest-lambda", help="predict the exchange of a lambda grid from a short probe")
     p.add_argument("probe", nargs="?", help="a probe run directory (trained with stop_at, or observed); default: "
                                             "train one from --preset/--arch")
@@ -131,7 +131,7 @@ def add_lambda_commands(sub) -> None:
 
     p = sub.add_parser("bench-lambda", help="validate suggest-lambda's prediction on held-out lambdas and seeds")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="preset (default: default)")
-    p.add_argument("--arch", default=list(ARCHS), type=_archs, metavar="A,B", help="architectures (default: both)")
+    p.add_argument("--arch", default=list(ARCHS), type=archs_type, metavar="A,B", help="architectures (default: both)")
     p.add_argument("--budgets", type=_ints, default=[600, 10_000], metavar="A,B",
                    help="budgets of cen_lab.theory.lambda_bench.CASES (default: 600,10000; 10000 is the paper's "
                         "lam 2e-4, whose two runs take most of the benchmark's 1.5 hours)")
