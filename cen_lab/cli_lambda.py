@@ -36,14 +36,17 @@ def cmd_suggest_lambda(args: argparse.Namespace) -> int:
 
     try:
         if args.probe:
-            probe = args.probe
+            probes = list(args.probe)
         else:
             budget = args.budget or 600
             if args.probe_steps >= budget:
                 raise ValueError(f"--probe-steps ({args.probe_steps}) must be less than --budget ({budget})")
-            cfg = probe_config(args.preset, args.arch, budget, args.probe_lam, args.seed)
-            probe, _ = obtain_probe(cfg, args.probe_steps, args.runs_dir, progress=not args.no_progress)
-        pred = predict_exchange(probe, args.lams, args.budget, optimizer=args.optimizer, lr=args.lr,
+            bad = [x for x in args.probe_lams if not x > 0]
+            if not args.probe_lams or bad:
+                raise ValueError(f"--probe-lams must be positive, got {args.probe_lams}")
+            probes = [obtain_probe(probe_config(args.preset, args.arch, budget, lam, args.seed), args.probe_steps,
+                                   args.runs_dir, progress=not args.no_progress)[0] for lam in args.probe_lams]
+        pred = predict_exchange(probes, args.lams, args.budget, optimizer=args.optimizer, lr=args.lr,
                                 momentum=args.momentum, level=args.level)
     except ValueError as e:
         print(f"cen-lab: error: {e}", file=sys.stderr)
@@ -109,8 +112,9 @@ def add_lambda_commands(sub, archs_type) -> None:
     """Add ``suggest-lambda`` and ``bench-lambda`` to the CLI's subparsers; ``archs_type`` is the CLI's argparse
     type of ``--arch`` (``cen_lab.cli._archs``), passed in so that this module does not import ``cen_lab.cli``."""
     p = sub.add_parser("suggest-lambda", help="predict the exchange of a lambda grid from a short probe")
-    p.add_argument("probe", nargs="?", help="a probe run directory (trained with stop_at, or observed); default: "
-                                            "train one from --preset/--arch")
+    p.add_argument("probe", nargs="*", help="probe run directories (trained with stop_at, or observed; several at "
+                                            "different lambdas are interpolated); default: train them from "
+                                            "--preset/--arch at --probe-lams")
     p.add_argument("--lams", type=_floats, default=_floats(DEFAULT_GRID), metavar="A,B",
                    help=f"lambda grid, per step (default: {DEFAULT_GRID})")
     p.add_argument("--budget", type=int, help="steps of the full training (default: the probe's train.steps)")
@@ -122,7 +126,9 @@ def add_lambda_commands(sub, archs_type) -> None:
     p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="preset of the probe to train")
     p.add_argument("--arch", default="plain", choices=list(ARCHS), help="architecture of the probe to train")
     p.add_argument("--probe-steps", type=int, default=150, help="steps of the probe to train (default: 150)")
-    p.add_argument("--probe-lam", type=float, default=2e-3, help="lambda of the probe to train (default: 2e-3)")
+    p.add_argument("--probe-lams", type=_floats, default=[2e-3], metavar="A,B",
+                   help="lambdas of the probes to train (default: 2e-3; the README's validation uses "
+                        "7e-4,2e-3,7e-3, which errs about half as much)")
     p.add_argument("--seed", type=int, default=0, help="seed of the probe to train (default: 0)")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the probe is trained (default: runs)")
     p.add_argument("--out", metavar="CSV", help="also write the prediction table here")

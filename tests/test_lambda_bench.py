@@ -75,9 +75,15 @@ def test_suggest_lambda_trains_a_probe_and_prints_the_prediction(tmp_path, capsy
     assert "measured error on held-out lambdas is in the README" in out
     table = pd.read_csv(tmp_path / "p.csv")
     assert table["lam"].tolist() == [1e-4, 1e-3, 1e-2]
-    # the probe is now there: it can be given as a directory
+    # the probe is now there: it can be given as a directory, with others at other lambdas
     probe = tmp_path / "probe-tiny-plain-T40-lam0.002-s0"
     assert main(["suggest-lambda", str(probe), "--lams", "1e-3"]) == 0
+    assert main(["suggest-lambda", "--preset", "tiny", "--budget", "40", "--probe-steps", "24", "--probe-lams",
+                 "5e-4,2e-3", "--lams", "1e-3", "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    assert "probe: 24 steps at lam 0.0005, 0.002" in capsys.readouterr().out
+    assert main(["suggest-lambda", str(probe), str(tmp_path / "probe-tiny-plain-T40-lam0.0005-s0"), "--lams",
+                 "1e-3"]) == 0
+    assert "0.0005-0.002" in capsys.readouterr().out  # interpolated between the two probes
 
 
 def test_suggest_lambda_errors_are_clear(tmp_path, capsys):
