@@ -1,10 +1,15 @@
 """Which lambda? Predict the exchange a lambda will give from a short probe of the training.
 
 ``predict_exchange(probe, lams, budget)`` reads a probe, a run of the first few hundred steps of the training
-one wants (``cen_lab.train`` with ``stop_at``, or the user's own loop under ``cen_lab.observe``) at one lambda,
-and predicts, for every lambda of a grid, the portion of penalised gammas under the exchange threshold at the end
-of the budget, with an interval, and the state the run is expected to reach (``collapsing``, ``partial``,
-``none``).
+one wants (``cen_lab.train`` with ``stop_at``, or the user's own loop under ``cen_lab.observe``) at one or a few
+lambdas, and predicts, for every lambda of a grid, the portion of penalised gammas under the exchange threshold at
+the end of the budget, with an interval, and the state the run is expected to reach (``collapsing``,
+``partial``, ``none``).
+
+Measured (README, "Choosing lambda and the threshold"): with three 150-step probes of a 600-step budget, a mean
+absolute error of 0.038 (plain) and 0.023 (bottleneck) on held-out lambdas and seeds; at lambda 2e-4 with a
+10,000-step budget and 300-step probes, 0.35 on plain (a slow cascade the probes cannot see) and 0.031 on
+bottleneck.
 
 The model
 ---------
