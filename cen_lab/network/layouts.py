@@ -7,7 +7,9 @@ A layer is one BN position with M branches (modalities) of C channels. Three lay
 
 - cen_lab's ``ModalBatchNorm2d`` (gamma ``[M, C]`` in one parameter);
 - a module whose children are exactly M BatchNorm layers (the reference code's ``BatchNorm2dParallel``
-  with ``bn_0 ... bn_{M-1}``, or an ``nn.ModuleList`` of BNs), branch m being the m-th child;
+  with ``bn_0 ... bn_{M-1}``, or an ``nn.ModuleList`` of BNs), branch m being the m-th child; or exactly M affine
+  InstanceNorm layers of one type (the reference translation U-Net's ``InstanceNorm2dParallel``, children
+  ``insnorm_0 ... insnorm_{M-1}``);
 - an explicit list of per-modality BN modules: ``layers={"stem.bn": [model.rgb.bn1, model.depth.bn1]}``.
 
 ``layers`` is None (every layer of the first two layouts), a name or glob over module names (``"*.bn2"``), a
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..errors import ObserveError
 from .blocks import ModalBatchNorm2d
@@ -51,6 +54,9 @@ from .penalty import alternate_halves, sparsity_mask  # noqa: F401  (alternate_h
 __all__ = ["WRAPPER_PREFIXES", "unwrap", "strip_wrapper_prefix", "PENALISED_RULES", "BNLayer", "find_bn_layers", "resolve_layers", "penalised_masks", "alternate_halves"]
 
 PENALISED_RULES = ("disjoint", "alternate-halves", "all", "none")
+# the per-branch norms a layer may be made of: BatchNorm (segmentation), InstanceNorm (the reference's translation
+# U-Net: ``insnorm_0 ... insnorm_{M-1}`` children of ``insnorm_conv``); both need affine=True to have a gamma
+NORMS = (_BatchNorm, _InstanceNorm)
 
 
 # -- wrappers ---------------------------------------------------------------------------------------------------
@@ -132,17 +138,17 @@ def _is_stacked_bn(module: nn.Module) -> bool:
 
 def _bn_like(model: nn.Module) -> list[str]:
     """Names of every BatchNorm-like module of ``model`` (for error messages)."""
-    return [n or "<root>" for n, m in model.named_modules() if isinstance(m, _BatchNorm) or _is_stacked_bn(m)]
+    return [n or "<root>" for n, m in model.named_modules() if isinstance(m, NORMS) or _is_stacked_bn(m)]
 
 
 def _layer_of(name: str, module: nn.Module) -> BNLayer | None:
     """The layer ``module`` forms, or None when it is not one of the readable layouts."""
     if _is_stacked_bn(module):
         return BNLayer(name, (module,))
-    if isinstance(module, _BatchNorm):
+    if isinstance(module, NORMS):
         return None
     kids = [k for _, k in module.named_children()]
-    if kids and all(isinstance(k, _BatchNorm) for k in kids):
+    if kids and all(isinstance(k, NORMS) for k in kids) and len({type(k) for k in kids}) == 1:
         return BNLayer(name, tuple(kids))
     return None
 
@@ -161,8 +167,8 @@ def find_bn_layers(model: nn.Module) -> list[BNLayer]:
 def _check_layer(layer: BNLayer) -> BNLayer:
     for mod in layer.modules:
         if getattr(mod, "weight", None) is None or getattr(mod, "bias", None) is None:
-            raise ObserveError(f"layer {layer.name!r}: its BatchNorm has no affine gamma/beta (affine=False); "
-                               "there is no gamma to observe")
+            raise ObserveError(f"layer {layer.name!r}: its {type(mod).__name__} has no affine gamma/beta "
+                               "(affine=False); there is no gamma to observe")
     if layer.num_branches < 2:
         raise ObserveError(f"layer {layer.name!r} has M = {layer.num_branches} branch; a CEN layer needs M >= 2 "
                            "(one BatchNorm per modality)")
@@ -188,8 +194,9 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
         out = []
         for name, mods in layers.items():
             mods = tuple(mods)
-            if not mods or not all(isinstance(m, (_BatchNorm,)) or _is_stacked_bn(m) for m in mods):
-                raise ObserveError(f"layers[{name!r}] must be a list of BatchNorm modules, one per branch")
+            if not mods or not all(isinstance(m, NORMS) or _is_stacked_bn(m) for m in mods):
+                raise ObserveError(f"layers[{name!r}] must be a list of BatchNorm or InstanceNorm modules, one per "
+                                   "branch")
             out.append(_check_layer(BNLayer(str(name), mods)))
     else:
         candidates = find_bn_layers(model)
@@ -197,7 +204,8 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
             out = [_check_layer(c) for c in candidates]
             if not out:
                 raise ObserveError(f"{type(model).__name__} has no layer in a readable layout (ModalBatchNorm2d, or a "
-                                   f"module whose children are M BatchNorms); BN-like modules: {_bn_like(model)}")
+                                   f"module whose children are M BatchNorms or M affine InstanceNorms); BN-like "
+                                   f"modules: {_bn_like(model)}")
         else:
             patterns = [layers] if isinstance(layers, str) else list(layers)
             if not patterns:
