@@ -112,3 +112,98 @@ def test_instance_norm_without_affine_is_refused(tmp_path):
     with pytest.raises(ObserveError, match="InstanceNorm2d has no affine gamma"):
         cen_lab.observe(TinyTranslator(affine=False), tmp_path / "run", layers="*.insnorm_conv",
                         penalised="none")
+
+
+def _train_saving_lists(model, out, epochs: int = 6, steps_per_epoch: int = 2):
+    """The reference's way: after each epoch, torch.save the list of insnorm_conv weight Parameters."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    params = [p for n, p in model.named_parameters() if "insnorm_conv" in n and n.endswith("weight")]
+    saved = []
+    for epoch in range(epochs):
+        for s in range(steps_per_epoch):
+            xs, target = _batch(100 * epoch + s)
+            opt.zero_grad()
+            loss = sum(nn.functional.l1_loss(y, target) for y in model(xs))
+            loss = loss + 0.2 * sum(p.abs().sum() for p in params)
+            loss.backward()
+            opt.step()
+        torch.save(params, out / f"insnorm_params_{epoch:03d}.pth")
+        saved.append([p.detach().clone() for p in params])
+    return saved
+
+
+def test_the_reference_insnorm_params_lists_are_imported(tmp_path):
+    torch.manual_seed(0)
+    model = TinyTranslator(threshold=0.5)
+    ckpt = tmp_path / "insnorm_params"
+    ckpt.mkdir()
+    saved = _train_saving_lists(model, ckpt)
+    names = ["enc.0.insnorm_conv", "enc.1.insnorm_conv"]
+    run = cen_lab.import_checkpoints(ckpt, tmp_path / "run", layers=names, threshold=0.5,
+                                     penalised="alternate-halves", modality_names=["shade", "texture"],
+                                     progress=False)
+    assert run.manifest["state_dict_key"] == "<list>" and "NaN" in run.manifest["betas"]
+    assert sorted(run.gammas["step"].unique()) == list(range(6))  # file order: the epochs
+    for epoch, tensors in enumerate(saved):
+        g = run.gammas[run.gammas["step"] == epoch]
+        for k, t in enumerate(tensors):  # layer k // 2, domain k % 2, in parameter order
+            got = g[(g["layer"] == names[k // 2]) & (g["branch"] == k % 2)].sort_values("channel")["gamma"]
+            np.testing.assert_array_equal(got, t.numpy())
+    assert run.gammas["beta"].isna().all()
+    # the same model observed live marks the same gammas penalised: observe and import agree
+    live = cen_lab.observe(model, tmp_path / "live", layers="*.insnorm_conv", threshold=0.5,
+                           penalised="alternate-halves", modality_names=["shade", "texture"])
+    live.log(0)
+    live.close()
+    keys = ["layer", "branch", "channel"]
+    a = run.gammas[run.gammas["step"] == 5].sort_values(keys)
+    b = cen_lab.load_run(tmp_path / "live").gammas.sort_values(keys)
+    assert a["penalised"].tolist() == b["penalised"].tolist()
+    np.testing.assert_array_equal(a["gamma"].to_numpy(), b["gamma"].to_numpy())
+    assert cen_lab.diagnose(run).state in cen_lab.experiments.diagnosis.STATES
+    # default names when none are given; a count that does not split into layers of M is refused
+    run2 = cen_lab.import_checkpoints(ckpt, tmp_path / "run2", penalised="alternate-halves", progress=False)
+    assert sorted(run2.gammas["layer"].unique()) == ["insnorm_conv.0", "insnorm_conv.1"]
+    with pytest.raises(ObserveError, match="cannot be 3 branches per layer"):
+        cen_lab.import_checkpoints(ckpt, tmp_path / "run3", penalised="alternate-halves", branches=3,
+                                   progress=False)
+    torch.save([torch.zeros(2, 2)], tmp_path / "bad.pth")
+    with pytest.raises(ObserveError, match="not a list of 1-D gamma tensors"):
+        cen_lab.import_checkpoints([tmp_path / "bad.pth"], tmp_path / "run4", penalised="none", progress=False)
+
+
+def test_cen_lab_import_reads_lists_on_the_command_line(tmp_path, capsys):
+    from cen_lab.cli import main
+
+    torch.manual_seed(1)
+    ckpt = tmp_path / "insnorm_params"
+    ckpt.mkdir()
+    _train_saving_lists(TinyTranslator(), ckpt, epochs=3)
+    assert main(["import", str(ckpt), "--out", str(tmp_path / "run"), "--penalised", "alternate-halves",
+                 "--branches", "2", "--layers", "enc.0.insnorm_conv", "--layers", "enc.1.insnorm_conv",
+                 "--no-progress"]) == 0
+    assert "3 checkpoints as steps [0, 1, 2]" in capsys.readouterr().out
+    assert sorted(cen_lab.load_run(tmp_path / "run").gammas["layer"].unique()) == ["enc.0.insnorm_conv",
+                                                                                  "enc.1.insnorm_conv"]
+
+
+def test_figures_and_the_explorer_read_an_imported_list_run(tmp_path):
+    """The betas of list files are NaN: nothing that draws a run may choke on them."""
+    from cen_lab import plots
+    from cen_lab.views.widgets import explore
+
+    torch.manual_seed(2)
+    ckpt = tmp_path / "insnorm_params"
+    ckpt.mkdir()
+    _train_saving_lists(TinyTranslator(), ckpt, epochs=3)
+    run = cen_lab.import_checkpoints(ckpt, tmp_path / "run", threshold=0.5, penalised="alternate-halves",
+                                     progress=False)
+    traj = plots.compute_gamma_trajectories(run.gammas, run.branches)
+    snap = plots.compute_gamma_snapshot(run.gammas, run.threshold, run.branches)
+    for fig in (plots.plot_gamma_trajectories(traj, run.threshold), plots.plot_gamma_snapshot(snap, run.threshold),
+                plots.plot_exchange_maps(plots.compute_exchange_maps(run.exchange, run.branches)),
+                plots.plot_sparsity(plots.compute_sparsity(run.gammas, run.threshold, run.branches))):
+        assert fig.get_axes()
+    assert np.isfinite(traj["gamma"]).all()
+    ex = explore(run)
+    assert ex.steps == [0, 1, 2] and ex.figures["exchange"].get_axes()

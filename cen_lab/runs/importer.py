@@ -16,6 +16,16 @@ State dicts
   code's ``bn_0 ... bn_{M-1}``), branch m being the m-th child in key order. ``layers`` picks among them by
   name or glob, as for ``cen_lab.observe``; ``"alternate-halves"`` counts the gamma tensors in key order.
 
+Lists of gamma tensors
+----------------------
+The reference translation code saves, each epoch, the list of its ``insnorm_conv`` weight tensors
+(``insnorm_params_000.pth``, ...): the gammas of every encoder layer's M per-domain InstanceNorms, in parameter
+order (layer 0's domain 0, layer 0's domain 1, layer 1's domain 0, ...), without names or betas. Such a file is
+read as M consecutive tensors per layer (``branches``, default 2 or the number of ``modality_names``), the layers
+named by ``layers`` when it is a list of as many names, else ``insnorm_conv.0``, ``insnorm_conv.1``, ...; the
+betas, which the files do not hold, are logged as NaN (``manifest["betas"]`` says so). ``"alternate-halves"``
+then counts the tensors in the list's order, as the reference's filter did.
+
 Files that need code to unpickle (a pickled class, function or any other global outside torch's allow-list) are
 refused before anything in them runs: ``weights_only=True`` never executes it.
 
@@ -97,8 +107,35 @@ def _refusal(path: Path, error: Exception) -> str:
             "torch.save({'state_dict': model.state_dict(), 'epoch': epoch}, path)")
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
-    """Load one checkpoint safely: ``(state dict, top-level entries, where it was found)``.
+def _list_state(obj: Sequence[Any], path: Path, branches: int, names: Sequence[str] | None
+                ) -> dict[str, torch.Tensor]:
+    """The reference's list of gamma tensors as a state dict of M InstanceNorm-like children per layer (see the
+    module docstring); betas NaN, running means 0 (so that the layer reads as a norm)."""
+    if not obj or not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in obj):
+        raise ObserveError(f"{path}: holds a {type(obj).__name__} that is not a list of 1-D gamma tensors (the "
+                           "reference's insnorm_params lists are); nothing to import")
+    if branches < 2 or len(obj) % branches:
+        raise ObserveError(f"{path}: a list of {len(obj)} gamma tensors cannot be {branches} branches per layer; "
+                           + said("give branches=M", "give --branches M") + " (M consecutive tensors form a layer)")
+    n = len(obj) // branches
+    if names is not None and len(names) != n:
+        raise ObserveError(f"{path}: {len(names)} layer names for {n} layers of {branches} tensors each")
+    names = list(names) if names is not None else [f"insnorm_conv.{k}" for k in range(n)]
+    state: dict[str, torch.Tensor] = {}
+    for k, name in enumerate(names):
+        for i in range(branches):
+            w = obj[k * branches + i].detach().float()
+            state[f"{name}.insnorm_{i}.weight"] = w
+            state[f"{name}.insnorm_{i}.bias"] = torch.full_like(w, float("nan"))
+            state[f"{name}.insnorm_{i}.running_mean"] = torch.zeros_like(w)
+    return state
+
+
+def read_state_dict(path: str | Path, *, branches: int = 2, names: Sequence[str] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """Load one checkpoint safely: ``(state dict, top-level entries, where it was found)``. A list of gamma
+    tensors (the reference's ``insnorm_params_*.pth``) becomes a state dict of ``branches`` tensors per layer
+    named ``names`` (see the module docstring); ``where`` is then ``"<list>"``.
 
     Raises
     ------
@@ -114,6 +151,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise ObserveError(_refusal(path, e)) from None
     except Exception as e:  # truncated zip, not a torch file ...
         raise RunFormatError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(obj, (list, tuple)):
+        return _list_state(obj, path, branches, names), {}, "<list>"
     top = obj if isinstance(obj, Mapping) else {}
     where: list[str] = []
     for _ in range(5):
@@ -204,7 +243,7 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
                        steps: Sequence[int] | None = None, modality_names: Sequence[str] | None = None,
                        exchange: str | ExchangeFn = "mean", lam: float | None = None,
                        reference_lamda: float | None = None, overwrite: bool = False,
-                       progress: bool = True) -> Run:
+                       progress: bool = True, branches: int | None = None) -> Run:
     """Make a run with one logged step per checkpoint (gammas, betas and the exchange map ``threshold`` implies).
 
     Parameters
@@ -221,6 +260,10 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
         The step of each file; default from the files' entries, else their order.
     progress : bool
         A progress bar over the files.
+    branches : int, optional
+        For files that hold a list of gamma tensors (the reference's ``insnorm_params_*.pth``): M, the tensors per
+        layer (default: the number of ``modality_names``, else 2). ``layers`` may then be a list of the layers'
+        names.
 
     Returns
     -------
@@ -229,10 +272,13 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
         ``step_source``.
     """
     files = _files(paths)
+    m = branches if branches is not None else (len(modality_names) if modality_names is not None else 2)
+    names = (list(layers) if isinstance(layers, (list, tuple)) and not any(set("*?[") & set(str(x)) for x in layers)
+             else None)  # plain names (not globs) name the layers of list files
     # keep only the BN tensors and the step entries of each file: a series of large checkpoints fits in memory
     states, tops, where0 = [], [], None
     for f in files:
-        state, top, where = read_state_dict(f)
+        state, top, where = read_state_dict(f, branches=m, names=names)
         prefixes = _bn_prefixes(state)
         if not prefixes:
             raise ObserveError(f"{f}: no BatchNorm found in its state dict (under {where}): no prefix has .weight, "
@@ -251,6 +297,7 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
     order, step_source = _steps(files, tops, steps)
     ranked = sorted(range(len(files)), key=lambda i: order[i])
     manifest = {"step_source": step_source, "state_dict_key": where0,
+                **({"betas": "not in the files (lists of gammas): logged as NaN"} if where0 == "<list>" else {}),
                 "imported_files": [{"path": str(files[i].resolve()), "step": order[i]} for i in ranked],
                 "total_steps": order[ranked[-1]]}
     obs = _open(root, out_dir, source="imported", layers=layers, threshold=threshold, penalised=penalised,
