@@ -207,3 +207,42 @@ def test_figures_and_the_explorer_read_an_imported_list_run(tmp_path):
     assert np.isfinite(traj["gamma"]).all()
     ex = explore(run)
     assert ex.steps == [0, 1, 2] and ex.figures["exchange"].get_axes()
+
+
+@pytest.mark.parametrize("arch", ["plain", "bottleneck"])
+def test_cen_lab_networks_with_instance_norm(tmp_path, arch):
+    """model.norm = "instance": every private norm is the reference's InstanceNorm (per branch, affine, running
+    statistics for eval), and training, logging, exchange and observing work as with BatchNorm."""
+    from cen_lab.network.blocks import ModalBatchNorm2d
+
+    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"model.norm": "instance", "model.arch": arch,
+                                                            "train.lam": 0.05, "log.grads": True})
+    run = cen_lab.train(cfg, tmp_path / "run", progress=False)
+    assert run.complete and "instance norm" in cen_lab.diagnose(run).regime
+    model = run.load_model()
+    norms = [m for m in model.modules() if isinstance(m, ModalBatchNorm2d)]
+    assert norms and all(m.norm == "instance" for m in norms)
+    assert len(run.grads) and run.grads["dxprime_norm"].gt(0).any()
+    # one private norm against M torch InstanceNorm2d layers with the same parameters, in train and in eval mode
+    bn = norms[0]
+    ref = [nn.InstanceNorm2d(bn.num_features, affine=True, track_running_stats=True) for _ in range(bn.num_modalities)]
+    with torch.no_grad():
+        for m, r in enumerate(ref):
+            r.weight.copy_(bn.weight[m]), r.bias.copy_(bn.bias[m])
+            r.running_mean.copy_(bn.running_mean[m]), r.running_var.copy_(bn.running_var[m])
+    x = torch.randn(bn.num_modalities, 3, bn.num_features, 5, 5)
+    for training in (True, False):
+        bn.train(training)
+        [r.train(training) for r in ref]
+        with torch.no_grad():
+            got = bn(x)
+            want = torch.stack([r(x[m]) for m, r in enumerate(ref)])
+        torch.testing.assert_close(got, want)
+    for m, r in enumerate(ref):  # the training pass updated the running statistics alike
+        torch.testing.assert_close(bn.running_mean[m], r.running_mean)
+        torch.testing.assert_close(bn.running_var[m], r.running_var)
+    # the same parameters as a BatchNorm give other outputs: the statistics really are per sample
+    batch = ModalBatchNorm2d(bn.num_modalities, bn.num_features).train()
+    with torch.no_grad():
+        batch.weight.copy_(bn.weight), batch.bias.copy_(bn.bias)
+        assert not torch.allclose(batch(x), bn.train()(x), atol=1e-3)

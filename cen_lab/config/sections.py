@@ -43,6 +43,7 @@ __all__ = [
 EXCHANGE_MODES = ("mean", "cyclic", "random", "none")
 FUSIONS = ("cen", "early", "late", "aggregate-sum", "aggregate-concat")
 ARCHS = ("plain", "bottleneck")
+NORMS = ("batch", "instance")  # model.norm: the family of the private per-branch norms
 SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
 L1_RULES = ("subgradient", "proximal")
 OPTIMIZERS = ("sgd", "adam")
@@ -158,6 +159,8 @@ class ModelConfig:
     threshold: float = 2e-2  # |gamma| below this is exchanged
     share_convs: bool = True  # False gives each modality its own convolutions (an ablation)
     gamma_init: float = 1.0  # initial BN scaling factor (PyTorch's default is 1)
+    norm: str = "batch"  # the private norms: "batch" (BatchNorm) or "instance" (InstanceNorm, as the reference's
+    #                      translation U-Net; statistics per sample over space, running ones in eval mode)
     fusion: str = "cen"  # "cen"; baselines: "early" (inputs concatenated), "late" (logits averaged),
     #                      "aggregate-sum" / "aggregate-concat" (streams merged after block fusion_block)
     fusion_block: int = 1  # for "aggregate-*": the last block that still has one stream per modality
@@ -170,6 +173,7 @@ class ModelConfig:
                 f"model.strides must have one entry per block ({len(self.widths)}), got {len(self.strides)}"
             )
         _choice("model.arch", self.arch, ARCHS)
+        _choice("model.norm", self.norm, NORMS)
         _positive("model.expansion", self.expansion)
         _positive("model.stem_width", self.stem_width)
         for w in self.widths:

@@ -36,7 +36,7 @@ def architecture(cfg: ExperimentConfig) -> str:
     m = cfg.model
     exchange = "no exchange" if m.exchange == "none" else f"{m.exchange} exchange"
     fusion = "" if m.fusion == "cen" else f"{m.fusion} fusion, "
-    shared = "" if m.share_convs else ", unshared convs"
+    shared = ("" if m.share_convs else ", unshared convs") + ("" if m.norm == "batch" else f", {m.norm} norm")
     if m.arch == "bottleneck":
         body = f"bottlenecks {tuple(m.widths)} (bn2 at 1/{m.expansion}), stem {m.stem_width}, exchange at bn2: "
         return f"{body}{fusion}{exchange}{shared}"

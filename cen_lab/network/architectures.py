@@ -114,6 +114,9 @@ class CENNet(nn.Module):
             ModalConv2d(self.outputs, cin, spec.channels, 1, bias=True, share=config.share_convs) for spec in self.specs
         )
         self.alpha = nn.Parameter(torch.ones(t, self.outputs))  # [T, M] ensemble weights (before softmax)
+        for module in self.modules():  # every private norm, exchanging or not, of the family model.norm names
+            if isinstance(module, ModalBatchNorm2d):
+                module.norm = config.norm
 
     @property
     def task(self) -> str:

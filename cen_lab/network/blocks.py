@@ -51,7 +51,14 @@ class ModalBatchNorm2d(nn.Module):
         beta, ``[M, C]``.
     penalty_mask : torch.Tensor
         bool ``[M, C]``, which gammas carry the L1 penalty (all False outside CEN blocks).
+    norm : {"batch", "instance"}
+        ``"batch"``: BatchNorm, statistics over the batch and space. ``"instance"``: InstanceNorm as the
+        reference translation U-Net's (``nn.InstanceNorm2d(affine=True, track_running_stats=True)`` per branch):
+        statistics per sample and channel over space in training, the running ones in eval mode. The network
+        sets it from ``model.norm``.
     """
+
+    norm = "batch"
 
     def __init__(self, num_modalities: int, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
@@ -68,13 +75,19 @@ class ModalBatchNorm2d(nn.Module):
         ``[N, C, H, W]`` as a list (the exchange then writes them into one tensor without a stack copy)."""
         # running_mean[m] is a contiguous row view, so batch_norm's in-place update lands in the buffer.
         # unbind, not x[m]: the backward of M selects zero-fills and adds M full-size gradients; unbind's stacks once
+        if self.norm == "instance":
+            ys = [F.instance_norm(xm, self.running_mean[m], self.running_var[m], self.weight[m], self.bias[m],
+                                  self.training, self.momentum, self.eps)
+                  for m, xm in enumerate(x.unbind(0))]
+            return torch.stack(ys) if stacked else ys
         ys = [F.batch_norm(xm, self.running_mean[m], self.running_var[m], self.weight[m], self.bias[m],
                            self.training, self.momentum, self.eps)
               for m, xm in enumerate(x.unbind(0))]
         return torch.stack(ys) if stacked else ys
 
     def extra_repr(self) -> str:
-        return f"num_modalities={self.num_modalities}, num_features={self.num_features}"
+        extra = "" if self.norm == "batch" else f", norm={self.norm!r}"
+        return f"num_modalities={self.num_modalities}, num_features={self.num_features}{extra}"
 
 
 class _Exchanging(nn.Module):
