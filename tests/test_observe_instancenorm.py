@@ -246,3 +246,25 @@ def test_cen_lab_networks_with_instance_norm(tmp_path, arch):
     with torch.no_grad():
         batch.weight.copy_(bn.weight), batch.bias.copy_(bn.bias)
         assert not torch.allclose(batch(x), bn.train()(x), atol=1e-3)
+
+
+def test_the_theorem_check_warns_on_instance_norm(tmp_path):
+    """Theorem 1's local check is derived for BatchNorm: on InstanceNorm layers it says so instead of silently
+    using ||dL/dx'|| as the scale."""
+    from cen_lab import theorem
+
+    torch.manual_seed(0)
+    model = TinyTranslator(threshold=0.0)  # threshold 0: no exchange, the theorem's network
+
+    def loss_fn(m, batch):
+        xs, target = batch
+        return sum(nn.functional.l1_loss(y, target) for y in m(xs))
+
+    with pytest.warns(UserWarning, match="derived for BatchNorm; .* uses InstanceNorm"):
+        table = theorem.local_check_model(model, loss_fn, [_batch(0)], 0.01, layers="*.insnorm_conv",
+                                          penalised="alternate-halves", max_channels=2, progress=False)
+    assert len(table) == 2
+    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"model.norm": "instance", "model.exchange": "none"})
+    run = cen_lab.train(cfg, tmp_path / "run", progress=False)
+    with pytest.warns(UserWarning, match="derived for BatchNorm"):
+        theorem.local_check(run, n_batches=1)

@@ -18,7 +18,7 @@ from ..errors import ObserveError
 from ..network.blocks import ModalBatchNorm2d
 from ..network.layouts import unwrap
 from ..runs.observer import penalised_masks, resolve_layers
-from .zeroing import _local_frame, _zeroed_gradients
+from .zeroing import _local_frame, _zeroed_gradients, warn_if_instance_norm
 
 __all__ = ["BN_MODES", "local_check_model", "set_attribute", "exchange_is_off"]
 
@@ -172,6 +172,7 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
     twin = copy.deepcopy(unwrap(model))  # the layer names of observe, however the model is wrapped
     _set_bn_mode(twin, bn_mode)
     found = resolve_layers(twin, layers)
+    warn_if_instance_norm([m for la in found for m in la.modules], name)
     _, masks = penalised_masks(found, penalised, twin)
     if exchange_off is not None:
         exchange_off(twin)
