@@ -14,6 +14,12 @@ from ..errors import ConfigError
 from .validation import _field_names, _unknown_key
 
 
+def dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword overrides with ``__`` for dots (``train__lam=1e-3``, as the benchmarks' config makers take them) as
+    dotted keys (``{"train.lam": 1e-3}``)."""
+    return {k.replace("__", "."): v for k, v in overrides.items()}
+
+
 def apply_overrides(d: dict[str, Any], cls: type, updates: Mapping[str, Any]) -> dict[str, Any]:
     """``d`` (a config's ``to_dict``, changed in place and returned) with the dotted keys of ``updates`` replaced.
 

@@ -29,7 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from .._util.atomic import atomic_path
-from ..config import ARCHS, ExperimentConfig  # ARCHS: the default benchmark's architectures, plain first
+from ..config import ARCHS, ExperimentConfig, dotted  # ARCHS: the default benchmark's architectures, plain first
 from ..errors import said
 from ..runs.reader import load_run
 from .precision import name_suffix
@@ -101,7 +101,7 @@ def fusion_base(preset: str = "default", steps: int = 600, **overrides) -> Exper
             "train.lam": lam, "train.steps": steps,
             "train.ckpt_every": steps, "log.eval_every": max(1, steps // 10), "log.every": max(1, steps // 30),
             "model.fusion_block": 1}
-    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    base.update(dotted(overrides))
     base["name"] += name_suffix(base.get("train.precision", "fp32"))  # bf16 runs in their own folders
     if base.get("model.arch", "plain") != "plain":  # each architecture's runs in their own folders
         base["name"] += f"-{base['model.arch']}"

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from .._util.atomic import atomic_path
-from ..config import ARCHS, ExperimentConfig
+from ..config import ARCHS, ExperimentConfig, dotted
 from ..runs.reader import load_run
 from .diagnosis import diagnose
 from .fusion import _interval
@@ -45,7 +45,7 @@ def regime_config(preset: str = "default", arch: str = "plain", **overrides) -> 
     """``preset`` on ``arch`` with gradients logged (the diagnosis's importance needs them), named
     ``regime-<preset>-<arch>``; ``overrides`` are dotted keys with ``__`` for dots."""
     base = {"model.arch": arch, "log.grads": True, "name": f"regime-{preset}-{arch}"}
-    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    base.update(dotted(overrides))
     return ExperimentConfig.preset(preset).override(base)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .._util.atomic import atomic_path
-from ..config import ARCHS, ExperimentConfig
+from ..config import ARCHS, ExperimentConfig, dotted
 from ..experiments.diagnosis import diagnose
 from ..experiments.fusion import _interval
 from ..experiments.sweeps import sweep
@@ -41,7 +41,7 @@ def lambda_config(preset: str = "default", arch: str = "plain", budget: int = 60
     ``lambda-<preset>-<arch>-T<budget>`` (no gradients: only the final gammas are compared)."""
     base = {"model.arch": arch, "train.steps": budget, "log.grads": False,
             "name": f"lambda-{preset}-{arch}-T{budget}"}
-    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    base.update(dotted(overrides))
     return ExperimentConfig.preset(preset).override(base)
 
 
@@ -156,7 +156,7 @@ def lambda_summary(validation: pd.DataFrame, level: float = 0.95) -> pd.DataFram
                      "theorem1 mean abs error": float(th.mean()), "theorem1 low": tlo, "theorem1 high": thi,
                      "coverage": f"{int(sub['in_interval'].sum())} of {len(sub)}",
                      f"goal: mean error <= {GOAL}": bool(err.mean() <= GOAL),
-                     f"goal met by the interval's upper end": bool(hi <= GOAL),
+                     "goal met by the interval's upper end": bool(hi <= GOAL),
                      "regime": sub["regime"].iloc[0]})
     return pd.DataFrame(rows)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, dotted
 from ..experiments.precision import name_suffix
 from ..experiments.sweeps import run_name, sweep
 from ..runs.reader import Run, load_run
@@ -33,7 +33,7 @@ def theorem_base(preset: str = "default", steps: int = 400, l1_rule: str = "prox
             "train.l1_rule": l1_rule, "train.steps": steps, "train.ckpt_every": max(1, steps // checkpoints),
             "log.grads": True, "name": f"theorem-{preset}-{l1_rule}",
             "train.optimizer": "sgd", "train.lr": 0.05, "train.lr_schedule": "constant"}
-    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    base.update(dotted(overrides))
     base["name"] += name_suffix(base.get("train.precision", "fp32"))
     if base.get("model.share_convs") is False:
         base["name"] += "-unshared"
