@@ -61,7 +61,7 @@ from scipy import stats
 from ..errors import RunFormatError
 from ..runs.reader import Run, load_run
 from .learning_curves import plateau_step
-from .training import lr_at
+from .training import lr_rates
 
 __all__ = ["MIN_STEPS", "NO_EXCHANGE", "STATES", "Diagnosis", "diagnose", "schedule_steps", "compare_diagnoses", "diagnose_runs"]
 
@@ -231,7 +231,7 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     else:
         lr = cfg.train.lr
         if cfg.train.lr_schedule != "constant":
-            lr = np.array([lr_at(cfg.train, s) for s in range(int(steps[0]), cfg.train.steps)])
+            lr = lr_rates(cfg.train, int(steps[0]))
         t = schedule_steps(g[0, pen], thr, lr, run.lam_per_step or 0.0,
                            cfg.train.momentum if cfg.train.l1_rule == "subgradient" else 0.0, cfg.train.l1_rule,
                            optimizer=cfg.train.optimizer)

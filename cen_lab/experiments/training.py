@@ -54,7 +54,7 @@ from .precision import autocast, bf16_native
 log = logging.getLogger(__name__)
 
 __all__ = ["train", "resolve_device", "evaluate", "data_losses", "task_losses", "prediction_names",
-           "forward_backward", "penalised_update", "step_lam"]
+           "forward_backward", "penalised_update", "step_lam", "lr_at", "lr_rates"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,6 +146,11 @@ def lr_at(tcfg, step: int) -> float:
     if tcfg.lr_schedule == "cosine":
         return tcfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / tcfg.steps))
     return tcfg.lr
+
+
+def lr_rates(tcfg, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """``lr_at`` of every step from ``start`` to ``stop`` (default: ``tcfg.steps``) as an array."""
+    return np.array([lr_at(tcfg, s) for s in range(start, tcfg.steps if stop is None else stop)], dtype=np.float64)
 
 
 def penalised_update(optimizer: torch.optim.Optimizer, weights: list[torch.Tensor], masks: list[torch.Tensor],

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..experiments.diagnosis import _steps_matrix
-from ..experiments.training import lr_at
+from ..experiments.training import lr_rates
 from ..runs.reader import Run, load_run
 
 __all__ = ["MODELLED", "MIN_LOGS", "STRIDE", "ProbeFit", "fit_probe"]
@@ -56,11 +56,8 @@ def _lr_schedule(run: Run, budget: int | None, optimizer: str | None, lr, moment
         optimizer = optimizer or cfg.train.optimizer
         momentum = cfg.train.momentum if momentum is None else momentum
         budget = cfg.train.steps if budget is None else budget
-        if lr is None:
-            tcfg = cfg.train
-            steps = tcfg.steps
-            future = cfg.override({"train.steps": budget}).train
-            lr = [lr_at(tcfg if s < steps and budget == steps else future, s) for s in range(budget)]
+        if lr is None:  # the schedule over the budget (the probe's own when the budget is its train.steps)
+            lr = lr_rates(cfg.override({"train.steps": budget}).train)
         if cfg.train.l1_rule != "subgradient":
             raise ValueError(f"{run.path}: the probe uses the {cfg.train.l1_rule!r} L1 rule; the model knows the "
                              "subgradient rule only (the reference code's)")
