@@ -39,3 +39,14 @@ def test_regime_names_the_variants_and_the_smoke_test():
 def test_the_bottleneck_architecture_is_named():
     cfg = ExperimentConfig.preset("tiny").override({"model.arch": "bottleneck"})
     assert architecture(cfg) == "bottlenecks (8, 8) (bn2 at 1/2), stem 16, exchange at bn2: mean exchange"
+
+
+def test_one_rule_says_which_runs_are_smoke_tests():
+    from cen_lab.experiments.regime import is_smoke_test
+    from cen_lab.theory.lambda_bench import probe_config
+
+    tiny = ExperimentConfig.preset("tiny")
+    assert is_smoke_test(tiny) and is_smoke_test(tiny.override({"name": "tiny-3f2a"}))
+    assert is_smoke_test(probe_config("tiny", budget=40))  # named probe-tiny-..., of the tiny preset's size
+    assert not is_smoke_test(ExperimentConfig.preset("default"))
+    assert not is_smoke_test(probe_config("default"))

@@ -357,14 +357,13 @@ def _importance(grads: pd.DataFrame, crossings: pd.DataFrame) -> np.ndarray:
 
 
 def _regime(run: Run) -> str:
-    from .regime import SMOKE_PRESETS, SMOKE_TEST, architecture, optimiser
+    from .regime import SMOKE_TEST, architecture, is_smoke_test, optimiser
 
     m = run.manifest
     if run.config is None:
         return (f"{run.source} run, {m.get('model_class')}; {m.get('last_step')} steps; lam per step "
                 f"{run.lam_per_step}; threshold {run.threshold}")
     cfg = run.config
-    smoke = any(cfg.name == p or cfg.name.startswith(f"{p}-") for p in SMOKE_PRESETS)  # obtain_run: <preset>-<hash>
-    evidence = SMOKE_TEST if smoke else "one run"
+    evidence = SMOKE_TEST if is_smoke_test(cfg) else "one run"
     return (f"{architecture(cfg)}; {cfg.train.steps} steps; lam {cfg.train.lam} (per step {run.lam_per_step}); "
             f"{optimiser(cfg)}; L1 {cfg.train.l1_rule}; gamma init {cfg.model.gamma_init} (evidence: {evidence})")

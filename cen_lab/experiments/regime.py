@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from ..config import ExperimentConfig
 
-__all__ = ["SMOKE_PRESETS", "SMOKE_TEST", "evidence", "architecture", "optimiser", "regime_of", "regime_text"]
+__all__ = ["SMOKE_PRESETS", "SMOKE_TEST", "evidence", "is_smoke_test", "architecture", "optimiser", "regime_of", "regime_text"]
 
 SMOKE_PRESETS = frozenset({"tiny"})  # presets that only show that the code runs
 SMOKE_TEST = "none: the tiny preset is a smoke test"
@@ -29,6 +29,18 @@ def _values(xs: Iterable[Any]) -> str:
     except TypeError:  # mixed types
         uniq = sorted(uniq, key=str)
     return ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in uniq)
+
+
+def is_smoke_test(cfg: ExperimentConfig) -> bool:
+    """Whether a run of ``cfg`` is a smoke test: named after a smoke preset (``tiny``, or ``tiny-<hash>`` as
+    ``obtain_run`` names it), or of a smoke preset's size (its data and widths) whatever its name (the probes and
+    benchmark runs made from it, ``probe-tiny-...``)."""
+    for p in SMOKE_PRESETS:
+        preset = ExperimentConfig.preset(p)
+        if cfg.name == p or cfg.name.startswith(f"{p}-") or (cfg.data == preset.data
+                                                             and cfg.model.widths == preset.model.widths):
+            return True
+    return False
 
 
 def architecture(cfg: ExperimentConfig) -> str:

@@ -157,12 +157,10 @@ def fit_probe(probe: Run | str | Path, budget: int | None = None, *, optimizer: 
     channels = ch[["layer", "branch", "channel"]].assign(gamma0=a[0], D=D, D_se=D_se, s=s, dx=dx,
                                                            layer_index=layer_idx)
     if run.config is not None:
-        from ..config import ExperimentConfig
-        from ..experiments.regime import SMOKE_TEST, architecture, optimiser
+        from ..experiments.regime import SMOKE_TEST, architecture, is_smoke_test, optimiser
 
         describe = f"{architecture(run.config)}; {optimiser(run.config)}"
-        tiny = ExperimentConfig.preset("tiny")
-        if run.config.data == tiny.data and run.config.model.widths == tiny.model.widths:  # the smoke test's size
+        if is_smoke_test(run.config):
             describe += f" (evidence: {SMOKE_TEST})"
     else:
         describe = (f"{run.source} {run.manifest.get('model_class', 'model')}; {optimizer} (given)"
