@@ -105,7 +105,8 @@ def run_lambda_benchmark(runs_dir: str | Path, *, preset: str = "default", archs
                                         progress) for lam in probe_lams}
             probe_seconds = float(sum(sec for _, sec in probes.values()))
             prediction = predict_exchange([run for run, _ in probes.values()], list(lams), budget)
-            single = predict_exchange(probes[single_lam][0], list(lams), budget).table.set_index("lam")
+            fit = next(f for f in prediction.fits if f.lam == probes[single_lam][0].lam_per_step)  # fitted once
+            single = predict_exchange(fit, list(lams), budget).table.set_index("lam")
             table = sweep(lambda_config(preset, arch, budget), {"train.lam": list(lams), "seed": list(seeds)},
                           runs_dir, backend="loky" if n_jobs > 1 else "serial", n_jobs=n_jobs, progress=progress)
             pred = prediction.table.set_index("lam")

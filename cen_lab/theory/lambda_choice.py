@@ -246,20 +246,23 @@ def _predict_one(fit: ProbeFit, lams: list[float], level: float, n_boot: int, se
     D_noise = rng.standard_normal(boot_idx.shape)
     rows, cross_rows = [], []
     dist = c["gamma0"].to_numpy() - fit.threshold  # the distance to cover: strictly more than this
+    D_fit, s = c["D"].to_numpy(), c["s"].to_numpy()
+    # the bootstrap's replicates, the same for every lambda: resampled speeds, noises, decelerations, distances
+    D_b = D_fit[boot_idx] + c["D_se"].to_numpy()[boot_idx] * D_noise
+    s_b, dist_b = s[boot_idx], dist[boot_idx]
+    h_b = np.take_along_axis(h_boot, li[boot_idx], axis=1)
+    dx = c["dx"].to_numpy()
+    dx = dx[np.isfinite(dx)]  # empty without logged gradients
     for lam_ in lams:
-        D = speed_at(c["D"].to_numpy(), fit.lam, lam_, fit.optimizer, fit.momentum, c["s"].to_numpy())
+        D = speed_at(D_fit, fit.lam, lam_, fit.optimizer, fit.momentum, s)
         moved = relaxation(D, h, u[-1])
         point = float(np.mean(moved > dist))
-        Db = speed_at(c["D"].to_numpy()[boot_idx] + c["D_se"].to_numpy()[boot_idx] * D_noise, fit.lam, lam_,
-                      fit.optimizer, fit.momentum, c["s"].to_numpy()[boot_idx])
-        hb = np.take_along_axis(h_boot, li[boot_idx], axis=1)
-        boot = np.mean(relaxation(Db, hb, u[-1]) > dist[boot_idx], axis=1)
+        Db = speed_at(D_b, fit.lam, lam_, fit.optimizer, fit.momentum, s_b)
+        boot = np.mean(relaxation(Db, h_b, u[-1]) > dist_b, axis=1)
         lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
         lo, hi = min(lo, point), max(hi, point)
         steps = _crossing_steps(D, h, u, dist)
-        dx = c["dx"].to_numpy()
-        theorem = float(np.mean(attraction_probability(lam_, dx[np.isfinite(dx)]))) if np.isfinite(dx).any() \
-            else float("nan")  # no gradients logged
+        theorem = float(np.mean(attraction_probability(lam_, dx))) if len(dx) else float("nan")
         crossed = steps[steps >= 0]
         rows.append({"lam": lam_, "predicted": point, "low": float(lo), "high": float(hi),
                      "state": predicted_state(point), "theorem1": theorem,
