@@ -75,13 +75,10 @@ class ModalBatchNorm2d(nn.Module):
         ``[N, C, H, W]`` as a list (the exchange then writes them into one tensor without a stack copy)."""
         # running_mean[m] is a contiguous row view, so batch_norm's in-place update lands in the buffer.
         # unbind, not x[m]: the backward of M selects zero-fills and adds M full-size gradients; unbind's stacks once
-        if self.norm == "instance":
-            ys = [F.instance_norm(xm, self.running_mean[m], self.running_var[m], self.weight[m], self.bias[m],
-                                  self.training, self.momentum, self.eps)
-                  for m, xm in enumerate(x.unbind(0))]
-            return torch.stack(ys) if stacked else ys
-        ys = [F.batch_norm(xm, self.running_mean[m], self.running_var[m], self.weight[m], self.bias[m],
-                           self.training, self.momentum, self.eps)
+        # instance_norm takes batch_norm's arguments in the same order (use_input_stats: in training)
+        norm = F.instance_norm if self.norm == "instance" else F.batch_norm
+        ys = [norm(xm, self.running_mean[m], self.running_var[m], self.weight[m], self.bias[m], self.training,
+                   self.momentum, self.eps)
               for m, xm in enumerate(x.unbind(0))]
         return torch.stack(ys) if stacked else ys
 

@@ -56,7 +56,7 @@ __all__ = ["WRAPPER_PREFIXES", "unwrap", "strip_wrapper_prefix", "PENALISED_RULE
 PENALISED_RULES = ("disjoint", "alternate-halves", "all", "none")
 # the per-branch norms a layer may be made of: BatchNorm (segmentation), InstanceNorm (the reference's translation
 # U-Net: ``insnorm_0 ... insnorm_{M-1}`` children of ``insnorm_conv``); both need affine=True to have a gamma
-NORMS = (_BatchNorm, _InstanceNorm)
+NORM_TYPES = (_BatchNorm, _InstanceNorm)
 
 
 # -- wrappers ---------------------------------------------------------------------------------------------------
@@ -138,17 +138,17 @@ def _is_stacked_bn(module: nn.Module) -> bool:
 
 def _bn_like(model: nn.Module) -> list[str]:
     """Names of every BatchNorm-like module of ``model`` (for error messages)."""
-    return [n or "<root>" for n, m in model.named_modules() if isinstance(m, NORMS) or _is_stacked_bn(m)]
+    return [n or "<root>" for n, m in model.named_modules() if isinstance(m, NORM_TYPES) or _is_stacked_bn(m)]
 
 
 def _layer_of(name: str, module: nn.Module) -> BNLayer | None:
     """The layer ``module`` forms, or None when it is not one of the readable layouts."""
     if _is_stacked_bn(module):
         return BNLayer(name, (module,))
-    if isinstance(module, NORMS):
+    if isinstance(module, NORM_TYPES):
         return None
     kids = [k for _, k in module.named_children()]
-    if kids and all(isinstance(k, NORMS) for k in kids) and len({type(k) for k in kids}) == 1:
+    if kids and all(isinstance(k, NORM_TYPES) for k in kids) and len({type(k) for k in kids}) == 1:
         return BNLayer(name, tuple(kids))
     return None
 
@@ -194,7 +194,7 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
         out = []
         for name, mods in layers.items():
             mods = tuple(mods)
-            if not mods or not all(isinstance(m, NORMS) or _is_stacked_bn(m) for m in mods):
+            if not mods or not all(isinstance(m, NORM_TYPES) or _is_stacked_bn(m) for m in mods):
                 raise ObserveError(f"layers[{name!r}] must be a list of BatchNorm or InstanceNorm modules, one per "
                                    "branch")
             out.append(_check_layer(BNLayer(str(name), mods)))
