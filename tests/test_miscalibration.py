@@ -84,6 +84,12 @@ def test_drift_figure_and_prediction_figure():
     fig = plots.plot_prediction_ece(ece)
     assert [t.get_text() for t in fig.get_axes()[0].get_yticklabels()] == ["formula", "(a)", "(b)"]
     assert plots.plot_prediction_ece(ece, backend="plotly").data[0].y == ("formula", "(a)", "(b)")
+    # a long label is wrapped onto lines (the axes keep their width), every word kept
+    from cen_lab.theory.miscalibration import CHECK_A
+
+    fig = plots.plot_prediction_ece(ece.assign(predictor=["formula", CHECK_A, "(b)"]))
+    label = fig.get_axes()[0].get_yticklabels()[1].get_text()
+    assert "\n" in label and label.split() == CHECK_A.split()
 
 
 def test_the_verdicts_carry_both_corrected_predictions(checked):

@@ -3,6 +3,8 @@ the formula next to the check (a) and the corrected prediction (b)."""
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 
@@ -56,12 +58,12 @@ def plot_prediction_ece(frame: pd.DataFrame, *, backend: str = "matplotlib", fig
     """The ECE of each prediction on the same held-out rows, with its 95% bootstrap interval
     (``MiscalibrationResult.ece``)."""
     check_backend(backend)
-    title = "Calibration on held-out data: the formula, the check (a), the prediction (b)"
-    labels = list(frame["predictor"])
+    title = "Calibration on held-out data"  # the labels say which is a check and which a prediction
+    labels = [textwrap.fill(str(p), 28) for p in frame["predictor"]]  # wrapped: long labels squeeze the axes
     lo, hi = frame["ece"] - frame["ci_low"], frame["ci_high"] - frame["ece"]
     if backend == "plotly":
         fig = plotly_grid(1, 1, [title], height_per_row=260)
-        fig.add_scatter(x=frame["ece"], y=labels, mode="markers", error_x=dict(type="data", array=hi, arrayminus=lo),
+        fig.add_scatter(x=frame["ece"], y=[t.replace("\n", "<br>") for t in labels], mode="markers", error_x=dict(type="data", array=hi, arrayminus=lo),
                         marker=dict(color=ENSEMBLE_COLOUR, size=10), showlegend=False)
         fig.update_xaxes(title_text="ECE (0 = calibrated)", rangemode="tozero")
         fig.update_yaxes(autorange="reversed")
