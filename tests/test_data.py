@@ -140,3 +140,40 @@ def test_manifest_disagreements_and_corruption(tmp_path):
 def test_missing_modality_is_named():
     with pytest.raises(DataFormatError, match="no modality 'thermal'"):
         load_data(DataConfig(source="scenes-seg", modalities=("rgb", "thermal")))
+
+
+# sha256 of each array's bytes as committed before the translation target existed: adding ``shade`` must not
+# change a bit of them (the generator draws nothing for it)
+_ARRAYS_BEFORE_SHADE = {
+    "scenes-seg": {"rgb": "cf7197e4279cc014", "depth": "00d9e9d5f4151256", "edges": "63834a7033747e2b",
+                   "labels": "1dd6757235107460", "split": "b4e3e68c401673d8"},
+    "scenes-cls": {"rgb": "830cf56fff777f06", "depth": "be8b24c8cd25a023", "edges": "5a8fef1e0a83abc7",
+                   "labels": "a97a7e402947b0ce", "split": "c405fbe25b08f4ec"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ARRAYS_BEFORE_SHADE))
+def test_shade_target_is_added_and_the_other_arrays_are_unchanged(name):
+    import hashlib
+
+    with np.load(canonical_path(name)) as z:
+        arrays = {k: z[k] for k in z.files}
+    for key, digest in _ARRAYS_BEFORE_SHADE[name].items():
+        assert hashlib.sha256(np.ascontiguousarray(arrays[key]).tobytes()).hexdigest()[:16] == digest, key
+    shade, rgb = arrays["shade"], arrays["rgb"]
+    assert shade.dtype == np.uint8 and shade.shape == rgb.shape
+    fresh = generate_scenes(CANONICAL[name])["shade"]
+    assert np.array_equal(fresh, shade)  # reproducible bit for bit
+
+
+def test_shade_is_lambertian_over_the_noise_free_scene():
+    from cen_lab.data.scenes import AMBIENT, LIGHT, shade_scene
+
+    albedo = np.full((3, 8, 8), 0.5)
+    flat = shade_scene(albedo, np.zeros((8, 8)))
+    assert np.allclose(flat, 0.5 * (AMBIENT + (1 - AMBIENT) * LIGHT[2]))  # normal (0, 0, 1)
+    # a slope falling to the right faces right, away from a light on the left: darker than flat; rising, brighter
+    assert (shade_scene(albedo, np.tile(np.linspace(1, 0, 8), (8, 1))) < flat).all()
+    assert (shade_scene(albedo, np.tile(np.linspace(0, 1, 8), (8, 1))) > flat).all()
+    steep = shade_scene(albedo, np.tile(np.linspace(50, 0, 8), (8, 1)))  # facing away entirely: ambient only
+    assert np.allclose(steep, 0.5 * AMBIENT, atol=1e-2)

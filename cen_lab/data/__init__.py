@@ -7,7 +7,7 @@ import dataclasses
 from ..config import DataConfig
 from .canonical import CANONICAL, canonical_path, load_canonical, write_canonical
 from .io import MultimodalDataset, content_sha256, load_dataset, save_dataset
-from .scenes import MODALITY_CHANNELS, class_names, generate_scenes
+from .scenes import MODALITY_CHANNELS, TARGET_CHANNELS, class_names, generate_scenes
 
 __all__ = [
     "CANONICAL",
@@ -31,17 +31,16 @@ def load_data(cfg: DataConfig) -> MultimodalDataset:
     if cfg.source == "generate":
         p = cfg.scene
         arrays = generate_scenes(p)
-        unknown = [m for m in cfg.modalities if m not in MODALITY_CHANNELS]
+        made = {**MODALITY_CHANNELS, **TARGET_CHANNELS}
+        unknown = [m for m in cfg.modalities if m not in made]
         if unknown:
             from ..errors import ConfigError
 
-            raise ConfigError(
-                f"data.modalities: the generator makes {list(MODALITY_CHANNELS)}, not {unknown[0]!r}"
-            )
+            raise ConfigError(f"data.modalities: the generator makes {list(made)}, not {unknown[0]!r}")
         manifest = {"task": p.task, "num_classes": p.num_classes, "generator": dataclasses.asdict(p)}
-        inputs = {m: arrays[m].astype("float32") / 255.0 for m in MODALITY_CHANNELS}
+        inputs = {m: arrays[m].astype("float32") / 255.0 for m in made}
         ds = MultimodalDataset(
-            tuple(MODALITY_CHANNELS), inputs, arrays["labels"].astype("int64"), arrays["split"],
+            tuple(made), inputs, arrays["labels"].astype("int64"), arrays["split"],
             p.task, p.num_classes, tuple(class_names(p.num_classes)), manifest,
         )
         return ds.select(cfg.modalities)

@@ -30,7 +30,7 @@ def canonical_path(name: str, data_dir: str | Path | None = None) -> Path:
 def write_canonical(name: str, data_dir: str | Path | None = None) -> Path:
     """Generate canonical dataset ``name`` and write it (arrays and manifest) into ``data_dir``."""
     from .io import save_dataset
-    from .scenes import MODALITY_CHANNELS, class_names, generate_scenes
+    from .scenes import MODALITY_CHANNELS, TARGET_CHANNELS, class_names, generate_scenes
 
     import dataclasses
 
@@ -41,8 +41,8 @@ def write_canonical(name: str, data_dir: str | Path | None = None) -> Path:
         "task": params.task,
         "num_classes": params.num_classes,
         "class_names": class_names(params.num_classes),
-        "modalities": list(MODALITY_CHANNELS),
-        "channels": dict(MODALITY_CHANNELS),
+        "modalities": list(MODALITY_CHANNELS) + list(TARGET_CHANNELS),
+        "channels": {**MODALITY_CHANNELS, **TARGET_CHANNELS},
         "n_train": params.n_train,
         "n_val": params.n_val,
         "image_size": params.image_size,

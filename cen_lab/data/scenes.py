@@ -13,6 +13,13 @@ with probability ``camouflage`` the background takes the colour of one of the ma
 outlines of those objects in rgb (depth still shows them). A third modality, ``edges``, shows the
 class-agnostic object boundaries (for M = 3 experiments).
 
+A fourth array, ``shade``, is the target of the translation task (``cen_lab.network.tasks``): the scene rendered
+with Lambertian shading, ``albedo * (AMBIENT + (1 - AMBIENT) * max(0, n . LIGHT))``, from the noise-free colours
+(the albedo that rgb shows with noise) and the surface normals of the noise-free height map (the shape that depth
+shows with noise and holes). Neither input alone determines it: rgb has no shape, depth no colour (the toy
+analogue of the TPAMI paper's shade + texture -> RGB). It is computed without drawing from the generator, so the
+other arrays are the same bit for bit as before it existed.
+
 Everything is drawn from one ``numpy.random.Generator`` seeded by ``SceneParams.seed`` in a fixed order,
 and arrays are quantised to uint8, so the same parameters give bit-identical arrays.
 """
@@ -25,7 +32,8 @@ import numpy as np
 
 from ..config import MODALITY_NAMES, SceneParams
 
-__all__ = ["MATERIALS", "GEOMETRIES", "class_names", "class_grid", "generate_scenes"]
+__all__ = ["MATERIALS", "GEOMETRIES", "MODALITY_CHANNELS", "TARGET_CHANNELS", "class_names", "class_grid",
+           "shade_scene", "generate_scenes"]
 
 # name -> rgb colour in [0, 1]
 MATERIALS: dict[str, tuple[float, float, float]] = {
@@ -36,6 +44,10 @@ MATERIALS: dict[str, tuple[float, float, float]] = {
 }
 GEOMETRIES = ("box", "dome", "cone", "wedge")
 MODALITY_CHANNELS = {"rgb": 3, "depth": 1, "edges": 1}
+TARGET_CHANNELS = {"shade": 3}  # arrays made to be predicted (translation targets), not fed as input by default
+LIGHT = np.array([-1.0, -1.0, 1.5]) / np.sqrt(4.25)  # (x, y, z) direction towards the light: from the top left
+AMBIENT = 0.3  # the shade of a surface facing away from the light, relative to its albedo
+RELIEF = 0.25  # a height change of 1 (heights are [0, 1] intensities) rises RELIEF * image side pixels
 
 
 def class_grid(num_classes: int) -> list[tuple[int, int]]:
@@ -69,6 +81,20 @@ def _quantise(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def shade_scene(albedo: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """Lambertian rendering ``[3, H, W]`` in [0, 1] of an albedo ``[3, H, W]`` over a height map ``[H, W]``.
+
+    The normal of the surface ``z = height * RELIEF * H`` (in pixel units) is dotted with ``LIGHT``; the shade
+    is ``albedo * (AMBIENT + (1 - AMBIENT) * max(0, n . LIGHT))``.
+    """
+    z = height * (RELIEF * height.shape[0])
+    dz_dy, dz_dx = np.gradient(z)
+    normal = np.stack([-dz_dx, -dz_dy, np.ones_like(z)])
+    normal /= np.linalg.norm(normal, axis=0, keepdims=True)
+    lit = np.clip(np.tensordot(LIGHT, normal, axes=1), 0.0, None)
+    return np.clip(albedo, 0.0, 1.0) * (AMBIENT + (1.0 - AMBIENT) * lit)[None]
+
+
 def generate_scenes(params: SceneParams) -> dict[str, np.ndarray]:
     """Generate ``params.n_train + params.n_val`` scenes.
 
@@ -82,7 +108,8 @@ def generate_scenes(params: SceneParams) -> dict[str, np.ndarray]:
     dict of numpy arrays
         ``rgb`` uint8 ``[N, 3, H, W]``, ``depth`` uint8 ``[N, 1, H, W]``, ``edges`` uint8 ``[N, 1, H, W]``
         (intensity = value / 255); ``labels`` uint8 ``[N, H, W]`` for ``task="seg"`` or ``[N]`` for
-        ``task="cls"`` (the class of the object with the most visible pixels); ``split`` uint8 ``[N]``,
+        ``task="cls"`` (the class of the object with the most visible pixels); ``shade`` uint8 ``[N, 3, H, W]``
+        (the translation target, see the module docstring); ``split`` uint8 ``[N]``,
         0 for the first ``n_train`` (train) and 1 for the rest (validation).
     """
     rng = np.random.default_rng(params.seed)
@@ -95,6 +122,7 @@ def generate_scenes(params: SceneParams) -> dict[str, np.ndarray]:
     rgb = np.empty((n, 3, s, s), np.uint8)
     depth = np.empty((n, 1, s, s), np.uint8)
     edges = np.empty((n, 1, s, s), np.uint8)
+    shade = np.empty((n, 3, s, s), np.uint8)
     seg = np.zeros((n, s, s), np.uint8)
     cls = np.zeros(n, np.uint8)
 
@@ -135,6 +163,7 @@ def generate_scenes(params: SceneParams) -> dict[str, np.ndarray]:
         boundary[:, 1:] |= instance[:, 1:] != instance[:, :-1]
         boundary[1:, :] |= instance[1:, :] != instance[:-1, :]
 
+        shade[i] = _quantise(shade_scene(img, height))  # noise-free colours and shape; draws nothing
         img = img + rng.normal(0.0, params.rgb_noise, size=img.shape)
         height = height + rng.normal(0.0, params.depth_noise, size=height.shape)
         height[rng.random(size=height.shape) < params.depth_dropout] = 0.0  # sensor holes
@@ -149,6 +178,7 @@ def generate_scenes(params: SceneParams) -> dict[str, np.ndarray]:
 
     out = {"rgb": rgb, "depth": depth, "edges": edges}
     assert tuple(out) == MODALITY_NAMES
+    out["shade"] = shade
     out["labels"] = seg if params.task == "seg" else cls
     out["split"] = np.repeat(np.array([0, 1], np.uint8), [params.n_train, params.n_val])
     return out
