@@ -2,7 +2,8 @@
 
 What lives here
 ---------------
-- ``sections``: the dataclasses, the presets, and the choices each field takes;
+- ``sections``: the dataclasses, the presets, and the choices each field takes (``scenes``: the generator's
+  parameters and the canonical datasets);
 - ``validation``: the field checks and the dict <-> dataclass conversion (unknown keys refused, with a suggestion);
 - ``overrides``: dotted-key changes (``--set train.lam=1e-3``, notebook parameters, ``override``).
 

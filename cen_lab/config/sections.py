@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from .overrides import apply_overrides
+from .scenes import CANONICAL_SCENES, TASKS, SceneParams
 from .validation import _choice, _from_dict, _positive, _to_dict
 
 __all__ = [
@@ -42,63 +43,16 @@ __all__ = [
 
 EXCHANGE_MODES = ("mean", "cyclic", "random", "none")
 FUSIONS = ("cen", "early", "late", "aggregate-sum", "aggregate-concat")
-ARCHS = ("plain", "bottleneck")
+ARCHS = ("plain", "bottleneck", "unet")
 NORMS = ("batch", "instance")  # model.norm: the family of the private per-branch norms
 SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
 L1_RULES = ("subgradient", "proximal")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16")  # of the training forward pass (cen_lab.experiments.precision); parameters stay fp32
-TASKS = ("seg", "cls")
-PREDICTION_TASKS = ("seg", "cls", "depth", "edges")  # what a network's heads can predict (cen_lab.network.tasks)
+PREDICTION_TASKS = ("seg", "cls", "depth", "edges", "shade")  # what a network's heads can predict (cen_lab.network.tasks)
 EXCHANGE_BETWEEN = ("auto", "modalities", "tasks", "both")
 MODALITY_NAMES = ("rgb", "depth", "edges")
-
-
-@dataclass(frozen=True)
-class SceneParams:
-    """Parameters of the procedural RGB-D-like scene generator (``cen_lab.data.scenes``).
-
-    Object classes combine a *material* (seen only in rgb) with a *geometry* (seen only in depth), so
-    neither modality alone identifies the class; camouflaged scenes hide object outlines in rgb.
-    """
-
-    task: str = "seg"  # "seg": per-pixel labels; "cls": label of the largest object
-    image_size: int = 32  # height = width, pixels
-    num_classes: int = 5  # including background (class 0)
-    n_train: int = 512
-    n_val: int = 128
-    max_objects: int = 3  # objects per scene, uniform in 1..max_objects
-    rgb_noise: float = 0.08  # std of additive Gaussian noise, in [0, 1] intensity units
-    depth_noise: float = 0.05
-    edges_noise: float = 0.1
-    depth_dropout: float = 0.02  # fraction of depth pixels lost (set to 0), as in real sensors
-    camouflage: float = 0.3  # probability that a scene's background takes one material's colour
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _choice("data.scene.task", self.task, TASKS)
-        if self.image_size < 8:
-            raise ConfigError(f"data.scene.image_size must be >= 8, got {self.image_size}")
-        if not 3 <= self.num_classes <= 17:
-            raise ConfigError(f"data.scene.num_classes must be in 3..17, got {self.num_classes}")
-        _positive("data.scene.n_train", self.n_train)
-        _positive("data.scene.n_val", self.n_val)
-        _positive("data.scene.max_objects", self.max_objects)
-        for name in ("rgb_noise", "depth_noise", "edges_noise"):
-            _positive(f"data.scene.{name}", getattr(self, name), strict=False)
-        for name in ("depth_dropout", "camouflage"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ConfigError(f"data.scene.{name} must be in [0, 1], got {value!r}")
-
-
-# the canonical datasets committed in data/, by name (written and read by cen_lab.data.canonical): here, below the
-# data package, because DataConfig validates data.source against their names
-CANONICAL_SCENES: dict[str, SceneParams] = {
-    "scenes-seg": SceneParams(task="seg", image_size=32, num_classes=5, n_train=512, n_val=128, seed=0),
-    "scenes-cls": SceneParams(task="cls", image_size=32, num_classes=5, n_train=256, n_val=128, seed=1),
-}
 
 
 @dataclass(frozen=True)
@@ -132,6 +86,9 @@ class DataConfig:
                 _choice("data.tasks entries", t, PREDICTION_TASKS)
             if len(set(self.tasks)) != len(self.tasks) or {"seg", "cls"} <= set(self.tasks):
                 raise ConfigError(f"data.tasks must be distinct with at most one of 'seg'/'cls', got {list(self.tasks)}")
+            if "shade" in self.tasks and "shade" in self.modalities:
+                raise ConfigError("data.tasks predicts 'shade', a translation target, so it cannot also be an input "
+                                  f"in data.modalities {list(self.modalities)}")
 
     @property
     def num_tasks(self) -> int:
@@ -145,7 +102,9 @@ class ModelConfig:
 
     arch: str = "plain"  # "plain": blocks of conv -> BN -> exchange -> ReLU; "bottleneck": the reference's shape,
     #                      a stem (conv, BN, ReLU) then residual bottlenecks (1x1, 3x3, 1x1 convs with expansion,
-    #                      a downsample conv + BN where the shape changes) exchanging and penalised at bn2 only
+    #                      a downsample conv + BN where the shape changes) exchanging and penalised at bn2 only;
+    #                      "unet": an encoder-decoder with skips for translation, exchanging and penalised at the
+    #                      encoder's norms (cen_lab.network.unet)
     widths: tuple[int, ...] = (32, 32, 64, 64)  # output channels of each block (bottleneck: bn1 and bn2, where it
     #                                             exchanges, have widths[b] // expansion channels)
     strides: tuple[int, ...] = (1, 2, 1, 2)  # stride of each block's 3x3 convolution
@@ -315,6 +274,11 @@ class ExperimentConfig:
             if between == "both" and mc.exchange == "cyclic":
                 raise ConfigError("model.exchange='cyclic' is defined within one group; with "
                                   "exchange_between='both' use 'mean' or 'random'")
+        if mc.arch == "unet" and mc.fusion.startswith("aggregate"):
+            raise ConfigError(f"model.fusion={mc.fusion!r} is not defined for model.arch='unet' (use 'cen', 'late' "
+                              "or 'early')")
+        if mc.arch == "unet" and "cls" in (self.data.tasks or ()):
+            raise ConfigError("model.arch='unet' predicts per pixel; data.tasks 'cls' is one label per image")
         if tasks > 1 and mc.fusion.startswith("aggregate"):
             raise ConfigError(f"model.fusion={mc.fusion!r} merges the modality streams; it is not defined for "
                               "several tasks (use 'cen', 'late' or 'early')")

@@ -52,6 +52,8 @@ def architecture(cfg: ExperimentConfig) -> str:
     if m.arch == "bottleneck":
         body = f"bottlenecks {tuple(m.widths)} (bn2 at 1/{m.expansion}), stem {m.stem_width}, exchange at bn2: "
         return f"{body}{fusion}{exchange}{shared}"
+    if m.arch == "unet":
+        return f"U-Net encoder {tuple(m.widths)} exchanging at its norms, {fusion}{exchange}{shared}"
     return f"plain conv blocks {tuple(m.widths)}, {fusion}{exchange}{shared}"
 
 

@@ -366,7 +366,8 @@ def _load_splits(cfg: ExperimentConfig, device: torch.device):
     task -> tensor."""
     tasks = cfg.data.tasks or ()
     extra = [m for m in target_modalities(tasks) if m not in cfg.data.modalities]
-    full = load_data(dataclasses.replace(cfg.data, modalities=tuple(cfg.data.modalities) + tuple(extra)))
+    # tasks=None: the check that a target is not also an input holds for cfg.data, not for this loading view
+    full = load_data(dataclasses.replace(cfg.data, modalities=tuple(cfg.data.modalities) + tuple(extra), tasks=None))
     ds: MultimodalDataset = full.select(cfg.data.modalities)
     tasks = resolve_tasks(cfg.data.tasks, ds.task)
     splits = []

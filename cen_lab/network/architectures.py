@@ -23,29 +23,24 @@ of the alpha ensemble; ``"aggregate-sum"`` / ``"aggregate-concat"`` merge the st
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, resolve_between
+from .base import CENBase, CENOutput
 from .blocks import BottleneckBlock, CENBlock, ModalBatchNorm2d, ModalConv2d
 from .exchange import BranchGrid
 from .penalty import sparsity_mask
 from .tasks import task_specs
+from .unet import UNetCEN
 
 __all__ = ["CENOutput", "ModalConv2d", "ModalBatchNorm2d", "CENBlock", "BottleneckBlock", "CENNet", "build_model"]
 
 
-class CENOutput(NamedTuple):
-    """One task's predictions."""
-
-    logits: torch.Tensor  # [M, N, K, H, W] (dense) or [M, N, K] (cls): one prediction per modality branch
-    ensemble: torch.Tensor  # [N, K, ...]: softmax(alpha)-weighted sum of the detached branch logits
-
-
-class CENNet(nn.Module):
+class CENNet(CENBase):
     """A compact CEN (see the module docstring).
 
     Parameters
@@ -118,13 +113,6 @@ class CENNet(nn.Module):
             if isinstance(module, ModalBatchNorm2d):
                 module.norm = config.norm
 
-    @property
-    def task(self) -> str:
-        """The task of a single-task network."""
-        if len(self.tasks) != 1:
-            raise AttributeError(f"this network has {len(self.tasks)} tasks {list(self.tasks)}; use .tasks")
-        return self.tasks[0]
-
     def forward_tasks(self, x: torch.Tensor) -> dict[str, CENOutput]:
         """``x``: ``[M, N, C_in, H, W]`` -> task name -> ``CENOutput``."""
         size = x.shape[-2:]
@@ -149,6 +137,8 @@ class CENNet(nn.Module):
                     m, n = logits.shape[:2]
                     logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
                     logits = logits.view(m, n, *logits.shape[1:])
+            if spec.image:  # translation: each branch predicts an image in [0, 1]
+                logits = torch.sigmoid(logits)
             if self.config.fusion == "late":  # late fusion: the prediction is the average of the branch logits
                 out[spec.name] = CENOutput(logits, logits.mean(0))
                 continue
@@ -156,20 +146,10 @@ class CENNet(nn.Module):
             out[spec.name] = CENOutput(logits, (w * logits.detach()).sum(0))
         return out
 
-    def forward(self, x: torch.Tensor) -> CENOutput:
-        """``x``: ``[M, N, C_in, H, W]`` -> the ``CENOutput`` of a single-task network (``forward_tasks`` for
-        several tasks)."""
-        if len(self.tasks) != 1:
-            raise TypeError(f"this network has {len(self.tasks)} tasks {list(self.tasks)}; call forward_tasks(x)")
-        return self.forward_tasks(x)[self.tasks[0]]
-
-    def cen_layers(self) -> list[tuple[str, ModalBatchNorm2d]]:
-        """(dotted name, module) of every penalised, exchange-capable BN layer, in depth order."""
-        cen = set(self.config.cen_blocks)
-        return [(f"blocks.{b}.{blk.cen_bn}", getattr(blk, blk.cen_bn)) for b, blk in enumerate(self.blocks) if b in cen]
-
 
 def build_model(config: ModelConfig, num_modalities: int, in_channels: int, num_classes: int,
-                tasks: str | Sequence[str], sparsity: str = "disjoint") -> CENNet:
-    """Construct a ``CENNet`` (parameters drawn from torch's global RNG: seed it first)."""
+                tasks: str | Sequence[str], sparsity: str = "disjoint") -> CENBase:
+    """Construct a ``CENNet``, or for ``config.arch = "unet"`` a ``cen_lab.network.unet.UNetCEN``; parameters are drawn from torch's global RNG: seed it first."""
+    if config.arch == "unet":
+        return UNetCEN(num_modalities, in_channels, num_classes, tasks, config, sparsity)
     return CENNet(num_modalities, in_channels, num_classes, tasks, config, sparsity)

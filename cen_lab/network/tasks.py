@@ -13,6 +13,9 @@ task       head output                  target                                  
 ``edges``  ``[N, 1, H, W]`` logits       ``edges >= 0.5``: the object boundaries       class-balanced binary
                                          (the ``edges`` array is boundary + noise)     cross-entropy / F1 of
                                                                                        ``logit > 0``
+``shade``  ``[N, 3, H, W]`` image in     the ``shade`` array: the scene rendered with  L1 / L1 (``l1``), PSNR
+           [0, 1] (a sigmoid ends the    shading, from the albedo (rgb) and the shape  and SSIM (``psnr``,
+           head)                         (depth): translation (``cen_lab.data.scenes``) ``ssim``; torchmetrics)
 =========  ===========================  ============================================  ==========================
 
 Boundary pixels are a small minority, so plain cross-entropy learns to predict "no edge" everywhere. The edge
@@ -20,7 +23,13 @@ loss is balanced as in HED (Xie and Tu, 2015): within a batch, boundary pixels w
 ``p``, ``p`` the portion of boundary pixels (normalised by the total weight).
 
 ``depth`` and ``edges`` take their targets from the dataset's arrays of those names, whether or not they are
-also input modalities (predicting depth while reading depth is allowed but easy).
+also input modalities (predicting depth while reading depth is allowed but easy). ``shade`` is a translation
+target and may not also be an input (``DataConfig`` refuses it).
+
+PSNR and SSIM are computed per image with ``data_range=1`` (torchmetrics' defaults otherwise: SSIM's 11-pixel
+Gaussian window with sigma 1.5) and averaged over images. The paper's translation metrics, FID and KID, need
+Inception weights that cannot be downloaded here; ``cen_lab.experiments.translation.kid_distance``
+computes the KID statistic on the features of a network the user supplies.
 """
 
 from __future__ import annotations
@@ -35,9 +44,9 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 __all__ = ["TaskSpec", "resolve_tasks", "task_specs", "target_modalities", "task_targets", "task_loss",
-           "TaskMetrics"]
+           "image_scores", "TaskMetrics"]
 
-TARGET_ARRAY = {"depth": "depth", "edges": "edges"}  # task -> the dataset array its target comes from
+TARGET_ARRAY = {"depth": "depth", "edges": "edges", "shade": "shade"}  # task -> the dataset array its target comes from
 EDGE_LEVEL = 0.5  # an edges pixel at or above this intensity is a boundary
 
 
@@ -53,11 +62,14 @@ class TaskSpec:
         Output channels of the head (K classes for seg/cls, 1 otherwise).
     dense : bool
         Per-pixel prediction (upsampled to the input size) rather than one per image (after global pooling).
+    image : bool
+        The head ends in a sigmoid: each branch predicts an image in [0, 1], and the ensemble averages images.
     """
 
     name: str
     channels: int
     dense: bool
+    image: bool = False
 
 
 def resolve_tasks(tasks: Sequence[str] | None, label_task: str) -> tuple[str, ...]:
@@ -73,7 +85,8 @@ def resolve_tasks(tasks: Sequence[str] | None, label_task: str) -> tuple[str, ..
 def task_specs(tasks: Sequence[str], num_classes: int) -> list[TaskSpec]:
     """The heads that ``tasks`` need (``num_classes`` is K of the labels)."""
     table = {"seg": TaskSpec("seg", num_classes, True), "cls": TaskSpec("cls", num_classes, False),
-             "depth": TaskSpec("depth", 1, True), "edges": TaskSpec("edges", 1, True)}
+             "depth": TaskSpec("depth", 1, True), "edges": TaskSpec("edges", 1, True),
+             "shade": TaskSpec("shade", 3, True, image=True)}
     unknown = [t for t in tasks if t not in table]
     if unknown:
         raise ConfigError(f"unknown task {unknown[0]!r}; choose from {list(table)}")
@@ -111,8 +124,23 @@ def task_loss(task: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
     if task == "edges":
         total, weight = _balanced_bce(pred, target)
         return total / weight
+    if task == "shade":
+        return (pred - target).abs().mean()
     valid = (target > 0).to(pred.dtype)  # depth: sensor holes carry no target
     return ((pred - target).abs() * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+def image_scores(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) and SSIM of each image: ``[N, C, H, W]`` twice, intensities in [0, 1] -> ``[N, 2]``.
+
+    torchmetrics' functional metrics with ``data_range=1``; PSNR of an exact prediction is infinite.
+    """
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    pred, target = pred.float(), target.float()
+    psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+    return torch.stack([psnr, ssim], 1)
 
 
 def _balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,10 +155,11 @@ class TaskMetrics:
     """Accumulates one task's validation loss and metric over minibatches, for several predictions at once.
 
     ``update(preds [P, N, ...], target [N, ...])``, then ``result(names)`` -> ``{"loss/<name>": ...,
-    "<metric>/<name>": ...}`` with ``<metric>`` ``miou``, ``accuracy``, ``mae`` or ``f1``.
+    "<metric>/<name>": ...}`` with ``<metric>`` ``miou``, ``accuracy``, ``mae``, ``f1``, or for ``shade``
+    ``l1``, ``psnr`` and ``ssim`` (``l1`` first: it is the task's metric in summaries).
     """
 
-    METRIC = {"seg": "miou", "cls": "accuracy", "depth": "mae", "edges": "f1"}
+    METRIC = {"seg": "miou", "cls": "accuracy", "depth": "mae", "edges": "f1", "shade": "l1"}
 
     def __init__(self, task: str, num_predictions: int, num_classes: int):
         self.task, self.k = task, num_classes
@@ -141,6 +170,9 @@ class TaskMetrics:
             self.conf = torch.zeros(p, num_classes, num_classes, dtype=torch.int64)
         elif task == "edges":
             self.tp_fp_fn = torch.zeros(p, 3, dtype=torch.float64)
+        elif task == "shade":
+            self.images = torch.zeros(p, 2, dtype=torch.float64)  # sums over images of PSNR and SSIM
+            self.n_images = torch.zeros(p, dtype=torch.float64)
 
     @torch.no_grad()
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
@@ -159,6 +191,11 @@ class TaskMetrics:
                 hit, truth = pred > 0, target > 0.5
                 self.tp_fp_fn[i] += torch.stack([(hit & truth).sum(), (hit & ~truth).sum(),
                                                  (~hit & truth).sum()]).double().cpu()
+            elif self.task == "shade":
+                self.loss[i] += (pred - target).abs().sum().double().cpu()
+                self.count[i] += target.numel()
+                self.images[i] += image_scores(pred, target).sum(0).double().cpu()
+                self.n_images[i] += target.shape[0]
             else:
                 valid = target > 0
                 self.loss[i] += (pred - target).abs()[valid].sum().double().cpu()
@@ -183,5 +220,8 @@ class TaskMetrics:
                 tp, fp, fn = self.tp_fp_fn[i].tolist()
                 out[f"{metric}/{name}"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else float("nan")
             else:
-                out[f"{metric}/{name}"] = loss  # the L1 loss over valid pixels is the MAE
+                out[f"{metric}/{name}"] = loss  # the L1 loss (over valid pixels for depth) is the MAE / L1
+            if self.task == "shade":
+                psnr, ssim = (self.images[i] / self.n_images[i].clamp(min=1.0)).tolist()
+                out[f"psnr/{name}"], out[f"ssim/{name}"] = psnr, ssim
         return out
