@@ -13,11 +13,11 @@ below every other subpackage and knows nothing of torch.
 
 from ..errors import ConfigError  # noqa: F401  (raised by every section; importable from here as before)
 from .overrides import apply_overrides, dotted
-from .sections import (ARCHS, NORMS, CANONICAL_SCENES, COLLAPSE_TRAIN, EXCHANGE_BETWEEN, EXCHANGE_MODES, FUSIONS, L1_RULES, MODALITY_NAMES,
+from .sections import (ARCHS, MODEL_ARCHS, NORMS, CANONICAL_SCENES, COLLAPSE_TRAIN, EXCHANGE_BETWEEN, EXCHANGE_MODES, FUSIONS, L1_RULES, MODALITY_NAMES,
                        LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PREDICTION_TASKS, PRESETS, SPARSITY_SCHEMES, TASKS, DataConfig,
                        ExperimentConfig, LogConfig, ModelConfig, SceneParams, TrainConfig, resolve_between)
 
 __all__ = ["SceneParams", "DataConfig", "ModelConfig", "TrainConfig", "LogConfig", "ExperimentConfig", "PRESETS",
-           "CANONICAL_SCENES", "ARCHS", "NORMS", "EXCHANGE_BETWEEN", "EXCHANGE_MODES", "FUSIONS", "L1_RULES", "MODALITY_NAMES",
+           "CANONICAL_SCENES", "ARCHS", "MODEL_ARCHS", "NORMS", "EXCHANGE_BETWEEN", "EXCHANGE_MODES", "FUSIONS", "L1_RULES", "MODALITY_NAMES",
            "OPTIMIZERS", "PRECISIONS", "PREDICTION_TASKS", "SPARSITY_SCHEMES", "TASKS", "apply_overrides", "dotted",
            "resolve_between", "COLLAPSE_TRAIN", "LR_SCHEDULES"]

@@ -35,7 +35,7 @@ from ..runs.reader import load_run
 from .precision import name_suffix
 from .sweeps import sweep
 
-LOWER_IS_BETTER = ("mae",)  # metrics where a smaller value is better
+LOWER_IS_BETTER = ("mae", "l1")  # metrics where a smaller value is better (depth MAE, translation L1)
 
 __all__ = ["ARCHS", "VARIANTS", "SCENARIOS", "REFERENCE_SWITCHES", "DEFAULT_SCENARIOS", "FAMILIES", "fusion_base",
            "run_fusion_benchmark", "per_run_scores", "compute_fusion_results", "fusion_summary", "compare_to",

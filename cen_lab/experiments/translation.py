@@ -1,5 +1,11 @@
 """The translation scenario: predicting the ``shade`` rendering from rgb (albedo) and depth (shape) with the CEN
-U-Net (``model.arch = "unet"``), and the image distance the paper reports beside L1, PSNR and SSIM.
+U-Net (``model.arch = "unet"``, preset ``translate``), its benchmark against single-domain generators and the
+usual fusions, and the image distance the paper reports beside L1, PSNR and SSIM.
+
+The benchmark (``run_translation_benchmark``, ``cen-lab bench-translation``) is the fusion benchmark's machinery
+(``cen_lab.experiments.fusion``: one sweep of named override bundles over seeds, the same per-run scores,
+t intervals and Welch comparisons) on the ``translate`` preset with ``TRANSLATION_VARIANTS``. Scores are L1
+(lower is better), with PSNR and SSIM beside it.
 
 The paper's FID and KID compare Inception-v3 features of generated and real images. Those weights cannot be
 downloaded here, so cen_lab reports no FID or KID of its own; ``kid_distance`` computes the KID statistic (an
@@ -10,10 +16,100 @@ features of any network the user supplies, such as an Inception they have on dis
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
+from typing import Any, Sequence
 
+import pandas as pd
 import torch
 
-__all__ = ["kid_distance"]
+from ..config import ExperimentConfig, dotted
+from .fusion import compare_to, completed_runs, compute_fusion_results, fusion_summary, per_run_scores
+from .sweeps import sweep
+
+__all__ = ["TRANSLATION_VARIANTS", "translation_base", "run_translation_benchmark", "translation_scores",
+           "translation_summary", "kid_distance"]
+
+_NO_CEN = {"model.exchange": "none", "train.sparsity": "none"}
+# name -> (family, overrides on translation_base)
+TRANSLATION_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "unimodal-rgb": ("unimodal", {"data.modalities": ["rgb"], **_NO_CEN}),
+    "unimodal-depth": ("unimodal", {"data.modalities": ["depth"], **_NO_CEN}),
+    "early-fusion": ("baseline", {"model.fusion": "early", **_NO_CEN}),
+    # two generators of their own (unshared convs), their images averaged
+    "late-fusion": ("baseline", {"model.fusion": "late", "model.share_convs": False, **_NO_CEN}),
+    "cen": ("cen", {}),
+    "cen-no-exchange": ("ablation", {"model.exchange": "none"}),
+    "cen-no-l1": ("ablation", {"train.lam": 0.0}),
+    "cen-batchnorm": ("ablation", {"model.norm": "batch"}),
+    "cycle-fusion": ("scenario", {"data.modalities": ["rgb", "depth", "edges"], "model.exchange": "cyclic"}),
+}
+FAMILIES = {name: family for name, (family, _) in TRANSLATION_VARIANTS.items()}
+
+
+def translation_base(steps: int = 600, **overrides) -> ExperimentConfig:
+    """The ``translate`` preset with ``steps`` steps, ten validation passes (for the learning curves) and one
+    checkpoint; ``overrides`` use ``__`` for dots (``train__lam=1e-3``)."""
+    base = {"name": "translation", "train.steps": steps, "train.ckpt_every": steps,
+            "log.eval_every": max(1, steps // 10), "log.every": max(1, steps // 30)}
+    base.update(dotted(overrides))
+    return ExperimentConfig.preset("translate").override(base)
+
+
+def run_translation_benchmark(runs_dir: str | Path, *, variants: Sequence[str] | None = None,
+                              seeds: Sequence[int] = range(5), steps: int = 600, n_jobs: int = 2,
+                              progress: bool = True, **overrides) -> pd.DataFrame:
+    """Train (or reuse) every variant of ``TRANSLATION_VARIANTS`` (default: all) for every seed with
+    ``cen_lab.sweep``, on ``translation_base(steps, **overrides)``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The sweep table (``variant``, ``seed``, ``path``, ``status``, ``seconds``) with ``preset`` =
+        ``translate``; also in ``runs_dir/sweep.parquet``.
+    """
+    names = list(TRANSLATION_VARIANTS) if variants is None else list(variants)
+    unknown = [v for v in names if v not in TRANSLATION_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown translation variant {unknown[0]!r}; choose from {list(TRANSLATION_VARIANTS)}")
+    table = sweep(translation_base(steps, **overrides), {"seed": list(seeds)}, runs_dir,
+                  variants={v: TRANSLATION_VARIANTS[v][1] for v in names},
+                  backend="loky" if n_jobs > 1 else "serial", n_jobs=n_jobs, progress=progress)
+    return table.assign(preset="translate")
+
+
+def translation_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """``per_run_scores`` of a translation benchmark table (the L1 of every prediction), with the same run's
+    final ``psnr`` and ``ssim`` of that prediction as two more columns."""
+    scores = per_run_scores(table)
+    extra = []
+    for row, run, _ in completed_runs(table):
+        val = run.metrics[run.metrics["split"] == "val"]
+        last = val[val["step"] == val["step"].max()].set_index("name")["value"]
+        for name in last.index[last.index.str.startswith("psnr/")]:
+            branch = name.split("/", 1)[1]
+            extra.append({"variant": row.variant, "seed": row.seed, "branch": branch,
+                          "psnr": float(last[name]), "ssim": float(last[f"ssim/{branch}"])})
+    extra = pd.DataFrame(extra, columns=["variant", "seed", "branch", "psnr", "ssim"])
+    # the metrics name each prediction as the scores' branch does (single task: "rgb", ..., "ensemble")
+    return scores.merge(extra, on=["variant", "seed", "branch"], how="left")
+
+
+def translation_summary(table: pd.DataFrame, level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(summary, comparison)`` of a translation benchmark table.
+
+    ``summary``: ``fusion_summary`` (one row per variant: the final prediction's L1 with its t interval across
+    seeds, each branch's mean L1, parameters, seconds, regime; best first) with the mean ``psnr`` and ``ssim`` of
+    the final prediction. ``comparison``: ``compare_to(scores, "cen")``, CEN's L1 minus each other variant's with a
+    Welch interval (negative: CEN better).
+    """
+    scores = translation_scores(table)
+    results = compute_fusion_results(scores, level=level)
+    results["family"] = results["variant"].map(FAMILIES).fillna(results["family"])
+    summary = fusion_summary(results)
+    final = scores[scores["branch"] == "ensemble"].groupby("variant")[["psnr", "ssim"]].mean()
+    summary = summary.join(final, on="variant")
+    columns = [c for c in summary.columns if c != "regime"] + ["regime"]
+    return summary[columns], compare_to(scores, "cen", level=level)
 
 
 def kid_distance(extractor: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, subset_size: int = 50,
