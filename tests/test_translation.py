@@ -178,3 +178,41 @@ def test_three_domains_with_the_cyclic_rule(tiny_translate, tmp_path):
     assert len(ex) and (ex["source"] == (ex["modality"] + 1) % 3).all()  # cyclic: the next domain's output
     val = run.metrics.query("split == 'val'")["name"]
     assert {"l1/rgb", "l1/depth", "l1/edges", "ssim/ensemble"} <= set(val)
+
+
+# -- the example-output figure ----------------------------------------------------------------------------------
+
+def test_translation_examples_frame_is_the_models_output_and_plots_in_both_backends(tiny_translate, tmp_path):
+    from cen_lab import plots
+    from cen_lab.data import load_data
+
+    run = cen_lab.train(tiny_translate, tmp_path / "r", progress=False)
+    frame = plots.compute_translation_examples(run, samples=[0, 3])
+    panels = ["input: rgb", "input: depth", "target", "from rgb", "from depth", "ensemble"]
+    assert list(frame["panel"]) == panels * 2 and list(frame["sample"]) == [0] * 6 + [3] * 6
+    ds = load_data(tiny_translate.data.__class__(**{**tiny_translate.data.__dict__, "modalities": ("rgb", "depth",
+                                                                                                   "shade"),
+                                                    "tasks": None}))
+    val = ds.split == 1
+    target = ds.inputs["shade"][val][3].transpose(1, 2, 0)
+    cell = frame.set_index(["sample", "panel"])
+    np.testing.assert_array_equal(cell.loc[(3, "target"), "image"], target)
+    np.testing.assert_array_equal(cell.loc[(3, "input: depth"), "image"][..., 1], ds.inputs["depth"][val][3, 0])
+    x = torch.from_numpy(np.stack([ds.inputs["rgb"][val][[3]], np.pad(ds.inputs["depth"][val][[3]],
+                                                                      ((0, 0), (0, 2), (0, 0), (0, 0)))]))
+    with torch.no_grad():
+        out = run.load_model()(x)
+    np.testing.assert_allclose(cell.loc[(3, "ensemble"), "image"], out.ensemble[0].numpy().transpose(1, 2, 0),
+                               rtol=1e-6, atol=1e-6)
+    l1 = float((out.logits[1, 0].numpy().transpose(1, 2, 0) - target).__abs__().mean())
+    assert cell.loc[(3, "from depth"), "l1"] == pytest.approx(l1, rel=1e-5)
+    assert np.isnan(cell.loc[(3, "target"), "l1"])
+    fig = plots.plot_translation_examples(frame)
+    assert len(fig.axes) == 12 and fig.axes[3].get_title().startswith("from rgb\nL1 ")
+    pfig = plots.plot_translation_examples(frame, backend="plotly")
+    assert len(pfig.data) == 12 and pfig.data[0].z.dtype == np.uint8
+    with pytest.raises(ValueError, match="validation images"):
+        plots.compute_translation_examples(run, samples=[10_000])
+    with pytest.raises(ValueError, match="not a translation run"):
+        plots.compute_translation_examples(cen_lab.train(cen_lab.ExperimentConfig.preset("tiny"), tmp_path / "seg",
+                                                         progress=False))

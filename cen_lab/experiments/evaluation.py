@@ -22,7 +22,8 @@ def prediction_names(tasks: list[str] | tuple[str, ...], outputs: list[str]) -> 
 @torch.no_grad()
 def evaluate(model: CENNet, x: torch.Tensor, y: torch.Tensor | dict[str, torch.Tensor], outputs: list[str],
              num_classes: int, batch_size: int = 256) -> dict[str, float]:
-    """Validation loss and metric of every prediction: mIoU (seg), accuracy (cls), MAE (depth), F1 (edges).
+    """Validation loss and metric of every prediction: mIoU (seg), accuracy (cls), MAE (depth), F1 (edges), L1,
+    PSNR and SSIM (shade).
 
     ``y`` is the target tensor of a single-task model or a dict task -> targets; ``outputs`` names the
     prediction streams (see ``prediction_names``). mIoU averages the IoU over classes that occur in the labels

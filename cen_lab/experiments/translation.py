@@ -27,7 +27,7 @@ from .fusion import compare_to, completed_runs, compute_fusion_results, fusion_s
 from .sweeps import sweep
 
 __all__ = ["TRANSLATION_VARIANTS", "translation_base", "run_translation_benchmark", "translation_scores",
-           "translation_summary", "kid_distance"]
+           "translation_summary", "translation_examples", "kid_distance"]
 
 _NO_CEN = {"model.exchange": "none", "train.sparsity": "none"}
 # name -> (family, overrides on translation_base)
@@ -110,6 +110,55 @@ def translation_summary(table: pd.DataFrame, level: float = 0.95) -> tuple[pd.Da
     summary = summary.join(final, on="variant")
     columns = [c for c in summary.columns if c != "regime"] + ["regime"]
     return summary[columns], compare_to(scores, "cen", level=level)
+
+
+@torch.no_grad()
+def translation_examples(run, samples: Sequence[int] = (0, 1, 2, 3), step: int | None = None) -> dict[str, Any]:
+    """A translation run's inputs, target and predictions for some validation images, on the CPU.
+
+    Parameters
+    ----------
+    run : cen_lab.Run
+        A run of cen_lab's own that predicts ``shade`` (its model is rebuilt from its checkpoint).
+    samples : sequence of int
+        Indices into the validation split.
+    step : int, optional
+        The checkpoint (default: the latest).
+
+    Returns
+    -------
+    dict
+        ``inputs``: modality -> float ``[n, C, H, W]``; ``target``: ``[n, 3, H, W]``; ``predictions``: name ->
+        ``[n, 3, H, W]`` (each branch's by its stream name, then ``ensemble``); all numpy, in [0, 1]; and ``step``.
+    """
+    import dataclasses
+
+    from ..data import load_data
+    from ..network.tasks import task_targets
+    from .evaluation import prediction_names
+
+    cfg = run.config
+    if cfg is None or "shade" not in run.tasks:
+        raise ValueError(f"{run.path}: not a translation run of cen_lab's (its tasks are {list(run.tasks)}); "
+                         "train one with the 'translate' preset")
+    full = load_data(dataclasses.replace(cfg.data, modalities=tuple(cfg.data.modalities) + ("shade",), tasks=None))
+    ds = full.select(cfg.data.modalities)
+    n_val = int((ds.split == 1).sum())
+    bad = [i for i in samples if not 0 <= i < n_val]
+    if bad or not len(samples):
+        raise ValueError(f"samples must be indices into the {n_val} validation images, got {list(samples)}")
+    idx = list(samples)
+    x, _ = ds.concatenated(1) if cfg.model.fusion == "early" else ds.stacked(1)
+    model = run.load_model(step)
+    out = model.forward_tasks(torch.from_numpy(x[:, idx]))["shade"]
+    streams = list(dict.fromkeys(o.rsplit("/", 1)[-1] for o in run.outputs))
+    names = prediction_names(["shade"], streams)["shade"]
+    preds = [*out.logits, out.ensemble]
+    rows = ds.split == 1
+    return {"inputs": {m: ds.inputs[m][rows][idx] for m in ds.modalities},
+            "target": task_targets(full, ["shade"], 1)["shade"][idx],
+            "predictions": {name: p.numpy() for name, p in zip(names, preds)},
+            "step": run.checkpoint_steps[-1] if step is None else step}
 
 
 def kid_distance(extractor: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, subset_size: int = 50,

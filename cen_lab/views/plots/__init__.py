@@ -7,7 +7,8 @@ A few frames come from analyses outside this package: ``plot_fusion_results`` an
 ``cen_lab.fusion.compute_fusion_results`` and ``cen_lab.learning_curves.compute_learning_curves``;
 ``plot_prediction_ece`` takes ``cen_lab.miscalibration.compare_predictions``; the ``plot_regime_*`` take
 ``compare_regimes(...).calibration`` / ``.outcome``; ``plot_exchange_settling`` takes ``exchange_curves`` and
-``settling_table``; ``compute_lambda_curve`` takes ``cen_lab.predict_exchange``'s answer. Plot functions
+``settling_table``; ``compute_lambda_curve`` takes ``cen_lab.predict_exchange``'s answer;
+``compute_translation_examples`` takes a translation run (its checkpoint is run on validation images). Plot functions
 never show or save anything themselves; matplotlib figures are built without pyplot, so they leave no global
 state behind. ``plot_exchange_animation`` is plotly only (a step slider with a play button).
 """
@@ -28,6 +29,7 @@ from .regimes import plot_regime_calibration, plot_regime_outcome
 from .theory import (compute_controlled_check, compute_corollary, compute_dynamic_check, compute_outcome, compute_qq,
                      compute_reliability, plot_controlled_check, plot_corollary, plot_dynamic_check, plot_outcome, plot_qq,
                      plot_reliability)
+from .translation import compute_translation_examples, plot_translation_examples
 
 __all__ = [
     "compute_diagnosis", "plot_diagnosis", "compute_regime_comparison", "plot_regime_comparison",
@@ -42,4 +44,5 @@ __all__ = [
     "plot_outcome", "plot_qq", "plot_reliability", "plot_fusion_results", "plot_regime_calibration",
     "plot_regime_outcome", "compute_drift", "plot_drift", "plot_prediction_ece",
     "plot_learning_curves", "plot_exchange_settling", "compute_lambda_curve", "plot_lambda_curve",
+    "compute_translation_examples", "plot_translation_examples",
 ]
