@@ -11,6 +11,7 @@ from torch import nn
 
 import cen_lab
 from cen_lab.errors import ObserveError
+from cen_lab.network.blocks import ModalBatchNorm2d
 from cen_lab.runs import find_bn_layers
 
 
@@ -248,9 +249,39 @@ def test_cen_lab_networks_with_instance_norm(tmp_path, arch):
         assert not torch.allclose(batch(x), bn.train()(x), atol=1e-3)
 
 
-def test_the_theorem_check_warns_on_instance_norm(tmp_path):
-    """Theorem 1's local check is derived for BatchNorm: on InstanceNorm layers it says so instead of silently
-    using ||dL/dx'|| as the scale."""
+def test_the_theorem_scale_on_instance_norm_is_the_per_sample_centred_gradient():
+    """x_hat of an InstanceNorm sums to zero over each sample's positions, so dL/dgamma = sum g * x_hat sees only g
+    minus its per-sample spatial mean: the recorded scale is that centred norm, and 2 Phi(lam / scale) - 1 then
+    matches the frequency of |dL/dgamma| <= lam over random inputs (by construction), where the plain ||g|| does not."""
+    from scipy import stats
+
+    from cen_lab.network.hooks import record_bn_output_grad_norms
+
+    torch.manual_seed(0)
+    n, c, hw = 2, 1, 8
+    g = torch.randn(n, c, hw, hw) * 0.3 + torch.tensor([2.0, -3.0]).view(n, 1, 1, 1)  # large per-sample means
+    centred = (g - g.mean(dim=(-2, -1), keepdim=True)).pow(2).sum().sqrt()
+    plain = g.pow(2).sum().sqrt()
+    for module in (ModalBatchNorm2d(1, c), nn.InstanceNorm2d(c, affine=True)):
+        if isinstance(module, ModalBatchNorm2d):
+            module.norm = "instance"
+        dgamma, scales = [], []
+        for _ in range(2000):
+            x = torch.randn(1, n, c, hw, hw) if isinstance(module, ModalBatchNorm2d) else torch.randn(n, c, hw, hw)
+            hooked = module if isinstance(module, ModalBatchNorm2d) else [module]  # torch's: one module per branch
+            with record_bn_output_grad_norms([("layer", hooked)]) as norms:
+                module.zero_grad()
+                (module(x).reshape(g.shape) * g).sum().backward()
+            dgamma.append(float(module.weight.grad.flatten()[0]))
+            scales.append(float(norms["layer"].flatten()[0]))
+        torch.testing.assert_close(torch.tensor(scales), centred.repeat(len(scales)), rtol=1e-4, atol=1e-5)
+        lam = float(centred)  # where the prediction is 2 Phi(1) - 1 = 0.68
+        observed = np.mean(np.abs(dgamma) <= lam)
+        assert abs(observed - (2 * stats.norm.cdf(lam / float(centred)) - 1)) < 0.04
+        assert abs(observed - (2 * stats.norm.cdf(lam / float(plain)) - 1)) > 0.3  # the plain norm is far off
+
+
+def test_the_theorem_check_runs_on_instance_norm_without_warning(tmp_path):
     from cen_lab import theorem
 
     torch.manual_seed(0)
@@ -260,11 +291,13 @@ def test_the_theorem_check_warns_on_instance_norm(tmp_path):
         xs, target = batch
         return sum(nn.functional.l1_loss(y, target) for y in m(xs))
 
-    with pytest.warns(UserWarning, match="derived for BatchNorm; .* uses InstanceNorm"):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         table = theorem.local_check_model(model, loss_fn, [_batch(0)], 0.01, layers="*.insnorm_conv",
                                           penalised="alternate-halves", max_channels=2, progress=False)
-    assert len(table) == 2
-    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"model.norm": "instance", "model.exchange": "none"})
-    run = cen_lab.train(cfg, tmp_path / "run", progress=False)
-    with pytest.warns(UserWarning, match="derived for BatchNorm"):
-        theorem.local_check(run, n_batches=1)
+        assert len(table) == 2 and (table["norm"] > 0).all()
+        cfg = cen_lab.ExperimentConfig.preset("tiny").override({"model.norm": "instance", "model.exchange": "none"})
+        run = cen_lab.train(cfg, tmp_path / "run", progress=False)
+        assert len(theorem.local_check(run, n_batches=1))

@@ -12,13 +12,28 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["record_bn_output_grad_norms"]
+__all__ = ["record_bn_output_grad_norms", "is_instance_norm"]
+
+
+def is_instance_norm(module: nn.Module) -> bool:
+    """torch's InstanceNorm, or a ``ModalBatchNorm2d`` with ``norm="instance"``: statistics per sample."""
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    return isinstance(module, _InstanceNorm) or getattr(module, "norm", "batch") == "instance"
 
 
 @contextlib.contextmanager
 def record_bn_output_grad_norms(
         layers: Sequence[tuple[str, nn.Module | Sequence[nn.Module]]]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record ``||dL/dx'||_2`` per branch and channel for each BN layer during the next backward pass.
+    """Record ``||dL/dx'||_2`` per branch and channel for each BN layer during the next backward pass: Theorem 1's
+    scale of ``dL/dgamma``.
+
+    For an InstanceNorm layer (torch's ``InstanceNorm2d``, or a ``ModalBatchNorm2d`` with ``norm="instance"``) the
+    gradient is first centred over each sample's positions: ``x_hat`` sums to zero there, so
+    ``dL/dgamma = sum g * x_hat`` sees only ``g`` minus its per-sample spatial mean, and under the theorem's
+    independence assumption its standard deviation is the norm of that centred ``g`` (times
+    ``sqrt(HW / (HW - 1))``, 1.008 at 8 x 8), not ``||g||``. A BatchNorm's ``x_hat`` sums to zero over the batch
+    and space, where the mean of ``g`` is small; its norm is kept plain, as the theorem states it.
 
     Parameters
     ----------
@@ -30,8 +45,8 @@ def record_bn_output_grad_norms(
     Yields
     ------
     dict of str -> torch.Tensor
-        Filled during ``backward()``: name -> ``[M, C]`` L2 norm of the gradient over batch and space
-        (on the model's device, detached), once every branch's gradient has arrived. Forward hooks are removed
+        Filled during ``backward()``: name -> ``[M, C]`` L2 norm of the gradient over batch and space (centred
+        per sample for InstanceNorm; on the model's device, detached), once every branch's gradient has arrived. Forward hooks are removed
         when the block exits, even on error.
     """
     norms: dict[str, torch.Tensor] = {}
@@ -50,14 +65,17 @@ def record_bn_output_grad_norms(
                 return
             total = 1 if stacked else (count if branch is not None else len(parts))
             kept = (0, 2) if stacked else (1,)  # branch and channel, or channel
+            centred = is_instance_norm(module)
 
             # the hooks must not refer to the tensors they sit on: such a cycle keeps the whole autograd graph
             # (every activation) alive until Python's cyclic garbage collector runs
             def make_grad_hook(i: int):
                 def on_grad(grad: torch.Tensor) -> None:
                     dims = [d for d in range(grad.dim()) if d not in kept]
-                    # [M, C] or [C], summed in fp32 also when autocast made the gradient bfloat16
-                    found[i] = grad.detach().float().pow(2).sum(dim=dims).sqrt()
+                    g = grad.detach().float()  # fp32 also when autocast made the gradient bfloat16
+                    if centred:  # the part of g that x_hat, summing to zero over each sample's positions, sees
+                        g = g - g.mean(dim=(-2, -1), keepdim=True)
+                    found[i] = g.pow(2).sum(dim=dims).sqrt()  # [M, C] or [C]
                     if len(found) == total:  # every branch's gradient has arrived
                         norms[name] = found[0] if stacked else torch.stack([found[j] for j in range(total)])
                         found.clear()

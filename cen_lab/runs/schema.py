@@ -71,10 +71,13 @@ metrics
     ``sparsity/below_threshold`` (portion of penalised gammas with |gamma| < threshold, the number the
     reference code prints), ``exchange/ratio``. ``val`` rows, on the whole validation split every
     ``log.eval_every`` steps: ``loss/<x>`` and ``miou/<x>`` (segmentation), ``accuracy/<x>`` (classification),
-    ``mae/<x>`` (depth) or ``f1/<x>`` (edges), ``<x>`` a branch or an ensemble (``cen_lab.network.tasks``).
+    ``mae/<x>`` (depth), ``f1/<x>`` (edges) or ``l1/<x>``, ``psnr/<x>`` and ``ssim/<x>`` (shade), ``<x>`` a branch or an
+    ensemble (``cen_lab.network.tasks``).
 grads
     step, layer, branch, modality, task, channel, dgamma (float32: dL/dgamma of the data loss at state ``s``, before the
-    penalty and the update), dxprime_norm (float32: L2 norm of dL/dx' over batch and space, x' the BN output).
+    penalty and the update), dxprime_norm (float32: L2 norm of dL/dx' over batch and space, x' the BN output; for an
+    InstanceNorm layer of dL/dx' centred over each sample's positions, Theorem 1's scale there: see
+    ``cen_lab.network.hooks.record_bn_output_grad_norms``).
 """
 
 from __future__ import annotations

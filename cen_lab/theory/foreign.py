@@ -18,7 +18,7 @@ from ..errors import ObserveError
 from ..network.blocks import ModalBatchNorm2d
 from ..network.layouts import unwrap
 from ..runs.observer import penalised_masks, resolve_layers
-from .zeroing import _local_frame, _zeroed_gradients, warn_if_instance_norm
+from .zeroing import _local_frame, _zeroed_gradients
 
 __all__ = ["BN_MODES", "local_check_model", "set_attribute", "exchange_is_off"]
 
@@ -46,7 +46,11 @@ def set_attribute(attr: str = "threshold", value: Any = 0.0) -> Callable[[torch.
 
 
 def _bn_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (_BatchNorm, ModalBatchNorm2d))]
+    """The norms with running statistics that ``bn_mode="eval"`` freezes: BatchNorms, InstanceNorms (the
+    reference's translation CEN tracks them too) and cen_lab's own private norms."""
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    return [m for m in model.modules() if isinstance(m, (_BatchNorm, _InstanceNorm, ModalBatchNorm2d))]
 
 
 def _set_bn_mode(model: torch.nn.Module, bn_mode: str) -> None:
@@ -172,7 +176,6 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
     twin = copy.deepcopy(unwrap(model))  # the layer names of observe, however the model is wrapped
     _set_bn_mode(twin, bn_mode)
     found = resolve_layers(twin, layers)
-    warn_if_instance_norm([m for la in found for m in la.modules], name)
     _, masks = penalised_masks(found, penalised, twin)
     if exchange_off is not None:
         exchange_off(twin)

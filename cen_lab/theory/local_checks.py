@@ -37,7 +37,7 @@ from .formula import (attraction_probability, brier_score, expected_calibration_
 from .networks import theorem_base, theorem_config, train_theorem_runs  # noqa: F401  (part of this API)
 from .verdicts import (CONTROLLED_REGIME, theorem_regimes, theorem_summary,  # noqa: F401
                        verdict_display, verdict_table)
-from .zeroing import _local_frame, _zeroed_gradients, minibatch_indices, warn_if_instance_norm  # noqa: F401
+from .zeroing import _local_frame, _zeroed_gradients, minibatch_indices  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,6 @@ def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 1
     cfg = run.config
     lam = run.lam_per_step  # the per-step weight: with train.l1_per_output, lam times the outputs
     steps = list(run.checkpoint_steps if steps is None else steps)
-    if cfg.model.norm == "instance":
-        import warnings
-
-        from .zeroing import INSTANCE_NORM_WARNING
-
-        warnings.warn(INSTANCE_NORM_WARNING.format(what=run.path.name), stacklevel=2)
     ds = load_data(cfg.data)
     x_np, y_np = ds.stacked(0)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)

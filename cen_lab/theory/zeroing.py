@@ -96,23 +96,3 @@ def _local_frame(rows: list[tuple], run: str, lam: float, step: int | None = Non
     df["attracted"] = df["g"].abs() <= lam
     return df
 
-
-INSTANCE_NORM_WARNING = (
-    "Theorem 1's local check is derived for BatchNorm; {what} uses InstanceNorm, whose x_hat sums to zero over each "
-    "sample's positions of a channel, so under the theorem's independence assumption g has the variance of the "
-    "per-sample spatially centred dL/dx', not ||dL/dx'||^2. The logged norm is the plain one: read the "
-    "predictions of this check with that in mind (issue 24).")
-
-
-def warn_if_instance_norm(modules, what: str) -> bool:
-    """Warn (``INSTANCE_NORM_WARNING``) when any of ``modules`` is an InstanceNorm (torch's, or a
-    ``ModalBatchNorm2d`` with ``norm="instance"``); returns whether it did."""
-    import warnings
-
-    from torch.nn.modules.instancenorm import _InstanceNorm
-
-    instance = any(isinstance(m, _InstanceNorm) or getattr(m, "norm", "batch") == "instance" for m in modules)
-    if instance:
-        warnings.warn(INSTANCE_NORM_WARNING.format(what=what), stacklevel=3)
-    return instance
-
