@@ -17,21 +17,27 @@ def comparison(tmp_path_factory):
 
 def test_every_regime_is_trained_in_its_own_runs_and_checked(comparison):
     runs_dir, c = comparison
-    labels = ["plain, momentum 0.9", "plain, momentum 0", "bottleneck, momentum 0.9", "bottleneck, momentum 0"]
+    labels = ["plain, momentum 0.9", "plain, momentum 0", "bottleneck, momentum 0.9", "bottleneck, momentum 0",
+              "plain, momentum 0.9, instance norm"]
     assert list(c.calibration["regime"]) == labels == [regime_label(a, m) for a in ("plain", "bottleneck")
-                                                      for m in (0.9, 0.0)]
+                                                      for m in (0.9, 0.0)] + [regime_label("plain", 0.9, "instance")]
+    assert list(c.calibration["norm"]) == ["batch"] * 4 + ["instance"]
     names = sorted(p.name.split("-train.lam")[0] for p in runs_dir.iterdir() if p.is_dir())
     # the default regime keeps the theorem notebook's run names (reused), the others are told apart
     assert sorted(set(names)) == ["theorem-tiny-proximal", "theorem-tiny-proximal-bottleneck",
-                                  "theorem-tiny-proximal-bottleneck-momentum0", "theorem-tiny-proximal-momentum0"]
-    assert list(c.calibration["optimiser"]) == ["SGD lr 0.05 momentum 0.9", "SGD lr 0.05 momentum 0"] * 2
+                                  "theorem-tiny-proximal-bottleneck-momentum0", "theorem-tiny-proximal-instance",
+                                  "theorem-tiny-proximal-momentum0"]
+    assert list(c.calibration["optimiser"]) == ["SGD lr 0.05 momentum 0.9", "SGD lr 0.05 momentum 0"] * 2 + [
+        "SGD lr 0.05 momentum 0.9"]
+    assert "instance norm" in c.calibration["architecture"].iloc[-1]
+    assert (c.local.loc[c.local["norm"] == "instance", "norm"].size > 0)
     assert c.calibration["regime_text"].str.contains("preset tiny").all()
     assert c.calibration["ece"].between(0, 1).all() and (c.calibration["ece_low"] <= c.calibration["ece_high"]).all()
     assert set(c.local.groupby("regime")["layer"].unique().map(tuple)) == {("blocks.0.bn", "blocks.1.bn"),
                                                                           ("blocks.0.bn2", "blocks.1.bn2")}
     out = c.outcome
-    assert len(out) == 4 and (out["inside"] == ((out["predicted"] >= out["ci_low"]) & (out["predicted"] <= out["ci_high"]))).all()
-    assert set(c.summary()) == {"calibration", "outcome"} and len(c.summary()["outcome"]) == 4
+    assert len(out) == 5 and (out["inside"] == ((out["predicted"] >= out["ci_low"]) & (out["predicted"] <= out["ci_high"]))).all()
+    assert set(c.summary()) == {"calibration", "outcome"} and len(c.summary()["outcome"]) == 5
 
 
 def test_regime_figures_show_every_regime(comparison):
@@ -42,7 +48,7 @@ def test_regime_figures_show_every_regime(comparison):
     fig = plots.plot_regime_outcome(c.outcome)
     assert [ax.get_title() for ax in fig.get_axes()] == list(c.calibration["regime"])
     assert len(plots.plot_regime_calibration(c.calibration, backend="plotly").data) == 3
-    assert len(plots.plot_regime_outcome(c.outcome, backend="plotly").data) == 8
+    assert len(plots.plot_regime_outcome(c.outcome, backend="plotly").data) == 10  # two traces per regime
 
 
 def test_the_verdicts_repeat_the_checks_for_every_regime(comparison):
@@ -57,7 +63,7 @@ def test_the_verdicts_repeat_the_checks_for_every_regime(comparison):
                                       "mean_delta", "ci_low", "ci_high", "verdict"])
     table = theorem.verdict_table(controlled, calibration, outcome, corollary, comparison=c)
     rows = table[table["claim"].str.contains("momentum")]
-    assert len(rows) == 8
+    assert len(rows) == 10
     plain_sgd = rows[rows["claim"] == "Theorem 1 in trained networks (plain, momentum 0)"].iloc[0]
     assert "SGD lr 0.05 momentum 0;" in plain_sgd["regime"] and plain_sgd["number"] == pytest.approx(
         c.calibration.set_index("regime").loc["plain, momentum 0", "ece"])

@@ -26,8 +26,8 @@ def theorem_base(preset: str = "default", steps: int = 400, l1_rule: str = "prox
     lr 0.05, whatever the preset's optimiser: the theorem is about gradient descent on the penalised loss, and
     its numbers in the README were measured so. ``overrides`` are dotted config keys with
     ``__`` for dots (``model__widths=(8, 8)``). The name is ``theorem-<preset>-<rule>`` (plus ``-bf16`` for
-    ``train.precision = "bf16"``, ``-unshared``, ``-<arch>`` for another architecture and ``-momentum<m>`` for a
-    momentum other than the preset's).
+    ``train.precision = "bf16"``, ``-unshared``, ``-<arch>`` for another architecture, ``-momentum<m>`` for a
+    momentum other than the preset's and ``-<norm>`` for a ``model.norm`` other than batch).
     """
     base = {"model.exchange": "none", "model.widths": (16, 16), "model.strides": (1, 2), "model.gamma_init": 0.25,
             "train.l1_rule": l1_rule, "train.steps": steps, "train.ckpt_every": max(1, steps // checkpoints),
@@ -42,6 +42,8 @@ def theorem_base(preset: str = "default", steps: int = 400, l1_rule: str = "prox
     default_momentum = ExperimentConfig.preset(preset).train.momentum
     if base.get("train.momentum", default_momentum) != default_momentum:
         base["name"] += f"-momentum{base['train.momentum']:g}"
+    if base.get("model.norm", "batch") != "batch":
+        base["name"] += f"-{base['model.norm']}"
     return ExperimentConfig.preset(preset).override(base)
 
 

@@ -3,7 +3,9 @@
 The theorem's stay-at-zero condition ``|dL/dgamma| <= lam`` is about plain (sub)gradient steps. cen_lab's theorem
 networks train with SGD momentum 0.9 by default. ``compare_regimes`` trains the same theorem networks (no
 exchange, the penalty on the disjoint portion) for every combination of architecture (``plain``, ``bottleneck``)
-and momentum (0.9, and 0: plain SGD), runs the local check on each, and reports side by side, per regime:
+and momentum (0.9, and 0: plain SGD), and by default once more with InstanceNorm (``model.norm = "instance"``,
+the translation application's norm: plain, momentum 0.9), runs the local check on each, and reports side by side,
+per regime:
 
 - ``calibration``: ECE, Brier and Spearman of the prediction at gamma = 0, with bootstrap intervals, and the mean and
   std of ``dL/dgamma / ||dL/dx'||`` (0 and 1 under the theorem's independence assumption);
@@ -26,9 +28,10 @@ from .local_checks import calibration_summary, local_check_runs, outcome_table, 
 __all__ = ["RegimeComparison", "compare_regimes", "regime_label"]
 
 
-def regime_label(arch: str, momentum: float) -> str:
-    """``plain, momentum 0.9`` (what the tables and figures call a regime)."""
-    return f"{arch}, momentum {momentum:g}"
+def regime_label(arch: str, momentum: float, norm: str = "batch") -> str:
+    """``plain, momentum 0.9`` (what the tables and figures call a regime), ``..., instance norm`` for another
+    norm than BatchNorm."""
+    return f"{arch}, momentum {momentum:g}" + ("" if norm == "batch" else f", {norm} norm")
 
 
 @dataclass
@@ -38,14 +41,14 @@ class RegimeComparison:
     Attributes
     ----------
     calibration : pandas.DataFrame
-        One row per regime: ``regime, arch, momentum, regime_text`` (``cen_lab.experiments.regime.regime_text`` of its runs),
+        One row per regime: ``regime, arch, momentum, norm, regime_text`` (``cen_lab.experiments.regime.regime_text`` of its runs),
         ``architecture, optimiser, n_channels, ece, ece_low, ece_high, brier, spearman, spearman_low,
         spearman_high, z_mean, z_std, no_gradient``.
     outcome : pandas.DataFrame
-        ``outcome_table`` per regime, stacked: ``regime, arch, momentum, lam, predicted, observed, ci_low,
+        ``outcome_table`` per regime, stacked: ``regime, arch, momentum, norm, lam, predicted, observed, ci_low,
         ci_high, inside`` (the prediction inside the observed interval), ...
     local : pandas.DataFrame
-        The local-check rows of every regime, with ``regime, arch, momentum`` columns.
+        The local-check rows of every regime, with ``regime, arch, momentum, norm`` columns.
     """
 
     calibration: pd.DataFrame
@@ -61,37 +64,42 @@ class RegimeComparison:
 def compare_regimes(lams: Sequence[float], seeds: Sequence[int], runs_dir: str | Path, *, preset: str = "default",
                     steps: int = 300, l1_rule: str = "proximal", checkpoints: int = 2, n_batches: int = 8,
                     archs: Sequence[str] = ("plain", "bottleneck"), momentums: Sequence[float] = (0.9, 0.0),
-                    n_jobs: int = 1, progress: bool = True, **overrides) -> RegimeComparison:
-    """Train (or reuse) the theorem networks of every (arch, momentum) and check Theorem 1 on each.
+                    instance: Sequence[tuple[str, float]] = (("plain", 0.9),), n_jobs: int = 1,
+                    progress: bool = True, **overrides) -> RegimeComparison:
+    """Train (or reuse) the theorem networks of every (arch, momentum), and of every (arch, momentum) of
+    ``instance`` with InstanceNorm, and check Theorem 1 on each.
 
-    Runs go to ``runs_dir`` under names that carry the architecture and a non-default momentum
+    On InstanceNorm the check's scale is ``||dL/dx'||`` centred over each sample's positions
+    (``cen_lab.network.hooks.record_bn_output_grad_norms``), where ``x_hat`` sums to zero.
+
+    Runs go to ``runs_dir`` under names that carry the architecture, a non-default momentum and a non-batch norm
     (``theorem_runs.theorem_base``), so the default regime reuses the theorem notebook's own runs. ``overrides``
     are further config keys of every run, as in ``theorem_runs.theorem_base`` (``train__precision="bf16"``).
     """
     calibration, outcomes, locals_ = [], [], []
-    for arch in archs:
-        for momentum in momentums:
-            label = regime_label(arch, momentum)
-            runs = train_theorem_runs(lams, seeds, runs_dir, preset=preset, steps=steps, l1_rule=l1_rule,
-                                      checkpoints=checkpoints, n_jobs=n_jobs, progress=progress,
-                                      model__arch=arch, train__momentum=momentum, **overrides)
-            local = local_check_runs(runs, n_batches=n_batches, progress=progress)
-            cal = calibration_summary(local)
-            outcome, _ = outcome_table(runs, local)
-            cfg = next(iter(runs.values())).config
-            calibration.append({
-                "regime": label, "arch": arch, "momentum": momentum,
-                "regime_text": regime_text(regime_of([run.config for run in runs.values()], preset)),
-                "architecture": architecture(cfg),
-                "optimiser": optimiser(cfg), "n_channels": cal["n_channels"], "ece": cal["ece"],
-                "ece_low": cal["ece_ci"][0], "ece_high": cal["ece_ci"][1], "brier": cal["brier"],
-                "spearman": cal["spearman"], "spearman_low": cal["spearman_ci"][0],
-                "spearman_high": cal["spearman_ci"][1], "z_mean": cal["normality"]["mean"],
-                "z_std": cal["normality"]["std"], "no_gradient": cal["no_gradient"]["fraction"]})
-            inside = (outcome["predicted"] >= outcome["ci_low"]) & (outcome["predicted"] <= outcome["ci_high"])
-            outcomes.append(outcome.assign(regime=label, arch=arch, momentum=momentum, inside=inside))
-            locals_.append(local.assign(regime=label, arch=arch, momentum=momentum))
+    regimes = [(a, m, "batch") for a in archs for m in momentums] + [(a, m, "instance") for a, m in instance]
+    for arch, momentum, norm in regimes:
+        label = regime_label(arch, momentum, norm)
+        runs = train_theorem_runs(lams, seeds, runs_dir, preset=preset, steps=steps, l1_rule=l1_rule,
+                                  checkpoints=checkpoints, n_jobs=n_jobs, progress=progress,
+                                  model__arch=arch, train__momentum=momentum, model__norm=norm, **overrides)
+        local = local_check_runs(runs, n_batches=n_batches, progress=progress)
+        cal = calibration_summary(local)
+        outcome, _ = outcome_table(runs, local)
+        cfg = next(iter(runs.values())).config
+        calibration.append({
+            "regime": label, "arch": arch, "momentum": momentum, "norm": norm,
+            "regime_text": regime_text(regime_of([run.config for run in runs.values()], preset)),
+            "architecture": architecture(cfg),
+            "optimiser": optimiser(cfg), "n_channels": cal["n_channels"], "ece": cal["ece"],
+            "ece_low": cal["ece_ci"][0], "ece_high": cal["ece_ci"][1], "brier": cal["brier"],
+            "spearman": cal["spearman"], "spearman_low": cal["spearman_ci"][0],
+            "spearman_high": cal["spearman_ci"][1], "z_mean": cal["normality"]["mean"],
+            "z_std": cal["normality"]["std"], "no_gradient": cal["no_gradient"]["fraction"]})
+        inside = (outcome["predicted"] >= outcome["ci_low"]) & (outcome["predicted"] <= outcome["ci_high"])
+        outcomes.append(outcome.assign(regime=label, arch=arch, momentum=momentum, norm=norm, inside=inside))
+        locals_.append(local.assign(regime=label, arch=arch, momentum=momentum, norm=norm))
     outcome = pd.concat(outcomes, ignore_index=True)
-    first = ["regime", "arch", "momentum", "lam", "predicted", "observed", "ci_low", "ci_high", "inside"]
+    first = ["regime", "arch", "momentum", "norm", "lam", "predicted", "observed", "ci_low", "ci_high", "inside"]
     outcome = outcome[first + [c for c in outcome.columns if c not in first]]
     return RegimeComparison(pd.DataFrame(calibration), outcome, pd.concat(locals_, ignore_index=True))
