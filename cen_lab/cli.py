@@ -63,7 +63,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     layers = args.layers if args.layers else None
     run = import_checkpoints(paths, args.out, layers=layers, threshold=args.threshold, penalised=args.penalised,
                              steps=steps, modality_names=names, lam=args.lam, reference_lamda=args.reference_lamda,
-                             overwrite=args.overwrite, progress=not args.no_progress, branches=args.branches)
+                             overwrite=args.overwrite, update=args.update, progress=not args.no_progress,
+                             branches=args.branches)
     print(f"{run.path}: {len(run.manifest['imported_files'])} checkpoints as steps "
           f"{sorted(run.gammas['step'].unique().tolist())} ({run.manifest['step_source']}); "
           f"{len(run.manifest['layers'])} layers, M = {len(run.branches)}")
@@ -350,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--branches", type=int, help="for files holding a list of gamma tensors (the reference's "
                    "insnorm_params_*.pth): tensors per layer (default: --modality-names' count, else 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--update", action="store_true", help="add to the imported run in --out the files it does not "
+                   "list yet (a folder read again after more epochs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)
 

@@ -43,8 +43,9 @@ def test_import_every_wrapper_with_and_without_module_prefix(tmp_path, wrapper, 
     run = cen_lab.import_checkpoints(str(tmp_path / "epoch-*.pth"), tmp_path / "run", layers="*.bn2",
                                      penalised="alternate-halves", modality_names=["rgb", "depth"], progress=False)
     assert run.source == "imported" and run.status == "complete"
-    assert run.manifest["step_source"] == ("file entry 'epoch_start'" if entry else "file order")
-    expected_steps = [0, 5, 10] if entry else [0, 1, 2]
+    # without an entry, the steps are the numbers in the file names (epoch-0, epoch-5, epoch-10)
+    assert run.manifest["step_source"] == ("file entry 'epoch_start'" if entry else "filename")
+    expected_steps = [0, 5, 10]
     assert sorted(run.gammas["step"].unique()) == expected_steps
     for step, want in zip(expected_steps, weights.values()):
         g = run.gammas[run.gammas["step"] == step]
@@ -147,10 +148,10 @@ def test_cli_import(tmp_path, capsys):
     assert main(["import", str(tmp_path / "epoch-*.pth"), "--out", str(out), "--penalised", "none"]) == 2
     err = capsys.readouterr().err
     # import has no resume, and the CLI spells overwrite as a flag
-    assert "already holds a run (status complete); pass --overwrite to replace it" in err
+    assert "already holds a run (status complete); pass --update to add the files it does not hold yet, --overwrite to replace it" in err
     assert "resume" not in err and "=True" not in err
     with pytest.raises(cen_lab.RunExistsError,
-                       match=r"pass overwrite=True to replace it, or choose another directory$"):
+                       match=r"pass update=True to add the files it does not hold yet, overwrite=True to replace it, or choose another directory$"):
         cen_lab.import_checkpoints(str(tmp_path / "epoch-*.pth"), out, penalised="none", progress=False)
     assert main(["import", str(tmp_path / "epoch-*.pth"), "--out", str(tmp_path / "x"), "--penalised", "none",
                  "--steps", "a,b"]) == 2

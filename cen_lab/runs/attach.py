@@ -204,7 +204,8 @@ def _writer(out: Path, settings: dict[str, Any], found: list[BNLayer], m: int, n
     if _prepare_dir(out, overwrite) == "existing":
         status = _read_manifest(out)["status"] if (out / "manifest.json").is_file() else "unknown"
         again = (f"pass {option('resume')} to continue it or {option('overwrite')} to start again" if source == "observed"
-                 else f"pass {option('overwrite')} to replace it, or choose another directory")  # import: no resume
+                 else f"pass {option('update')} to add the files it does not hold yet, {option('overwrite')} to "
+                      "replace it, or choose another directory")  # import: no resume
         raise RunExistsError(f"{out} already holds a run (status {status}); {again}")
     full = {"source": source, "name": out.name, "seed": None, "total_steps": None,
             "model_class": model_class or f"{type(model).__module__}.{type(model).__qualname__}",

@@ -22,16 +22,21 @@ The reference translation code saves, each epoch, the list of its ``insnorm_conv
 (``insnorm_params_000.pth``, ...): the gammas of every encoder layer's M per-domain InstanceNorms, in parameter
 order (layer 0's domain 0, layer 0's domain 1, layer 1's domain 0, ...), without names or betas. Such a file is
 read as M consecutive tensors per layer (``branches``, default 2 or the number of ``modality_names``), the layers
-named by ``layers`` when it is a list of as many names, else ``insnorm_conv.0``, ``insnorm_conv.1``, ...; the
-betas, which the files do not hold, are logged as NaN (``manifest["betas"]`` says so). ``"alternate-halves"``
+named by ``layers`` when it is a list of as many names, or by ``template`` (a model or a state dict: the names of
+its layers that ``layers``, a glob, selects, in module order), else ``insnorm_conv.0``, ``insnorm_conv.1``, ...;
+a count or size that does not match is an error saying what was expected. The betas, which the files do not hold, are logged as NaN (``manifest["betas"]`` says so). ``"alternate-halves"``
 then counts the tensors in the list's order, as the reference's filter did.
 
 Files that need code to unpickle (a pickled class, function or any other global outside torch's allow-list) are
 refused before anything in them runs: ``weights_only=True`` never executes it.
 
 Steps come from ``steps`` (one per file), else from an entry every file has at its top level (``step``,
-``global_step``, ``iteration``, ``epoch`` or the reference's ``epoch_start``), else from the file order
-(0, 1, ...). The manifest's ``step_source`` says which.
+``global_step``, ``iteration``, ``epoch`` or the reference's ``epoch_start``), else from the last number in every
+file's name when they differ (``insnorm_params_003.pth``, ``epoch-99.pt``, ``epoch12.pth``), else from the file
+order (0, 1, ...). The manifest's ``step_source`` says which (``filename`` for the names).
+
+``update=True`` imports into an existing imported run only the files it does not list yet (a folder read again
+after more epochs); their steps must come after the run's last one.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import torch
 from torch import nn
 
 from .._util.progress import progress_bar
-from ..errors import ObserveError, RunFormatError, said
+from ..errors import ObserveError, RunFormatError, option, said
 from ..network.layouts import strip_wrapper_prefix
 from .attach import _open
 from .exchange_maps import ExchangeFn
@@ -60,6 +65,7 @@ __all__ = ["import_checkpoints", "read_state_dict", "skeleton"]
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "segmenter", "net", "network")
 STEP_KEYS = ("step", "global_step", "iteration", "epoch", "epoch_start")
 _SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
+_STEP_IN_NAME = re.compile(r"(\d+)(?!.*\d)")  # the last number of a file name's stem ("-99" is 99, not -99)
 
 
 def _natural(path: Path) -> list:
@@ -119,7 +125,9 @@ def _list_state(obj: Sequence[Any], path: Path, branches: int, names: Sequence[s
                            + said("give branches=M", "give --branches M") + " (M consecutive tensors form a layer)")
     n = len(obj) // branches
     if names is not None and len(names) != n:
-        raise ObserveError(f"{path}: {len(names)} layer names for {n} layers of {branches} tensors each")
+        raise ObserveError(f"{path}: {len(names)} layer names ({', '.join(names)}) for the file's {n} layers of "
+                           f"{branches} tensors each; name exactly the saved layers (a template's are selected by "
+                           "the layers glob, e.g. '*.insnorm_conv')")
     names = list(names) if names is not None else [f"insnorm_conv.{k}" for k in range(n)]
     state: dict[str, torch.Tensor] = {}
     for k, name in enumerate(names):
@@ -177,6 +185,20 @@ def _bn_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
             and f"{k[:-len('.running_mean')]}.weight" in state and f"{k[:-len('.running_mean')]}.bias" in state]
 
 
+def _template_layers(template: Any, layers: Any) -> dict[str, int]:
+    """name -> channels of ``template``'s layers (a model, or a state dict made into a ``skeleton``) that ``layers``
+    selects, in module order: the layers a list file's tensors belong to."""
+    from ..network.layouts import resolve_layers, unwrap
+
+    if isinstance(template, nn.Module):
+        root = unwrap(template)
+    elif _is_state_dict(template):
+        root = skeleton({strip_wrapper_prefix(k): v for k, v in template.items()})
+    else:
+        raise ObserveError(f"template must be a model (nn.Module) or a state dict, got {type(template).__name__}")
+    return {la.name: la.num_channels for la in resolve_layers(root, layers)}
+
+
 def skeleton(state: Mapping[str, torch.Tensor]) -> nn.Module:
     """An ``nn.Module`` tree holding one BN (``nn.BatchNorm2d``, or ``ModalBatchNorm2d`` for ``[M, C]`` weights)
     at every BN prefix of ``state``, in key order, so that ``cen_lab.runs.observer.resolve_layers`` finds the layers
@@ -225,8 +247,11 @@ def _steps(files: list[Path], tops: list[dict[str, Any]], steps: Sequence[int] |
     else:
         key = next((k for k in STEP_KEYS if all(isinstance(t.get(k), int) and not isinstance(t.get(k), bool)
                                                 for t in tops)), None)
+        numbers = [_STEP_IN_NAME.search(f.stem) for f in files]
         if key is not None:
             steps, source = [int(t[key]) for t in tops], f"file entry {key!r}"
+        elif all(numbers) and len({int(n.group(1)) for n in numbers}) == len(files):
+            steps, source = [int(n.group(1)) for n in numbers], "filename"
         else:
             steps, source = list(range(len(files))), "file order"
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
@@ -242,8 +267,8 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
                        threshold: float = 2e-2, penalised: str | Mapping[str, Any] | None = None,
                        steps: Sequence[int] | None = None, modality_names: Sequence[str] | None = None,
                        exchange: str | ExchangeFn = "mean", lam: float | None = None,
-                       reference_lamda: float | None = None, overwrite: bool = False,
-                       progress: bool = True, branches: int | None = None) -> Run:
+                       reference_lamda: float | None = None, overwrite: bool = False, update: bool = False,
+                       progress: bool = True, branches: int | None = None, template: Any = None) -> Run:
     """Make a run with one logged step per checkpoint (gammas, betas and the exchange map ``threshold`` implies).
 
     Parameters
@@ -251,19 +276,27 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
     paths : str, Path or list
         A glob (``"ckpt/epoch-*.pth"``), a folder of checkpoint files, or a list of files.
     out_dir : str or Path
-        The run directory to write (an existing run needs ``overwrite``).
+        The run directory to write (an existing run needs ``overwrite``, or ``update``).
     layers, threshold, penalised, exchange, modality_names, lam, reference_lamda
         As for ``cen_lab.observe`` (``lam`` per step, or the reference's ``reference_lamda`` per output); layer
         names are the state dict's BN prefixes (``layer1.0.bn2``).
         ``penalised`` is required (the reference code's rule is ``"alternate-halves"``).
     steps : list of int, optional
-        The step of each file; default from the files' entries, else their order.
+        The step of each file; default from the files' entries, else the numbers in their names, else their order.
+    overwrite : bool
+        Replace a run already in ``out_dir``.
+    update : bool
+        Add to the imported run in ``out_dir`` the files it does not list yet (with the same settings); their steps
+        must come after its last step. Without new files the run is returned as it is.
     progress : bool
         A progress bar over the files.
     branches : int, optional
         For files that hold a list of gamma tensors (the reference's ``insnorm_params_*.pth``): M, the tensors per
         layer (default: the number of ``modality_names``, else 2). ``layers`` may then be a list of the layers'
         names.
+    template : nn.Module or state dict, optional
+        For list files: the model (or a state dict of it) whose layers the tensors belong to; its layers that
+        ``layers`` selects (a glob such as ``"*.insnorm_conv"``, or all readable ones) name them, in module order.
 
     Returns
     -------
@@ -275,10 +308,34 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
     m = branches if branches is not None else (len(modality_names) if modality_names is not None else 2)
     names = (list(layers) if isinstance(layers, (list, tuple)) and not any(set("*?[") & set(str(x)) for x in layers)
              else None)  # plain names (not globs) name the layers of list files
+    if template is not None:
+        if names is not None:
+            raise ObserveError("give the list files' layer names either as layers=[...] or through template, not both")
+        expected = _template_layers(template, layers)  # name -> channels
+        names = list(expected)
+    previous: dict[str, int] = {}
+    if update and overwrite:
+        raise ObserveError("update adds new files to an imported run and overwrite replaces it: give one of them")
+    if update and (Path(out_dir) / "manifest.json").is_file():
+        old = load_run(out_dir)
+        if old.source != "imported":
+            raise ObserveError(f"{out_dir} holds a run of source {old.source!r}; update adds files to an imported run")
+        previous = {f["path"]: f["step"] for f in old.manifest.get("imported_files", [])}
+        fresh = [f for f in files if str(f.resolve()) not in previous]
+        if not fresh:
+            log.info("%s: every file is imported already; nothing to add", out_dir)
+            return old
+        files, last = fresh, old.manifest["last_step"]
     # keep only the BN tensors and the step entries of each file: a series of large checkpoints fits in memory
     states, tops, where0 = [], [], None
     for f in files:
         state, top, where = read_state_dict(f, branches=m, names=names)
+        if template is not None and where == "<list>":
+            for name, channels in expected.items():
+                got = [state[f"{name}.insnorm_{i}.weight"].numel() for i in range(m)]
+                if any(g != channels for g in got):
+                    raise ObserveError(f"{f}: the {m} tensors of layer {name!r} have {got} gammas, where the "
+                                       f"template's layer has {channels} channels (is the list of this model?)")
         prefixes = _bn_prefixes(state)
         if not prefixes:
             raise ObserveError(f"{f}: no BatchNorm found in its state dict (under {where}): no prefix has .weight, "
@@ -296,14 +353,21 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
     root = skeleton(states[0])
     order, step_source = _steps(files, tops, steps)
     ranked = sorted(range(len(files)), key=lambda i: order[i])
+    if previous and order[ranked[0]] <= last:
+        raise ObserveError(f"{files[ranked[0]]}: its step {order[ranked[0]]} ({step_source}) is not after the last "
+                           f"imported step {last} of {out_dir}; update only adds later files (re-import the folder "
+                           f"with {option('overwrite')} to rebuild the run)")
+    imported = [*({"path": p, "step": st} for p, st in previous.items()),
+                *({"path": str(files[i].resolve()), "step": order[i]} for i in ranked)]
     manifest = {"step_source": step_source, "state_dict_key": where0,
                 **({"betas": "not in the files (lists of gammas): logged as NaN"} if where0 == "<list>" else {}),
-                "imported_files": [{"path": str(files[i].resolve()), "step": order[i]} for i in ranked],
-                "total_steps": order[ranked[-1]]}
-    obs = _open(root, out_dir, source="imported", layers=layers, threshold=threshold, penalised=penalised,
-                exchange=exchange, modality_names=modality_names, lam=lam, reference_lamda=reference_lamda,
-                resume=False, overwrite=overwrite,
+                "imported_files": imported, "total_steps": order[ranked[-1]]}
+    obs = _open(root, out_dir, source="imported", layers=names if names is not None else layers,
+                threshold=threshold, penalised=penalised, exchange=exchange, modality_names=modality_names, lam=lam, reference_lamda=reference_lamda,
+                resume=bool(previous), overwrite=overwrite,
                 flush_every=None, manifest=manifest, model_class="unknown (imported from checkpoints)")
+    if previous:  # a reopened run keeps its manifest: record the files it now holds
+        obs.writer.manifest.update(imported_files=imported, total_steps=order[ranked[-1]])
     with obs:
         for i in progress_bar(ranked, desc="import checkpoints", disable=not progress):
             _load_into(root, states[i], obs.layers, files[i])

@@ -1,0 +1,154 @@
+"""The zoo's translation CEN in the reference's layout, trained by a hand-written loop, observed, and its per-epoch
+``insnorm_params`` lists imported (issue 24, items 5 and 6)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cen_lab
+from cen_lab.errors import ObserveError
+from cen_lab.experiments.zoo_translation import run_translation_example
+from cen_lab.network.zoo_translation import ReferenceStyleTranslator, insnorm_params
+
+KEYS = ["layer", "branch", "channel"]
+THR = 0.995  # six Adam steps move a gamma by about 0.012 from 1: the penalised ones cross this one
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    torch.set_num_threads(1)
+    return run_translation_example("tiny", tmp_path_factory.mktemp("zoo"), lam=0.05, threshold=THR, progress=False)
+
+
+def _gammas_at(run, step):
+    return run.gammas[run.gammas["step"] == step].sort_values(KEYS).reset_index(drop=True)
+
+
+def test_the_loop_logs_the_modules_gammas_penalised_flags_and_exchange(example):
+    run, model = example.run, example.model
+    assert run.complete and run.manifest["layers"] == ["down.1.insnorm_conv", "down.2.insnorm_conv"]
+    last = _gammas_at(run, run.manifest["last_step"])
+    weights = insnorm_params(model)  # layer 0's domains, then layer 1's
+    for k, w in enumerate(weights):
+        layer, branch = run.manifest["layers"][k // 2], k % 2
+        rows = last[(last["layer"] == layer) & (last["branch"] == branch)]
+        np.testing.assert_array_equal(rows["gamma"].to_numpy(), w.detach().numpy())  # the module's own weights
+        half = len(w) // 2  # the reference's filter: first half of even tensors, second half of odd ones
+        want = np.arange(len(w)) < half if k % 2 == 0 else np.arange(len(w)) >= half
+        np.testing.assert_array_equal(rows["penalised"].to_numpy(), want)
+    ex = run.exchange.merge(run.gammas, on=["step", *KEYS])
+    np.testing.assert_array_equal(ex["exchanged"].to_numpy(), (ex["gamma"].abs() < THR).to_numpy())
+    assert ex["exchanged"].any() and (ex.loc[ex["exchanged"], "source"] == 1 - ex.loc[ex["exchanged"], "branch"]).all()
+    val = run.metrics.query("split == 'val'")["name"]
+    assert {"l1/rgb", "psnr/depth", "ssim/ensemble"} <= set(val)
+
+
+def test_the_list_files_import_to_the_observed_gammas_at_their_steps(example, tmp_path):
+    run = example.run
+    files = sorted(example.list_dir.glob("insnorm_params_*.pth"))
+    assert [f.name for f in files] == ["insnorm_params_0002.pth", "insnorm_params_0004.pth",
+                                       "insnorm_params_0006.pth"]
+    imported = cen_lab.import_checkpoints(example.list_dir, tmp_path / "imported", template=example.model,
+                                          layers="*.insnorm_conv", threshold=THR, penalised="alternate-halves",
+                                          modality_names=["rgb", "depth"], progress=False)
+    assert imported.manifest["step_source"] == "filename"
+    assert imported.manifest["layers"] == run.manifest["layers"]  # observe and import name the layers alike
+    for step in (2, 4, 6):
+        a, b = _gammas_at(imported, step), _gammas_at(run, step)
+        np.testing.assert_array_equal(a["gamma"].to_numpy(), b["gamma"].to_numpy())
+        np.testing.assert_array_equal(a["penalised"].to_numpy(), b["penalised"].to_numpy())
+    assert imported.gammas["beta"].isna().all()
+
+
+def test_a_folder_imported_again_adds_only_its_new_files(example, tmp_path):
+    import shutil
+
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    files = sorted(example.list_dir.glob("insnorm_params_*.pth"))
+    for f in files[:2]:
+        shutil.copy(f, folder)
+    kwargs = dict(template=example.model, layers="*.insnorm_conv", threshold=THR, penalised="alternate-halves",
+                  modality_names=["rgb", "depth"], progress=False)
+    first = cen_lab.import_checkpoints(folder, tmp_path / "run", **kwargs)
+    assert sorted(first.gammas["step"].unique()) == [2, 4]
+    with pytest.raises(cen_lab.RunExistsError, match=r"update=True to add the files"):
+        cen_lab.import_checkpoints(folder, tmp_path / "run", **kwargs)
+    shutil.copy(files[2], folder)  # one more epoch
+    again = cen_lab.import_checkpoints(folder, tmp_path / "run", update=True, **kwargs)
+    assert sorted(again.gammas["step"].unique()) == [2, 4, 6]
+    assert [f["step"] for f in again.manifest["imported_files"]] == [2, 4, 6] and again.complete
+    full = cen_lab.import_checkpoints(example.list_dir, tmp_path / "full", **kwargs)
+    np.testing.assert_array_equal(_gammas_at(again, 6)["gamma"], _gammas_at(full, 6)["gamma"])
+    assert len(again.gammas) == len(full.gammas)  # nothing logged twice
+    same = cen_lab.import_checkpoints(folder, tmp_path / "run", update=True, **kwargs)  # nothing new
+    assert len(same.gammas) == len(full.gammas)
+    torch.save([p.detach().clone() for p in insnorm_params(example.model)], folder / "insnorm_params_0001.pth")
+    with pytest.raises(ObserveError, match="not after the last imported step 6"):
+        cen_lab.import_checkpoints(folder, tmp_path / "run", update=True, **kwargs)
+
+
+def test_the_cli_advises_its_own_update_flag(example, tmp_path, capsys):
+    from cen_lab.cli import main
+
+    args = ["import", str(example.list_dir), "--out", str(tmp_path / "run"), "--layers", "down.1.insnorm_conv",
+            "--layers", "down.2.insnorm_conv", "--penalised", "alternate-halves", "--threshold", str(THR),
+            "--no-progress"]
+    assert main(args) == 0
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "--update" in err and "update=True" not in err
+    assert main(args + ["--update"]) == 0
+
+
+@pytest.mark.parametrize("name, step", [("insnorm_params_003.pth", 3), ("epoch-99.pt", 99), ("epoch12.pth", 12),
+                                        ("run2_epoch7.pth", 7)])
+def test_steps_come_from_the_last_number_in_the_file_name(tmp_path, name, step):
+    model = ReferenceStyleTranslator(3, 3, 2, widths=(4, 4, 4))
+    other = tmp_path / "epoch-0.pth"
+    torch.save([p.detach().clone() for p in insnorm_params(model)], tmp_path / name)
+    torch.save([p.detach().clone() for p in insnorm_params(model)], other)
+    run = cen_lab.import_checkpoints([other, tmp_path / name], tmp_path / "run", template=model,
+                                     layers="*.insnorm_conv", penalised="alternate-halves", progress=False)
+    assert run.manifest["step_source"] == "filename" and sorted(run.gammas["step"].unique()) == [0, step]
+
+
+def test_template_as_a_state_dict_with_a_dataparallel_prefix_names_layers_as_observe(tmp_path):
+    model = ReferenceStyleTranslator(3, 3, 2, widths=(4, 6, 8, 4))
+    torch.save([p.detach().clone() for p in insnorm_params(model)], tmp_path / "insnorm_params_001.pth")
+    wrapped = nn.DataParallel(model)
+    state = wrapped.state_dict()
+    assert next(iter(state)).startswith("module.")
+    run = cen_lab.import_checkpoints(tmp_path / "insnorm_params_001.pth", tmp_path / "run", template=state,
+                                     layers="*.insnorm_conv", penalised="alternate-halves", progress=False)
+    live = cen_lab.observe(wrapped, tmp_path / "live", layers="*.insnorm_conv", penalised="alternate-halves")
+    live.log(0)
+    live.close()
+    observed = cen_lab.load_run(tmp_path / "live")
+    assert run.manifest["layers"] == observed.manifest["layers"] == ["down.1.insnorm_conv", "down.2.insnorm_conv"]
+    assert observed.manifest["model_class"].endswith("ReferenceStyleTranslator")  # the inner model's class
+    np.testing.assert_array_equal(_gammas_at(run, 1)["gamma"], _gammas_at(observed, 0)["gamma"])
+
+
+def test_list_files_that_do_not_fit_the_template_say_what_was_expected(tmp_path):
+    model = ReferenceStyleTranslator(3, 3, 2, widths=(4, 6, 8, 4))
+    params = [p.detach().clone() for p in insnorm_params(model)]
+    torch.save(params[:2], tmp_path / "short_001.pth")  # one layer of two
+    with pytest.raises(ObserveError, match=r"2 layer names \(down.1.insnorm_conv, down.2.insnorm_conv\) for the "
+                                           "file's 1 layers of 2 tensors each"):
+        cen_lab.import_checkpoints(tmp_path / "short_001.pth", tmp_path / "a", template=model,
+                                   layers="*.insnorm_conv", penalised="alternate-halves", progress=False)
+    torch.save([params[0], params[1], params[2][:3], params[3][:3]], tmp_path / "sizes_001.pth")
+    with pytest.raises(ObserveError, match="channels|size|shape"):
+        cen_lab.import_checkpoints(tmp_path / "sizes_001.pth", tmp_path / "b", template=model,
+                                   layers="*.insnorm_conv", penalised="alternate-halves", progress=False)
+    bad = [p.clone() for p in params]
+    bad[1][0] = float("nan")
+    torch.save(bad, tmp_path / "nan_001.pth")
+    with pytest.raises(ObserveError, match=r"nan_001.pth: layer 'down.1.insnorm_conv.insnorm_1' has 1 gamma"):
+        cen_lab.import_checkpoints(tmp_path / "nan_001.pth", tmp_path / "c", template=model,
+                                   layers="*.insnorm_conv", penalised="alternate-halves", progress=False)
+    with pytest.raises(ObserveError, match="template must be a model"):
+        cen_lab.import_checkpoints(tmp_path / "short_001.pth", tmp_path / "d", template=[1, 2],
+                                   penalised="alternate-halves", progress=False)
