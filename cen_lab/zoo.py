@@ -10,15 +10,15 @@ This module gathers three layers' parts under the name the README and ``notebook
 - the translation CEN in the reference's layout (``cen_lab.network.zoo_translation``): ``ReferenceStyleTranslator``,
   ``InstanceNorm2dParallel``, ``insnorm_params``, ``translator_slim_params``; and its loop and example
   (``cen_lab.experiments.zoo_translation``): ``translation_loop``, ``train_reference_translator``,
-  ``run_translation_example``.
+  ``run_translation_example``, ``gamma_agreement`` (an imported run against the observed one).
 """
 
 from .experiments.zoo_example import (EXAMPLE_PRESETS, ZooRun, hand_written_loop, regime, run_example,
                                       train_reference_style)
 from .network.zoo import (Bottleneck, BatchNorm2dParallel, Exchange, ModuleParallel, ReferenceStyleCEN,
                           effective_lam, reference_l1, reference_slim_params, segmentation_loss, without_exchange)
-from .experiments.zoo_translation import (TRANSLATION_EXAMPLE_PRESETS, ZooTranslation, run_translation_example,
-                                          train_reference_translator, translation_loop)
+from .experiments.zoo_translation import (TRANSLATION_EXAMPLE_PRESETS, ZooTranslation, gamma_agreement,
+                                          run_translation_example, train_reference_translator, translation_loop)
 from .network.zoo_translation import (InstanceNorm2dParallel, ReferenceStyleTranslator, TranslatorDown, TranslatorUp,
                                       insnorm_params, translator_slim_params)
 from .theory.zoo_check import check_theorem, training_batches
@@ -28,4 +28,5 @@ __all__ = ["ModuleParallel", "BatchNorm2dParallel", "Exchange", "Bottleneck", "R
            "effective_lam", "ZooRun", "train_reference_style", "training_batches", "regime",
            "EXAMPLE_PRESETS", "run_example", "check_theorem", "InstanceNorm2dParallel", "ReferenceStyleTranslator",
            "TranslatorDown", "TranslatorUp", "insnorm_params", "translator_slim_params", "translation_loop",
-           "train_reference_translator", "run_translation_example", "ZooTranslation", "TRANSLATION_EXAMPLE_PRESETS"]
+           "train_reference_translator", "run_translation_example", "ZooTranslation", "TRANSLATION_EXAMPLE_PRESETS",
+           "gamma_agreement"]

@@ -210,9 +210,14 @@ def test_bring_your_own_notebook_in_the_report(tiny_report):
     out = tiny_report.out_dir
     figs = out / "figures" / "bring_your_own"
     for stem in ("gamma_trajectories", "exchange_maps", "exchange_ratio", "training_curves",
-                 "imported_gamma_trajectories", "reliability", "qq"):
+                 "imported_gamma_trajectories", "reliability", "qq", "translation_gamma_trajectories",
+                 "translation_exchange_maps", "translation_training_curves"):
         assert (figs / f"{stem}.png").stat().st_size > 1000, stem
     summary = json.loads((figs / "summary.json").read_text())
+    # the reference-layout translator: its list files imported to the observed gammas, at the files' steps
+    assert [r["step"] for r in summary["translation_import"]] == [2, 4, 6]
+    assert all(r["max_abs_difference"] == 0 and r["same_penalised"] for r in summary["translation_import"])
+    assert {r["setting"]: r["value"] for r in summary["translation_regime"]}["trained steps"] == "6"
     regime = {r["setting"]: r["value"] for r in summary["regime"]}
     assert regime["evidence"] == "none: the tiny preset is a smoke test" and regime["trained steps"] == "6"
     assert {r["measure"] for r in summary["calibration"]} >= {"ece", "brier", "spearman"}

@@ -59,6 +59,12 @@ def test_the_list_files_import_to_the_observed_gammas_at_their_steps(example, tm
         np.testing.assert_array_equal(a["gamma"].to_numpy(), b["gamma"].to_numpy())
         np.testing.assert_array_equal(a["penalised"].to_numpy(), b["penalised"].to_numpy())
     assert imported.gammas["beta"].isna().all()
+    agreement = cen_lab.zoo.gamma_agreement(run, imported)
+    assert list(agreement["step"]) == [2, 4, 6] and (agreement["max_abs_difference"] == 0).all()
+    assert agreement["same_penalised"].all() and (agreement["gammas"] == 192).all()
+    shifted = imported.gammas.assign(gamma=imported.gammas["gamma"] + 1e-3)
+    imported.gammas = shifted  # a run whose gammas differ is seen to differ
+    assert (cen_lab.zoo.gamma_agreement(run, imported)["max_abs_difference"] > 9e-4).all()
 
 
 def test_a_folder_imported_again_adds_only_its_new_files(example, tmp_path):

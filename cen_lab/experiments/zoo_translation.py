@@ -21,11 +21,13 @@ from ..network.zoo_translation import ReferenceStyleTranslator, insnorm_params, 
 from .regime import SMOKE_PRESETS, SMOKE_TEST
 
 if TYPE_CHECKING:  # annotations only
+    import pandas as pd
+
     from ..data import MultimodalDataset
     from ..runs.reader import Run
 
 __all__ = ["translation_loop", "ZooTranslation", "train_reference_translator", "TRANSLATION_EXAMPLE_PRESETS",
-           "run_translation_example"]
+           "run_translation_example", "gamma_agreement"]
 
 
 def _splits(data: "MultimodalDataset", target: np.ndarray, device: str):
@@ -188,3 +190,25 @@ def run_translation_example(preset: str = "default", runs_dir: str | Path = "run
     z.settings["preset"] = preset
     z.settings["evidence"] = SMOKE_TEST if preset in SMOKE_PRESETS else "one seed, toy data; not the paper's regime"
     return z
+
+
+def gamma_agreement(observed: "Run", imported: "Run") -> "pd.DataFrame":
+    """Per step of ``imported``: how its gammas compare with ``observed``'s at the same step (``step``, ``gammas``,
+    ``max_abs_difference``, ``same_penalised``: every penalised flag equal), matched by layer, branch and channel.
+    A step ``observed`` did not log is an error."""
+    import pandas as pd
+
+    keys = ["layer", "branch", "channel"]
+    rows = []
+    for step, got in imported.gammas.groupby("step"):
+        want = observed.gammas[observed.gammas["step"] == step]
+        if want.empty:
+            raise ValueError(f"{observed.path} logged no step {step} (the imported run's steps are "
+                             f"{sorted(imported.gammas['step'].unique())})")
+        both = got.merge(want, on=keys, suffixes=("_imported", "_observed"), validate="one_to_one")
+        if len(both) != len(got) or len(both) != len(want):
+            raise ValueError(f"step {step}: the runs have different layers or channels")
+        rows.append({"step": int(step), "gammas": len(both),
+                     "max_abs_difference": float((both["gamma_imported"] - both["gamma_observed"]).abs().max()),
+                     "same_penalised": bool((both["penalised_imported"] == both["penalised_observed"]).all())})
+    return pd.DataFrame(rows)
