@@ -12,7 +12,7 @@ import torch
 
 from cen_lab._util.atomic import atomic_write_json
 
-from . import diagnosis, local_check, probe, suite, theorem_paths
+from . import diagnosis, local_check, probe, suite, theorem_paths, translation
 
 # name -> (goal, direction): ">=" means at least, "<=" at most
 GOALS = {
@@ -26,6 +26,10 @@ GOALS = {
     "sweep_speedup_2_workers": (1.7, ">="),
     "theorem_throughput_speedup": (1.5, ">="),
     "local_check_speedup": (3.0, ">="),
+    "translation_step_over_single_domain": (2.1, "<="),
+    "instance_exchange_speedup_vs_mask_reference": (1.5, ">="),
+    "observer_translation_overhead_gamma": (0.03, "<="),
+    "observer_translation_overhead_full": (0.15, "<="),
 }
 # reported beside the goals, without one
 REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10000", "three_probes_cost_share_at_10000",
@@ -34,7 +38,8 @@ REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10
             "theorem_seed_batching_speedup", "bottleneck_theorem_bf16_step_speedup", "default_cen_bf16_step_speedup")
 PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,
          "observer": suite.bench_observer, "sweep": suite.bench_sweep, "theorem": theorem_paths.bench_theorem,
-         "local_check": local_check.bench_local_check, "diagnose": diagnosis.bench_diagnose, "probe": probe.bench_probe}
+         "local_check": local_check.bench_local_check, "diagnose": diagnosis.bench_diagnose, "probe": probe.bench_probe,
+         "translation": translation.bench_translation}
 
 
 def main() -> int:

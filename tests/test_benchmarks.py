@@ -39,6 +39,31 @@ def test_local_check_benchmark_runs_at_tiny_size_with_the_same_numbers():
     assert out["local_check_same_numbers"] and out["local_check_speedup"] > 0
 
 
+def test_translation_benchmark_runs_at_tiny_size_and_its_reference_is_the_definition(tmp_path):
+    from benchmarks import translation
+
+    translation.translation_step(2, batch=2, size=16)()
+    out = translation.bench_instance_exchange(shapes=((2, 2, 4, 4, 4), (3, 2, 4, 4, 4)), repeats=1)
+    assert out["instance_exchange_speedup_vs_mask_reference"] > 0 and len(out["instance_exchange_rows"]) == 2
+    times, writes = translation.translator_step_times(8, 2, True, tmp_path / "obs", batch=2, size=32)
+    assert times.shape == (7,) and writes >= 0 and cen_lab.load_run(tmp_path / "obs").complete
+    # the two sides compute the same thing: cen_lab's InstanceNorm and exchange against the reference's style
+    from cen_lab.network.blocks import ModalBatchNorm2d
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 6, 5, 5, generator=gen)
+    gamma = torch.where(torch.rand(2, 6, generator=gen) < 0.5, 0.0, 1.0)
+    ours = ModalBatchNorm2d(2, 6)
+    ours.norm = "instance"
+    ref = [torch.nn.InstanceNorm2d(6, affine=True) for _ in range(2)]
+    with torch.no_grad():
+        ours.weight.copy_(gamma)
+        for i, r in enumerate(ref):
+            r.weight.copy_(gamma[i])
+    want = torch.stack(suite.mask_exchange_reference([r(t) for r, t in zip(ref, x)], [r.weight for r in ref], 0.02))
+    torch.testing.assert_close(channel_exchange(ours(x, stacked=False), ours.weight, 0.02), want)
+
+
 def test_diagnose_benchmark_runs_at_tiny_size():
     from benchmarks.diagnosis import bench_diagnose
 
