@@ -97,3 +97,21 @@ def test_choose_lambda_notebook_executes_at_tiny_size(tmp_path):
     assert [r["lam"] for r in summary["held_out"]] == [1e-3]
     assert {r["setting"]: r["value"] for r in summary["regime"]}["evidence"].startswith("none: the tiny preset")
     assert set(summary["diagnoses"][0]) >= {"measure", "collapsing", "no sparsity", "good", "rule"}
+
+
+def test_translation_notebook_executes_at_tiny_size(tmp_path):
+    import json
+
+    figs = tmp_path / "figs"
+    variants = ["unimodal-rgb", "cen", "cen-batchnorm"]
+    run_notebook(NOTEBOOK_DIR / "translation.ipynb",
+                 {"size": "tiny", "translation_variants": variants, "seeds": [0, 1], "steps": 4, "n_jobs": 1,
+                  "runs_dir": str(tmp_path / "runs"), "figures_dir": str(figs), "progress": False}, tmp_path,
+                 progress_bar=False)
+    for stem in ("learning_curves", "exchange_settling", "gamma_trajectories", "exchange_maps", "examples_cen",
+                 "examples_cen_batchnorm"):
+        assert (figs / f"{stem}.png").stat().st_size > 1000, stem
+    summary = json.loads((figs / "summary.json").read_text())
+    assert {r["variant"] for r in summary["summary"]} == set(variants)
+    assert all(r["metric"] == "l1" and r["n_seeds"] == 2 and "smoke test" in r["regime"] for r in summary["summary"])
+    assert {r["variant"] for r in summary["cen_vs"]} == {"unimodal-rgb", "cen-batchnorm"}

@@ -116,9 +116,19 @@ def _check_variants(value: Any) -> None:
         raise NotebookParameterError(f"parameter 'variants': unknown variant {unknown[0]!r}; choose from {list(VARIANTS)}")
 
 
+def _check_translation_variants(value: Any) -> None:
+    from ..experiments.translation import TRANSLATION_VARIANTS
+
+    unknown = [v for v in value if v not in TRANSLATION_VARIANTS]
+    if unknown:
+        raise NotebookParameterError(f"parameter 'translation_variants': unknown variant {unknown[0]!r}; choose "
+                                     f"from {list(TRANSLATION_VARIANTS)}")
+
+
 # parameters with a meaning across notebooks get a semantic check on top of the type check
 _VALIDATORS: dict[str, Callable[[Any], None]] = {"preset": _check_preset, "run_dir": _check_paths,
-                                                  "run_dirs": _check_paths, "variants": _check_variants}
+                                                  "run_dirs": _check_paths, "variants": _check_variants,
+                                                  "translation_variants": _check_translation_variants}
 
 
 def validate_parameters(path: str | Path, parameters: Mapping[str, Any]) -> dict[str, Any]:
