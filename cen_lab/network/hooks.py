@@ -40,7 +40,8 @@ def record_bn_output_grad_norms(
     layers : sequence of (name, module or modules)
         Either one module whose output ``x'`` is ``[M, N, C, H, W]`` or a list of M ``[N, C, H, W]`` tensors
         (``ModalBatchNorm2d``), or a sequence of M modules, one per branch, each with output ``[N, C, H, W]``
-        (the reference code's ``bn_0 ... bn_{M-1}`` children, or any list of per-modality BatchNorms).
+        (the reference code's ``bn_0 ... bn_{M-1}`` children, or any list of per-modality BatchNorms; a LayerNorm's
+        channels are its output's last dimension).
 
     Yields
     ------
@@ -66,12 +67,14 @@ def record_bn_output_grad_norms(
             total = 1 if stacked else (count if branch is not None else len(parts))
             kept = (0, 2) if stacked else (1,)  # branch and channel, or channel
             centred = is_instance_norm(module)
+            channels_last = isinstance(module, nn.LayerNorm)  # a LayerNorm's per-channel weight is on the last dim
 
             # the hooks must not refer to the tensors they sit on: such a cycle keeps the whole autograd graph
             # (every activation) alive until Python's cyclic garbage collector runs
             def make_grad_hook(i: int):
                 def on_grad(grad: torch.Tensor) -> None:
-                    dims = [d for d in range(grad.dim()) if d not in kept]
+                    keep = (grad.dim() - 1,) if channels_last else kept
+                    dims = [d for d in range(grad.dim()) if d not in keep]
                     g = grad.detach().float()  # fp32 also when autocast made the gradient bfloat16
                     if centred:  # the part of g that x_hat, summing to zero over each sample's positions, sees
                         g = g - g.mean(dim=(-2, -1), keepdim=True)

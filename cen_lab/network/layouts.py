@@ -9,7 +9,8 @@ A layer is one BN position with M branches (modalities) of C channels. Three lay
 - a module whose children are exactly M BatchNorm layers (the reference code's ``BatchNorm2dParallel``
   with ``bn_0 ... bn_{M-1}``, or an ``nn.ModuleList`` of BNs), branch m being the m-th child; or exactly M affine
   InstanceNorm layers of one type (the reference translation U-Net's ``InstanceNorm2dParallel``, children
-  ``insnorm_0 ... insnorm_{M-1}``);
+  ``insnorm_0 ... insnorm_{M-1}``), or M affine GroupNorms, or M LayerNorms with one weight per channel
+  (``ln_0 ...``); the children of one layer must be of one type and size;
 - an explicit list of per-modality BN modules: ``layers={"stem.bn": [model.rgb.bn1, model.depth.bn1]}``.
 
 ``layers`` is None (every layer of the first two layouts), a name or glob over module names (``"*.bn2"``), a
@@ -55,8 +56,9 @@ __all__ = ["WRAPPER_PREFIXES", "unwrap", "strip_wrapper_prefix", "PENALISED_RULE
 
 PENALISED_RULES = ("disjoint", "alternate-halves", "all", "none")
 # the per-branch norms a layer may be made of: BatchNorm (segmentation), InstanceNorm (the reference's translation
-# U-Net: ``insnorm_0 ... insnorm_{M-1}`` children of ``insnorm_conv``); both need affine=True to have a gamma
-NORM_TYPES = (_BatchNorm, _InstanceNorm)
+# U-Net: ``insnorm_0 ... insnorm_{M-1}`` children of ``insnorm_conv``), GroupNorm and LayerNorm (``ln_0 ...``); each
+# needs its affine weight to have a gamma, and a LayerNorm one weight per channel (normalized_shape of length 1)
+NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 # -- wrappers ---------------------------------------------------------------------------------------------------
@@ -110,7 +112,8 @@ class BNLayer:
 
     @property
     def stacked(self) -> bool:
-        return len(self.modules) == 1 and self.modules[0].weight.dim() == 2
+        weight = getattr(self.modules[0], "weight", None)  # None for a norm without an affine weight
+        return len(self.modules) == 1 and weight is not None and weight.dim() == 2
 
     @property
     def num_branches(self) -> int:
@@ -153,6 +156,13 @@ def _layer_of(name: str, module: nn.Module) -> BNLayer | None:
     return None
 
 
+def _mixed_norms(module: nn.Module) -> list[str]:
+    """The type names of ``module``'s children when they are all norms but of more than one type, else []."""
+    kids = [k for _, k in module.named_children()]
+    types = [type(k).__name__ for k in kids]
+    return types if kids and all(isinstance(k, NORM_TYPES) for k in kids) and len(set(types)) > 1 else []
+
+
 def find_bn_layers(model: nn.Module) -> list[BNLayer]:
     """Every layer of ``model`` in a readable layout (``ModalBatchNorm2d``, or a module whose children are all
     BatchNorms), in module order. Layers with one child are included; ``resolve_layers`` refuses them."""
@@ -167,8 +177,13 @@ def find_bn_layers(model: nn.Module) -> list[BNLayer]:
 def _check_layer(layer: BNLayer) -> BNLayer:
     for mod in layer.modules:
         if getattr(mod, "weight", None) is None or getattr(mod, "bias", None) is None:
+            flag = "elementwise_affine=False" if isinstance(mod, nn.LayerNorm) else "affine=False"
             raise ObserveError(f"layer {layer.name!r}: its {type(mod).__name__} has no affine gamma/beta "
-                               "(affine=False); there is no gamma to observe")
+                               f"({flag}); there is no gamma to observe")
+        if isinstance(mod, nn.LayerNorm) and mod.weight.dim() != 1:
+            raise ObserveError(f"layer {layer.name!r}: its LayerNorm's weight has shape {list(mod.weight.shape)}, not "
+                               "one gamma per channel; only a LayerNorm over the channels (normalized_shape (C,)) "
+                               "has per-channel gammas to exchange by")
     if layer.num_branches < 2:
         raise ObserveError(f"layer {layer.name!r} has M = {layer.num_branches} branch; a CEN layer needs M >= 2 "
                            "(one BatchNorm per modality)")
@@ -195,8 +210,11 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
         for name, mods in layers.items():
             mods = tuple(mods)
             if not mods or not all(isinstance(m, NORM_TYPES) or _is_stacked_bn(m) for m in mods):
-                raise ObserveError(f"layers[{name!r}] must be a list of BatchNorm or InstanceNorm modules, one per "
-                                   "branch")
+                raise ObserveError(f"layers[{name!r}] must be a list of norm modules (BatchNorm, InstanceNorm, "
+                                   "GroupNorm or LayerNorm), one per branch")
+            if len({type(m) for m in mods}) > 1:
+                raise ObserveError(f"layers[{name!r}]: norms of different types "
+                                   f"{[type(m).__name__ for m in mods]}; every branch needs the same norm")
             out.append(_check_layer(BNLayer(str(name), mods)))
     else:
         candidates = find_bn_layers(model)
@@ -204,8 +222,8 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
             out = [_check_layer(c) for c in candidates]
             if not out:
                 raise ObserveError(f"{type(model).__name__} has no layer in a readable layout (ModalBatchNorm2d, or a "
-                                   f"module whose children are M BatchNorms or M affine InstanceNorms); BN-like "
-                                   f"modules: {_bn_like(model)}")
+                                   f"module whose children are M BatchNorms, InstanceNorms, GroupNorms or "
+                                   f"LayerNorms of one type); BN-like modules: {_bn_like(model)}")
         else:
             patterns = [layers] if isinstance(layers, str) else list(layers)
             if not patterns:
@@ -217,6 +235,9 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
                     raise ObserveError(f"layers must be names or globs (str), got {type(pat).__name__}")
                 if pat in modules:  # an exact name: a layer of any size, checked below
                     hits = [_layer_of(pat, modules[pat])]
+                    if hits[0] is None and _mixed_norms(modules[pat]):
+                        raise ObserveError(f"layer {pat!r}: its children are norms of different types "
+                                           f"{_mixed_norms(modules[pat])}; every branch needs the same norm")
                     if hits[0] is None:
                         raise ObserveError(
                             f"layer {pat!r} is a {type(modules[pat]).__name__}, not a ModalBatchNorm2d nor a module "

@@ -180,9 +180,21 @@ def read_state_dict(path: str | Path, *, branches: int = 2, names: Sequence[str]
 
 
 def _bn_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Prefixes ``p`` with ``p.weight``, ``p.bias`` and ``p.running_mean``, in key order."""
-    return [k[:-len(".running_mean")] for k in state if k.endswith(".running_mean")
-            and f"{k[:-len('.running_mean')]}.weight" in state and f"{k[:-len('.running_mean')]}.bias" in state]
+    """Prefixes ``p`` of the norms in ``state``, in key order: ``p.weight``, ``p.bias`` and ``p.running_mean``
+    (BatchNorm, InstanceNorm with running statistics), or a 1-D ``p.weight`` and ``p.bias`` of one length without
+    running statistics (GroupNorm, LayerNorm over channels, InstanceNorm without them; convolutions and linear
+    layers have weights of 2 or more dimensions)."""
+    out = []
+    for k, w in state.items():
+        if not k.endswith(".weight"):
+            continue
+        p = k[:-len(".weight")]
+        b = state.get(f"{p}.bias")
+        if b is None:
+            continue
+        if f"{p}.running_mean" in state or (w.dim() == 1 and b.dim() == 1 and w.shape == b.shape):
+            out.append(p)
+    return out
 
 
 def _template_layers(template: Any, layers: Any) -> dict[str, int]:
