@@ -216,3 +216,62 @@ def test_translation_examples_frame_is_the_models_output_and_plots_in_both_backe
     with pytest.raises(ValueError, match="not a translation run"):
         plots.compute_translation_examples(cen_lab.train(cen_lab.ExperimentConfig.preset("tiny"), tmp_path / "seg",
                                                          progress=False))
+
+
+# -- the optional adversarial term --------------------------------------------------------------------------------
+
+def test_the_adversarial_term_trains_generator_and_discriminator_apart(tiny_translate):
+    """The generator's gradients are those of data loss + w * adversarial loss; the discriminator's those of its own
+    loss alone (the generator's loss leaves nothing on it)."""
+    from cen_lab.network.patchgan import _bce, adversarial_backward, attach_discriminator
+    from cen_lab.network.tasks import task_loss
+
+    torch.manual_seed(0)
+    model = attach_discriminator(build_model(tiny_translate.model, 2, 3, 5, "shade"), 3, 0.5)
+    x, target = torch.rand(2, 4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+
+    def data_loss(out):
+        return sum(task_loss("shade", p, target) for p in [*out.logits, out.ensemble])
+
+    outs = model.forward_tasks(x)
+    logged = adversarial_backward(model, x, outs, {"shade": target}, data_loss(outs["shade"]), 0.5)
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    disc = model.discriminator
+    # by hand: the generator's loss through a frozen copy of the discriminator, then the discriminator's own loss
+    model.zero_grad(set_to_none=True)
+    out = model.forward_tasks(x)["shade"]
+    adv = torch.stack([_bce(disc(x[m], out.logits[m]), True) for m in range(2)]).mean()
+    gen = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
+    want_gen = torch.autograd.grad(data_loss(out) + 0.5 * adv, gen, allow_unused=True)
+    d_loss = torch.stack([0.5 * (_bce(disc(x[m], target), True) + _bce(disc(x[m], out.logits[m].detach()), False))
+                          for m in range(2)]).mean()
+    want_disc = torch.autograd.grad(d_loss, list(disc.parameters()))
+    names = [n for n, _ in model.named_parameters() if not n.startswith("discriminator.")]
+    for n, w in zip(names, want_gen):
+        if w is not None:
+            torch.testing.assert_close(got[n], w, rtol=1e-4, atol=1e-6)
+    for (n, _), w in zip(disc.named_parameters(), want_disc):
+        torch.testing.assert_close(got[f"discriminator.{n}"], w, rtol=1e-4, atol=1e-6)
+    assert float(logged["loss/adversarial"]) == pytest.approx(float(adv.detach()), rel=1e-5)
+    assert float(logged["loss/discriminator"]) == pytest.approx(float(d_loss.detach()), rel=1e-5)
+
+
+def test_a_run_with_the_adversarial_term_logs_it_and_resumes_exactly(tiny_translate, tmp_path):
+    cfg = tiny_translate.override({"train.gan_weight": 0.1})
+    full = cen_lab.train(cfg, tmp_path / "full", progress=False)
+    names = set(full.metrics.query("split == 'train'")["name"])
+    assert {"loss/adversarial", "loss/discriminator"} <= names
+    plain = cen_lab.train(tiny_translate, tmp_path / "plain", progress=False)
+    assert not np.array_equal(full.gammas["gamma"], plain.gammas["gamma"])  # the term changes the training
+    assert not {"loss/adversarial"} & set(plain.metrics["name"])
+    cen_lab.train(cfg, tmp_path / "part", progress=False, stop_at=6)
+    _same_logs(full, cen_lab.train(cfg, tmp_path / "part", progress=False, resume=True))  # D and its Adam state too
+    model = full.load_model()
+    assert hasattr(model, "discriminator") and not hasattr(plain.load_model(), "discriminator")
+
+
+def test_bad_adversarial_settings_are_refused(tiny_translate):
+    with pytest.raises(ConfigError, match=r"train.gan_weight must be >= 0, got -0.1"):
+        tiny_translate.override({"train.gan_weight": -0.1})
+    with pytest.raises(ConfigError, match="needs an image task to judge"):
+        cen_lab.ExperimentConfig.preset("tiny").override({"train.gan_weight": 0.1})

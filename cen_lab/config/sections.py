@@ -201,6 +201,8 @@ class TrainConfig:
     task_weights: tuple[float, ...] | None = None  # loss weight of each of data.tasks; None = all 1
     precision: str = "fp32"  # "fp32", or "bf16": the training forward under bfloat16 autocast (opt-in; its effect
     #                          on gammas and scores is measured in benchmarks/README.md; see cen_lab.experiments.precision)
+    gan_weight: float = 0.0  # translation only: weight of the adversarial term of a conditional PatchGAN shared by
+    #                          the domains (cen_lab.network.patchgan); 0 = L1 only (what pays on the toy: README)
 
     def __post_init__(self) -> None:
         _positive("train.steps", self.steps)
@@ -223,6 +225,7 @@ class TrainConfig:
         if self.task_weights is not None:
             for w in self.task_weights:
                 _positive("train.task_weights entries", w, strict=False)
+        _positive("train.gan_weight", self.gan_weight, strict=False)
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,9 @@ class ExperimentConfig:
         if mc.arch == "unet" and mc.fusion.startswith("aggregate"):
             raise ConfigError(f"model.fusion={mc.fusion!r} is not defined for model.arch='unet' (use 'cen', 'late' "
                               "or 'early')")
+        if self.train.gan_weight > 0 and "shade" not in (self.data.tasks or ()):
+            raise ConfigError(f"train.gan_weight={self.train.gan_weight} needs an image task to judge: data.tasks must "
+                              "include 'shade'")
         if mc.arch == "unet" and "cls" in (self.data.tasks or ()):
             raise ConfigError("model.arch='unet' predicts per pixel; data.tasks 'cls' is one label per image")
         if tasks > 1 and mc.fusion.startswith("aggregate"):

@@ -41,6 +41,7 @@ from ..data import MultimodalDataset, load_data
 from ..errors import ConfigError, NonFiniteLossError, RunExistsError
 from ..network.architectures import CENNet, build_model
 from ..network.penalty import add_l1_subgradient, apply_l1_proximal
+from ..network.patchgan import adversarial_backward, attach_discriminator
 from ..network.tasks import resolve_tasks, target_modalities, task_loss, task_targets
 from ..network.tasks import TaskMetrics  # noqa: F401  (importable from here, as before)
 from ..runs.exchange_maps import CENExchange, ExchangeMap  # noqa: F401
@@ -124,18 +125,23 @@ def _exchange_ratio(obs: Observer, exchanged: np.ndarray) -> float:
 
 def forward_backward(model: CENNet, optimizer: torch.optim.Optimizer, xb: torch.Tensor,
                      yb: torch.Tensor | dict[str, torch.Tensor], weights: dict[str, float] | None = None,
-                     precision: str = "fp32") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     precision: str = "fp32", gan_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward a minibatch and back-propagate the data loss (no penalty yet).
 
     ``yb``: the targets of a single-task model, or task -> targets. ``precision``: ``"bf16"`` runs the forward
     pass under bfloat16 autocast (``cen_lab.experiments.precision``). Returns the detached data loss and, per task, the
-    ``[M + 1]`` losses of the branches and the ensemble (see ``task_losses``).
+    ``[M + 1]`` losses of the branches and the ensemble (see ``task_losses``); with ``gan_weight > 0`` also the
+    adversarial terms under ``"_adversarial"`` (``cen_lab.network.patchgan.adversarial_backward``).
     """
     targets = yb if isinstance(yb, dict) else {model.task: yb}
     with autocast(xb.device, precision):
-        loss, per_task = task_losses(model.forward_tasks(xb), targets, weights)
+        outs = model.forward_tasks(xb)
+        loss, per_task = task_losses(outs, targets, weights)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if gan_weight > 0:
+        per_task["_adversarial"] = adversarial_backward(model, xb, outs, targets, loss, gan_weight)
+    else:
+        loss.backward()
     return loss.detach(), per_task
 
 
@@ -251,6 +257,7 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, x.shape[0], x.shape[2], ds.num_classes, tasks, cfg.train.sparsity)
+    attach_discriminator(model, x.shape[2], cfg.train.gan_weight)  # train.gan_weight > 0 only
     early = cfg.model.fusion == "early"
     streams = ["+".join(ds.modalities)] if early else list(ds.modalities)  # what the tables' modality indexes
     outputs = streams if model.outputs > 1 else ["fused" if len(ds.modalities) > 1 else streams[0]]  # per task
@@ -308,7 +315,8 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
 
             observe = logger.grad_norms() if (logging_step and cfg.log.grads) else contextlib.nullcontext({})
             with observe as dxprime:
-                loss, per_task = forward_backward(model, optimizer, xb, yb, task_weights, cfg.train.precision)
+                loss, per_task = forward_backward(model, optimizer, xb, yb, task_weights, cfg.train.precision,
+                                                  cfg.train.gan_weight)
             loss_value = float(loss)  # one host sync per step, to stop at the first non-finite loss
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
@@ -324,6 +332,7 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
                     values.update({f"loss/{n}": v for n, v in zip(names[t], per_task[t].detach().cpu().tolist())})
                     values.update({f"alpha/{n}": a for n, a in zip(names[t], alpha[i])})
                 values.update({"loss/total": loss_value, "penalty": penalty})
+                values.update({k: float(v) for k, v in per_task.get("_adversarial", {}).items()})
                 values["sparsity/below_threshold"] = float((pen_g < thr).mean()) if pen_g.size else float("nan")
                 values["exchange/ratio"] = _exchange_ratio(logger, exchanged)
                 logger.log_metrics(s, values, "train", epoch)

@@ -42,6 +42,9 @@ TRANSLATION_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cen-no-l1": ("ablation", {"train.lam": 0.0}),
     "cen-batchnorm": ("ablation", {"model.norm": "batch"}),
     "cycle-fusion": ("scenario", {"data.modalities": ["rgb", "depth", "edges"], "model.exchange": "cyclic"}),
+    # the optional adversarial term (a conditional PatchGAN, cen_lab.network.patchgan), at two weights
+    "cen-gan-0.01": ("ablation", {"train.gan_weight": 0.01}),
+    "cen-gan-0.1": ("ablation", {"train.gan_weight": 0.1}),
 }
 FAMILIES = {name: family for name, (family, _) in TRANSLATION_VARIANTS.items()}
 

@@ -140,6 +140,7 @@ class Run:
     def load_model(self, step: int | None = None, device: str = "cpu") -> torch.nn.Module:
         """Rebuild the model and load the checkpoint at ``step`` (default: the latest), in eval mode."""
         from ..network.architectures import build_model
+        from ..network.patchgan import attach_discriminator
 
         if self.config is None:
             raise RunFormatError(f"{self.path}: a run of source {self.source!r} has no cen_lab model to rebuild; "
@@ -147,6 +148,7 @@ class Run:
         m = self.manifest
         model = build_model(self.config.model, len(m["modalities"]), m["in_channels"], m["num_classes"],
                             m["tasks"], self.config.train.sparsity)
+        attach_discriminator(model, m["in_channels"], self.config.train.gan_weight)  # with train.gan_weight > 0
         ckpt = self.checkpoint(step, map_location=device)
         try:
             model.load_state_dict(ckpt["model"])
