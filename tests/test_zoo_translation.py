@@ -28,6 +28,10 @@ def _gammas_at(run, step):
 def test_the_loop_logs_the_modules_gammas_penalised_flags_and_exchange(example):
     run, model = example.run, example.model
     assert run.complete and run.manifest["layers"] == ["down.1.insnorm_conv", "down.2.insnorm_conv"]
+    torch.manual_seed(0)  # the example's seed: the model as it was before the first update
+    first = ReferenceStyleTranslator(3, 3, 2)
+    np.testing.assert_array_equal(_gammas_at(run, 0)["gamma"].to_numpy(),
+                                  torch.cat([p.detach() for p in insnorm_params(first)]).numpy())
     last = _gammas_at(run, run.manifest["last_step"])
     weights = insnorm_params(model)  # layer 0's domains, then layer 1's
     for k, w in enumerate(weights):
@@ -93,6 +97,8 @@ def test_a_folder_imported_again_adds_only_its_new_files(example, tmp_path):
     torch.save([p.detach().clone() for p in insnorm_params(example.model)], folder / "insnorm_params_0001.pth")
     with pytest.raises(ObserveError, match="not after the last imported step 6"):
         cen_lab.import_checkpoints(folder, tmp_path / "run", update=True, **kwargs)
+    kept = cen_lab.load_run(tmp_path / "run")  # the refused update lost nothing
+    assert kept.complete and sorted(kept.gammas["step"].unique()) == [2, 4, 6] and len(kept.gammas) == len(full.gammas)
 
 
 def test_the_cli_advises_its_own_update_flag(example, tmp_path, capsys):
