@@ -24,8 +24,9 @@ order (layer 0's domain 0, layer 0's domain 1, layer 1's domain 0, ...), without
 read as M consecutive tensors per layer (``branches``, default 2 or the number of ``modality_names``), the layers
 named by ``layers`` when it is a list of as many names, or by ``template`` (a model or a state dict: the names of
 its layers that ``layers``, a glob, selects, in module order), else ``insnorm_conv.0``, ``insnorm_conv.1``, ...;
-a count or size that does not match is an error saying what was expected. The betas, which the files do not hold, are logged as NaN (``manifest["betas"]`` says so). ``"alternate-halves"``
-then counts the tensors in the list's order, as the reference's filter did.
+a count or size that does not match is an error saying what was expected. The betas, which the files do not
+hold, are logged as NaN (``manifest["betas"]`` says so). ``"alternate-halves"`` then counts the tensors in the
+list's order, as the reference's filter did.
 
 Files that need code to unpickle (a pickled class, function or any other global outside torch's allow-list) are
 refused before anything in them runs: ``weights_only=True`` never executes it.
