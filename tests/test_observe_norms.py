@@ -116,3 +116,37 @@ def test_malformed_norm_layers_are_refused_with_what_is_wrong(tmp_path, norms, m
     with pytest.raises(ObserveError, match=match):
         cen_lab.observe(model, tmp_path / "run", layers="layer", penalised="none")
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("channels", [16, 6])
+def test_model_norm_group_is_groupnorm_per_branch(channels):
+    from cen_lab.network.blocks import ModalBatchNorm2d, group_count
+
+    torch.manual_seed(0)
+    bn = ModalBatchNorm2d(3, channels)
+    bn.norm = "group"
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    x = torch.randn(3, 4, channels, 5, 5) * 3 + 1
+    ref = [nn.GroupNorm(group_count(channels), channels) for _ in range(3)]
+    for m, r in enumerate(ref):
+        with torch.no_grad():
+            r.weight.copy_(bn.weight[m]), r.bias.copy_(bn.bias[m])
+    want = torch.stack([r(x[m]) for m, r in enumerate(ref)])
+    torch.testing.assert_close(bn.train()(x), want)
+    torch.testing.assert_close(bn.eval()(x), want)  # no running statistics: eval is the same
+    assert group_count(channels) == {16: 8, 6: 2}[channels]
+
+
+def test_a_cen_with_group_norm_trains_and_exchanges(tmp_path):
+    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"model.norm": "group", "model.gamma_init": 0.04,
+                                                            "train.lam": 0.05})
+    run = cen_lab.train(cfg, tmp_path / "g", progress=False)
+    assert run.complete and run.exchange["exchanged"].any()
+    from cen_lab.experiments.regime import architecture
+    from cen_lab.network.blocks import ModalBatchNorm2d
+
+    norms = [m for m in run.load_model().modules() if isinstance(m, ModalBatchNorm2d)]
+    assert norms and all(m.norm == "group" for m in norms)
+    assert "group norm" in architecture(run.config)

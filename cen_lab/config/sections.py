@@ -45,7 +45,7 @@ EXCHANGE_MODES = ("mean", "cyclic", "random", "none")
 FUSIONS = ("cen", "early", "late", "aggregate-sum", "aggregate-concat")
 ARCHS = ("plain", "bottleneck")  # the segmentation architectures: what the benchmarks run by default
 MODEL_ARCHS = (*ARCHS, "unet")  # every model.arch ("unet": the translation U-Net, cen_lab.network.unet)
-NORMS = ("batch", "instance")  # model.norm: the family of the private per-branch norms
+NORMS = ("batch", "instance", "group")  # model.norm: the family of the private per-branch norms
 SPARSITY_SCHEMES = ("disjoint", "alternate-halves", "all", "none")
 L1_RULES = ("subgradient", "proximal")
 OPTIMIZERS = ("sgd", "adam")
@@ -119,8 +119,9 @@ class ModelConfig:
     threshold: float = 2e-2  # |gamma| below this is exchanged
     share_convs: bool = True  # False gives each modality its own convolutions (an ablation)
     gamma_init: float = 1.0  # initial BN scaling factor (PyTorch's default is 1)
-    norm: str = "batch"  # the private norms: "batch" (BatchNorm) or "instance" (InstanceNorm, as the reference's
-    #                      translation U-Net; statistics per sample over space, running ones in eval mode)
+    norm: str = "batch"  # the private norms: "batch" (BatchNorm), "instance" (InstanceNorm, as the reference's
+    #                      translation U-Net; statistics per sample over space, running ones in eval mode) or
+    #                      "group" (GroupNorm, gcd(C, 8) groups; cen_lab.network.blocks.group_count)
     fusion: str = "cen"  # "cen"; baselines: "early" (inputs concatenated), "late" (logits averaged),
     #                      "aggregate-sum" / "aggregate-concat" (streams merged after block fusion_block)
     fusion_block: int = 1  # for "aggregate-*": the last block that still has one stream per modality

@@ -17,7 +17,7 @@ from torch import nn
 
 from .exchange import BranchGrid, channel_exchange
 
-__all__ = ["ModalConv2d", "ModalBatchNorm2d", "CENBlock", "BottleneckBlock"]
+__all__ = ["ModalConv2d", "ModalBatchNorm2d", "CENBlock", "BottleneckBlock", "group_count"]
 
 
 class ModalConv2d(nn.Module):
@@ -39,6 +39,13 @@ class ModalConv2d(nn.Module):
         return torch.stack([conv(x[i]) for i, conv in enumerate(self.convs)])
 
 
+def group_count(channels: int) -> int:
+    """The groups of ``model.norm = "group"``: ``gcd(channels, 8)`` (8 groups where the channels allow)."""
+    import math
+
+    return math.gcd(channels, 8)
+
+
 class ModalBatchNorm2d(nn.Module):
     """BatchNorm private to each branch (modality, or modality x task): parameters and running statistics of
     shape ``[M, C]``, M the number of branches.
@@ -51,10 +58,12 @@ class ModalBatchNorm2d(nn.Module):
         beta, ``[M, C]``.
     penalty_mask : torch.Tensor
         bool ``[M, C]``, which gammas carry the L1 penalty (all False outside CEN blocks).
-    norm : {"batch", "instance"}
+    norm : {"batch", "instance", "group"}
         ``"batch"``: BatchNorm, statistics over the batch and space. ``"instance"``: InstanceNorm as the
         reference translation U-Net's (``nn.InstanceNorm2d(affine=True, track_running_stats=True)`` per branch):
-        statistics per sample and channel over space in training, the running ones in eval mode. The network
+        statistics per sample and channel over space in training, the running ones in eval mode. ``"group"``:
+        GroupNorm with ``group_count(C)`` groups (``nn.GroupNorm`` per branch: statistics per sample over each
+        group's channels and space, in training and eval alike; the running buffers stay unused). The network
         sets it from ``model.norm``.
     """
 
@@ -76,6 +85,10 @@ class ModalBatchNorm2d(nn.Module):
         # running_mean[m] is a contiguous row view, so batch_norm's in-place update lands in the buffer.
         # unbind, not x[m]: the backward of M selects zero-fills and adds M full-size gradients; unbind's stacks once
         # instance_norm takes batch_norm's arguments in the same order (use_input_stats: in training)
+        if self.norm == "group":
+            groups = group_count(self.num_features)
+            ys = [F.group_norm(xm, groups, self.weight[m], self.bias[m], self.eps) for m, xm in enumerate(x.unbind(0))]
+            return torch.stack(ys) if stacked else ys
         norm = F.instance_norm if self.norm == "instance" else F.batch_norm
         ys = [norm(xm, self.running_mean[m], self.running_var[m], self.weight[m], self.bias[m], self.training,
                    self.momentum, self.eps)
