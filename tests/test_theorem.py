@@ -84,6 +84,13 @@ def test_calibration_summary_on_synthetic_local_frames():
     assert set(theorem.calibration_frame(good)["measure"]) >= {"brier", "ece", "spearman"}
 
 
+def test_local_checks_in_two_workers_give_the_same_table(theorem_runs):
+    serial = theorem.local_check_runs(theorem_runs, n_batches=1, progress=False)
+    parallel = theorem.local_check_runs(theorem_runs, n_batches=1, progress=False, n_jobs=2)
+    pd.testing.assert_frame_equal(serial, parallel)  # the same rows in the same order (one thread each side)
+    assert serial["run"].nunique() == len(theorem_runs)
+
+
 def test_outcome_table_counts_exact_zeros(theorem_runs):
     local = theorem.local_check_runs(theorem_runs, n_batches=1, progress=False)
     per_lam, per_channel = theorem.outcome_table(theorem_runs, local)

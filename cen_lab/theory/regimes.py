@@ -83,7 +83,7 @@ def compare_regimes(lams: Sequence[float], seeds: Sequence[int], runs_dir: str |
         runs = train_theorem_runs(lams, seeds, runs_dir, preset=preset, steps=steps, l1_rule=l1_rule,
                                   checkpoints=checkpoints, n_jobs=n_jobs, progress=progress,
                                   model__arch=arch, train__momentum=momentum, model__norm=norm, **overrides)
-        local = local_check_runs(runs, n_batches=n_batches, progress=progress)
+        local = local_check_runs(runs, n_batches=n_batches, progress=progress, n_jobs=n_jobs)
         cal = calibration_summary(local)
         outcome, _ = outcome_table(runs, local)
         cfg = next(iter(runs.values())).config
