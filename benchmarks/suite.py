@@ -92,12 +92,13 @@ def bench_exchange(shapes=((2, 32, 32, 32, 32), (2, 32, 64, 16, 16), (3, 32, 32,
 
 
 def _step_fn(cfg: ExperimentConfig, num_modalities: int, batch: int = 32, size: int = 32,
-             exchanging: bool = True) -> tuple[Callable[[], None], torch.nn.Module]:
-    """One training step of the default architecture; with ``exchanging`` the penalised gammas start at 0, the
-    state late in training in which half of each modality's channels are exchanged."""
+             exchanging: bool = True, task: str = "seg") -> tuple[Callable[[], None], torch.nn.Module]:
+    """One training step of ``cfg``'s architecture on ``task`` (``"seg"``, or ``"shade"`` for translation); with
+    ``exchanging`` the penalised gammas start at 0, the state late in training in which half of each modality's
+    channels are exchanged."""
     torch.manual_seed(0)
     sparsity = cfg.train.sparsity if num_modalities > 1 else "none"
-    model = build_model(cfg.model, num_modalities, 3, 5, "seg", sparsity).train()
+    model = build_model(cfg.model, num_modalities, 3, 5, task, sparsity).train()
     if exchanging:
         with torch.no_grad():
             for _, bn in model.cen_layers():
@@ -106,7 +107,7 @@ def _step_fn(cfg: ExperimentConfig, num_modalities: int, batch: int = 32, size: 
     layers = model.cen_layers()
     weights, masks = [bn.weight for _, bn in layers], [bn.penalty_mask for _, bn in layers]
     x = torch.randn(num_modalities, batch, 3, size, size)
-    y = torch.randint(0, 5, (batch, size, size))
+    y = torch.randint(0, 5, (batch, size, size)) if task == "seg" else {task: torch.rand(batch, 3, size, size)}
 
     def step():
         forward_backward(model, optimizer, x, y)
@@ -279,8 +280,6 @@ def observer_step_times(steps: int, every: int, grads: bool, out_dir: Path, batc
     """A user's own loop on ``cen_lab.zoo.ReferenceStyleCEN`` (M = 2, SGD, the reference's L1 in the loss) with
     ``cen_lab.observe`` logging every ``every`` steps (with ``grads``: also ``obs.grads``). Returns the seconds
     of steps ``1 .. steps - 1`` as ``step_times`` does, without the Parquet writes, and the seconds of those."""
-    import contextlib
-
     from cen_lab.zoo import ReferenceStyleCEN, reference_l1, reference_slim_params, segmentation_loss
 
     torch.manual_seed(0)
@@ -288,7 +287,19 @@ def observer_step_times(steps: int, every: int, grads: bool, out_dir: Path, batc
     xs, y = [torch.randn(batch, 3, size, size) for _ in range(2)], torch.randint(0, 5, (batch, size, size))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     slim = reference_slim_params(model)
-    obs = cen_lab.observe(model, out_dir, layers="*.bn2", penalised="alternate-halves", overwrite=True)
+    return observed_step_times(model, "*.bn2", lambda: segmentation_loss(model, (xs, y)) + 3 * 1e-3 * reference_l1(slim),
+                               opt, steps, every, grads, out_dir)
+
+
+def observed_step_times(model: torch.nn.Module, layers: str, loss_fn: Callable[[], torch.Tensor],
+                        opt: torch.optim.Optimizer, steps: int, every: int, grads: bool,
+                        out_dir: Path) -> tuple[np.ndarray, float]:
+    """``steps`` steps of ``loss_fn`` (the loss of one batch, penalty included) and ``opt`` on ``model``, observed
+    at ``layers`` with ``penalised="alternate-halves"`` every ``every`` steps (with ``grads``: also
+    ``obs.grads``); the seconds of steps ``1 .. steps - 1`` without the Parquet writes, and those writes' seconds."""
+    import contextlib
+
+    obs = cen_lab.observe(model, out_dir, layers=layers, penalised="alternate-halves", overwrite=True)
     flush, flushed = obs.writer.flush, [0.0]
 
     def timed_flush(upper):
@@ -303,8 +314,7 @@ def observer_step_times(steps: int, every: int, grads: bool, out_dir: Path, batc
         before = flushed[0]
         with obs.grads(step) if (logged and grads) else contextlib.nullcontext():
             opt.zero_grad()
-            loss = segmentation_loss(model, (xs, y)) + 3 * 1e-3 * reference_l1(slim)
-            loss.backward()
+            loss_fn().backward()
         if logged:
             obs.log(step)
         opt.step()

@@ -15,48 +15,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import cen_lab
 from cen_lab._util.malloc import keep_freed_memory
 from cen_lab.config import ExperimentConfig
-from cen_lab.experiments.training import _make_optimizer, forward_backward, penalised_update
-from cen_lab.network.architectures import build_model
 from cen_lab.network.blocks import ModalBatchNorm2d
 from cen_lab.network.exchange import channel_exchange
 
-from .suite import _add_overhead, mask_exchange_reference, paired
+from .suite import _add_overhead, _step_fn, mask_exchange_reference, observed_step_times, paired
 
 
 def translation_step(num_modalities: int, batch: int = 32, size: int = 32, exchanging: bool = True):
     """One training step of the ``translate`` preset's U-Net with ``num_modalities`` domains (the shade task)."""
-    cfg = ExperimentConfig.preset("translate")
-    torch.manual_seed(0)
-    sparsity = cfg.train.sparsity if num_modalities > 1 else "none"
-    model = build_model(cfg.model, num_modalities, 3, 5, "shade", sparsity).train()
-    if exchanging:
-        with torch.no_grad():
-            for _, bn in model.cen_layers():
-                bn.weight[bn.penalty_mask] = 0.0
-    optimizer = _make_optimizer(model, cfg)
-    layers = model.cen_layers()
-    weights, masks = [bn.weight for _, bn in layers], [bn.penalty_mask for _, bn in layers]
-    x = torch.randn(num_modalities, batch, 3, size, size)
-    y = {"shade": torch.rand(batch, 3, size, size)}
-
-    def step():
-        forward_backward(model, optimizer, x, y)
-        penalised_update(optimizer, weights, masks, cfg.train)
-
-    return step
+    return _step_fn(ExperimentConfig.preset("translate"), num_modalities, batch, size, exchanging, task="shade")[0]
 
 
 def bench_instance_exchange(shapes=((2, 32, 32, 32, 32), (2, 32, 64, 16, 16), (3, 32, 32, 32, 32),
@@ -95,8 +72,7 @@ def bench_instance_exchange(shapes=((2, 32, 32, 32, 32), (2, 32, 64, 16, 16), (3
 def translator_step_times(steps: int, every: int, grads: bool, out_dir: Path, batch: int = 32,
                           size: int = 32) -> tuple[np.ndarray, float]:
     """A hand-written loop on ``ReferenceStyleTranslator`` (M = 2, Adam, L1 to a target and the reference's
-    penalty) with ``cen_lab.observe`` logging every ``every`` steps; the seconds of steps ``1 .. steps - 1``
-    without the Parquet writes, and the seconds of those (as ``suite.observer_step_times``)."""
+    penalty) with ``cen_lab.observe`` logging every ``every`` steps (``suite.observed_step_times``)."""
     from cen_lab.zoo import ReferenceStyleTranslator, translator_slim_params
 
     torch.manual_seed(0)
@@ -104,33 +80,12 @@ def translator_step_times(steps: int, every: int, grads: bool, out_dir: Path, ba
     xs, y = [torch.randn(batch, 3, size, size) for _ in range(2)], torch.rand(batch, 3, size, size) * 2 - 1
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
     slim = translator_slim_params(model)
-    obs = cen_lab.observe(model, out_dir, layers="*.insnorm_conv", penalised="alternate-halves", overwrite=True)
-    flush, flushed = obs.writer.flush, [0.0]
 
-    def timed_flush(upper):
-        start = time.perf_counter()
-        flush(upper)
-        flushed[0] += time.perf_counter() - start
+    def loss() -> torch.Tensor:
+        outputs, _ = model(xs)
+        return sum(torch.nn.functional.l1_loss(o, y) for o in outputs) + 1e-3 * sum(p.abs().sum() for p in slim)
 
-    obs.writer.flush = timed_flush
-    stamps, in_step = [], []
-    for step in range(steps):
-        logged = step % every == 0
-        before = flushed[0]
-        with obs.grads(step) if (logged and grads) else contextlib.nullcontext():
-            opt.zero_grad()
-            outputs, _ = model(xs)
-            loss = sum(torch.nn.functional.l1_loss(o, y) for o in outputs) + 1e-3 * sum(p.abs().sum() for p in slim)
-            loss.backward()
-        if logged:
-            obs.log(step)
-        opt.step()
-        stamps.append(time.perf_counter())
-        in_step.append(flushed[0] - before)
-    start = time.perf_counter()
-    obs.close()
-    closing = time.perf_counter() - start
-    return np.diff(stamps) - np.asarray(in_step[1:]), flushed[0] + closing
+    return observed_step_times(model, "*.insnorm_conv", loss, opt, steps, every, grads, out_dir)
 
 
 def bench_translation(repeats: int = 30, steps: int = 600, exchange_repeats: int = 25) -> dict:

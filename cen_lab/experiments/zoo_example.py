@@ -24,7 +24,18 @@ if TYPE_CHECKING:  # annotations only
     from ..data import MultimodalDataset
     from ..runs.reader import Run
 
-__all__ = ["hand_written_loop", "ZooRun", "train_reference_style", "regime", "EXAMPLE_PRESETS", "run_example"]
+__all__ = ["loss_metrics", "hand_written_loop", "ZooRun", "train_reference_style", "regime", "EXAMPLE_PRESETS", "run_example"]
+
+
+def loss_metrics(names: list[str], losses: list[torch.Tensor], penalty: torch.Tensor,
+                 alpha_soft: torch.Tensor) -> dict[str, float]:
+    """What the zoo's loops log each logged step: ``loss/<branch>`` and ``loss/ensemble`` (``losses``, the branches
+    then the ensemble), ``penalty``, ``alpha/<branch>`` and ``loss/total``, with one host sync."""
+    values = torch.stack([v.detach() for v in losses] + [penalty.detach()]).tolist()
+    metrics = dict(zip([f"loss/{k}" for k in names + ["ensemble"]] + ["penalty"], values))
+    metrics.update({f"alpha/{k}": a for k, a in zip(names, alpha_soft.detach().tolist())})
+    metrics["loss/total"] = sum(values[:-1])
+    return metrics
 
 
 def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 300, lam: float = 4e-3,
@@ -81,11 +92,7 @@ def hand_written_loop(model: ReferenceStyleCEN, data, observer, *, steps: int = 
             penalty = effective_lam(lam, m) * reference_l1(slim)  # counted once per output, as the reference
             penalty.backward()
             if step % log_every == 0:
-                values = torch.stack([v.detach() for v in losses] + [penalty.detach()]).tolist()  # one host sync
-                metrics = dict(zip([f"loss/{k}" for k in names + ["ensemble"]] + ["penalty"], values))
-                metrics.update({f"alpha/{k}": a for k, a in zip(names, alpha_soft.detach().tolist())})
-                metrics["loss/total"] = sum(values[:-1])
-                observer.log(step, metrics)
+                observer.log(step, loss_metrics(names, losses, penalty, alpha_soft))
             opt.step()
             if save_every and on_step is not None and (step + 1) % save_every == 0 and step + 1 < steps:
                 on_step(step + 1)

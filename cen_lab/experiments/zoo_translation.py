@@ -19,6 +19,7 @@ from .._util.atomic import atomic_path
 from .._util.progress import progress_bar
 from ..network.zoo_translation import ReferenceStyleTranslator, insnorm_params, translator_slim_params
 from .regime import SMOKE_PRESETS, SMOKE_TEST
+from .zoo_example import loss_metrics
 
 if TYPE_CHECKING:  # annotations only
     import pandas as pd
@@ -96,11 +97,7 @@ def translation_loop(model: ReferenceStyleTranslator, data: "MultimodalDataset",
             penalty = lam * sum(p.abs().sum() for p in slim)
             penalty.backward()
             if step % log_every == 0:
-                values = torch.stack([v.detach() for v in losses] + [penalty.detach()]).tolist()
-                metrics = dict(zip([f"loss/{k}" for k in names + ["ensemble"]] + ["penalty"], values))
-                metrics.update({f"alpha/{k}": a for k, a in zip(names, alpha_soft.detach().tolist())})
-                metrics["loss/total"] = sum(values[:-1])
-                observer.log(step, metrics)
+                observer.log(step, loss_metrics(names, losses, penalty, alpha_soft))
             opt.step()
             if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
                 save(step + 1)
