@@ -327,17 +327,19 @@ def observed_step_times(model: torch.nn.Module, layers: str, loss_fn: Callable[[
     return times, flushed[0] + closing
 
 
-def bench_observer(steps: int = 600) -> dict:
-    """Logging overhead of ``cen_lab.observe`` in a user's own loop (``observer_step_times``), measured as
-    ``bench_logging`` measures ``cen_lab.train``'s: logged and unlogged steps alternate in one loop, each
-    logged step is compared with its neighbours, and the Parquet writes are spread over the logged steps."""
+def bench_observer(steps: int = 600, step_times: Callable | None = None, prefix: str = "observer") -> dict:
+    """Logging overhead of ``cen_lab.observe`` in a user's own loop (``step_times``, default
+    ``observer_step_times``), measured as ``bench_logging`` measures ``cen_lab.train``'s: logged and unlogged
+    steps alternate in one loop, each logged step is compared with its neighbours, and the Parquet writes are
+    spread over the logged steps. Keys ``<prefix>_overhead_gamma`` / ``_full``, their intervals and per-step ms."""
+    step_times = step_times or observer_step_times
     every = 2
-    out: dict = {"observer_overhead_interval": {}, "observer_per_step_ms": {}}
+    out: dict = {f"{prefix}_overhead_interval": {}, f"{prefix}_per_step_ms": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        observer_step_times(4, every, True, Path(tmp) / "warm-up")
+        step_times(4, every, True, Path(tmp) / "warm-up")
         for name, grads in (("gamma", False), ("full", True)):
-            times, write_seconds = observer_step_times(steps, every, grads, Path(tmp) / name)
-            _add_overhead(out, "observer", name, times, write_seconds, steps, every)
+            times, write_seconds = step_times(steps, every, grads, Path(tmp) / name)
+            _add_overhead(out, prefix, name, times, write_seconds, steps, every)
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from cen_lab.config import ExperimentConfig
 from cen_lab.network.blocks import ModalBatchNorm2d
 from cen_lab.network.exchange import channel_exchange
 
-from .suite import _add_overhead, _step_fn, mask_exchange_reference, observed_step_times, paired
+from .suite import _step_fn, bench_observer, mask_exchange_reference, observed_step_times, paired
 
 
 def translation_step(num_modalities: int, batch: int = 32, size: int = 32, exchanging: bool = True):
@@ -97,11 +96,5 @@ def bench_translation(repeats: int = 30, steps: int = 600, exchange_repeats: int
     out = {"translation_step_over_single_domain": t_cen / t_uni, "translation_step_ms": 1e3 * t_cen,
            "translation_single_domain_step_ms": 1e3 * t_uni, "malloc_tuned": tuned}
     out.update(bench_instance_exchange(repeats=exchange_repeats))
-    every = 2
-    out.update({"observer_translation_overhead_interval": {}, "observer_translation_per_step_ms": {}})
-    with tempfile.TemporaryDirectory() as tmp:
-        translator_step_times(4, every, True, Path(tmp) / "warm-up")
-        for name, grads in (("gamma", False), ("full", True)):
-            times, write_seconds = translator_step_times(steps, every, grads, Path(tmp) / name)
-            _add_overhead(out, "observer_translation", name, times, write_seconds, steps, every)
+    out.update(bench_observer(steps, translator_step_times, prefix="observer_translation"))
     return out

@@ -147,3 +147,11 @@ def test_probe_benchmark_runs_at_tiny_size():
     out = bench_probe(preset="tiny", budget=40, probe_steps=10, threads=1)
     assert 0 < out["probe_cost_share"] and out["probe_step_cost_ratio"] > 0
     assert out["three_probes_cost_share_at_10000"] == pytest.approx(3 * out["probe_cost_share_at_10000"])
+
+
+def test_the_observer_overhead_part_takes_any_loop():
+    from benchmarks import translation
+
+    out = suite.bench_observer(12, translation.translator_step_times, prefix="observer_translation")
+    assert set(out) >= {"observer_translation_overhead_gamma", "observer_translation_overhead_full",
+                        "observer_translation_overhead_interval"}
