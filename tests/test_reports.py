@@ -220,6 +220,7 @@ def test_bring_your_own_notebook_in_the_report(tiny_report):
     assert [r["step"] for r in summary["translation_import"]] == [2, 4, 6]
     assert all(r["max_abs_difference"] == 0 and r["same_penalised"] for r in summary["translation_import"])
     assert {r["setting"]: r["value"] for r in summary["translation_regime"]}["trained steps"] == "6"
+    assert all(len(r["value"]) <= 50 for r in summary["translation_regime"])  # shown whole, as the regime above
     regime = {r["setting"]: r["value"] for r in summary["regime"]}
     assert regime["evidence"] == "none: the tiny preset is a smoke test" and regime["trained steps"] == "6"
     assert {r["measure"] for r in summary["calibration"]} >= {"ece", "brier", "spearman"}

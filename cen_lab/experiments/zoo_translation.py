@@ -145,7 +145,7 @@ def train_reference_translator(out_dir: str | Path, *, steps: int = 200, lam: fl
     settings = {"architecture": "ReferenceStyleTranslator(widths=(16, 32, 64, 64))", "steps": steps, "lam": lam,
                 "lam_per_step": lam, "seed": seed, "threshold": threshold,
                 "optimizer": f"Adam(lr={lr}, betas=(0.5, 0.999))", "batch_size": batch_size,
-                "penalised": "alternate-halves (reference's insnorm_conv filter)", "data": "scenes-seg: rgb, depth -> shade",
+                "penalised": "alternate-halves of insnorm_conv (reference)", "data": "scenes-seg: rgb, depth -> shade",
                 "log_every": log_every, "save_every": save_every}
     torch.manual_seed(seed)
     model = ReferenceStyleTranslator(ds.stacked(0)[0].shape[2], 3, len(ds.modalities), threshold=threshold)
