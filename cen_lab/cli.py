@@ -12,7 +12,7 @@ from typing import Sequence
 from ._version import __version__
 from .config import PRESETS, ExperimentConfig
 from .cli_lambda import add_lambda_commands
-from .cli_translation import add_translation_commands
+from .cli_bench import add_bench_commands
 from .errors import CenLabError, ConfigError, ObserveError, command_line
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_regime)
     add_lambda_commands(sub, _archs)  # suggest-lambda, bench-lambda
-    add_translation_commands(sub)  # bench-translation
+    add_bench_commands(sub)  # bench-translation, bench-theorem-regimes
 
     p = sub.add_parser("diagnose", help="what a run's exchange is doing: collapsing, schedule- or importance-driven, ...")
     p.add_argument("runs", nargs="+", help="run directories (trained, observed or imported)")

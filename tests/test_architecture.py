@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("experiments", ("cen_lab.experiments", "cen_lab.integrations")),
     ("theory", ("cen_lab.theory",)),
     ("views", ("cen_lab.views",)),
-    ("front", ("cen_lab", "cen_lab.__main__", "cen_lab.cli", "cen_lab.cli_lambda", "cen_lab.cli_translation", "cen_lab.zoo")),  # the package's face and the CLI
+    ("front", ("cen_lab", "cen_lab.__main__", "cen_lab.cli", "cen_lab.cli_lambda", "cen_lab.cli_bench", "cen_lab.zoo")),  # the package's face and the CLI
 ]
 MAX_LINES = 420  # STYLE's ~400
 

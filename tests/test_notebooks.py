@@ -115,3 +115,17 @@ def test_translation_notebook_executes_at_tiny_size(tmp_path):
     assert {r["variant"] for r in summary["summary"]} == set(variants)
     assert all(r["metric"] == "l1" and r["n_seeds"] == 2 and "smoke test" in r["regime"] for r in summary["summary"])
     assert {r["variant"] for r in summary["cen_vs"]} == {"unimodal-rgb", "cen-batchnorm"}
+
+
+def test_the_theorem_notebook_runs_the_bench_commands_regimes_but_the_bottleneck_ones():
+    """The report's section 5 is ``cen-lab bench-theorem-regimes`` without the bottleneck regimes (for time): the
+    same networks, so the bench command reuses the report's runs and its numbers extend the report's."""
+    from cen_lab.theory.regimes import REGIME_DEFAULTS
+    from cen_lab.views.notebooks import validate_parameters
+
+    p = validate_parameters(NOTEBOOK_DIR / "theorem1.ipynb", {})
+    for key in ("lams", "seeds", "steps", "l1_rule", "checkpoints", "n_batches"):
+        assert p[key] == REGIME_DEFAULTS[key], key
+    assert p["regime_momentums"] == REGIME_DEFAULTS["momentums"]
+    assert p["regime_archs"] == ["plain"] and "bottleneck" in REGIME_DEFAULTS["archs"]
+    assert [tuple(x) for x in p["regime_instance"]] == REGIME_DEFAULTS["instance"]

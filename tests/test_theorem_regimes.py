@@ -67,3 +67,18 @@ def test_the_verdicts_repeat_the_checks_for_every_regime(comparison):
     plain_sgd = rows[rows["claim"] == "Theorem 1 in trained networks (plain, momentum 0)"].iloc[0]
     assert "SGD lr 0.05 momentum 0;" in plain_sgd["regime"] and plain_sgd["number"] == pytest.approx(
         c.calibration.set_index("regime").loc["plain, momentum 0", "ece"])
+
+
+def test_the_bench_command_runs_every_regime_and_writes_its_tables(tmp_path, capsys):
+    import pandas as pd
+
+    from cen_lab.cli import main
+
+    assert main(["bench-theorem-regimes", "--preset", "tiny", "--lams", "0.5", "--seeds", "1", "--steps", "6",
+                 "--jobs", "1", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    calibration = pd.read_csv(tmp_path / "regime_calibration.csv")
+    assert list(calibration["regime"]) == ["plain, momentum 0.9", "plain, momentum 0", "bottleneck, momentum 0.9",
+                                           "bottleneck, momentum 0", "plain, momentum 0.9, instance norm"]
+    assert "regime of bottleneck, momentum 0: preset tiny" in out and "smoke test" in out
+    assert len(pd.read_csv(tmp_path / "regime_outcome.csv")) == 5

@@ -25,7 +25,14 @@ import pandas as pd
 from ..experiments.regime import architecture, optimiser, regime_of, regime_text
 from .local_checks import calibration_summary, local_check_runs, outcome_table, train_theorem_runs
 
-__all__ = ["RegimeComparison", "compare_regimes", "regime_label"]
+__all__ = ["RegimeComparison", "compare_regimes", "regime_label", "REGIME_DEFAULTS"]
+
+
+# the full comparison of ``cen-lab bench-theorem-regimes``: the theorem notebook's networks (its defaults for lams,
+# seeds, steps, rule, checkpoints and minibatches) in every regime; the report's notebook runs the plain ones only
+REGIME_DEFAULTS = {"lams": [0.005, 0.01, 0.02], "seeds": [0, 1, 2], "steps": 300, "l1_rule": "proximal",
+                   "checkpoints": 2, "n_batches": 8, "archs": ["plain", "bottleneck"], "momentums": [0.9, 0.0],
+                   "instance": [("plain", 0.9)]}
 
 
 def regime_label(arch: str, momentum: float, norm: str = "batch") -> str:

@@ -1,0 +1,109 @@
+"""The CLI's long benchmarks that ``cen_lab.cli`` adds: ``cen-lab bench-translation`` (the CEN U-Net against
+single-domain generators, early and late fusion and its ablations on the ``translate`` preset) and
+``cen-lab bench-theorem-regimes`` (Theorem 1's checks in every training regime, the long form of the theorem
+notebook's section 5)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .cli_lambda import _floats
+
+__all__ = ["add_bench_commands", "cmd_bench_translation", "cmd_bench_theorem_regimes"]
+
+
+def cmd_bench_translation(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ._util.atomic import atomic_path
+    from .experiments import translation as tr
+    from .experiments.learning_curves import exchange_curves, settling_table
+
+    variants = args.variants.split(",") if args.variants else None
+    try:
+        table = tr.run_translation_benchmark(args.out, variants=variants, seeds=range(args.seeds), steps=args.steps,
+                                             n_jobs=args.jobs, progress=not args.no_progress)
+    except ValueError as e:
+        print(f"cen-lab: error: {e}", file=sys.stderr)
+        return 2
+    summary, comparison = tr.translation_summary(table)
+    for frame, name in ((summary, "translation_summary.csv"), (comparison, "translation_comparison.csv")):
+        with atomic_path(Path(args.out) / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    with pd.option_context("display.width", 220, "display.max_columns", 30):
+        print(f"Regime of 'cen' (each other variant differs by what its name says): {summary['regime'].iloc[0]}")
+        print("\nFinal prediction's L1 on the validation images (lower is better; mean and 95% t interval over "
+              "seeds), each branch's L1, and the final prediction's PSNR (dB) and SSIM:")
+        print(summary.drop(columns="regime").round(4).to_string(index=False))
+        if len(comparison):
+            print("\nCEN minus each variant (final L1, 95% Welch interval; negative: CEN better):")
+            print(comparison.drop(columns="regime").round(4).to_string(index=False))
+        print("\nWhen the exchange settles (mean exchange ratio within 0.01 to the end):")
+        print(settling_table(exchange_curves(table)).round(4).to_string(index=False))
+    failed = int((table["status"] == "failed").sum())
+    if failed:
+        print(f"\n{failed} run(s) failed; see their manifests in {args.out}", file=sys.stderr)
+    print(f"\nwrote translation_summary.csv and translation_comparison.csv in {args.out}")
+    return 1 if failed else 0
+
+
+def cmd_bench_theorem_regimes(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ._util.atomic import atomic_path
+    from .theory.regimes import REGIME_DEFAULTS, compare_regimes
+
+    d = REGIME_DEFAULTS
+    lams = args.lams or d["lams"]
+    seeds = list(range(args.seeds)) if args.seeds else d["seeds"]
+    comparison = compare_regimes(lams, seeds, args.out, preset=args.preset, steps=args.steps or d["steps"],
+                                 l1_rule=d["l1_rule"], checkpoints=d["checkpoints"], n_batches=d["n_batches"],
+                                 archs=d["archs"], momentums=d["momentums"], instance=d["instance"], n_jobs=args.jobs,
+                                 progress=not args.no_progress)
+    for frame, name in ((comparison.calibration, "regime_calibration.csv"), (comparison.outcome, "regime_outcome.csv")):
+        with atomic_path(Path(args.out) / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    with pd.option_context("display.width", 220, "display.max_columns", 30):
+        print("Theorem 1's prediction at gamma = 0 in every regime (ECE and Spearman with 95% bootstrap intervals; "
+              "z = dL/dgamma / ||dL/dx'||, 0 and 1 under the theorem's independence):")
+        print(comparison.calibration.drop(columns=["regime_text"]).round(3).to_string(index=False))
+        print("\nWhich penalised channels end at zero, predicted at the first checkpoint against observed (Wilson "
+              "interval):")
+        print(comparison.outcome[["regime", "lam", "predicted", "observed", "ci_low", "ci_high", "inside"]].round(3)
+              .to_string(index=False))
+        for r in comparison.calibration.itertuples(index=False):
+            print(f"regime of {r.regime}: {r.regime_text}")
+    print(f"\nwrote regime_calibration.csv and regime_outcome.csv in {args.out}")
+    return 0
+
+
+def add_bench_commands(sub) -> None:
+    """Add ``bench-translation`` and ``bench-theorem-regimes`` to the CLI's subparsers."""
+    from .config import PRESETS
+    from .experiments.translation import TRANSLATION_VARIANTS
+
+    p = sub.add_parser("bench-translation", help="the translation CEN (shade from rgb and depth, U-Net, InstanceNorm) "
+                                                 "against single-domain generators, fusions and ablations over seeds")
+    p.add_argument("--variants", metavar="A,B", help=f"only these variants (default: all of {list(TRANSLATION_VARIANTS)})")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per variant (default: 5)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per run (default: 600)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")
+    p.add_argument("--out", default="runs/translation", metavar="DIR", help="where the runs go (default: "
+                                                                            "runs/translation)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench_translation)
+
+    p = sub.add_parser("bench-theorem-regimes", help="Theorem 1's checks in every regime: plain and bottleneck, "
+                                                     "momentum 0.9 and 0, and InstanceNorm (about 10 minutes)")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="preset (default: default)")
+    p.add_argument("--lams", type=_floats, metavar="A,B", help="lambdas (default: the theorem notebook's, "
+                                                               "0.005,0.01,0.02)")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: the theorem notebook's 3)")
+    p.add_argument("--steps", type=int, help="training steps (default: the theorem notebook's 300)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")
+    p.add_argument("--out", default="runs", metavar="DIR", help="where the theorem runs go (default: runs, where the "
+                                                                "theorem notebook's runs are reused)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench_theorem_regimes)
