@@ -33,7 +33,6 @@ from ..config import ModelConfig, resolve_between
 from .base import CENBase, CENOutput
 from .blocks import BottleneckBlock, CENBlock, ModalBatchNorm2d, ModalConv2d
 from .exchange import BranchGrid
-from .penalty import sparsity_mask
 from .tasks import task_specs
 from .unet import UNetCEN
 
@@ -93,11 +92,7 @@ class CENNet(CENBase):
                                         config.threshold)
             else:
                 block = CENBlock(grid, cin, width, stride, config.share_convs, mode, config.threshold)
-            bn = getattr(block, block.cen_bn)  # the BN that exchanges and may carry the penalty
-            nn.init.constant_(bn.weight, config.gamma_init)
-            if b in cen:
-                penalised_before = sum(1 for k in range(b) if k in cen)  # this layer's place among penalised ones
-                bn.penalty_mask.copy_(sparsity_mask(bn.num_features, grid.size, sparsity, penalised_before))
+            self._init_cen_norm(getattr(block, block.cen_bn), b, grid.size, sparsity)  # exchanges, may be penalised
             blocks.append(block)
             cin = width
             if b == self.merge_after:
@@ -109,9 +104,7 @@ class CENNet(CENBase):
             ModalConv2d(self.outputs, cin, spec.channels, 1, bias=True, share=config.share_convs) for spec in self.specs
         )
         self.alpha = nn.Parameter(torch.ones(t, self.outputs))  # [T, M] ensemble weights (before softmax)
-        for module in self.modules():  # every private norm, exchanging or not, of the family model.norm names
-            if isinstance(module, ModalBatchNorm2d):
-                module.norm = config.norm
+        self._set_norm_family()
 
     def forward_tasks(self, x: torch.Tensor) -> dict[str, CENOutput]:
         """``x``: ``[M, N, C_in, H, W]`` -> task name -> ``CENOutput``."""
@@ -137,13 +130,7 @@ class CENNet(CENBase):
                     m, n = logits.shape[:2]
                     logits = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
                     logits = logits.view(m, n, *logits.shape[1:])
-            if spec.image:  # translation: each branch predicts an image in [0, 1]
-                logits = torch.sigmoid(logits)
-            if self.config.fusion == "late":  # late fusion: the prediction is the average of the branch logits
-                out[spec.name] = CENOutput(logits, logits.mean(0))
-                continue
-            w = torch.softmax(self.alpha[i], 0).view(-1, *([1] * (logits.dim() - 1)))
-            out[spec.name] = CENOutput(logits, (w * logits.detach()).sum(0))
+            out[spec.name] = self._task_output(i, spec, logits)
         return out
 
 

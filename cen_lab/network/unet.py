@@ -19,7 +19,8 @@ What the toy leaves out of the reference, and why: the first and last encoder bl
 norm because its 256-pixel images reach 1 x 1 at the bottleneck, where an InstanceNorm is undefined; at 32 pixels
 and three levels the deepest map is 4 x 4, so every encoder block keeps its norm. The reference's 4x4 strided
 convs and transposed convs become 3x3 convs with bilinear upsampling (no checkerboard at this size), and its decoder
-dropout (pix2pix's noise source for the adversarial loss) is not used: the loss here is L1 only.
+dropout (pix2pix's noise source for the adversarial loss) is not used; the optional adversarial term
+(``train.gan_weight``, ``cen_lab.network.patchgan``) trains without it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from ..config import ModelConfig, resolve_between
 from .base import CENBase, CENOutput
 from .blocks import CENBlock, ModalBatchNorm2d, ModalConv2d
 from .exchange import BranchGrid
-from .penalty import sparsity_mask
 from .tasks import task_specs
 
 __all__ = ["DownBlock", "UpBlock", "UNetCEN"]
@@ -93,10 +93,7 @@ class UNetCEN(CENBase):
         for b, (width, stride) in enumerate(zip(config.widths, config.strides)):
             mode = config.exchange if (b in cen and grid.size > 1) else "none"
             block = DownBlock(grid, cin, width, stride, config.share_convs, mode, config.threshold)
-            nn.init.constant_(block.bn.weight, config.gamma_init)
-            if b in cen:
-                penalised_before = sum(1 for k in range(b) if k in cen)
-                block.bn.penalty_mask.copy_(sparsity_mask(width, grid.size, sparsity, penalised_before))
+            self._init_cen_norm(block.bn, b, grid.size, sparsity)
             blocks.append(block)
             cin = width
         self.blocks = nn.ModuleList(blocks)
@@ -107,9 +104,7 @@ class UNetCEN(CENBase):
         self.heads = nn.ModuleList(ModalConv2d(grid.size, widths[0] + in_channels, spec.channels, 3, bias=True,
                                                share=config.share_convs) for spec in self.specs)
         self.alpha = nn.Parameter(torch.ones(t, self.outputs))
-        for module in self.modules():
-            if isinstance(module, ModalBatchNorm2d):
-                module.norm = config.norm
+        self._set_norm_family()
 
     def forward_tasks(self, x: torch.Tensor) -> dict[str, CENOutput]:
         """``x``: ``[M, N, C_in, H, W]`` -> task name -> ``CENOutput``."""
@@ -125,12 +120,5 @@ class UNetCEN(CENBase):
         y = torch.cat([_resize(y, x.shape[-2:]), x], 2)  # [B, N, widths[0] + C_in, H, W]
         out = {}
         for i, (spec, head) in enumerate(zip(self.specs, self.heads)):
-            pred = head(y.view(self.outputs, t, *y.shape[1:])[:, i])  # [M, N, K, H, W]
-            if spec.image:
-                pred = torch.sigmoid(pred)
-            if self.config.fusion == "late":
-                out[spec.name] = CENOutput(pred, pred.mean(0))
-                continue
-            w = torch.softmax(self.alpha[i], 0).view(-1, *([1] * (pred.dim() - 1)))
-            out[spec.name] = CENOutput(pred, (w * pred.detach()).sum(0))
+            out[spec.name] = self._task_output(i, spec, head(y.view(self.outputs, t, *y.shape[1:])[:, i]))
         return out
