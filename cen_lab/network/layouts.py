@@ -156,11 +156,10 @@ def _layer_of(name: str, module: nn.Module) -> BNLayer | None:
     return None
 
 
-def _mixed_norms(module: nn.Module) -> list[str]:
-    """The type names of ``module``'s children when they are all norms but of more than one type, else []."""
-    kids = [k for _, k in module.named_children()]
-    types = [type(k).__name__ for k in kids]
-    return types if kids and all(isinstance(k, NORM_TYPES) for k in kids) and len(set(types)) > 1 else []
+def _mixed_norms(mods: Sequence[nn.Module]) -> list[str]:
+    """The type names of ``mods`` when they are all norms but of more than one type (no layer), else []."""
+    types = [type(m).__name__ for m in mods]
+    return types if mods and all(isinstance(m, NORM_TYPES) for m in mods) and len(set(types)) > 1 else []
 
 
 def find_bn_layers(model: nn.Module) -> list[BNLayer]:
@@ -212,9 +211,9 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
             if not mods or not all(isinstance(m, NORM_TYPES) or _is_stacked_bn(m) for m in mods):
                 raise ObserveError(f"layers[{name!r}] must be a list of norm modules (BatchNorm, InstanceNorm, "
                                    "GroupNorm or LayerNorm), one per branch")
-            if len({type(m) for m in mods}) > 1:
-                raise ObserveError(f"layers[{name!r}]: norms of different types "
-                                   f"{[type(m).__name__ for m in mods]}; every branch needs the same norm")
+            if _mixed_norms(mods):
+                raise ObserveError(f"layers[{name!r}]: norms of different types {_mixed_norms(mods)}; every branch "
+                                   "needs the same norm")
             out.append(_check_layer(BNLayer(str(name), mods)))
     else:
         candidates = find_bn_layers(model)
@@ -235,9 +234,10 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
                     raise ObserveError(f"layers must be names or globs (str), got {type(pat).__name__}")
                 if pat in modules:  # an exact name: a layer of any size, checked below
                     hits = [_layer_of(pat, modules[pat])]
-                    if hits[0] is None and _mixed_norms(modules[pat]):
-                        raise ObserveError(f"layer {pat!r}: its children are norms of different types "
-                                           f"{_mixed_norms(modules[pat])}; every branch needs the same norm")
+                    mixed = _mixed_norms(list(modules[pat].children()))
+                    if hits[0] is None and mixed:
+                        raise ObserveError(f"layer {pat!r}: its children are norms of different types {mixed}; every "
+                                           "branch needs the same norm")
                     if hits[0] is None:
                         raise ObserveError(
                             f"layer {pat!r} is a {type(modules[pat]).__name__}, not a ModalBatchNorm2d nor a module "
