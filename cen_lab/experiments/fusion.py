@@ -181,11 +181,12 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def per_run_scores(table: pd.DataFrame) -> pd.DataFrame:
+def per_run_scores(table: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
     """The final validation score of every prediction of every completed run in a benchmark table:
     ``arch, variant, seed, task, branch, metric, value, params, seconds, regime`` (``branch`` a stream name or
     ``ensemble``, ``metric`` the task's, see ``cen_lab.network.tasks.TaskMetrics``; ``arch`` and ``regime`` from the
-    run's config)."""
+    run's config). ``extra`` names more metrics of the same predictions (``psnr``, ``ssim`` of translation), each
+    a column of its final values (NaN where a run did not log it)."""
     from ..network.tasks import TaskMetrics
     from .training import prediction_names
 
@@ -201,9 +202,10 @@ def per_run_scores(table: pd.DataFrame) -> pd.DataFrame:
                 rows.append({"arch": about["arch"], "variant": row.variant, "seed": row.seed, "task": task,
                              "branch": branch, "metric": metric, "value": float(last[f"{metric}/{name}"]),
                              "params": params, "seconds": float(run.manifest.get("train_seconds", float("nan"))),
-                             "regime": about["regime"]})
+                             "regime": about["regime"],
+                             **{e: float(last.get(f"{e}/{name}", float("nan"))) for e in extra}})
     return pd.DataFrame(rows, columns=["arch", "variant", "seed", "task", "branch", "metric", "value", "params",
-                                       "seconds", "regime"])
+                                       "seconds", "regime", *extra])
 
 
 def by_arch(frame: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
