@@ -24,7 +24,6 @@ randomness). CUDA kernels are not all deterministic, so runs on a GPU may differ
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import time
@@ -37,12 +36,11 @@ import torch.nn.functional as F
 from .._util.malloc import keep_freed_memory
 from .._util.progress import progress_bar
 from ..config import ExperimentConfig
-from ..data import MultimodalDataset, load_data
 from ..errors import ConfigError, NonFiniteLossError, RunExistsError
 from ..network.architectures import CENNet, build_model
 from ..network.penalty import add_l1_subgradient, apply_l1_proximal
 from ..network.patchgan import adversarial_backward, attach_discriminator
-from ..network.tasks import resolve_tasks, target_modalities, task_loss, task_targets
+from ..network.tasks import load_task_data, resolve_tasks, task_loss, task_targets
 from ..network.tasks import TaskMetrics  # noqa: F401  (importable from here, as before)
 from ..runs.exchange_maps import CENExchange, ExchangeMap  # noqa: F401
 from ..runs.lock import RunLock
@@ -373,11 +371,7 @@ def _load_splits(cfg: ExperimentConfig, device: torch.device):
     """The dataset (input modalities only), the resolved tasks, and ``(x, targets)`` of the train and validation
     splits on ``device``: ``x`` ``[M, N, C, H, W]`` (``[1, N, sum C, H, W]`` for early fusion), targets a dict
     task -> tensor."""
-    tasks = cfg.data.tasks or ()
-    extra = [m for m in target_modalities(tasks) if m not in cfg.data.modalities]
-    # tasks=None: the check that a target is not also an input holds for cfg.data, not for this loading view
-    full = load_data(dataclasses.replace(cfg.data, modalities=tuple(cfg.data.modalities) + tuple(extra), tasks=None))
-    ds: MultimodalDataset = full.select(cfg.data.modalities)
+    full, ds = load_task_data(cfg.data)
     tasks = resolve_tasks(cfg.data.tasks, ds.task)
     splits = []
     for split in (0, 1):

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from ..config import ExperimentConfig, dotted
-from .fusion import compare_to, completed_runs, compute_fusion_results, fusion_summary, per_run_scores
+from .fusion import compare_to, compute_fusion_results, fusion_summary, per_run_scores
 from .sweeps import sweep
 
 __all__ = ["TRANSLATION_VARIANTS", "SIZES", "translation_base", "run_translation_benchmark", "translation_scores",
@@ -96,18 +96,7 @@ def run_translation_benchmark(runs_dir: str | Path, *, variants: Sequence[str] |
 def translation_scores(table: pd.DataFrame) -> pd.DataFrame:
     """``per_run_scores`` of a translation benchmark table (the L1 of every prediction), with the same run's
     final ``psnr`` and ``ssim`` of that prediction as two more columns."""
-    scores = per_run_scores(table)
-    extra = []
-    for row, run, _ in completed_runs(table):
-        val = run.metrics[run.metrics["split"] == "val"]
-        last = val[val["step"] == val["step"].max()].set_index("name")["value"]
-        for name in last.index[last.index.str.startswith("psnr/")]:
-            branch = name.split("/", 1)[1]
-            extra.append({"variant": row.variant, "seed": row.seed, "branch": branch,
-                          "psnr": float(last[name]), "ssim": float(last[f"ssim/{branch}"])})
-    extra = pd.DataFrame(extra, columns=["variant", "seed", "branch", "psnr", "ssim"])
-    # the metrics name each prediction as the scores' branch does (single task: "rgb", ..., "ensemble")
-    return scores.merge(extra, on=["variant", "seed", "branch"], how="left")
+    return per_run_scores(table, extra=("psnr", "ssim"))
 
 
 def translation_summary(table: pd.DataFrame, level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -147,18 +136,14 @@ def translation_examples(run, samples: Sequence[int] = (0, 1, 2, 3), step: int |
         ``inputs``: modality -> float ``[n, C, H, W]``; ``target``: ``[n, 3, H, W]``; ``predictions``: name ->
         ``[n, 3, H, W]`` (each branch's by its stream name, then ``ensemble``); all numpy, in [0, 1]; and ``step``.
     """
-    import dataclasses
-
-    from ..data import load_data
-    from ..network.tasks import task_targets
+    from ..network.tasks import load_task_data, task_targets
     from .evaluation import prediction_names
 
     cfg = run.config
     if cfg is None or "shade" not in run.tasks:
         raise ValueError(f"{run.path}: not a translation run of cen_lab's (its tasks are {list(run.tasks)}); "
                          "train one with the 'translate' preset")
-    full = load_data(dataclasses.replace(cfg.data, modalities=tuple(cfg.data.modalities) + ("shade",), tasks=None))
-    ds = full.select(cfg.data.modalities)
+    full, ds = load_task_data(cfg.data)
     n_val = int((ds.split == 1).sum())
     bad = [i for i in samples if not 0 <= i < n_val]
     if bad or not len(samples):

@@ -7,7 +7,6 @@ to render ``shade`` from rgb and depth by the plain loop a user of the reference
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,14 +133,13 @@ def train_reference_translator(out_dir: str | Path, *, steps: int = 200, lam: fl
     threshold (measured on seed 0: 81% of them at lam 5e-3; none at lr 2e-3, lam 2e-2).
     """
     from ..config import DataConfig
-    from ..data import load_data
+    from ..network.tasks import load_task_data
     from ..runs.attach import observe
     from ..runs.reader import load_run
 
     out = Path(out_dir)
     list_dir = out / "insnorm_params"
-    full = load_data(dataclasses.replace(DataConfig(), modalities=("rgb", "depth", "shade")))
-    ds = full.select(("rgb", "depth"))
+    full, ds = load_task_data(DataConfig(modalities=("rgb", "depth"), tasks=("shade",)))
     settings = {"architecture": "ReferenceStyleTranslator(widths=(16, 32, 64, 64))", "steps": steps, "lam": lam,
                 "lam_per_step": lam, "seed": seed, "threshold": threshold,
                 "optimizer": f"Adam(lr={lr}, betas=(0.5, 0.999))", "batch_size": batch_size,

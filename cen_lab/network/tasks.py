@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 __all__ = ["TaskSpec", "resolve_tasks", "task_specs", "target_modalities", "task_targets", "task_loss",
-           "image_scores", "TaskMetrics"]
+           "image_scores", "TaskMetrics", "load_task_data"]
 
 TARGET_ARRAY = {"depth": "depth", "edges": "edges", "shade": "shade"}  # task -> the dataset array its target comes from
 EDGE_LEVEL = 0.5  # an edges pixel at or above this intensity is a boundary
@@ -96,6 +96,19 @@ def task_specs(tasks: Sequence[str], num_classes: int) -> list[TaskSpec]:
 def target_modalities(tasks: Sequence[str]) -> list[str]:
     """The dataset arrays the tasks' targets are read from (beyond the labels)."""
     return [TARGET_ARRAY[t] for t in tasks if t in TARGET_ARRAY]
+
+
+def load_task_data(data_cfg):
+    """``(full, ds)``: the dataset a ``DataConfig`` names with the arrays its tasks' targets come from (``full``),
+    and the same restricted to its input modalities (``ds``). The check that a target is not also an input holds
+    for ``data_cfg``, not for this loading view."""
+    import dataclasses
+
+    from ..data import load_data
+
+    extra = [m for m in target_modalities(data_cfg.tasks or ()) if m not in data_cfg.modalities]
+    full = load_data(dataclasses.replace(data_cfg, modalities=tuple(data_cfg.modalities) + tuple(extra), tasks=None))
+    return full, full.select(data_cfg.modalities)
 
 
 def task_targets(dataset, tasks: Sequence[str], split: int) -> dict[str, np.ndarray]:
