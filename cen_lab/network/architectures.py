@@ -136,7 +136,8 @@ class CENNet(CENBase):
 
 def build_model(config: ModelConfig, num_modalities: int, in_channels: int, num_classes: int,
                 tasks: str | Sequence[str], sparsity: str = "disjoint") -> CENBase:
-    """Construct a ``CENNet``, or for ``config.arch = "unet"`` a ``cen_lab.network.unet.UNetCEN``; parameters are drawn from torch's global RNG: seed it first."""
+    """Construct a ``CENNet``, or for ``config.arch = "unet"`` a ``cen_lab.network.unet.UNetCEN``; parameters are
+    drawn from torch's global RNG: seed it first."""
     if config.arch == "unet":
         return UNetCEN(num_modalities, in_channels, num_classes, tasks, config, sparsity)
     return CENNet(num_modalities, in_channels, num_classes, tasks, config, sparsity)

@@ -47,8 +47,8 @@ def record_bn_output_grad_norms(
     ------
     dict of str -> torch.Tensor
         Filled during ``backward()``: name -> ``[M, C]`` L2 norm of the gradient over batch and space (centred
-        per sample for InstanceNorm; on the model's device, detached), once every branch's gradient has arrived. Forward hooks are removed
-        when the block exits, even on error.
+        per sample for InstanceNorm; on the model's device, detached), once every branch's gradient has arrived.
+        Forward hooks are removed when the block exits, even on error.
     """
     norms: dict[str, torch.Tensor] = {}
     handles = []

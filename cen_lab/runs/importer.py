@@ -376,7 +376,8 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
                 **({"betas": "not in the files (lists of gammas): logged as NaN"} if where0 == "<list>" else {}),
                 "imported_files": imported, "total_steps": order[ranked[-1]]}
     obs = _open(root, out_dir, source="imported", layers=names if names is not None else layers,
-                threshold=threshold, penalised=penalised, exchange=exchange, modality_names=modality_names, lam=lam, reference_lamda=reference_lamda,
+                threshold=threshold, penalised=penalised, exchange=exchange, modality_names=modality_names, lam=lam,
+                reference_lamda=reference_lamda,
                 resume=bool(previous), overwrite=overwrite,
                 flush_every=None, manifest=manifest, model_class="unknown (imported from checkpoints)")
     if previous:  # a reopened run keeps its manifest: record the files it now holds
