@@ -141,9 +141,10 @@ def train_reference_style(out_dir: str | Path, *, steps: int = 300, lam: float =
     model = ReferenceStyleCEN(ds.stacked(0)[0].shape[2], ds.num_classes, len(ds.modalities), threshold=threshold)
     if final.is_file():
         saved = torch.load(final, map_location="cpu", weights_only=True)
-        if saved.get("settings") == settings and (out / "manifest.json").is_file() and load_run(out).complete:
+        run = load_run(out) if saved.get("settings") == settings and (out / "manifest.json").is_file() else None
+        if run is not None and run.complete:
             model.load_state_dict(saved["segmenter"])
-            return ZooRun(load_run(out), model, ds, settings, ckpt_dir)
+            return ZooRun(run, model, ds, settings, ckpt_dir)
     obs = observe(model, out, layers="*.bn2", threshold=threshold, penalised="alternate-halves",
                   modality_names=list(ds.modalities), lam=settings["lam_per_step"], seed=seed, total_steps=steps,
                   overwrite=True)

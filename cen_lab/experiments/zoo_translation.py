@@ -150,9 +150,10 @@ def train_reference_translator(out_dir: str | Path, *, steps: int = 200, lam: fl
     saved_path = out / "generator.pth"
     if saved_path.is_file() and (out / "manifest.json").is_file():
         saved = torch.load(saved_path, map_location="cpu", weights_only=True)
-        if saved.get("settings") == settings and load_run(out).complete:
+        run = load_run(out) if saved.get("settings") == settings else None
+        if run is not None and run.complete:
             model.load_state_dict(saved["generator"])
-            return ZooTranslation(load_run(out), model, ds, settings, list_dir)
+            return ZooTranslation(run, model, ds, settings, list_dir)
     obs = observe(model, out, layers="*.insnorm_conv", threshold=threshold, penalised="alternate-halves",
                   modality_names=list(ds.modalities), lam=lam, seed=seed, total_steps=steps, overwrite=True)
     for old in list_dir.glob("insnorm_params_*.pth"):  # a replaced run's lists must not be imported with these
