@@ -83,32 +83,6 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_regime(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from ._util.atomic import atomic_path
-    from .experiments import regime_bench as rb
-    from .theory.exchange_outcome import theorem_on_exchange
-
-    table = rb.run_regime_benchmark(args.out, presets=args.presets.split(","), seeds=range(args.seeds),
-                                    archs=args.arch, n_jobs=args.jobs, progress=not args.no_progress)
-    per_run = rb.per_run_regime(table)
-    summary = rb.regime_summary(per_run)
-    theorem = theorem_on_exchange(table)
-    for name, frame in (("regime_runs.csv", per_run), ("regime_summary.csv", summary), ("regime_theorem.csv", theorem)):
-        with atomic_path(Path(args.out) / name) as tmp:
-            frame.to_csv(tmp, index=False)
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 200):
-        print(per_run.drop(columns=["regime", "path"]).round(3).to_string(index=False))
-        print("\nPer preset and architecture (mean over seeds, 95% t interval; goals of the default regime):")
-        print(summary.round(3).T.to_string(header=False))
-        print("\nTheorem 1's probability (lam, early ||dL/dx'||) against which channels ended exchanged (bootstrap "
-              "over runs; AUC 0.5 is chance):")
-        print(theorem.round(3).T.to_string(header=False))
-    print(f"\nwrote regime_runs.csv, regime_summary.csv and regime_theorem.csv in {args.out}")
-    return 1 if (table["status"] == "failed").any() else 0
-
-
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     from .runs.export import tensorboard
 
@@ -311,17 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_fusion)
 
-    p = sub.add_parser("bench-regime", help="does each preset exchange partially and by importance? (diagnosis "
-                                            "over seeds and architectures)")
-    p.add_argument("--presets", default="default,collapse", metavar="A,B", help="presets (default: default,collapse)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per preset and architecture (default: 5)")
-    p.add_argument("--arch", default="plain,bottleneck", metavar="A,B", type=_archs, help="architectures (default: both)")
-    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")
-    p.add_argument("--out", default="runs/regime", metavar="DIR", help="where the runs go (default: runs/regime)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_bench_regime)
     add_lambda_commands(sub, _archs)  # suggest-lambda, bench-lambda
-    add_bench_commands(sub)  # bench-translation, bench-theorem-regimes
+    add_bench_commands(sub, _archs)  # bench-regime, bench-translation, bench-theorem-regimes
 
     p = sub.add_parser("diagnose", help="what a run's exchange is doing: collapsing, schedule- or importance-driven, ...")
     p.add_argument("runs", nargs="+", help="run directories (trained, observed or imported)")

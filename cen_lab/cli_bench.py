@@ -1,4 +1,6 @@
-"""The CLI's long benchmarks that ``cen_lab.cli`` adds: ``cen-lab bench-translation`` (the CEN U-Net against
+"""The CLI's long benchmarks that ``cen_lab.cli`` adds: ``cen-lab bench-regime`` (does each preset exchange
+partially and by importance, and do Theorem 1 and its corrected predictors say which channels?),
+``cen-lab bench-translation`` (the CEN U-Net against
 single-domain generators, early and late fusion and its ablations on the ``translate`` preset) and
 ``cen-lab bench-theorem-regimes`` (Theorem 1's checks in every training regime, the long form of the theorem
 notebook's section 5)."""
@@ -11,7 +13,40 @@ from pathlib import Path
 
 from .cli_lambda import _floats
 
-__all__ = ["add_bench_commands", "cmd_bench_translation", "cmd_bench_theorem_regimes"]
+__all__ = ["add_bench_commands", "cmd_bench_regime", "cmd_bench_translation", "cmd_bench_theorem_regimes"]
+
+
+def cmd_bench_regime(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ._util.atomic import atomic_path
+    from .experiments import regime_bench as rb
+    from .theory.exchange_predictors import theorem_on_exchange
+
+    table = rb.run_regime_benchmark(args.out, presets=args.presets.split(","), seeds=range(args.seeds),
+                                    archs=args.arch, n_jobs=args.jobs, progress=not args.no_progress)
+    per_run = rb.per_run_regime(table)
+    summary = rb.regime_summary(per_run)
+    theorem, predictors = theorem_on_exchange(table, local_batches=args.local_batches, progress=not args.no_progress)
+    files = (("regime_runs.csv", per_run), ("regime_summary.csv", summary), ("regime_theorem.csv", theorem),
+             ("regime_predictors.csv", predictors))
+    for name, frame in files:
+        with atomic_path(Path(args.out) / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 200):
+        print(per_run.drop(columns=["regime", "path"]).round(3).to_string(index=False))
+        print("\nPer preset and architecture (mean over seeds, 95% t interval; goals of the default regime):")
+        print(summary.round(3).T.to_string(header=False))
+        print("\nTheorem 1's probability (lam, early ||dL/dx'||) against which channels ended exchanged (bootstrap "
+              "over runs; AUC 0.5 is chance):")
+        print(theorem.round(3).T.to_string(header=False))
+        print("\nEvery predictor against which channels ended exchanged (cen_lab.theory.exchange_predictors; measured "
+              f"before each run's first crossing; local check with {args.local_batches} minibatches, exchange off):")
+        cols = ["preset", "arch", "predictor", "runs", "exchanged", "mean predicted", "ECE", "ECE low", "ECE high",
+                "AUC", "AUC low", "AUC high"]
+        print(predictors[cols].round(3).to_string(index=False))
+    print(f"\nwrote {', '.join(name for name, _ in files)} in {args.out}")
+    return 1 if (table["status"] == "failed").any() else 0
 
 
 def cmd_bench_translation(args: argparse.Namespace) -> int:
@@ -79,10 +114,25 @@ def cmd_bench_theorem_regimes(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_commands(sub) -> None:
-    """Add ``bench-translation`` and ``bench-theorem-regimes`` to the CLI's subparsers."""
+def add_bench_commands(sub, archs) -> None:
+    """Add ``bench-regime``, ``bench-translation`` and ``bench-theorem-regimes`` to the CLI's subparsers
+    (``archs``: the parser of an architecture list)."""
     from .config import PRESETS
     from .experiments.translation import TRANSLATION_VARIANTS
+
+    p = sub.add_parser("bench-regime", help="does each preset exchange partially and by importance, and which "
+                                            "predictor says which channels? (over seeds and architectures)")
+    p.add_argument("--presets", default="default,collapse", metavar="A,B", help="presets (default: default,collapse)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per preset and architecture (default: 5)")
+    p.add_argument("--arch", default="plain,bottleneck", metavar="A,B", type=archs,
+                   help="architectures (default: both)")
+    p.add_argument("--local-batches", type=int, default=8, metavar="N",
+                   help="minibatches of the local check at gamma = 0 before the first crossing (default: 8; 0 skips "
+                        "it and the predictors that need it; about 20 s per run)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")
+    p.add_argument("--out", default="runs/regime", metavar="DIR", help="where the runs go (default: runs/regime)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench_regime)
 
     p = sub.add_parser("bench-translation", help="the translation CEN (shade from rgb and depth, U-Net, InstanceNorm) "
                                                  "against single-domain generators, fusions and ablations over seeds")

@@ -9,6 +9,7 @@ import cen_lab
 from cen_lab.cli import main
 from cen_lab.config import COLLAPSE_TRAIN, ExperimentConfig
 from cen_lab.experiments import regime_bench as rb
+from cen_lab.theory.exchange_predictors import PREDICTORS
 
 
 def test_the_collapse_preset_is_the_old_default_and_the_default_is_adam_with_a_cosine():
@@ -38,6 +39,8 @@ def test_the_benchmark_diagnoses_every_run_and_the_cli_writes_its_tables(tmp_pat
                  "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "goal: importance >= 0.3" in out and "AUC formula" in out and (tmp_path / "regime_theorem.csv").exists()
+    predictors = pd.read_csv(tmp_path / "regime_predictors.csv")  # every predictor, the local check's included
+    assert predictors["predictor"].tolist() == list(PREDICTORS.values()) and "(b) training features" in out
     assert pd.read_csv(tmp_path / "regime_runs.csv")["final"].tolist() == per_run["final"].tolist()
 
 

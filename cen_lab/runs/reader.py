@@ -137,8 +137,13 @@ class Run:
             raise ValueError(f"no checkpoint at step {step}; available: {steps}")
         return load_checkpoint(checkpoint_path(self.path, step), map_location)
 
-    def load_model(self, step: int | None = None, device: str = "cpu") -> torch.nn.Module:
-        """Rebuild the model and load the checkpoint at ``step`` (default: the latest), in eval mode."""
+    def load_model(self, step: int | None = None, device: str = "cpu", exchange: str | None = None) -> torch.nn.Module:
+        """Rebuild the model and load the checkpoint at ``step`` (default: the latest), in eval mode.
+
+        ``exchange`` replaces the run's ``model.exchange`` (``"none"``: the same weights with the exchange switched
+        off, the setting of Theorem 1; the exchange has no parameters, so any mode loads the checkpoint)."""
+        import dataclasses
+
         from ..network.architectures import build_model
         from ..network.patchgan import attach_discriminator
 
@@ -146,7 +151,8 @@ class Run:
             raise RunFormatError(f"{self.path}: a run of source {self.source!r} has no cen_lab model to rebuild; "
                                  "load its weights into your own model")
         m = self.manifest
-        model = build_model(self.config.model, len(m["modalities"]), m["in_channels"], m["num_classes"],
+        spec = self.config.model if exchange is None else dataclasses.replace(self.config.model, exchange=exchange)
+        model = build_model(spec, len(m["modalities"]), m["in_channels"], m["num_classes"],
                             m["tasks"], self.config.train.sparsity)
         attach_discriminator(model, m["in_channels"], self.config.train.gan_weight)  # with train.gan_weight > 0
         ckpt = self.checkpoint(step, map_location=device)

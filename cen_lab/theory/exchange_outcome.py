@@ -15,7 +15,8 @@ scores the formula's probability on that outcome, with the quantities training l
 
 ``exchange_outcome_scores`` gives, per architecture, the portion exchanged (Wilson interval), the mean
 prediction, the ECE and Brier score, and the AUC of the prediction and of low importance for the outcome, each
-with a bootstrap interval over runs (the channels of one run are not independent).
+with a bootstrap interval over runs (the channels of one run are not independent). The formula at gamma = 0 and
+the corrected predictors on the same outcome are in ``cen_lab.theory.exchange_predictors``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..experiments.diagnosis import MIN_STEPS, diagnose
 from ..runs.reader import Run, load_run
 from .formula import attraction_probability, brier_score, expected_calibration_error, proportion_ci
 
-__all__ = ["exchange_outcome", "exchange_outcome_scores", "theorem_on_exchange"]
+__all__ = ["exchange_outcome", "exchange_outcome_scores", "bootstrap_over_runs"]
 
 
 def exchange_outcome(runs: Mapping[str, Run] | Iterable[Run]) -> pd.DataFrame:
@@ -76,13 +77,29 @@ def _auc(score: np.ndarray, positive: np.ndarray) -> float:
     return float(stats.mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
 
 
+def bootstrap_over_runs(groups: list[pd.DataFrame], measures, n_boot: int, level: float,
+                        rng: np.random.Generator) -> dict[str, float]:
+    """``measures(groups)`` (a dict of numbers) with ``<name> low`` / ``<name> high``: the ``level`` interval of
+    ``n_boot`` bootstrap draws of whole runs (the channels of one run are not independent)."""
+    alpha = (1 - level) / 2
+    point = measures(groups)
+    boot = [measures([groups[i] for i in rng.integers(0, len(groups), len(groups))]) for _ in range(n_boot)]
+    row = {}
+    for name, value in point.items():
+        values = np.array([b[name] for b in boot], float)
+        values = values[np.isfinite(values)]
+        row[name] = value
+        row[f"{name} low"] = float(np.quantile(values, alpha)) if len(values) else float("nan")
+        row[f"{name} high"] = float(np.quantile(values, 1 - alpha)) if len(values) else float("nan")
+    return row
+
+
 def exchange_outcome_scores(frame: pd.DataFrame, bins: int = 10, n_boot: int = 1000, level: float = 0.95,
                             seed: int = 0) -> pd.DataFrame:
     """Per architecture: ``runs, channels, exchanged`` (portion, Wilson interval), ``mean predicted``, ``ECE``,
     ``Brier``, ``AUC formula`` (the prediction for the outcome; 0.5 is chance) and ``AUC low importance``
     (``1 - importance``), each with a bootstrap interval over runs (``<name> low`` / ``<name> high``)."""
     rows = []
-    alpha = (1 - level) / 2
     rng = np.random.default_rng(seed)
     for arch, sub in frame.groupby("arch", sort=False):
         sub = sub.dropna(subset=["predicted"])
@@ -96,31 +113,11 @@ def exchange_outcome_scores(frame: pd.DataFrame, bins: int = 10, n_boot: int = 1
             return {"ECE": expected_calibration_error(p, y.astype(float), bins), "Brier": brier_score(p, y.astype(float)),
                     "AUC formula": _auc(p, y), "AUC low importance": _auc(1 - imp[ok], y[ok])}
 
-        point = measures(groups)
-        boot = [measures([groups[i] for i in rng.integers(0, len(groups), len(groups))]) for _ in range(n_boot)]
         k, n = int(sub["exchanged"].sum()), len(sub)
         lo, hi = proportion_ci(k, n, level)
         row = {"arch": arch, "runs": len(groups), "channels": n, "exchanged": k / n if n else float("nan"),
                "exchanged low": float(lo), "exchanged high": float(hi),
                "mean predicted": float(sub["predicted"].mean())}
-        for name, value in point.items():
-            values = np.array([b[name] for b in boot], float)
-            values = values[np.isfinite(values)]
-            row[name] = value
-            row[f"{name} low"] = float(np.quantile(values, alpha)) if len(values) else float("nan")
-            row[f"{name} high"] = float(np.quantile(values, 1 - alpha)) if len(values) else float("nan")
+        row.update(bootstrap_over_runs(groups, measures, n_boot, level, rng))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def theorem_on_exchange(table: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
-    """Per preset and architecture of a ``cen_lab.experiments.regime_bench.run_regime_benchmark`` table,
-    ``exchange_outcome_scores``: Theorem 1's probability (from the early window's ``||dL/dx'||``) scored on
-    which penalised channels each run ended up exchanging."""
-    done = table[table["status"].isin(["complete", "skipped"])]
-    frames = []
-    for preset, sub in done.groupby("preset", sort=False):
-        runs = {str(p): load_run(p) for p in sub["path"]}
-        frames.append(exchange_outcome_scores(exchange_outcome(runs), n_boot=n_boot).assign(preset=preset))
-    out = pd.concat(frames, ignore_index=True)
-    return out[["preset", *[c for c in out.columns if c != "preset"]]]

@@ -55,13 +55,17 @@ def _cen_loss(model, batch) -> torch.Tensor:
 
 
 def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 16, seed: int = 0,
-                progress: bool = False) -> pd.DataFrame:
+                progress: bool = False, exchange_off: bool = False) -> pd.DataFrame:
     """Evaluate Theorem 1's local condition at gamma = 0 for every penalised channel of ``run``.
 
     For each checkpoint step and each of ``n_batches`` training minibatches (drawn once with ``seed``), each
     penalised channel's gamma is set to 0 (others unchanged, BN in training mode as during training), and one
     forward/backward pass of the data loss gives ``g = dL/dgamma_c`` and ``norm = ||dL/dx'_c||_2``. Without
     exchange the modality branches do not interact, so one channel per modality is zeroed in the same pass.
+
+    ``exchange_off=True`` checks the run's weights with the exchange switched off (``Run.load_model(step,
+    exchange="none")``), the setting the theorem is stated for: in a network that exchanges, a channel at
+    gamma = 0 is replaced by the other branches' and gets no gradient (``g = 0``, ``norm = 0``).
 
     Returns
     -------
@@ -79,12 +83,12 @@ def local_check(run: Run, steps: Sequence[int] | None = None, n_batches: int = 1
     rows: list[tuple] = []
     bar = progress_bar(total=len(steps) * n_batches, desc=f"local check {run.path.name}", disable=not progress, leave=False)
     for step in steps:
-        model = run.load_model(step)
+        model = run.load_model(step, exchange="none" if exchange_off else None)
         model.train()
         layers = [BNLayer(name, (bn,)) for name, bn in model.cen_layers()]
         penalised = [(li, int(m), int(c)) for li, (_, bn) in enumerate(model.cen_layers())
                      for m, c in torch.nonzero(bn.penalty_mask).tolist()]
-        if cfg.model.exchange == "none":
+        if cfg.model.exchange == "none" or exchange_off:
             by_mod: dict[int, list] = {}
             for item in penalised:
                 by_mod.setdefault(item[1], []).append(item)
