@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 import cen_lab
+from cen_lab import plots
 from cen_lab.theory.exchange_predictors import (PREDICTORS, exchange_local_check, exchange_predictions,
                                                 leave_one_seed_out, outcome_checkpoint, predictor_scores)
 from cen_lab.theory.local_checks import local_check
@@ -54,6 +55,13 @@ def test_the_predictors_are_measured_before_the_first_crossing_and_scored_on_it(
     scores = predictor_scores(frame, n_boot=30)
     assert scores["predictor"].tolist() == list(PREDICTORS.values())
     assert scores[["ECE", "AUC"]].apply(lambda c: c.between(0, 1)).all().all()
+    fig = plots.plot_exchange_predictors(scores)
+    ax_auc, ax_ece = fig.get_axes()
+    assert [t.get_text().replace("\n", " ") for t in ax_auc.get_yticklabels()] == list(PREDICTORS.values())
+    assert ax_auc.get_xlabel().startswith("AUC") and ax_ece.get_xlabel().startswith("ECE")
+    pfig = plots.plot_exchange_predictors(scores, backend="plotly")
+    assert len(pfig.data) == 2 and list(pfig.data[0].x) == scores["AUC"].tolist()  # one arch, two panels
+    assert list(pfig.data[1].x) == scores["ECE"].tolist()
     one_seed = exchange_predictions({"s0": exchanging_runs["s0"]})  # no local check, one seed
     assert one_seed[["predicted_local", "predicted_gaussian", "predicted_training"]].isna().all().all()
     assert predictor_scores(one_seed, n_boot=10)["predictor"].tolist() == [PREDICTORS["predicted"]]
@@ -78,3 +86,16 @@ def test_a_run_without_a_checkpoint_before_its_first_crossing_is_refused(exchang
         outcome_checkpoint(run, 3)
     with pytest.raises(TypeError, match="mapping label -> Run"):
         exchange_predictions(list(exchanging_runs.values()))
+
+
+def test_a_checkpoint_after_the_first_crossing_is_said(tmp_path):
+    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 12, "log.grads": True, "log.every": 1,
+                                                            "train.lam": 10.0, "train.optimizer": "sgd",
+                                                            "train.lr": 0.05, "train.lr_schedule": "constant",
+                                                            "train.ckpt_every": 5})
+    run = cen_lab.train(cfg, tmp_path / "fast", progress=False)
+    first = cen_lab.diagnose(run).crossings["crossing_step"].min()
+    assert first <= 5  # the penalty takes gammas under the threshold by the first checkpoint
+    with pytest.warns(UserWarning, match=r"fast: the last checkpoint in the early window \(step 5\) is not before the "
+                                         r"run's first crossing"):
+        exchange_local_check({"fast": run}, n_batches=1, progress=False)

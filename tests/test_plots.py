@@ -60,14 +60,14 @@ def test_every_plot_names_the_compute_that_makes_its_frame():
     from cen_lab import plots
 
     names = [n for n in dir(plots) if n.startswith("plot_")]
-    assert len(names) == 28
+    assert len(names) == 29
     for name in names:
         plot = getattr(plots, name)
         assert plot.columns, name
         # plot_X draws compute_X's frame wherever a compute_X exists here (and every pair below has one)
         twin = "compute_" + name[len("plot_"):]
-        if name not in ("plot_gamma_distributions", "plot_prediction_ece", "plot_regime_calibration",
-                        "plot_regime_outcome", "plot_exchange_settling", "plot_fusion_results",
+        if name not in ("plot_gamma_distributions", "plot_prediction_ece", "plot_exchange_predictors",
+                        "plot_regime_calibration", "plot_regime_outcome", "plot_exchange_settling", "plot_fusion_results",
                         "plot_learning_curves"):
             assert hasattr(plots, twin) and plot.maker.startswith(twin), (name, plot.maker)
         args = [p for p in inspect.signature(plot).parameters.values() if p.default is p.empty][1:]

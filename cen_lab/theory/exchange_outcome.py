@@ -36,8 +36,8 @@ __all__ = ["exchange_outcome", "exchange_outcome_scores", "bootstrap_over_runs"]
 
 def exchange_outcome(runs: Mapping[str, Run] | Iterable[Run]) -> pd.DataFrame:
     """One row per penalised channel of every run: ``run, arch, seed, layer, branch, channel, norm`` (mean
-    ``||dL/dx'||`` over the early window), ``window_end`` (its last step), ``predicted``, ``exchanged``,
-    ``importance``. Raises ``ValueError`` for a run without logged gradients or without a recorded lam."""
+    ``||dL/dx'||`` over the early window), ``window_end`` (its last step), ``first_crossing`` (the run's; NaN when
+    none), ``predicted``, ``exchanged``, ``importance``. Raises ``ValueError`` for a run without logged gradients or without a recorded lam."""
     items = runs.items() if isinstance(runs, Mapping) else ((str(r.path.name), r) for r in runs)
     frames = []
     for label, run in items:
@@ -59,6 +59,7 @@ def exchange_outcome(runs: Mapping[str, Run] | Iterable[Run]) -> pd.DataFrame:
         out["predicted"] = attraction_probability(lam, out["norm"].to_numpy())
         out["exchanged"] = c["crossing_step"].notna().to_numpy()
         out["window_end"] = int(early["step"].max())
+        out["first_crossing"] = float(first.min()) if len(first) else np.nan
         cfg = run.config
         out.insert(0, "run", label)
         out.insert(1, "arch", cfg.model.arch if cfg is not None else run.manifest.get("model_class", "?"))

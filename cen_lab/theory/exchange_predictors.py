@@ -25,6 +25,7 @@ bootstrap over runs. The local check costs one forward and backward pass per pen
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -76,11 +77,16 @@ def exchange_local_check(runs: Mapping[str, Run], n_batches: int = 8, seed: int 
     from .local_checks import local_check
 
     items = _items(runs)
-    windows = exchange_outcome(dict(items)).groupby("run")["window_end"].first()
+    windows = exchange_outcome(dict(items)).groupby("run")[["window_end", "first_crossing"]].first()
     frames = []
     bar = progress_bar(total=len(items), desc="local check at gamma = 0, exchange off", disable=not progress)
     for label, run in items:
-        step = outcome_checkpoint(run, int(windows[label]), label)
+        step = outcome_checkpoint(run, int(windows.loc[label, "window_end"]), label)
+        first = windows.loc[label, "first_crossing"]
+        if step >= first:  # a short run: the early window is at least MIN_STEPS + 1 logged steps
+            warnings.warn(f"{label}: the last checkpoint in the early window (step {step}) is not before the run's "
+                          f"first crossing (step {first:g}): some channels were exchanged before the local check",
+                          UserWarning, stacklevel=2)
         frames.append(local_check(run, [step], n_batches, seed, exchange_off=True).assign(run=label))
         bar.update(1)
     bar.close()

@@ -5,7 +5,8 @@ Every figure is a pair: ``compute_X`` turns run tables into a tidy DataFrame (te
 checks its frame first and, given another (a raw ``run.gammas``, say), names the ``compute_*`` that makes it.
 A few frames come from analyses outside this package: ``plot_fusion_results`` and ``plot_learning_curves`` take
 ``cen_lab.fusion.compute_fusion_results`` and ``cen_lab.learning_curves.compute_learning_curves``;
-``plot_prediction_ece`` takes ``cen_lab.miscalibration.compare_predictions``; the ``plot_regime_*`` take
+``plot_prediction_ece`` takes ``cen_lab.miscalibration.compare_predictions``; ``plot_exchange_predictors`` takes
+``cen_lab.theory.exchange_predictors.predictor_scores``; the ``plot_regime_*`` take
 ``compare_regimes(...).calibration`` / ``.outcome``; ``plot_exchange_settling`` takes ``exchange_curves`` and
 ``settling_table``; ``compute_lambda_curve`` takes ``cen_lab.predict_exchange``'s answer;
 ``compute_translation_examples`` takes a translation run (its checkpoint is run on validation images). Plot functions
@@ -24,7 +25,7 @@ from .gammas import (compute_gamma_snapshot, compute_gamma_trajectories, compute
                      plot_gamma_trajectories, plot_sparsity)
 from .lambdas import compute_lambda_curve, plot_lambda_curve
 from .learning import plot_exchange_settling, plot_learning_curves
-from .miscalibration import compute_drift, plot_drift, plot_prediction_ece
+from .miscalibration import compute_drift, plot_drift, plot_exchange_predictors, plot_prediction_ece
 from .regimes import plot_regime_calibration, plot_regime_outcome
 from .theory import (compute_controlled_check, compute_corollary, compute_dynamic_check, compute_outcome, compute_qq,
                      compute_reliability, plot_controlled_check, plot_corollary, plot_dynamic_check, plot_outcome, plot_qq,
@@ -42,7 +43,7 @@ __all__ = [
     "compute_outcome", "compute_corollary", "plot_gamma_trajectories", "plot_sparsity",
     "plot_training_curves", "compute_qq", "plot_controlled_check", "plot_corollary", "plot_dynamic_check",
     "plot_outcome", "plot_qq", "plot_reliability", "plot_fusion_results", "plot_regime_calibration",
-    "plot_regime_outcome", "compute_drift", "plot_drift", "plot_prediction_ece",
+    "plot_regime_outcome", "compute_drift", "plot_drift", "plot_prediction_ece", "plot_exchange_predictors",
     "plot_learning_curves", "plot_exchange_settling", "compute_lambda_curve", "plot_lambda_curve",
     "compute_translation_examples", "plot_translation_examples",
 ]

@@ -1,5 +1,6 @@
 """Why Theorem 1's prediction is miscalibrated (``cen_lab.miscalibration``): drift against spread, and the ECE of
-the formula next to the check (a) and the corrected prediction (b)."""
+the formula next to the check (a) and the corrected prediction (b); and how each predicts which channels CEN
+training exchanges (``cen_lab.theory.exchange_predictors``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 
 from ._common import takes, BRANCH_COLOURS, ENSEMBLE_COLOUR, FORMULA_COLOUR, check_backend, mpl_figure, plotly_grid
 
-__all__ = ["compute_drift", "plot_drift", "plot_prediction_ece"]
+__all__ = ["compute_drift", "plot_drift", "plot_prediction_ece", "plot_exchange_predictors"]
 
 
 def compute_drift(channels: pd.DataFrame) -> pd.DataFrame:
@@ -77,4 +78,53 @@ def plot_prediction_ece(frame: pd.DataFrame, *, backend: str = "matplotlib", fig
     ax.set_xlim(left=0)
     ax.set(xlabel="ECE (0 = calibrated)", title=title)
     ax.grid(alpha=0.3)
+    return fig
+
+
+@takes('predictor_scores (cen_lab.theory.exchange_predictors)',
+       ('arch', 'predictor', 'AUC', 'AUC low', 'AUC high', 'ECE', 'ECE low', 'ECE high'))
+def plot_exchange_predictors(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(4.2, 3.2)):
+    """Which channels CEN training exchanges, by predictor: the AUC (left; 0.5 is chance, 1 a perfect ranking) and
+    the ECE (right; 0 is calibrated), each with its bootstrap interval over runs, one colour per architecture
+    (``predictor_scores``); ``figsize`` is one panel's."""
+    check_backend(backend)
+    names = list(dict.fromkeys(frame["predictor"]))
+    labels = [textwrap.fill(str(p), 30) for p in names]
+    archs = list(dict.fromkeys(frame["arch"]))
+    offsets = np.linspace(-0.15, 0.15, len(archs)) if len(archs) > 1 else [0.0]
+    panels = (("AUC", "AUC (0.5 = chance)", 0.5), ("ECE", "ECE (0 = calibrated)", None))
+    title = "Which channels CEN training exchanges"
+    if backend == "plotly":
+        fig = plotly_grid(1, 2, [f"{title}: ranking", "calibration"], shared_xaxes=False,
+                          height_per_row=70 + 45 * len(names), shared_yaxes=True)
+        for a, (arch, off) in enumerate(zip(archs, offsets)):
+            sub = frame[frame["arch"] == arch].set_index("predictor").reindex(names)
+            for col, (measure, _, _) in enumerate(panels, start=1):
+                fig.add_scatter(x=sub[measure], y=np.arange(len(names)) + off, mode="markers", name=str(arch),
+                                legendgroup=str(arch), showlegend=col == 1,
+                                marker=dict(color=BRANCH_COLOURS[a], size=9),
+                                error_x=dict(type="data", array=sub[f"{measure} high"] - sub[measure],
+                                             arrayminus=sub[measure] - sub[f"{measure} low"]), row=1, col=col)
+        for col, (_, axis, ref) in enumerate(panels, start=1):
+            fig.update_xaxes(title_text=axis, range=[0, 1.02], row=1, col=col)
+            if ref is not None:
+                fig.add_vline(x=ref, line=dict(color="grey", dash="dot"), row=1, col=col)
+        fig.update_yaxes(tickvals=list(range(len(names))), ticktext=[t.replace("\n", "<br>") for t in labels],
+                         autorange="reversed", row=1, col=1)
+        return fig
+    fig, axes = mpl_figure(1, 2, figsize, sharey=True)
+    for col, (measure, axis, ref) in enumerate(panels):
+        ax = axes[0, col]
+        for a, (arch, off) in enumerate(zip(archs, offsets)):
+            sub = frame[frame["arch"] == arch].set_index("predictor").reindex(names)
+            err = np.vstack([sub[measure] - sub[f"{measure} low"], sub[f"{measure} high"] - sub[measure]])
+            ax.errorbar(sub[measure], np.arange(len(names)) + off, xerr=err, fmt="o", capsize=3,
+                        color=BRANCH_COLOURS[a], label=str(arch))
+        if ref is not None:
+            ax.axvline(ref, ls=":", color="grey")
+        ax.set(xlim=(0, 1.02), xlabel=axis, title=f"{title}: ranking" if col == 0 else "calibration")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_yticks(np.arange(len(names)), labels, fontsize=8)
+    axes[0, 0].invert_yaxis()
+    axes[0, 0].legend(fontsize=8, frameon=False, loc="lower left")
     return fig
