@@ -89,7 +89,7 @@ def plot_exchange_predictors(frame: pd.DataFrame, *, backend: str = "matplotlib"
     (``predictor_scores``); ``figsize`` is one panel's."""
     check_backend(backend)
     names = list(dict.fromkeys(frame["predictor"]))
-    labels = [textwrap.fill(str(p), 30) for p in names]
+    labels = [textwrap.fill(str(p), 34) for p in names]
     archs = list(dict.fromkeys(frame["arch"]))
     offsets = np.linspace(-0.15, 0.15, len(archs)) if len(archs) > 1 else [0.0]
     panels = (("AUC", "AUC (0.5 = chance)", 0.5), ("ECE", "ECE (0 = calibrated)", None))
