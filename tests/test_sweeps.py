@@ -86,3 +86,19 @@ def test_variants_are_crossed_with_the_grid(base, tmp_path):
     assert table["variant"].tolist() == ["a", "a", "b", "b"]
     assert table["name"].tolist() == ["tiny-a-seed=0", "tiny-a-seed=1", "tiny-b-seed=0", "tiny-b-seed=1"]
     assert cen_lab.load_run(table["path"][2]).config.model.exchange == "none"
+
+
+def test_an_interrupted_idle_training_process_ends_quietly():
+    """A Jupyter kernel that shuts down interrupts its process group, sweep workers' training processes included:
+    they end with status 130 and print no traceback into the notebook's log."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "cen_lab.experiments._sweep_point"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # past its imports, waiting for a request
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err

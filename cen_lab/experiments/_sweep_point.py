@@ -8,7 +8,6 @@ JSON line ``{"status": ..., "error": ...}``. It ends when its input closes (its 
 import json
 import sys
 
-from cen_lab.experiments.sweeps import _train_one
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when the thread that started it dies (prctl PR_SET_PDEATHSIG)."""
@@ -29,8 +28,13 @@ if __name__ == "__main__":
     if "--die-with-parent" in sys.argv:
         _die_with_parent()
     answers, sys.stdout = sys.stdout, sys.stderr  # anything else printed goes to stderr, not into the answers
-    for line in sys.stdin:
-        request = json.loads(line)
-        result = _train_one(request["config"], request["path"], int(request["threads"]))
-        answers.write(json.dumps({k: v for k, v in result.items() if k != "seconds"}) + "\n")
-        answers.flush()
+    try:
+        from cen_lab.experiments.sweeps import _train_one
+
+        for line in sys.stdin:
+            request = json.loads(line)
+            result = _train_one(request["config"], request["path"], int(request["threads"]))
+            answers.write(json.dumps({k: v for k, v in result.items() if k != "seconds"}) + "\n")
+            answers.flush()
+    except KeyboardInterrupt:  # an interrupt of the process group (a Jupyter kernel shutting down, Ctrl-C): the
+        sys.exit(130)  # parent says what was stopped; a traceback of the idle loop here would only look like an error
