@@ -81,10 +81,12 @@ def _auc(score: np.ndarray, positive: np.ndarray) -> float:
 def bootstrap_over_runs(groups: list[pd.DataFrame], measures, n_boot: int, level: float,
                         rng: np.random.Generator) -> dict[str, float]:
     """``measures(groups)`` (a dict of numbers) with ``<name> low`` / ``<name> high``: the ``level`` interval of
-    ``n_boot`` bootstrap draws of whole runs (the channels of one run are not independent)."""
+    ``n_boot`` bootstrap draws of whole runs (the channels of one run are not independent). With one run there is
+    nothing to draw from: the intervals are NaN."""
     alpha = (1 - level) / 2
     point = measures(groups)
-    boot = [measures([groups[i] for i in rng.integers(0, len(groups), len(groups))]) for _ in range(n_boot)]
+    draws = n_boot if len(groups) > 1 else 0
+    boot = [measures([groups[i] for i in rng.integers(0, len(groups), len(groups))]) for _ in range(draws)]
     row = {}
     for name, value in point.items():
         values = np.array([b[name] for b in boot], float)
