@@ -30,7 +30,8 @@ def test_every_regime_is_trained_in_its_own_runs_and_checked(comparison):
     assert list(c.calibration["optimiser"]) == ["SGD lr 0.05 momentum 0.9", "SGD lr 0.05 momentum 0"] * 2 + [
         "SGD lr 0.05 momentum 0.9"]
     assert "instance norm" in c.calibration["architecture"].iloc[-1]
-    assert (c.local.loc[c.local["norm"] == "instance", "norm"].size > 0)
+    assert (c.local["norm_family"] == "instance").sum() > 0
+    assert c.local["norm"].dtype.kind == "f" and (c.local["norm"] >= 0).all()  # the check's ||dL/dx'||, kept
     assert c.calibration["regime_text"].str.contains("preset tiny").all()
     assert c.calibration["ece"].between(0, 1).all() and (c.calibration["ece_low"] <= c.calibration["ece_high"]).all()
     assert set(c.local.groupby("regime")["layer"].unique().map(tuple)) == {("blocks.0.bn", "blocks.1.bn"),
@@ -82,3 +83,24 @@ def test_the_bench_command_runs_every_regime_and_writes_its_tables(tmp_path, cap
                                            "bottleneck, momentum 0", "plain, momentum 0.9, instance norm"]
     assert "regime of bottleneck, momentum 0: preset tiny" in out and "smoke test" in out
     assert len(pd.read_csv(tmp_path / "regime_outcome.csv")) == 5
+
+
+def test_a_regime_whose_runs_were_checked_reuses_those_rows(comparison, monkeypatch):
+    from cen_lab.theory import regimes
+
+    runs_dir, c = comparison
+    known = c.local[c.local["regime"] == "plain, momentum 0.9"].drop(columns=["regime", "arch", "momentum",
+                                                                                      "norm_family"])
+    checked = []
+    real = regimes.local_check_runs
+    monkeypatch.setattr(regimes, "local_check_runs", lambda runs, **kw: checked.append(len(runs)) or real(runs, **kw))
+    again = compare_regimes([0.5], [0, 1], runs_dir, preset="tiny", steps=6, checkpoints=2, n_batches=1,
+                            progress=False, momentums=(0.9, 0.0), archs=("plain",), instance=(), local=known)
+    assert checked == [2]  # momentum 0 was checked; momentum 0.9 took the given rows
+    assert again.calibration.iloc[0]["ece"] == c.calibration.iloc[0]["ece"]
+    assert again.calibration.iloc[1]["ece"] == c.calibration.iloc[1]["ece"]
+    # rows with another number of minibatches are not the same check: checked again
+    checked.clear()
+    compare_regimes([0.5], [0, 1], runs_dir, preset="tiny", steps=6, checkpoints=2, n_batches=2, progress=False,
+                    momentums=(0.9,), archs=("plain",), instance=(), local=known)
+    assert checked == [2]

@@ -55,7 +55,8 @@ class RegimeComparison:
         ``outcome_table`` per regime, stacked: ``regime, arch, momentum, norm, lam, predicted, observed, ci_low,
         ci_high, inside`` (the prediction inside the observed interval), ...
     local : pandas.DataFrame
-        The local-check rows of every regime, with ``regime, arch, momentum, norm`` columns.
+        The local-check rows of every regime, with ``regime, arch, momentum, norm_family`` columns (``norm`` stays
+        the check's ``||dL/dx'||``).
     """
 
     calibration: pd.DataFrame
@@ -68,11 +69,26 @@ class RegimeComparison:
                 "outcome": json.loads(self.outcome.to_json(orient="records"))}
 
 
+def _known_rows(local: pd.DataFrame | None, runs, n_batches: int) -> pd.DataFrame | None:
+    """The rows of ``local`` for ``runs`` (in their order) when every run has them at every checkpoint, with
+    ``n_batches`` minibatches; else None."""
+    if local is None:
+        return None
+    parts = []
+    for run in runs.values():
+        rows = local[local["run"] == run.path.name]
+        if (rows.empty or set(rows["step"]) != set(run.checkpoint_steps)
+                or rows.groupby("step")["batch"].nunique().ne(n_batches).any()):
+            return None
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True)
+
+
 def compare_regimes(lams: Sequence[float], seeds: Sequence[int], runs_dir: str | Path, *, preset: str = "default",
                     steps: int = 300, l1_rule: str = "proximal", checkpoints: int = 2, n_batches: int = 8,
                     archs: Sequence[str] = ("plain", "bottleneck"), momentums: Sequence[float] = (0.9, 0.0),
                     instance: Sequence[tuple[str, float]] = (("plain", 0.9),), n_jobs: int = 1,
-                    progress: bool = True, **overrides) -> RegimeComparison:
+                    progress: bool = True, local: pd.DataFrame | None = None, **overrides) -> RegimeComparison:
     """Train (or reuse) the theorem networks of every (arch, momentum), and of every (arch, momentum) of
     ``instance`` with InstanceNorm, and check Theorem 1 on each.
 
@@ -82,6 +98,10 @@ def compare_regimes(lams: Sequence[float], seeds: Sequence[int], runs_dir: str |
     Runs go to ``runs_dir`` under names that carry the architecture, a non-default momentum and a non-batch norm
     (``theorem_runs.theorem_base``), so the default regime reuses the theorem notebook's own runs. ``overrides``
     are further config keys of every run, as in ``theorem_runs.theorem_base`` (``train__precision="bf16"``).
+
+    ``local``: ``local_check_runs`` rows already computed with the same ``n_batches`` (and the default minibatch
+    seed), such as the theorem notebook's section 2 on the default regime's runs. A regime whose runs all have
+    rows there at every checkpoint reuses them instead of checking the same runs again.
     """
     calibration, outcomes, locals_ = [], [], []
     regimes = [(a, m, "batch") for a in archs for m in momentums] + [(a, m, "instance") for a, m in instance]
@@ -90,9 +110,11 @@ def compare_regimes(lams: Sequence[float], seeds: Sequence[int], runs_dir: str |
         runs = train_theorem_runs(lams, seeds, runs_dir, preset=preset, steps=steps, l1_rule=l1_rule,
                                   checkpoints=checkpoints, n_jobs=n_jobs, progress=progress,
                                   model__arch=arch, train__momentum=momentum, model__norm=norm, **overrides)
-        local = local_check_runs(runs, n_batches=n_batches, progress=progress, n_jobs=n_jobs)
-        cal = calibration_summary(local)
-        outcome, _ = outcome_table(runs, local)
+        local_rows = _known_rows(local, runs, n_batches)
+        if local_rows is None:
+            local_rows = local_check_runs(runs, n_batches=n_batches, progress=progress, n_jobs=n_jobs)
+        cal = calibration_summary(local_rows)
+        outcome, _ = outcome_table(runs, local_rows)
         cfg = next(iter(runs.values())).config
         calibration.append({
             "regime": label, "arch": arch, "momentum": momentum, "norm": norm,
@@ -105,7 +127,7 @@ def compare_regimes(lams: Sequence[float], seeds: Sequence[int], runs_dir: str |
             "z_std": cal["normality"]["std"], "no_gradient": cal["no_gradient"]["fraction"]})
         inside = (outcome["predicted"] >= outcome["ci_low"]) & (outcome["predicted"] <= outcome["ci_high"])
         outcomes.append(outcome.assign(regime=label, arch=arch, momentum=momentum, norm=norm, inside=inside))
-        locals_.append(local.assign(regime=label, arch=arch, momentum=momentum, norm=norm))
+        locals_.append(local_rows.assign(regime=label, arch=arch, momentum=momentum, norm_family=norm))
     outcome = pd.concat(outcomes, ignore_index=True)
     first = ["regime", "arch", "momentum", "norm", "lam", "predicted", "observed", "ci_low", "ci_high", "inside"]
     outcome = outcome[first + [c for c in outcome.columns if c not in first]]
