@@ -33,7 +33,7 @@ GOALS = {
 }
 # reported beside the goals, without one
 REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10000", "three_probes_cost_share_at_10000",
-            "diagnose_seconds_per_million_rows", "diagnose_seconds_at_10000_steps", "local_check_same_numbers", "local_check_forward_share", "theorem_fp32_throughput_speedup",
+            "diagnose_seconds_per_million_rows", "diagnose_seconds_at_10000_steps", "local_check_same_numbers", "local_check_speedup_stop_at_layer", "local_check_forward_share", "theorem_fp32_throughput_speedup",
             "theorem_bf16_step_speedup", "theorem_channels_last_step_speedup",
             "theorem_seed_batching_speedup", "bottleneck_theorem_bf16_step_speedup", "default_cen_bf16_step_speedup")
 PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,

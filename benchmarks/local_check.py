@@ -1,15 +1,16 @@
 """Part ``local_check``: the cost of Theorem 1's local check on a model that is not cen_lab's (issue 22).
 
-The check makes one forward and backward pass per checked channel and minibatch (zeroing a channel changes what
-every other channel sees, so the passes cannot be shared). On the zoo's reference-style model (stem 16, planes
-(8, 16), batch 32 at 32x32, two modalities) this measures, in one run and in rotating order:
+The check makes one forward and backward pass per checked channel and minibatch. On the zoo's reference-style model
+(stem 16, planes (8, 16), batch 32 at 32x32, two modalities) this measures, in one run and in rotating order:
 
-- today's path of 2026-12-03 (kept here as the reference): ``loss.backward()`` down to the input;
-- the path ``local_check_model`` takes now: ``torch.autograd.grad`` with the zeroed layer's gammas as the inputs,
-  so the backward stops at that layer;
+- the path of 2026-12-03 (kept here as the reference): ``loss.backward()`` down to the input;
+- the path of 2026-12-04: ``torch.autograd.grad`` with the zeroed layer's gammas as the inputs, so the backward
+  stops at that layer;
+- today's path: that, and what the zeroed gammas cannot change (the model up to their layer) computed once per
+  minibatch instead of once per pass (``cen_lab.theory.prefix_cache``);
 
-with the same numbers (every ``g`` and ``||dL/dx'||`` equal, checked on each run), and where the time goes: the
-forward's share of a reference pass.
+with the same numbers (every ``g`` and ``||dL/dx'||`` equal, bit for bit, checked on each run), and where the time
+goes: the forward's share of a reference pass.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _model_and_batches(size: int, batch: int, n_batches: int):
 
 
 def bench_local_check(size: int = 32, batch: int = 32, n_batches: int = 2, channels: int = 12,
-                      repeats: int = 3) -> dict:
+                      repeats: int = 5) -> dict:
     torch.set_num_threads(1)
     model, batches = _model_and_batches(size, batch, n_batches)
     layers = resolve_layers(model, "*.bn2")
@@ -47,16 +48,17 @@ def bench_local_check(size: int = 32, batch: int = 32, n_batches: int = 2, chann
     items = [(li, int(m), int(c)) for li, mask in enumerate(masks) for m, c in zip(*np.nonzero(mask))]
     items = [items[i] for i in np.linspace(0, len(items) - 1, min(channels, len(items))).astype(int)]
     groups = [[i] for i in items]
-    times: dict[str, list[float]] = {"reference": [], "stop_at_layer": []}
+    paths = {"reference": dict(stop_at_layer=False), "stop_at_layer": dict(reuse_prefix=False), "today": {}}
+    times: dict[str, list[float]] = {name: [] for name in paths}
     same = True
     for r in range(repeats):
         rows = {}
-        for path in (["reference", "stop_at_layer"] if r % 2 == 0 else ["stop_at_layer", "reference"]):
+        order = list(paths)[r % len(paths):] + list(paths)[:r % len(paths)]  # rotating order
+        for path in order:
             start = time.perf_counter()
-            rows[path] = _zeroed_gradients(model, layers, groups, batches, segmentation_loss,
-                                           stop_at_layer=path == "stop_at_layer")
+            rows[path] = _zeroed_gradients(model, layers, groups, batches, segmentation_loss, **paths[path])
             times[path].append(time.perf_counter() - start)
-        same &= rows["reference"] == rows["stop_at_layer"]
+        same &= rows["reference"] == rows["stop_at_layer"] == rows["today"]
     forward = []
     for _ in range(repeats * len(groups)):
         start = time.perf_counter()
@@ -64,10 +66,11 @@ def bench_local_check(size: int = 32, batch: int = 32, n_batches: int = 2, chann
             segmentation_loss(model, batches[0])
         forward.append(time.perf_counter() - start)
     per_pass = float(np.median(times["reference"])) / (len(groups) * n_batches)
+    median = {name: float(np.median(t)) for name, t in times.items()}
     return {
-        "local_check_speedup": float(np.median(times["reference"]) / np.median(times["stop_at_layer"])),
+        "local_check_speedup": median["reference"] / median["today"],
+        "local_check_speedup_stop_at_layer": median["reference"] / median["stop_at_layer"],
         "local_check_same_numbers": bool(same),
         "local_check_forward_share": float(np.median(forward) / per_pass),
-        "local_check_pass_seconds": {"reference": per_pass,
-                                     "stop_at_layer": float(np.median(times["stop_at_layer"])) / (len(groups) * n_batches)},
+        "local_check_pass_seconds": {name: m / (len(groups) * n_batches) for name, m in median.items()},
     }

@@ -107,7 +107,7 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
                       penalised: str | Mapping[str, Any] | None = None, max_channels: int | None = None,
                       step: int = 0, name: str = "model", seed: int = 0, progress: bool = True,
                       bn_mode: str | None = None, exchange_off: Callable[[torch.nn.Module], None] | None = None,
-                      run: Any = None) -> pd.DataFrame:
+                      run: Any = None, reuse_prefix: bool = True) -> pd.DataFrame:
     """Theorem 1's local check on any model (``cen_lab.observe``'s layouts), with the user's own loss.
 
     A copy of ``model`` (the model itself, its gammas and BN running statistics are left untouched) is put in
@@ -145,6 +145,11 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
         then checked (``exchange_is_off`` on the first batch): a recipe that leaves the exchange on is an error.
     run : Run, optional
         The model's observed run, whose recorded ``bn_mode`` is the default.
+    reuse_prefix : bool
+        Compute what a zeroed channel cannot change (the model up to its layer, and every module whose inputs do
+        not depend on it) once per batch instead of once per pass, with the same numbers
+        (``cen_lab.theory.prefix_cache``). Turn it off for a model whose modules have side effects or randomness
+        other than dropout in their forward.
 
     Returns
     -------
@@ -194,7 +199,8 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
         items = [items[i] for i in sorted(pick)]
     bar = progress_bar(total=len(batches) * len(items), desc=f"local check {name} ({len(items)} channels x "
                        f"{len(batches)} batches)", unit="pass", disable=not progress, leave=False)
-    rows = _zeroed_gradients(twin, found, [[i] for i in items], batches, loss_fn, bar, per_pass=True)
+    rows = _zeroed_gradients(twin, found, [[i] for i in items], batches, loss_fn, bar, per_pass=True,
+                             reuse_prefix=reuse_prefix)
     bar.close()
     df = _local_frame(rows, name, float(lam), step=step)
     df.attrs["bn_mode"] = bn_mode

@@ -4,6 +4,7 @@ Used by the check on cen_lab's networks (``local_checks``) and on any model (``f
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from ..network.hooks import record_bn_output_grad_norms
 from ..runs.observer import BNLayer
 from .formula import attraction_probability
+from .prefix_cache import passing, reusing_outputs
 
 __all__ = ["minibatch_indices"]
 
@@ -31,14 +33,15 @@ def _gamma_at(layer: BNLayer, m: int, c: int) -> tuple[torch.Tensor, tuple[int, 
 
 def _zeroed_gradients(model: torch.nn.Module, layers: Sequence[BNLayer], groups: Sequence[Sequence[tuple[int, int, int]]],
                       batches: Sequence, loss_fn, bar=None, per_pass: bool = False,
-                      stop_at_layer: bool = True) -> list[tuple]:
+                      stop_at_layer: bool = True, reuse_prefix: bool = True) -> list[tuple]:
     """For every batch and every group of channels ``(layer index, branch, channel)``: set those gammas to 0,
     back-propagate ``loss_fn(model, batch)``, read ``g = dL/dgamma`` and ``||dL/dx'||`` of each, and restore them.
 
     ``stop_at_layer``: back-propagate only as far as the group's layers (``torch.autograd.grad`` with their
-    gammas as the inputs), not down to the input: the gradients below them are never used. The numbers are those
-    of a full ``backward()`` (the same kernels compute them); ``bar`` advances per batch, or per pass with
-    ``per_pass``.
+    gammas as the inputs), not down to the input: the gradients below them are never used. ``reuse_prefix`` (with
+    ``stop_at_layer``): compute what the zeroed gammas cannot change once per minibatch, not once per pass
+    (``cen_lab.theory.prefix_cache``). The numbers are those of a full ``backward()`` either way (the same kernels
+    compute them); ``bar`` advances per batch, or per pass with ``per_pass``.
 
     Returns rows ``(layer name, branch, channel, batch index, trained gamma, g, norm)``.
     """
@@ -49,38 +52,50 @@ def _zeroed_gradients(model: torch.nn.Module, layers: Sequence[BNLayer], groups:
             t, i = _gamma_at(layers[li], m, c)
             trained[(li, m, c)] = float(t.detach()[i])
     rows: list[tuple] = []
-    for b, batch in enumerate(batches):
-        for group in groups:
-            with torch.no_grad():
-                for li, m, c in group:
-                    t, i = _gamma_at(layers[li], m, c)
-                    t[i] = 0.0
-            model.zero_grad(set_to_none=True)
-            # every gamma tensor of the group's layers: each branch's BN output then gets its gradient (the hooks
-            # of a per-branch layer wait for all of them)
-            inputs = list(dict.fromkeys(t for li in {li for li, _, _ in group} for t in layers[li].gammas()))
-            with record_bn_output_grad_norms(points) as norms:
-                loss = loss_fn(model, batch)
-                if stop_at_layer:
-                    found = torch.autograd.grad(loss, inputs, allow_unused=True)
-                    grads = {id(t): g for t, g in zip(inputs, found)}
-                else:
-                    loss.backward()
-                    grads = {id(t): t.grad for t in inputs}
-            with torch.no_grad():
-                for li, m, c in group:
-                    t, i = _gamma_at(layers[li], m, c)
-                    name = layers[li].name
-                    g = grads[id(t)]
-                    grad = float(g[i]) if g is not None else 0.0
-                    norm = float(norms[name][m, c]) if name in norms else float("nan")
-                    rows.append((name, m, c, b, trained[(li, m, c)], grad, norm))
-                    t[i] = trained[(li, m, c)]
-            if bar is not None and per_pass:
+    reuse = reuse_prefix and stop_at_layer
+    with reusing_outputs(model) if reuse else contextlib.nullcontext() as state:
+        for b, batch in enumerate(batches):
+            if state is not None:
+                state.new_batch()
+            _zeroed_batch(model, layers, groups, b, batch, loss_fn, points, trained, rows, stop_at_layer, state,
+                          bar if per_pass else None)
+            if bar is not None and not per_pass:
                 bar.update(1)
-        if bar is not None and not per_pass:
-            bar.update(1)
     return rows
+
+
+def _zeroed_batch(model, layers, groups, b, batch, loss_fn, points, trained, rows, stop_at_layer, state, bar) -> None:
+    """The passes of ``_zeroed_gradients`` on minibatch ``b``, appending to ``rows`` (``state``: the
+    ``prefix_cache`` switch, or None; ``bar`` advances per pass when given)."""
+    for group in groups:
+        with torch.no_grad():
+            for li, m, c in group:
+                t, i = _gamma_at(layers[li], m, c)
+                t[i] = 0.0
+        model.zero_grad(set_to_none=True)
+        # every gamma tensor of the group's layers: each branch's BN output then gets its gradient (the hooks
+        # of a per-branch layer wait for all of them)
+        inputs = list(dict.fromkeys(t for li in {li for li, _, _ in group} for t in layers[li].gammas()))
+        with (passing(state, model, inputs) if state is not None else contextlib.nullcontext()), \
+                record_bn_output_grad_norms(points) as norms:
+            loss = loss_fn(model, batch)
+            if stop_at_layer:
+                found = torch.autograd.grad(loss, inputs, allow_unused=True)
+                grads = {id(t): g for t, g in zip(inputs, found)}
+            else:
+                loss.backward()
+                grads = {id(t): t.grad for t in inputs}
+        with torch.no_grad():
+            for li, m, c in group:
+                t, i = _gamma_at(layers[li], m, c)
+                name = layers[li].name
+                g = grads[id(t)]
+                grad = float(g[i]) if g is not None else 0.0
+                norm = float(norms[name][m, c]) if name in norms else float("nan")
+                rows.append((name, m, c, b, trained[(li, m, c)], grad, norm))
+                t[i] = trained[(li, m, c)]
+        if bar is not None:
+            bar.update(1)
 
 
 def _local_frame(rows: list[tuple], run: str, lam: float, step: int | None = None) -> pd.DataFrame:

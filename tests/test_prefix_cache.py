@@ -1,0 +1,97 @@
+"""cen_lab.theory.prefix_cache: the local check computes what a zeroed channel cannot change once per minibatch,
+with the numbers of full passes (issue 22)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cen_lab.runs import penalised_masks, resolve_layers
+from cen_lab.theory.prefix_cache import passing, reusing_outputs
+from cen_lab.theory.zeroing import _zeroed_gradients
+from cen_lab.zoo import ReferenceStyleCEN, segmentation_loss, without_exchange
+
+
+def _zoo(batches=2):
+    torch.manual_seed(0)
+    model = without_exchange(ReferenceStyleCEN(3, 4, stem=8, planes=(4, 8))).train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "bn" in name:
+                p.add_(0.3 * torch.rand(p.shape))
+    gen = torch.Generator().manual_seed(1)
+    data = [([torch.randn(4, 3, 16, 16, generator=gen) for _ in range(2)], torch.randint(0, 4, (4, 16, 16),
+                                                                                       generator=gen))
+            for _ in range(batches)]
+    return model, data
+
+
+def test_the_local_check_reuses_the_prefix_with_the_numbers_of_full_passes():
+    model, batches = _zoo()
+    layers = resolve_layers(model, "*.bn2")
+    _, masks = penalised_masks(layers, "alternate-halves", model)
+    groups = [[(li, int(m), int(c))] for li, mask in enumerate(masks) for m, c in zip(*np.nonzero(mask))]
+    flags = [p.requires_grad for p in model.parameters()]
+    full = _zeroed_gradients(model, layers, groups, batches, segmentation_loss, stop_at_layer=False)
+    reused = _zeroed_gradients(model, layers, groups, batches, segmentation_loss)
+    assert reused == full  # every g and ||dL/dx'||, bit for bit
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert not any("forward" in vars(m) for m in model.modules())  # the wrappers are gone
+
+
+def test_outputs_that_cannot_depend_on_the_live_gammas_are_computed_once():
+    model, batches = _zoo(1)
+    gamma = model.layers[1][0].bn2.bn_0.weight
+    with reusing_outputs(model) as state:
+        state.new_batch()
+        outs = []
+        for _ in range(3):
+            with passing(state, model, [gamma]):
+                outs.append(segmentation_loss(model, batches[0]))
+        assert state.reused > 0
+        first = state.reused
+        with passing(state, model, [model.layers[0][0].bn2.bn_0.weight]):  # an earlier layer: less to reuse
+            segmentation_loss(model, batches[0])
+        assert 0 < state.reused - first < first / 2
+    plain = segmentation_loss(model, batches[0])
+    assert all(torch.equal(o.detach(), plain.detach()) for o in outs) and outs[0].requires_grad
+
+
+class _InPlace(nn.Module):
+    """A forward that changes a submodule's output in place after the fact, as ``out += residual`` would."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        y.mul_(2.0)
+        return self.b(y).sum()
+
+
+def test_a_kept_output_changed_in_place_is_computed_again():
+    torch.manual_seed(0)
+    model, x = _InPlace(), torch.randn(5, 3)
+    expected = model(x).item()
+    with reusing_outputs(model) as state:
+        state.new_batch()
+        values = []
+        for _ in range(3):
+            with passing(state, model, [model.b.weight]):
+                values.append(model(x).item())
+        assert state.reused == 0  # a's kept output was doubled in place: never handed out again
+    assert values == [expected] * 3
+
+
+def test_dropout_is_never_reused_and_an_error_leaves_the_model_as_it_was():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.Linear(3, 1))
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="boom"):
+        with reusing_outputs(model) as state:
+            assert "forward" in vars(model[0]) and "forward" not in vars(model[1])
+            with passing(state, model, [model[2].weight]):
+                assert [p.requires_grad for p in model.parameters()] == [False, False, True, False]
+                raise RuntimeError("boom")
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags
