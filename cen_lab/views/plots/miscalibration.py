@@ -83,10 +83,10 @@ def plot_prediction_ece(frame: pd.DataFrame, *, backend: str = "matplotlib", fig
 
 @takes('predictor_scores (cen_lab.theory.exchange_predictors)',
        ('arch', 'predictor', 'AUC', 'AUC low', 'AUC high', 'ECE', 'ECE low', 'ECE high'))
-def plot_exchange_predictors(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=(4.2, 3.2)):
+def plot_exchange_predictors(frame: pd.DataFrame, *, backend: str = "matplotlib", figsize=None):
     """Which channels CEN training exchanges, by predictor: the AUC (left; 0.5 is chance, 1 a perfect ranking) and
     the ECE (right; 0 is calibrated), each with its bootstrap interval over runs, one colour per architecture
-    (``predictor_scores``); ``figsize`` is one panel's."""
+    (``predictor_scores``); ``figsize`` is one panel's (default: its height grows with the predictors)."""
     check_backend(backend)
     names = list(dict.fromkeys(frame["predictor"]))
     labels = [textwrap.fill(str(p), 34) for p in names]
@@ -112,7 +112,7 @@ def plot_exchange_predictors(frame: pd.DataFrame, *, backend: str = "matplotlib"
         fig.update_yaxes(tickvals=list(range(len(names))), ticktext=[t.replace("\n", "<br>") for t in labels],
                          autorange="reversed", row=1, col=1)
         return fig
-    fig, axes = mpl_figure(1, 2, figsize, sharey=True)
+    fig, axes = mpl_figure(1, 2, figsize or (4.2, 1.2 + 0.5 * len(names)), sharey=True)
     for col, (measure, axis, ref) in enumerate(panels):
         ax = axes[0, col]
         for a, (arch, off) in enumerate(zip(archs, offsets)):
@@ -126,5 +126,5 @@ def plot_exchange_predictors(frame: pd.DataFrame, *, backend: str = "matplotlib"
         ax.grid(alpha=0.3)
     axes[0, 0].set_yticks(np.arange(len(names)), labels, fontsize=8)
     axes[0, 0].invert_yaxis()
-    axes[0, 0].legend(fontsize=8, frameon=False, loc="lower left")
+    axes[0, 0].legend(fontsize=8, frameon=False, loc="best")
     return fig
