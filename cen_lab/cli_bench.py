@@ -23,6 +23,10 @@ def cmd_bench_regime(args: argparse.Namespace) -> int:
     from .experiments import regime_bench as rb
     from .theory.exchange_predictors import theorem_on_exchange
 
+    if args.local_batches < 0:  # before any training, not after it
+        print(f"cen-lab: error: --local-batches must be >= 0 (0 skips the local check), got {args.local_batches}",
+              file=sys.stderr)
+        return 2
     table = rb.run_regime_benchmark(args.out, presets=args.presets.split(","), seeds=range(args.seeds),
                                     archs=args.arch, n_jobs=args.jobs, progress=not args.no_progress)
     per_run = rb.per_run_regime(table)

@@ -39,6 +39,8 @@ def test_the_benchmark_diagnoses_every_run_and_the_cli_writes_its_tables(tmp_pat
                  "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "goal: importance >= 0.3" in out and "AUC formula" in out and (tmp_path / "regime_theorem.csv").exists()
+    assert main(["bench-regime", "--presets", "tiny", "--local-batches", "-1", "--out", str(tmp_path / "no")]) == 2
+    assert "--local-batches must be >= 0" in capsys.readouterr().err and not (tmp_path / "no").exists()
     predictors = pd.read_csv(tmp_path / "regime_predictors.csv")  # every predictor, the local check's included
     assert predictors["predictor"].tolist() == list(PREDICTORS.values()) and "(b) training features" in out
     assert pd.read_csv(tmp_path / "regime_runs.csv")["final"].tolist() == per_run["final"].tolist()
