@@ -91,6 +91,7 @@ def test_variants_are_crossed_with_the_grid(base, tmp_path):
 def test_an_interrupted_idle_training_process_ends_quietly():
     """A Jupyter kernel that shuts down interrupts its process group, sweep workers' training processes included:
     they end with status 130 and print no traceback into the notebook's log."""
+    import json
     import signal
     import subprocess
     import sys
@@ -98,7 +99,11 @@ def test_an_interrupted_idle_training_process_ends_quietly():
 
     proc = subprocess.Popen([sys.executable, "-m", "cen_lab.experiments._sweep_point"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # past its imports, waiting for a request
+    # one request it refuses at once: once its answer is back, the process waits, idle, for the next line
+    proc.stdin.write(json.dumps({"config": {"no such key": 1}, "path": "unused", "threads": 1}) + "\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["status"] == "failed"
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
