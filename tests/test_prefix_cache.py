@@ -95,3 +95,34 @@ def test_dropout_is_never_reused_and_an_error_leaves_the_model_as_it_was():
                 raise RuntimeError("boom")
     assert not any("forward" in vars(m) for m in model.modules())
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+class _ReadsAGamma(nn.Module):
+    """A module that reads another module's gamma, passed to it, as the reference's exchange reads its BNs'."""
+
+    def forward(self, x, bn):
+        return x * bn.weight.abs().sum()
+
+
+class _Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.bn, self.reader = nn.Linear(3, 3), nn.BatchNorm1d(3), _ReadsAGamma()
+
+    def forward(self, x):
+        y = self.lin(x)
+        return (self.bn(y).sum() + self.reader(y, self.bn).sum())
+
+
+def test_a_module_given_a_live_module_is_always_computed():
+    torch.manual_seed(0)
+    model, x = _Outer().train(), torch.randn(6, 3)
+    with reusing_outputs(model) as state:
+        state.new_batch()
+        with passing(state, model, [model.bn.weight]):
+            model(x)
+        with torch.no_grad():
+            model.bn.weight[0] = 0.0  # zeroed: what the reader returns changes though its tensor input does not
+        with passing(state, model, [model.bn.weight]):
+            got = model(x)
+    assert torch.equal(got.detach(), model(x).detach())

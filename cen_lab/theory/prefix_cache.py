@@ -7,8 +7,9 @@ while it is active:
 
 - only the parameters named ``live`` require grad (the zeroed layers' gammas), so autograd itself marks every tensor
   that depends on them;
-- a submodule that holds no live parameter and whose tensor inputs all do not require grad (so they do not depend
-  on the zeroed gammas) returns the output it gave for equal inputs earlier in the same minibatch (the inputs are
+- a submodule that holds no live parameter, is given no module that holds one (as the reference's exchange is
+  given the BatchNorms whose gammas it reads), and whose tensor inputs all do not require grad (so they do not
+  depend on the zeroed gammas) returns the output it gave for equal inputs earlier in the same minibatch (the inputs are
   compared by identity, else with ``torch.equal``), and computes it, then keeps it, the first time;
 - everything else computes as usual.
 
@@ -30,16 +31,16 @@ from torch import nn
 __all__ = ["reusing_outputs", "passing"]
 
 
-def _tensors(obj: Any, out: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The tensors in ``obj`` (nested lists, tuples and dicts), in order."""
-    if isinstance(obj, torch.Tensor):
+def _tensors(obj: Any, out: list, kind: type = torch.Tensor) -> list:
+    """The tensors (or other objects of ``kind``) in ``obj`` (nested lists, tuples and dicts), in order."""
+    if isinstance(obj, kind):
         out.append(obj)
     elif isinstance(obj, (list, tuple)):
         for item in obj:
-            _tensors(item, out)
+            _tensors(item, out, kind)
     elif isinstance(obj, dict):
         for item in obj.values():
-            _tensors(item, out)
+            _tensors(item, out, kind)
     return out
 
 
@@ -65,7 +66,8 @@ class _Outputs:
         if not self.active or module in self.live:
             return forward(*args, **kwargs)
         inputs = _tensors((args, kwargs), [])
-        if not inputs or any(t.requires_grad for t in inputs):
+        if not inputs or any(t.requires_grad for t in inputs) or any(
+                m in self.live for m in _tensors((args, kwargs), [], nn.Module)):  # e.g. the BNs an exchange reads
             return forward(*args, **kwargs)
         for kept_inputs, output, versions in self.entries.get(module, ()):
             if _same(inputs, kept_inputs) and [t._version for t in kept_inputs + _tensors(output, [])] == versions:
