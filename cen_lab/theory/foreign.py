@@ -149,7 +149,8 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
         Compute what a zeroed channel cannot change (the model up to its layer, and every module whose inputs do
         not depend on it) once per batch instead of once per pass, with the same numbers
         (``cen_lab.theory.prefix_cache``). Turn it off for a model whose modules have side effects or randomness
-        other than dropout in their forward.
+        other than dropout in their forward, or read a BatchNorm's gamma through a plain attribute (neither a child
+        module nor an argument of their forward).
 
     Returns
     -------

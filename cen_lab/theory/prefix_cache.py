@@ -16,8 +16,9 @@ while it is active:
 The numbers are those of full passes, bit for bit (tested; ``make bench`` part ``local_check`` checks them on each
 run). Safeguards: a kept tensor that was changed in place since (its ``_version``) is not reused; dropout modules
 always compute (their masks are random); the parameters' ``requires_grad`` flags are restored on exit. A module
-whose forward has other side effects or randomness would see them once per minibatch instead of once per pass:
-pass ``reuse_prefix=False`` to the check for such a model.
+whose forward has other side effects or randomness would see them once per minibatch instead of once per pass, and
+one that reads a gamma through a reference that is neither its child nor an argument (a plain attribute) would not
+see it zeroed: pass ``reuse_prefix=False`` to the check for such a model.
 """
 
 from __future__ import annotations
