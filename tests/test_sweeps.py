@@ -97,8 +97,11 @@ def test_an_interrupted_idle_training_process_ends_quietly():
     import sys
     import time
 
+    # a job started in the background by a shell (make test under nohup, say) inherits SIGINT ignored, and so
+    # would this process: give it the default disposition, as a kernel's process group has
     proc = subprocess.Popen([sys.executable, "-m", "cen_lab.experiments._sweep_point"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # one request it refuses at once: once its answer is back, the process waits, idle, for the next line
     proc.stdin.write(json.dumps({"config": {"no such key": 1}, "path": "unused", "threads": 1}) + "\n")
     proc.stdin.flush()
