@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny preset and one tiny run trained once per session."""
+"""Shared fixtures: the tiny preset, one tiny run and two exchanging ones, trained once per session."""
 
 from __future__ import annotations
 
@@ -20,6 +20,18 @@ def _single_thread():
 @pytest.fixture
 def tiny() -> cen_lab.ExperimentConfig:
     return cen_lab.ExperimentConfig.preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def exchanging_runs(tmp_path_factory) -> dict[str, cen_lab.Run]:
+    """Two seeds of a tiny CEN whose penalty pushes some penalised gammas under the threshold after step 10
+    (gradients logged, a checkpoint every 5 steps), shared read-only by the exchange-outcome tests."""
+    tmp = tmp_path_factory.mktemp("exchanging")
+    base = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 40, "log.grads": True, "train.lam": 0.3,
+                                                             "train.optimizer": "sgd", "train.lr": 0.05,
+                                                             "train.lr_schedule": "constant", "train.ckpt_every": 5})
+    torch.set_num_threads(1)
+    return {f"s{s}": cen_lab.train(base.override({"seed": s}), tmp / f"s{s}", progress=False) for s in (0, 1)}
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,6 @@ from cen_lab.theory.exchange_outcome import exchange_outcome, exchange_outcome_s
 from cen_lab.theory.formula import attraction_probability
 
 
-@pytest.fixture(scope="module")
-def exchanging_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("outcome")
-    base = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 40, "log.grads": True, "train.lam": 0.3,
-                                                             "train.optimizer": "sgd", "train.lr": 0.05,
-                                                             "train.lr_schedule": "constant"})
-    return {f"s{s}": cen_lab.train(base.override({"seed": s}), tmp / f"s{s}", progress=False) for s in (0, 1)}
-
-
 def test_the_prediction_is_the_formula_on_the_early_window_and_the_outcome_the_crossings(exchanging_runs):
     frame = exchange_outcome(exchanging_runs)
     run = exchanging_runs["s0"]

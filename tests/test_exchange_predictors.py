@@ -13,16 +13,6 @@ from cen_lab.theory.local_checks import local_check
 from cen_lab.theory.miscalibration import gaussian_attraction
 
 
-@pytest.fixture(scope="module")
-def exchanging_runs(tmp_path_factory):
-    """Two seeds of a tiny CEN whose penalty pushes some penalised gammas under the threshold after step 10."""
-    tmp = tmp_path_factory.mktemp("predictors")
-    base = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 40, "log.grads": True, "train.lam": 0.3,
-                                                             "train.optimizer": "sgd", "train.lr": 0.05,
-                                                             "train.lr_schedule": "constant", "train.ckpt_every": 5})
-    return {f"s{s}": cen_lab.train(base.override({"seed": s}), tmp / f"s{s}", progress=False) for s in (0, 1)}
-
-
 def test_the_local_check_with_the_exchange_off_sees_the_zeroed_channels(exchanging_runs):
     run = exchanging_runs["s0"]
     on = local_check(run, [5], n_batches=2)
@@ -73,13 +63,13 @@ def test_leave_one_seed_out_never_sees_the_held_out_seeds_labels():
     rng = np.random.default_rng(0)
     x = rng.normal(size=300)
     frame = pd.DataFrame({"seed": np.repeat([0, 1, 2], 100), "x": x, "exchanged": x + 0.3 * rng.normal(size=300) > 0})
-    base = leave_one_seed_out(frame, ["x"])
+    base = leave_one_seed_out(frame, ["x"], "exchanged")
     flipped = frame.assign(exchanged=np.where(frame["seed"] == 0, ~frame["exchanged"], frame["exchanged"]))
-    again = leave_one_seed_out(flipped, ["x"])
+    again = leave_one_seed_out(flipped, ["x"], "exchanged")
     assert np.array_equal(again[:100], base[:100])  # seed 0's own labels do not enter its predictions
     assert not np.allclose(again[100:], base[100:])  # but they do enter the other seeds'
     assert np.corrcoef(base, x)[0, 1] > 0.9
-    assert np.isnan(leave_one_seed_out(frame[frame["seed"] == 1], ["x"])).all()
+    assert np.isnan(leave_one_seed_out(frame[frame["seed"] == 1], ["x"], "exchanged")).all()
 
 
 def test_a_run_without_a_checkpoint_before_its_first_crossing_is_refused(exchanging_runs):

@@ -28,16 +28,18 @@ import pandas as pd
 from scipy import stats
 
 from ..experiments.diagnosis import MIN_STEPS, diagnose
-from ..runs.reader import Run, load_run
+from ..runs.reader import Run
 from .formula import attraction_probability, brier_score, expected_calibration_error, proportion_ci
 
-__all__ = ["exchange_outcome", "exchange_outcome_scores", "bootstrap_over_runs"]
+__all__ = ["exchange_outcome", "exchange_outcome_scores", "bootstrap_over_runs", "calibration_measures",
+           "outcome_row"]
 
 
 def exchange_outcome(runs: Mapping[str, Run] | Iterable[Run]) -> pd.DataFrame:
     """One row per penalised channel of every run: ``run, arch, seed, layer, branch, channel, norm`` (mean
     ``||dL/dx'||`` over the early window), ``window_end`` (its last step), ``first_crossing`` (the run's; NaN when
-    none), ``predicted``, ``exchanged``, ``importance``. Raises ``ValueError`` for a run without logged gradients or without a recorded lam."""
+    none), ``predicted``, ``exchanged``, ``importance``. Raises ``ValueError`` for a run without logged gradients
+    or without a recorded lam."""
     items = runs.items() if isinstance(runs, Mapping) else ((str(r.path.name), r) for r in runs)
     frames = []
     for label, run in items:
@@ -97,6 +99,29 @@ def bootstrap_over_runs(groups: list[pd.DataFrame], measures, n_boot: int, level
     return row
 
 
+def calibration_measures(parts: list[pd.DataFrame], column: str, bins: int = 10) -> dict[str, float]:
+    """``ECE``, ``Brier`` and ``AUC`` of the prediction ``column`` (clipped to [0, 1]) for ``exchanged``, over the
+    channels of ``parts``."""
+    p = np.concatenate([g[column].to_numpy(float) for g in parts]).clip(0, 1)
+    y = np.concatenate([g["exchanged"].to_numpy(bool) for g in parts])
+    return {"ECE": expected_calibration_error(p, y.astype(float), bins), "Brier": brier_score(p, y.astype(float)),
+            "AUC": _auc(p, y)}
+
+
+def outcome_row(part: pd.DataFrame, column: str, measures, n_boot: int, level: float,
+                rng: np.random.Generator) -> dict[str, float]:
+    """One scored row of the channels of ``part`` (rows with a ``column`` value): ``runs, channels, exchanged``
+    (portion, Wilson interval), ``mean predicted``, then ``measures(groups)`` with its bootstrap over runs."""
+    groups = [g for _, g in part.groupby("run", sort=False)]
+    k, n = int(part["exchanged"].sum()), len(part)
+    lo, hi = proportion_ci(k, n, level)
+    row = {"runs": len(groups), "channels": n, "exchanged": k / n if n else float("nan"),
+           "exchanged low": float(lo), "exchanged high": float(hi),
+           "mean predicted": float(part[column].clip(0, 1).mean())}
+    row.update(bootstrap_over_runs(groups, measures, n_boot, level, rng))
+    return row
+
+
 def exchange_outcome_scores(frame: pd.DataFrame, bins: int = 10, n_boot: int = 1000, level: float = 0.95,
                             seed: int = 0) -> pd.DataFrame:
     """Per architecture: ``runs, channels, exchanged`` (portion, Wilson interval), ``mean predicted``, ``ECE``,
@@ -104,23 +129,16 @@ def exchange_outcome_scores(frame: pd.DataFrame, bins: int = 10, n_boot: int = 1
     (``1 - importance``), each with a bootstrap interval over runs (``<name> low`` / ``<name> high``)."""
     rows = []
     rng = np.random.default_rng(seed)
+
+    def measures(parts: list[pd.DataFrame]) -> dict[str, float]:
+        m = calibration_measures(parts, "predicted", bins)
+        imp = np.concatenate([g["importance"].to_numpy(float) for g in parts])
+        y = np.concatenate([g["exchanged"].to_numpy(bool) for g in parts])
+        ok = np.isfinite(imp)
+        return {"ECE": m["ECE"], "Brier": m["Brier"], "AUC formula": m["AUC"],
+                "AUC low importance": _auc(1 - imp[ok], y[ok])}
+
     for arch, sub in frame.groupby("arch", sort=False):
-        sub = sub.dropna(subset=["predicted"])
-        groups = [g for _, g in sub.groupby("run", sort=False)]
-
-        def measures(parts: list[pd.DataFrame]) -> dict[str, float]:
-            p = np.concatenate([g["predicted"].to_numpy(float) for g in parts])
-            y = np.concatenate([g["exchanged"].to_numpy(bool) for g in parts])
-            imp = np.concatenate([g["importance"].to_numpy(float) for g in parts])
-            ok = np.isfinite(imp)
-            return {"ECE": expected_calibration_error(p, y.astype(float), bins), "Brier": brier_score(p, y.astype(float)),
-                    "AUC formula": _auc(p, y), "AUC low importance": _auc(1 - imp[ok], y[ok])}
-
-        k, n = int(sub["exchanged"].sum()), len(sub)
-        lo, hi = proportion_ci(k, n, level)
-        row = {"arch": arch, "runs": len(groups), "channels": n, "exchanged": k / n if n else float("nan"),
-               "exchanged low": float(lo), "exchanged high": float(hi),
-               "mean predicted": float(sub["predicted"].mean())}
-        row.update(bootstrap_over_runs(groups, measures, n_boot, level, rng))
-        rows.append(row)
+        rows.append({"arch": arch, **outcome_row(sub.dropna(subset=["predicted"]), "predicted", measures, n_boot,
+                                                 level, rng)})
     return pd.DataFrame(rows)

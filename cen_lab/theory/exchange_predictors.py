@@ -33,9 +33,8 @@ import pandas as pd
 
 from .._util.progress import progress_bar
 from ..runs.reader import Run, load_run
-from .exchange_outcome import _auc, bootstrap_over_runs, exchange_outcome, exchange_outcome_scores
-from .formula import brier_score, expected_calibration_error, proportion_ci
-from .miscalibration import FEATURES, _logistic_predict, fit_logistic, gaussian_attraction
+from .exchange_outcome import calibration_measures, exchange_outcome, exchange_outcome_scores, outcome_row
+from .miscalibration import FEATURES, gaussian_attraction, leave_one_seed_out
 
 __all__ = ["PREDICTORS", "outcome_checkpoint", "exchange_local_check", "leave_one_seed_out", "exchange_predictions",
            "predictor_scores", "theorem_on_exchange"]
@@ -70,14 +69,16 @@ def outcome_checkpoint(run: Run, window_end: int, label: str = "") -> int:
     return max(steps)
 
 
-def exchange_local_check(runs: Mapping[str, Run], n_batches: int = 8, seed: int = 0,
-                         progress: bool = True) -> pd.DataFrame:
+def exchange_local_check(runs: Mapping[str, Run], n_batches: int = 8, seed: int = 0, progress: bool = True,
+                         outcome: pd.DataFrame | None = None) -> pd.DataFrame:
     """Theorem 1's local check (``cen_lab.theorem.local_check``, exchange switched off) of every run at its
-    ``outcome_checkpoint``: the ``local_check`` columns, ``run`` being the label of ``runs``."""
+    ``outcome_checkpoint``: the ``local_check`` columns, ``run`` being the label of ``runs``. ``outcome``:
+    ``exchange_outcome(runs)`` when the caller has it already (computed here otherwise)."""
     from .local_checks import local_check
 
     items = _items(runs)
-    windows = exchange_outcome(dict(items)).groupby("run")[["window_end", "first_crossing"]].first()
+    outcome = exchange_outcome(dict(items)) if outcome is None else outcome
+    windows = outcome.groupby("run")[["window_end", "first_crossing"]].first()
     frames = []
     bar = progress_bar(total=len(items), desc="local check at gamma = 0, exchange off", disable=not progress)
     for label, run in items:
@@ -99,31 +100,18 @@ def _training_features(label: str, run: Run, window_end: int) -> pd.DataFrame:
     norm = g["dxprime_norm"].to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         g = g.assign(z=np.where(norm > 0, g["dgamma"].to_numpy(float) / norm, 0.0))
-    feats = g.groupby(["layer", "branch", "channel"]).agg(norm=("dxprime_norm", "mean"), z=("z", "mean"))
+    feats = g.groupby(["layer", "branch", "channel"]).agg(train_norm=("dxprime_norm", "mean"),
+                                                          z_trained=("z", "mean"))
     gam = run.gammas[run.gammas["step"] <= window_end]
     gam = gam[gam["step"] == gam["step"].max()].set_index(["layer", "branch", "channel"])["gamma"]
     feats["abs_gamma"] = gam.abs().reindex(feats.index).to_numpy(float)
     return feats.reset_index().assign(run=label)
 
 
-def leave_one_seed_out(frame: pd.DataFrame, features: list[str], target: str = "exchanged") -> np.ndarray:
-    """For each seed of ``frame``: a logistic model of ``target`` on ``features`` (standardised on the fitting
-    rows), fitted on the other seeds' rows and applied to this seed's. NaN everywhere with fewer than two seeds."""
-    out = np.full(len(frame), np.nan)
-    seeds = frame["seed"].to_numpy()
-    if len(np.unique(seeds)) < 2:
-        return out
-    x, y = frame[features].to_numpy(float), frame[target].to_numpy(float)
-    for s in np.unique(seeds):
-        fit = seeds != s
-        mean, std = x[fit].mean(0), x[fit].std(0) + 1e-12
-        w = fit_logistic((x[fit] - mean) / std, y[fit])
-        out[~fit] = _logistic_predict(w, (x[~fit] - mean) / std)
-    return out
-
-
-def exchange_predictions(runs: Mapping[str, Run], local: pd.DataFrame | None = None) -> pd.DataFrame:
-    """``exchange_outcome(runs)`` with the other predictors' columns (see ``PREDICTORS``).
+def exchange_predictions(runs: Mapping[str, Run], local: pd.DataFrame | None = None,
+                         outcome: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``exchange_outcome(runs)`` (or the ``outcome`` given) with the other predictors' columns (see
+    ``PREDICTORS``).
 
     ``local``: ``exchange_local_check(runs)``; without it ``predicted_local`` and ``predicted_gaussian`` are NaN.
     The (b) columns are NaN for an architecture with fewer than two seeds (they are fitted on the other seeds);
@@ -131,29 +119,27 @@ def exchange_predictions(runs: Mapping[str, Run], local: pd.DataFrame | None = N
     is already small. Give the runs of one preset: (b) pools the seeds of an architecture.
     """
     items = _items(runs)
-    frame = exchange_outcome(dict(items))
+    frame = exchange_outcome(dict(items)) if outcome is None else outcome
     windows = frame.groupby("run")["window_end"].first()
     feats = pd.concat([_training_features(label, run, int(windows[label])) for label, run in items], ignore_index=True)
-    frame = frame.merge(feats.rename(columns={"norm": "train_norm"}), on=_KEY, how="left")
+    frame = frame.merge(feats, on=_KEY, how="left")
     lam = frame["run"].map({label: run.lam_per_step for label, run in items}).to_numpy(float)
-    with np.errstate(divide="ignore"):
-        frame["log_lam_over_norm"] = np.log(lam / np.maximum(frame["train_norm"].to_numpy(float), 1e-12))
-    frame["z_trained"] = frame["z"]
+    frame["log_lam_over_norm"] = np.log(lam / np.maximum(frame["train_norm"].to_numpy(float), 1e-12))
     frame["log_abs_gamma"] = np.log(frame["abs_gamma"].to_numpy(float) + 1e-4)
-    frame["predicted_local"] = np.nan
-    frame["predicted_gaussian"] = np.nan
-    if local is not None:
+    if local is None:
+        frame["predicted_local"] = frame["predicted_gaussian"] = np.nan
+    else:
         per = local.rename(columns={"modality": "branch"}).groupby(_KEY).agg(
             predicted_local=("predicted", "mean"), mu=("g", "mean"), sigma=("g", "std"), lam_local=("lam", "first"),
             checkpoint=("step", "first"))
         per["predicted_gaussian"] = gaussian_attraction(per["lam_local"].to_numpy(float), per["mu"].to_numpy(float),
                                                         per["sigma"].fillna(0.0).to_numpy(float))
-        frame = frame.drop(columns=["predicted_local", "predicted_gaussian"]).merge(
-            per[["predicted_local", "predicted_gaussian", "checkpoint"]].reset_index(), on=_KEY, how="left")
+        frame = frame.merge(per[["predicted_local", "predicted_gaussian", "checkpoint"]].reset_index(), on=_KEY,
+                            how="left")
     for column, features in _TRAINING.items():
         frame[column] = np.nan
         for _, sub in frame.groupby("arch", sort=False):
-            frame.loc[sub.index, column] = leave_one_seed_out(sub, features)
+            frame.loc[sub.index, column] = leave_one_seed_out(sub, features, "exchanged")
     return frame
 
 
@@ -167,23 +153,10 @@ def predictor_scores(frame: pd.DataFrame, bins: int = 10, n_boot: int = 1000, le
     for arch, sub in frame.groupby("arch", sort=False):
         for column, name in PREDICTORS.items():
             part = sub.dropna(subset=[column])
-            if part.empty:
-                continue
-            groups = [g for _, g in part.groupby("run", sort=False)]
-
-            def measures(parts: list[pd.DataFrame], column: str = column) -> dict[str, float]:
-                p = np.concatenate([g[column].to_numpy(float) for g in parts]).clip(0, 1)
-                y = np.concatenate([g["exchanged"].to_numpy(bool) for g in parts])
-                return {"ECE": expected_calibration_error(p, y.astype(float), bins),
-                        "Brier": brier_score(p, y.astype(float)), "AUC": _auc(p, y)}
-
-            k, n = int(part["exchanged"].sum()), len(part)
-            lo, hi = proportion_ci(k, n, level)
-            row = {"arch": arch, "predictor": name, "runs": len(groups), "channels": n, "exchanged": k / n,
-                   "exchanged low": float(lo), "exchanged high": float(hi),
-                   "mean predicted": float(part[column].clip(0, 1).mean())}
-            row.update(bootstrap_over_runs(groups, measures, n_boot, level, rng))
-            rows.append(row)
+            if not part.empty:
+                rows.append({"arch": arch, "predictor": name, **outcome_row(
+                    part, column, lambda parts, column=column: calibration_measures(parts, column, bins), n_boot,
+                    level, rng)})
     return pd.DataFrame(rows)
 
 
@@ -199,9 +172,11 @@ def theorem_on_exchange(table: pd.DataFrame, n_boot: int = 1000, local_batches: 
     frames, predictors = [], []
     for preset, sub in done.groupby("preset", sort=False):
         runs = {str(p): load_run(p) for p in sub["path"]}
-        frames.append(exchange_outcome_scores(exchange_outcome(runs), n_boot=n_boot).assign(preset=preset))
-        local = exchange_local_check(runs, local_batches, progress=progress) if local_batches else None
-        predictors.append(predictor_scores(exchange_predictions(runs, local), n_boot=n_boot).assign(preset=preset))
+        outcome = exchange_outcome(runs)
+        frames.append(exchange_outcome_scores(outcome, n_boot=n_boot).assign(preset=preset))
+        local = exchange_local_check(runs, local_batches, progress=progress, outcome=outcome) if local_batches else None
+        predictors.append(predictor_scores(exchange_predictions(runs, local, outcome), n_boot=n_boot)
+                          .assign(preset=preset))
     out, pred = pd.concat(frames, ignore_index=True), pd.concat(predictors, ignore_index=True)
     return (out[["preset", *[c for c in out.columns if c != "preset"]]],
             pred[["preset", *[c for c in pred.columns if c != "preset"]]])

@@ -45,6 +45,7 @@ CHECK_A = "(a) check, not a prediction: Gaussian g, same channel"
 PREDICTION_B = "(b) training-time features, other seeds"
 
 __all__ = ["CHECK_A", "PREDICTION_B", "gaussian_attraction", "layer_sizes", "channel_statistics", "training_features", "fit_logistic",
+           "leave_one_seed_out",
            "MiscalibrationResult", "compare_predictions"]
 
 _CHANNEL = ["run", "step", "layer", "modality", "channel"]
@@ -150,6 +151,26 @@ def _logistic_predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(w[0] + x @ w[1:])))
 
 
+def leave_one_seed_out(fit: pd.DataFrame, features: list[str], target: str,
+                       apply_to: pd.DataFrame | None = None) -> np.ndarray:
+    """For each seed of ``apply_to`` (default: ``fit``): a logistic model of ``target`` on ``features``, fitted on
+    the rows of ``fit`` from the other seeds (features standardised on those rows), applied to that seed's rows of
+    ``apply_to``. NaN for a seed with no other seed to fit on (so everywhere with one seed)."""
+    apply_to = fit if apply_to is None else apply_to
+    out = np.full(len(apply_to), np.nan)
+    seeds = apply_to["seed"].to_numpy()
+    for s in np.unique(seeds):
+        rows = fit[fit["seed"] != s]
+        if rows.empty:
+            continue
+        xs = rows[features].to_numpy(float)  # sliced as a frame: the same array layout, so the same sums, as before
+        mean, std = xs.mean(0), xs.std(0) + 1e-12
+        w = fit_logistic((xs - mean) / std, rows[target].to_numpy(float))
+        held = seeds == s
+        out[held] = _logistic_predict(w, (apply_to.loc[held, features].to_numpy(float) - mean) / std)
+    return out
+
+
 @dataclass
 class MiscalibrationResult:
     """What ``compare_predictions`` found.
@@ -211,16 +232,8 @@ def compare_predictions(runs: Mapping[tuple[float, int], Run], local: pd.DataFra
                                                      test["sigma"].fillna(0.0).to_numpy())
 
     # (b): leave one seed out, features standardised on the fitting seeds
-    test["predicted_training"] = np.nan
-    folds = {}
-    for s in seeds:
-        train_rows = fit[fit["seed"] != s]
-        xs = train_rows[list(FEATURES)].to_numpy(float)
-        mean, std = xs.mean(0), xs.std(0) + 1e-12
-        w = fit_logistic((xs - mean) / std, train_rows["attracted"].to_numpy(float))
-        held = test["seed"] == s
-        test.loc[held, "predicted_training"] = _logistic_predict(w, (test.loc[held, list(FEATURES)].to_numpy(float) - mean) / std)
-        folds[int(s)] = sorted(int(x) for x in train_rows["seed"].unique())
+    test["predicted_training"] = leave_one_seed_out(fit, list(FEATURES), "attracted", apply_to=test)
+    folds = {int(s): sorted(int(x) for x in fit.loc[fit["seed"] != s, "seed"].unique()) for s in seeds}
 
     rows = []
     base = None
