@@ -32,8 +32,11 @@ GOALS = {
     "observer_translation_overhead_full": (0.15, "<="),
 }
 # reported beside the goals, without one
-REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10000", "three_probes_cost_share_at_10000",
-            "diagnose_seconds_per_million_rows", "diagnose_seconds_at_10000_steps", "local_check_same_numbers", "local_check_speedup_stop_at_layer", "local_check_forward_share", "theorem_fp32_throughput_speedup",
+REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10000",
+            "three_probes_cost_share_at_10000",
+            "diagnose_seconds_per_million_rows", "diagnose_seconds_at_10000_steps", "local_check_same_numbers",
+            "local_check_speedup_threshold_recipe", "local_check_speedup_stop_at_layer", "local_check_forward_share",
+            "theorem_fp32_throughput_speedup",
             "theorem_bf16_step_speedup", "theorem_channels_last_step_speedup",
             "theorem_seed_batching_speedup", "bottleneck_theorem_bf16_step_speedup", "default_cen_bf16_step_speedup")
 PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,
@@ -87,9 +90,11 @@ def main() -> int:
                   f"fp32 spread across seeds {row['spread']:.4f}, ratio {row['ratio']:.2f}")
     if "train_gflops_over_gemm" in results:
         for k, v in results["train_gflops_over_gemm"].items():
-            print(f"{'train_gflops_over_gemm (' + k + ')':<38} {v:>8.3f}  (report only; GEMM {results['gemm_gflops']:.1f} GFLOP/s)")
+            print(f"{'train_gflops_over_gemm (' + k + ')':<38} {v:>8.3f}  "
+                  f"(report only; GEMM {results['gemm_gflops']:.1f} GFLOP/s)")
     results["meta"] = {"measured": measured, "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "machine": platform.machine(), "python": platform.python_version(),
+                       "threads": torch.get_num_threads(), "machine": platform.machine(),
+                       "python": platform.python_version(),
                        "goals": {k: {"goal": g, "direction": d} for k, (g, d) in GOALS.items()}}
     atomic_write_json(out, results)
     print(f"\nwrote {out}")

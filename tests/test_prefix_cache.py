@@ -4,12 +4,16 @@ with the numbers of full passes (issue 22)."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cen_lab.runs import penalised_masks, resolve_layers
 from cen_lab.theory.prefix_cache import passing, reusing_outputs
 from cen_lab.theory.zeroing import _zeroed_gradients
+from cen_lab.theory.foreign import set_attribute
 from cen_lab.zoo import ReferenceStyleCEN, segmentation_loss, without_exchange
+
+from benchmarks.local_check import reference_rows
 
 
 def _zoo(batches=2):
@@ -35,6 +39,13 @@ def test_the_local_check_reuses_the_prefix_with_the_numbers_of_full_passes():
     full = _zeroed_gradients(model, layers, groups, batches, segmentation_loss, stop_at_layer=False)
     reused = _zeroed_gradients(model, layers, groups, batches, segmentation_loss)
     assert reused == full  # every g and ||dL/dx'||, bit for bit
+    # and those of the passes as they were first written (every branch hooked, a full backward), on the model whose
+    # exchange stays in place at threshold 0
+    in_place = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 8)).train()
+    in_place.load_state_dict(model.state_dict())
+    set_attribute("threshold", 0.0)(in_place)
+    assert reference_rows(in_place, resolve_layers(in_place, "*.bn2"), groups, batches, segmentation_loss) == full
+    assert all(np.isfinite(r[-1]) and r[-1] > 0 for r in full)
     assert [p.requires_grad for p in model.parameters()] == flags
     assert not any("forward" in vars(m) for m in model.modules())  # the wrappers are gone
 
@@ -50,11 +61,40 @@ def test_outputs_that_cannot_depend_on_the_live_gammas_are_computed_once():
                 outs.append(segmentation_loss(model, batches[0]))
         assert state.reused > 0
         first = state.reused
-        with passing(state, model, [model.layers[0][0].bn2.bn_0.weight]):  # an earlier layer: less to reuse
-            segmentation_loss(model, batches[0])
-        assert 0 < state.reused - first < first / 2
+        with passing(state, model, [model.layers[0][0].bn2.bn_0.weight]):  # an earlier layer: a shorter prefix,
+            segmentation_loss(model, batches[0])  # and the other branch, computed before, reused as a whole
+        assert state.reused > first
     plain = segmentation_loss(model, batches[0])
     assert all(torch.equal(o.detach(), plain.detach()) for o in outs) and outs[0].requires_grad
+
+
+def _batch_norm_calls(monkeypatch) -> list:
+    """The weights of every BatchNorm computed from now on, in call order."""
+    calls, plain = [], F.batch_norm
+
+    def counting(x, *args, **kwargs):
+        calls.append(kwargs["weight"] if "weight" in kwargs else args[2] if len(args) > 2 else None)
+        return plain(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "batch_norm", counting)
+    return calls
+
+
+@pytest.mark.parametrize("taken_out", [True, False])
+def test_the_other_branch_is_computed_once_per_batch_when_the_exchange_is_taken_out(monkeypatch, taken_out):
+    model, batches = _zoo(1)
+    if not taken_out:  # the exchange left in place at threshold 0 links the branches after the zeroed layer
+        model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 8)).train()
+        model.load_state_dict(_zoo(1)[0].state_dict())
+        set_attribute("threshold", 0.0)(model)
+    layers = resolve_layers(model, "*.bn2")
+    groups = [[(0, 0, c)] for c in range(3)]  # three channels of branch 0 in the first bottleneck
+    calls = _batch_norm_calls(monkeypatch)
+    _zeroed_gradients(model, layers, groups, batches, segmentation_loss)
+    other = model.layers[1][0].bn2.bn_1.weight  # branch 1, after the zeroed layer
+    own = model.layers[1][0].bn2.bn_0.weight
+    assert sum(w is own for w in calls) == 3  # the zeroed branch: once per pass
+    assert sum(w is other for w in calls) == (1 if taken_out else 3)
 
 
 class _InPlace(nn.Module):

@@ -244,8 +244,8 @@ def _reference_model_and_batches():
 
 
 def test_exchange_off_by_a_recipe_is_checked_and_equals_the_model_without_exchange():
-    from cen_lab.theory.foreign import exchange_is_off, set_attribute
-    from cen_lab.zoo import segmentation_loss, without_exchange
+    from cen_lab.theory.foreign import bypass, exchange_is_off, set_attribute
+    from cen_lab.zoo import Exchange, segmentation_loss, without_exchange
 
     model, batches = _reference_model_and_batches()
     kw = dict(layers="*.bn2", penalised="alternate-halves", progress=False)
@@ -258,7 +258,14 @@ def test_exchange_off_by_a_recipe_is_checked_and_equals_the_model_without_exchan
                                           exchange_off=set_attribute("threshold", 0.0), **kw)
     by_copy = theorem.local_check_model(without_exchange(model), segmentation_loss, batches, 0.01, **kw)
     pd.testing.assert_frame_equal(by_recipe, by_copy)
+    # the exchange taken out instead of left in place at threshold 0: the same numbers, bit for bit
+    by_bypass = theorem.local_check_model(model, segmentation_loss, batches, 0.01, exchange_off=bypass("exchange"),
+                                          **kw)
+    pd.testing.assert_frame_equal(by_bypass, by_recipe)
     assert model.layers[0][0].threshold == 2e-2  # the user's model is untouched
+    assert isinstance(model.layers[1][0].exchange, Exchange)
+    with pytest.raises(ObserveError, match=r"bypass\('swap'\): ReferenceStyleCEN has no submodule called 'swap'"):
+        theorem.local_check_model(model, segmentation_loss, batches, 0.01, exchange_off=bypass("swap"), **kw)
     with pytest.raises(ObserveError, match=r"exchange_off=.* leaves the exchange on: .*layers.0.0.bn2"):
         theorem.local_check_model(model, segmentation_loss, batches, 0.01, exchange_off=lambda m: None, **kw)
     with pytest.raises(ObserveError, match="no module of ReferenceStyleCEN has a number 'thresh'"):

@@ -164,3 +164,29 @@ def test_list_files_that_do_not_fit_the_template_say_what_was_expected(tmp_path)
     with pytest.raises(ObserveError, match="template must be a model"):
         cen_lab.import_checkpoints(tmp_path / "short_001.pth", tmp_path / "d", template=[1, 2],
                                    penalised="alternate-halves", progress=False)
+
+
+def test_the_translators_exchange_taken_out_gives_the_check_of_a_threshold_of_zero():
+    from cen_lab import theorem
+    from cen_lab.theory.foreign import bypass, exchange_is_off, set_attribute
+
+    torch.manual_seed(0)
+    model = ReferenceStyleTranslator(3, widths=(8, 8, 8)).train()
+    with torch.no_grad():  # betas away from 0: a LeakyReLU after a zeroed norm still passes a gradient anyway
+        for name, p in model.named_parameters():
+            if "insnorm" in name:
+                p.add_(0.3 * torch.rand(p.shape))
+    gen = torch.Generator().manual_seed(1)
+    batches = [([torch.randn(2, 3, 8, 8, generator=gen) for _ in range(2)], torch.rand(2, 3, 8, 8, generator=gen))]
+
+    def loss_fn(m, batch):
+        outs, _ = m(batch[0])
+        return sum((o - batch[1]).abs().mean() for o in outs[:-1])
+
+    kw = dict(layers="*.insnorm_conv", penalised="alternate-halves", progress=False)
+    assert not exchange_is_off(model, loss_fn, batches[0], layers="*.insnorm_conv", penalised="alternate-halves")[0]
+    taken_out = theorem.local_check_model(model, loss_fn, batches, 0.01, exchange_off=bypass("exchange"), **kw)
+    at_zero = theorem.local_check_model(model, loss_fn, batches, 0.01, exchange_off=set_attribute("threshold", 0.0),
+                                        **kw)
+    assert len(taken_out) == 8 and (taken_out["norm"] > 0).all()
+    np.testing.assert_array_equal(taken_out[["g", "norm"]].to_numpy(), at_zero[["g", "norm"]].to_numpy())

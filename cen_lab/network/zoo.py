@@ -29,7 +29,8 @@ from torch import nn
 from .penalty import per_step_lam
 
 __all__ = ["ModuleParallel", "BatchNorm2dParallel", "Exchange", "Bottleneck", "ReferenceStyleCEN",
-           "reference_slim_params", "reference_l1", "segmentation_loss", "without_exchange", "effective_lam"]
+           "reference_slim_params", "reference_l1", "segmentation_loss", "without_exchange", "effective_lam",
+           "PassThrough"]
 
 
 class ModuleParallel(nn.Module):
@@ -69,6 +70,17 @@ class Exchange(nn.Module):
             others = (total - x) / (m - 1)
             out.append(torch.where(keep, x, others))
         return out
+
+
+class PassThrough(nn.Module):
+    """An exchange taken out: ``forward(xs, *args, **kwargs)`` returns ``xs`` itself, whatever else it is given.
+
+    In the place of the reference's ``Exchange`` it gives the outputs of a threshold of 0 (every ``|gamma| >= 0``
+    kept) bit for bit, without the exchange's ``torch.where`` over the branches' mean, which links every branch to
+    every other in the autograd graph although nothing is exchanged."""
+
+    def forward(self, xs, *args, **kwargs):
+        return xs
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, bias: bool = False) -> ModuleParallel:
@@ -145,14 +157,20 @@ class ReferenceStyleCEN(nn.Module):
 
 
 def without_exchange(model: ReferenceStyleCEN) -> ReferenceStyleCEN:
-    """A copy of ``model`` whose bottlenecks never exchange (threshold 0: every ``|gamma| >= 0`` is kept), the
-    setting of Theorem 1; ``model`` itself is unchanged."""
+    """A copy of ``model`` whose bottlenecks never exchange, the setting of Theorem 1; ``model`` itself is unchanged.
+
+    Each bottleneck's threshold is set to 0 (every ``|gamma| >= 0`` is kept) and its ``exchange`` is replaced by a
+    ``PassThrough``: the same outputs and gradients, bit for bit, but the branches are no longer linked in the
+    autograd graph, so Theorem 1's local check can reuse every branch but the zeroed channel's
+    (``cen_lab.theory.prefix_cache``). The copy has the same ``state_dict`` keys (the exchange holds no parameter).
+    """
     import copy
 
     twin = copy.deepcopy(model)
     for module in twin.modules():
         if isinstance(module, Bottleneck):
             module.threshold = 0.0
+            module.exchange = PassThrough()
     return twin
 
 

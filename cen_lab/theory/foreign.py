@@ -20,7 +20,7 @@ from ..network.layouts import unwrap
 from ..runs.observer import penalised_masks, resolve_layers
 from .zeroing import _local_frame, _zeroed_gradients
 
-__all__ = ["BN_MODES", "local_check_model", "set_attribute", "exchange_is_off"]
+__all__ = ["BN_MODES", "local_check_model", "set_attribute", "bypass", "exchange_is_off"]
 
 BN_MODES = ("train", "eval", "as-is")
 
@@ -42,6 +42,34 @@ def set_attribute(attr: str = "threshold", value: Any = 0.0) -> Callable[[torch.
             setattr(m, attr, value)
 
     apply.__qualname__ = f"set_attribute({attr!r}, {value!r})"
+    return apply
+
+
+def bypass(name: str = "exchange") -> Callable[[torch.nn.Module], None]:
+    """An ``exchange_off`` recipe: replace every submodule called ``name`` with a ``PassThrough``, which returns its
+    first argument (the branches' outputs) unchanged.
+
+    Both of the reference code's layouts call their exchange as a child module, ``self.exchange(out, bns,
+    threshold)``, after ``bn2`` of each bottleneck (segmentation) or after each encoder norm (translation):
+    ``exchange_off=bypass("exchange")``. It gives the numbers of ``set_attribute("threshold", 0.0)`` (the reference's
+    own attribute is ``bn_threshold``) bit for bit, and a faster check: an exchange left in place at threshold 0
+    still mixes the branches (``where(keep, own, others)``), so each pass computes and back-propagates every branch
+    after the zeroed layer, while without it the other branches are computed once per minibatch
+    (``cen_lab.theory.prefix_cache``).
+    """
+    from ..network.zoo import PassThrough
+
+    def apply(model: torch.nn.Module) -> None:
+        found = [(parent, child) for parent in model.modules() for child, m in parent.named_children()
+                 if child == name and not isinstance(m, PassThrough)]
+        if not found:
+            raise ObserveError(f"exchange_off=bypass({name!r}): {type(model).__name__} has no submodule called "
+                               f"{name!r}; name the module that exchanges, or give your own callable that turns the "
+                               "exchange off")
+        for parent, child in found:
+            setattr(parent, child, PassThrough())
+
+    apply.__qualname__ = f"bypass({name!r})"
     return apply
 
 
@@ -140,9 +168,11 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
         training mode), or ``"as-is"`` (each module as ``model`` has it). Default: what ``run`` (the model's
         observed run) recorded as its ``bn_mode``, else ``"train"``.
     exchange_off : callable, optional
-        ``fn(copy)`` that turns the copy's exchange off, as the theorem assumes (for the reference layout:
-        ``set_attribute("threshold", 0.0)``; for ``cen_lab.zoo`` models also ``zoo.without_exchange``). It is
-        then checked (``exchange_is_off`` on the first batch): a recipe that leaves the exchange on is an error.
+        ``fn(copy)`` that turns the copy's exchange off, as the theorem assumes. For the reference layouts:
+        ``bypass("exchange")``, which takes the exchange module out (the fastest check), or
+        ``set_attribute("bn_threshold", 0.0)``, which leaves it in place at threshold 0 (the same numbers; the zoo's
+        models call the attribute ``threshold``, and ``zoo.without_exchange`` does both). It is then checked
+        (``exchange_is_off`` on the first batch): a recipe that leaves the exchange on is an error.
     run : Run, optional
         The model's observed run, whose recorded ``bn_mode`` is the default.
     reuse_prefix : bool
