@@ -138,7 +138,9 @@ def test_every_report_page_renders_offline(tiny_report, browser):
         requested, failed = _network(browser)
         name = str(page.relative_to(out))
         assert not failed, f"{name}: failed loads {failed}"
-        assert not [u for u in requested if not u.startswith(("file:", "data:", "blob:"))], f"{name}: {requested}"
+        # chrome:// is the browser's own resources (Chromium 150 loads two icons of its own UI on index.html)
+        assert not [u for u in requested if not u.startswith(("file:", "data:", "blob:", "chrome:"))], \
+            f"{name}: {requested}"
         assert not _console_errors(browser), f"{name}: console errors {_console_errors(browser)}"
         assert state["drawn"] == state["plots"], f"{name}: {state['plots'] - state['drawn']} plotly plots not drawn"
         assert not state["broken"], f"{name}: broken images {state['broken']}"
@@ -251,11 +253,17 @@ def test_explorer_notebook_in_jupyterlab(browser, tmp_path):
     with _server(cmd, f"http://127.0.0.1:{port}/api/status?token={token}", nb_dir, tmp_path / "lab.log",
                  env=_jupyter_env(tmp_path)):
         browser.get(f"http://127.0.0.1:{port}/lab/tree/explorer.ipynb?token={token}")
-        ready = ("window.jupyterapp && jupyterapp.shell.currentWidget && jupyterapp.shell.currentWidget.sessionContext"
+        panel = ("!!window.jupyterapp && Array.from(jupyterapp.shell.widgets('main'))"
+                 ".some(w => w.sessionContext && w.title.label === 'explorer.ipynb')")
+        _wait(browser, panel, timeout=90, what="JupyterLab to open explorer.ipynb")
+        # JupyterLab's current notebook follows the keyboard focus, which a headless window does not give the
+        # panel it opens (JupyterLab 4.6): click into the notebook, as a user would, before running it
+        browser.find_element("css selector", ".jp-NotebookPanel .jp-Notebook").click()
+        ready = ("jupyterapp.shell.currentWidget && jupyterapp.shell.currentWidget.sessionContext"
                  " && jupyterapp.shell.currentWidget.sessionContext.session"
                  " && jupyterapp.shell.currentWidget.sessionContext.session.kernel"
                  " && jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'")
-        _wait(browser, ready, timeout=90, what="JupyterLab to open explorer.ipynb with an idle kernel")
+        _wait(browser, ready, timeout=90, what="explorer.ipynb to be the current notebook with an idle kernel")
         browser.execute_script("jupyterapp.commands.execute('notebook:run-all-cells');")
         _check_explorer(browser, "JupyterLab")
         errors = [e for e in _console_errors(browser) if "favicon" not in e]
