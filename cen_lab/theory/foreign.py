@@ -17,6 +17,7 @@ from .._util.progress import progress_bar
 from ..errors import ObserveError
 from ..network.blocks import ModalBatchNorm2d
 from ..network.layouts import unwrap
+from ..network.zoo import PassThrough
 from ..runs.observer import penalised_masks, resolve_layers
 from .zeroing import _local_frame, _zeroed_gradients
 
@@ -57,7 +58,6 @@ def bypass(name: str = "exchange") -> Callable[[torch.nn.Module], None]:
     after the zeroed layer, while without it the other branches are computed once per minibatch
     (``cen_lab.theory.prefix_cache``).
     """
-    from ..network.zoo import PassThrough
 
     def apply(model: torch.nn.Module) -> None:
         found = [(parent, child) for parent in model.modules() for child, m in parent.named_children()
