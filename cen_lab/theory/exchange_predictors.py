@@ -34,7 +34,7 @@ import pandas as pd
 from .._util.progress import progress_bar
 from ..runs.reader import Run, load_run
 from .exchange_outcome import calibration_measures, exchange_outcome, exchange_outcome_scores, outcome_row
-from .miscalibration import FEATURES, gaussian_attraction, leave_one_seed_out
+from .miscalibration import FEATURES, gaussian_attraction, leave_one_seed_out, log_features, z_ratio
 
 __all__ = ["PREDICTORS", "outcome_checkpoint", "exchange_local_check", "leave_one_seed_out", "exchange_predictions",
            "predictor_scores", "theorem_on_exchange"]
@@ -97,9 +97,7 @@ def exchange_local_check(runs: Mapping[str, Run], n_batches: int = 8, seed: int 
 def _training_features(label: str, run: Run, window_end: int) -> pd.DataFrame:
     """Per penalised channel: the features of (b) over the logged steps up to ``window_end``."""
     g = run.grads[run.grads["step"] <= window_end]
-    norm = g["dxprime_norm"].to_numpy(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g = g.assign(z=np.where(norm > 0, g["dgamma"].to_numpy(float) / norm, 0.0))
+    g = g.assign(z=z_ratio(g["dgamma"].to_numpy(float), g["dxprime_norm"].to_numpy(float)))
     feats = g.groupby(["layer", "branch", "channel"]).agg(train_norm=("dxprime_norm", "mean"),
                                                           z_trained=("z", "mean"))
     gam = run.gammas[run.gammas["step"] <= window_end]
@@ -124,8 +122,9 @@ def exchange_predictions(runs: Mapping[str, Run], local: pd.DataFrame | None = N
     feats = pd.concat([_training_features(label, run, int(windows[label])) for label, run in items], ignore_index=True)
     frame = frame.merge(feats, on=_KEY, how="left")
     lam = frame["run"].map({label: run.lam_per_step for label, run in items}).to_numpy(float)
-    frame["log_lam_over_norm"] = np.log(lam / np.maximum(frame["train_norm"].to_numpy(float), 1e-12))
-    frame["log_abs_gamma"] = np.log(frame["abs_gamma"].to_numpy(float) + 1e-4)
+    for name, values in log_features(lam, frame["train_norm"].to_numpy(float),
+                                     frame["abs_gamma"].to_numpy(float)).items():
+        frame[name] = values
     if local is None:
         frame["predicted_local"] = frame["predicted_gaussian"] = np.nan
     else:

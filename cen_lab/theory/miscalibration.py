@@ -44,9 +44,9 @@ from .local_checks import calibration_summary
 CHECK_A = "(a) check, not a prediction: Gaussian g, same channel"
 PREDICTION_B = "(b) training-time features, other seeds"
 
-__all__ = ["CHECK_A", "PREDICTION_B", "gaussian_attraction", "layer_sizes", "channel_statistics", "training_features", "fit_logistic",
-           "leave_one_seed_out",
-           "MiscalibrationResult", "compare_predictions"]
+__all__ = ["CHECK_A", "PREDICTION_B", "gaussian_attraction", "layer_sizes", "channel_statistics", "training_features",
+           "fit_logistic", "leave_one_seed_out", "z_ratio", "log_features", "MiscalibrationResult",
+           "compare_predictions"]
 
 _CHANNEL = ["run", "step", "layer", "modality", "channel"]
 FEATURES = ("log_lam_over_norm", "z_trained", "log_abs_gamma")
@@ -103,6 +103,20 @@ def channel_statistics(local: pd.DataFrame, sizes: Mapping[str, int]) -> pd.Data
     return out.drop(columns="z_mean")
 
 
+def z_ratio(dgamma: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    """``dL/dgamma / ||dL/dx'||`` as the (b) model reads it: 0 where the norm is 0 (no gradient reached the channel)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norm > 0, dgamma / norm, 0.0)
+
+
+def log_features(lam: float | np.ndarray, norm: np.ndarray, gamma: np.ndarray) -> dict[str, np.ndarray]:
+    """The (b) model's two log features: ``log_lam_over_norm`` (``log(lam / ||dL/dx'||)``, the norm floored at
+    1e-12) and ``log_abs_gamma`` (``log(|gamma| + 1e-4)``); the third, ``z_trained``, is ``z_ratio``'s."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # lam = 0 gives -inf, as the model has always read it
+        return {"log_lam_over_norm": np.log(lam / np.maximum(norm, 1e-12)),
+                "log_abs_gamma": np.log(np.abs(gamma) + 1e-4)}
+
+
 def training_features(runs: Mapping[tuple[float, int], Run], local: pd.DataFrame) -> pd.DataFrame:
     """``local`` with the training-time features of each row's channel at its checkpoint (from the run's
     ``grads`` table at the latest logged step not after it): ``log_lam_over_norm``, ``z_trained``
@@ -124,10 +138,10 @@ def training_features(runs: Mapping[tuple[float, int], Run], local: pd.DataFrame
         feats = pd.concat(parts, ignore_index=True)
         merged = rows.merge(feats, on=["step", "layer", "modality", "channel"], how="left")
         norm = merged["dxprime_norm"].to_numpy(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            merged["log_lam_over_norm"] = np.log(lam / np.maximum(norm, 1e-12))
-            merged["z_trained"] = np.where(norm > 0, merged["dgamma"].to_numpy(float) / norm, 0.0)
-        merged["log_abs_gamma"] = np.log(np.abs(merged["gamma"].to_numpy(float)) + 1e-4)
+        logs = log_features(lam, norm, merged["gamma"].to_numpy(float))
+        merged["log_lam_over_norm"] = logs["log_lam_over_norm"]
+        merged["z_trained"] = z_ratio(merged["dgamma"].to_numpy(float), norm)
+        merged["log_abs_gamma"] = logs["log_abs_gamma"]
         frames.append(merged.drop(columns=["dgamma", "dxprime_norm"]).assign(seed=seed))
     return pd.concat(frames, ignore_index=True)
 
