@@ -12,7 +12,7 @@ import torch
 
 from cen_lab._util.atomic import atomic_write_json
 
-from . import diagnosis, local_check, probe, suite, theorem_paths, translation
+from . import data, diagnosis, local_check, probe, suite, theorem_paths, translation
 
 # name -> (goal, direction): ">=" means at least, "<=" at most
 GOALS = {
@@ -30,6 +30,7 @@ GOALS = {
     "instance_exchange_speedup_vs_mask_reference": (1.5, ">="),
     "observer_translation_overhead_gamma": (0.03, "<="),
     "observer_translation_overhead_full": (0.15, "<="),
+    "data_pool_cost_per_step": (0.10, "<="),
 }
 # reported beside the goals, without one
 REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10000",
@@ -38,11 +39,12 @@ REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10
             "local_check_speedup_threshold_recipe", "local_check_speedup_stop_at_layer", "local_check_forward_share",
             "theorem_fp32_throughput_speedup",
             "theorem_bf16_step_speedup", "theorem_channels_last_step_speedup",
-            "theorem_seed_batching_speedup", "bottleneck_theorem_bf16_step_speedup", "default_cen_bf16_step_speedup")
+            "theorem_seed_batching_speedup", "bottleneck_theorem_bf16_step_speedup", "default_cen_bf16_step_speedup",
+            "data_inline_cost_per_step", "data_pool_cached_cost_per_step")
 PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,
          "observer": suite.bench_observer, "sweep": suite.bench_sweep, "theorem": theorem_paths.bench_theorem,
          "local_check": local_check.bench_local_check, "diagnose": diagnosis.bench_diagnose, "probe": probe.bench_probe,
-         "translation": translation.bench_translation}
+         "translation": translation.bench_translation, "data": data.bench_data}
 
 
 def main() -> int:

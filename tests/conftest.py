@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 import cen_lab
+
+# training pools (cen_lab.data.pool) built by tests go to a scratch folder, not to the checkout's data/cache; set
+# before any sweep worker starts, so that every process of a test session shares it
+os.environ.setdefault("CEN_LAB_CACHE", tempfile.mkdtemp(prefix="cen_lab-pool-cache-"))
 
 
 @pytest.fixture(autouse=True)

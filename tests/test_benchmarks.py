@@ -155,3 +155,18 @@ def test_the_observer_overhead_part_takes_any_loop():
     out = suite.bench_observer(12, translation.translator_step_times, prefix="observer_translation")
     assert set(out) >= {"observer_translation_overhead_gamma", "observer_translation_overhead_full",
                         "observer_translation_overhead_interval"}
+
+
+def test_data_benchmark_runs_at_small_size_and_restores_the_cache_folder():
+    import os
+
+    from benchmarks.data import bench_data
+
+    before = os.environ.get("CEN_LAB_CACHE")
+    out = bench_data(scenes=32, repeats=1)
+    assert os.environ.get("CEN_LAB_CACHE") == before
+    secs = out["data_seconds"]
+    assert secs["pool_scenes"] == 65536 and secs["steps"] == 10000
+    # the first run pays the drawing on top of what a cached run pays
+    assert out["data_pool_cost_per_step"] > out["data_pool_cached_cost_per_step"] > 0
+    assert out["data_inline_cost_per_step"] == pytest.approx(secs["inline_batch"] / secs["cen_step"])

@@ -188,16 +188,19 @@ def load_dataset(path: str | Path, modalities: Sequence[str] | None = None) -> M
         if set(order) != set(names):
             raise DataFormatError(f"{path}: manifest lists modalities {list(order)} but the file holds {list(names)}")
         names = order
+    if modalities is not None:
+        missing = [m for m in modalities if m not in names]
+        if missing:
+            raise DataFormatError(f"{path}: dataset has no modality {missing[0]!r}; it has {list(names)}")
     inputs = {}
-    for m in names:
+    for m in names if modalities is None else modalities:  # only what is asked for becomes float32
         a = arrays[m]
         inputs[m] = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
     class_names = tuple(manifest.get("class_names") or [f"class {i}" for i in range(num_classes)])
-    ds = MultimodalDataset(
-        names, inputs, arrays["labels"].astype(np.int64), arrays["split"].astype(np.uint8),
+    return MultimodalDataset(
+        tuple(inputs), inputs, arrays["labels"].astype(np.int64), arrays["split"].astype(np.uint8),
         task, num_classes, class_names, manifest,
     )
-    return ds.select(modalities) if modalities is not None else ds
 
 
 def _validate_arrays(arrays: dict[str, np.ndarray], where: str, manifest: Mapping[str, Any]) -> tuple[str, int]:

@@ -33,7 +33,7 @@ import numpy as np
 from ..config import MODALITY_NAMES, SceneParams
 
 __all__ = ["MATERIALS", "GEOMETRIES", "MODALITY_CHANNELS", "TARGET_CHANNELS", "class_names", "class_grid",
-           "shade_scene", "generate_scenes"]
+           "shade_scene", "generate_scenes", "draw_scenes"]
 
 # name -> rgb colour in [0, 1]
 MATERIALS: dict[str, tuple[float, float, float]] = {
@@ -112,8 +112,22 @@ def generate_scenes(params: SceneParams) -> dict[str, np.ndarray]:
         (the translation target, see the module docstring); ``split`` uint8 ``[N]``,
         0 for the first ``n_train`` (train) and 1 for the rest (validation).
     """
-    rng = np.random.default_rng(params.seed)
-    n = params.n_train + params.n_val
+    arrays = draw_scenes(params, params.n_train + params.n_val, np.random.default_rng(params.seed))
+    arrays["split"] = np.repeat(np.array([0, 1], np.uint8), [params.n_train, params.n_val])
+    return arrays
+
+
+def draw_scenes(params: SceneParams, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draw ``n`` scenes of ``params`` (all but its sizes and seed) from ``rng``, in order.
+
+    ``generate_scenes`` draws its ``n_train + n_val`` scenes with this from ``default_rng(params.seed)``;
+    ``cen_lab.data.pool`` draws each chunk of a training pool from a generator of its own.
+
+    Returns
+    -------
+    dict of numpy arrays
+        As ``generate_scenes`` without ``split``.
+    """
     s = params.image_size
     grid = class_grid(params.num_classes)
     palette = np.array(list(MATERIALS.values()), dtype=np.float64)  # (4, 3)
@@ -180,5 +194,4 @@ def generate_scenes(params: SceneParams) -> dict[str, np.ndarray]:
     assert tuple(out) == MODALITY_NAMES
     out["shade"] = shade
     out["labels"] = seg if params.task == "seg" else cls
-    out["split"] = np.repeat(np.array([0, 1], np.uint8), [params.n_train, params.n_val])
     return out

@@ -278,7 +278,8 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
             "class_names": list(ds.class_names), "task": ds.task,
             "num_classes": ds.num_classes, "in_channels": int(x.shape[2]), "device": str(device),
             "layers": [name for name, _ in model.cen_layers()], "n_train": n_train, "n_val": int(xv.shape[1]),
-            "steps_per_epoch": steps_per_epoch, "lam_per_step": lam}
+            "steps_per_epoch": steps_per_epoch, "lam_per_step": lam,
+            "data": ds.manifest.get("seen")}  # which scenes each split was (cen_lab.data.load_data)
     if cfg.train.init_from is not None:
         info["init_from"] = str(Path(cfg.train.init_from).resolve())
     writer, ckpt = RunWriter.reopen(out, cfg) if action == "resume" else (RunWriter.create(out, cfg, info), None)

@@ -1,0 +1,165 @@
+"""The long-regime benchmark: the paper's lam 2e-4 over a budget long enough to settle, on data that does not run out.
+
+The ``long`` preset trains the default network and optimiser (Adam, lr 5e-3, cosine decay over the budget) for
+10,000 steps at the paper's ``lam = 2e-4``, on a pool of 65,536 fresh training scenes (``data.train_pool``;
+``cen_lab.data.pool``), so that each scene is seen about 5 times instead of 625 times, and validates on the
+canonical split. ``run_long_benchmark`` trains (or reuses, or resumes) its variants over architectures, lams and
+seeds with gradients logged:
+
+- ``pool``: the ``long`` preset;
+- ``finite``: the same on the canonical 512 training scenes (what memorised in the earlier 10,000-step runs);
+- ``default``: the 600-step default preset (``regime_config``'s runs, shared with ``cen-lab bench-regime``), the
+  reference the long runs are compared with.
+
+``cascade`` reads each run's portion of penalised gammas under the threshold at fractions of its budget;
+``long_summary`` aggregates runs per variant, architecture and lam with t intervals over seeds. The measured results
+are in the README; ``cen-lab bench-long`` prints and writes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .._util.atomic import atomic_path
+from ..config import ARCHS, ExperimentConfig
+from ..runs.reader import load_run
+from .fusion import _interval
+from .regime_bench import per_run_regime, regime_config
+from .sweeps import sweep
+
+__all__ = ["LONG_LAMS", "DATA_VARIANTS", "FRACTIONS", "long_config", "variant_label", "prepare_pool",
+           "run_long_benchmark", "cascade", "long_per_run", "long_summary"]
+
+LONG_LAMS = (2e-4, 2e-3)  # the paper's lam, and one a decade up
+DATA_VARIANTS = ("pool", "finite", "default")
+FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8)  # of the budget, where the cascade is read
+
+
+def long_config(arch: str = "plain", data: str = "pool") -> ExperimentConfig:
+    """The ``long`` preset on ``arch`` (``data="pool"``), or the same on the source's 512 scenes
+    (``data="finite"``), named ``long-<arch>`` or ``long-finite-<arch>``; lam and seed are the sweep's."""
+    if data not in ("pool", "finite"):
+        raise ValueError(f"data must be 'pool' or 'finite' for the long preset, got {data!r}")
+    cfg = ExperimentConfig.preset("long").override({"model.arch": arch})
+    if data == "finite":
+        return cfg.override({"name": f"long-finite-{arch}", "data.train_pool": 0})
+    return cfg.override({"name": f"long-{arch}"})
+
+
+def variant_label(data: str, lam: float | None = None) -> str:
+    """The ``preset`` column of the benchmark's tables: ``long lam 0.0002``, ``long finite lam 0.002``, ``default``."""
+    if data == "default":
+        return "default"
+    return f"long{'' if data == 'pool' else ' finite'} lam {lam:g}"
+
+
+def prepare_pool(n_jobs: int = 2, progress: bool = True) -> Path:
+    """Build the ``long`` preset's pool in the cache when absent (``n_jobs`` processes), before any worker needs it;
+    returns its path."""
+    from ..data.pool import build_pool, pool_path, source_generator
+
+    d = ExperimentConfig.preset("long").data
+    params = source_generator(d.source, d.scene)
+    path = pool_path(params, d.train_pool)
+    if not path.is_file():
+        build_pool(params, d.train_pool, n_jobs=n_jobs, progress=progress)
+    return path
+
+
+def run_long_benchmark(runs_dir: str | Path, *, data: Sequence[str] = DATA_VARIANTS, archs: Sequence[str] = ARCHS,
+                       lams: Sequence[float] = LONG_LAMS, seeds: Sequence[int] = range(3), n_jobs: int = 2,
+                       progress: bool = True) -> pd.DataFrame:
+    """Train, reuse or resume every run of the chosen variants in ``runs_dir``; returns the sweep tables with
+    ``data``, ``arch``, ``lam`` and ``preset`` (``variant_label``) columns (also ``runs_dir/long_sweep.parquet``).
+    Complete runs are reused and incomplete ones resumed, so the command can be stopped and run again."""
+    unknown = [d for d in data if d not in DATA_VARIANTS]
+    if unknown or not data:
+        raise ValueError(f"data variants must be some of {list(DATA_VARIANTS)}, got {list(data)}")
+    if not archs or any(a not in ARCHS for a in archs):
+        raise ValueError(f"archs must be some of {list(ARCHS)}, got {list(archs)}")
+    if any(not lam > 0 for lam in lams) or not lams:
+        raise ValueError(f"lams must be positive, got {list(lams)}")
+    if "pool" in data:
+        prepare_pool(n_jobs=n_jobs, progress=progress)
+    backend = "loky" if n_jobs > 1 else "serial"
+    tables = []
+    # one sweep over every long variant and architecture, so that both workers stay busy across them; a variant's
+    # runs are named as long_config(arch, data) names them: long-<arch>-..., long-finite-<arch>-...
+    bundles = {f"{'' if d == 'pool' else 'finite-'}{arch}": {"model.arch": arch, "data.train_pool": _pool_size(d)}
+               for d in data if d != "default" for arch in archs}
+    if bundles:
+        t = sweep(ExperimentConfig.preset("long"), {"train.lam": list(lams), "seed": list(seeds)}, runs_dir,
+                  variants=bundles, backend=backend, n_jobs=n_jobs, progress=progress)
+        t["data"] = ["finite" if v.startswith("finite-") else "pool" for v in t["variant"]]
+        t["arch"] = [v.removeprefix("finite-") for v in t["variant"]]
+        t["lam"] = t["train.lam"].astype(float)
+        t["preset"] = [variant_label(d, lam) for d, lam in zip(t["data"], t["lam"])]
+        tables.append(t.drop(columns="variant"))
+    if "default" in data:
+        for arch in archs:
+            t = sweep(regime_config("default", arch), {"seed": list(seeds)}, runs_dir, backend=backend,
+                      n_jobs=n_jobs, progress=progress)
+            tables.append(t.assign(data="default", arch=arch, lam=ExperimentConfig().train.lam, preset="default"))
+    out = pd.concat(tables, ignore_index=True)
+    with atomic_path(Path(runs_dir) / "long_sweep.parquet") as tmp:
+        out.drop(columns=["train.lam"], errors="ignore").to_parquet(tmp, index=False)
+    return out
+
+
+def _pool_size(data: str) -> int:
+    return ExperimentConfig.preset("long").data.train_pool if data == "pool" else 0
+
+
+def cascade(run, fractions: Sequence[float] = FRACTIONS) -> dict[str, float]:
+    """The portion of penalised gammas under the threshold at each fraction of the run's budget (the training log's
+    ``sparsity/below_threshold`` at the last logged step at or before ``fraction * steps``), as
+    ``{"at 10%": ..., ...}``."""
+    m = run.metrics
+    curve = m[(m["split"] == "train") & (m["name"] == "sparsity/below_threshold")].sort_values("step")
+    steps, values = curve["step"].to_numpy(), curve["value"].to_numpy(float)
+    total = int(run.manifest.get("total_steps") or run.config.train.steps)
+    out = {}
+    for f in fractions:
+        i = np.searchsorted(steps, f * total, side="right") - 1
+        out[f"at {f:.0%}"] = float(values[i]) if i >= 0 else float("nan")
+    return out
+
+
+def long_per_run(table: pd.DataFrame) -> pd.DataFrame:
+    """``per_run_regime``'s row of each completed run (diagnosis, scores, output gaps) with its ``data`` and ``lam``,
+    the cascade (``cascade``), and the weakest branch's final score."""
+    per_run = per_run_regime(table)
+    if per_run.empty:
+        return per_run
+    keys = table[["path", "data", "lam"]].astype({"path": str})
+    per_run = per_run.merge(keys, on="path", how="left")
+    per_run = per_run.join(pd.DataFrame([cascade(load_run(p)) for p in per_run["path"]], index=per_run.index))
+    branch = [c for c in per_run.columns if c.startswith("score/") and not c.endswith("ensemble")]
+    per_run["score/weakest branch"] = per_run[branch].min(axis=1)
+    return per_run
+
+
+def long_summary(per_run: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per variant, architecture and lam: runs, states, the ensemble's and the weakest branch's final score, the
+    final portion under the threshold and the importance correlation of the crossing order (means with ``level``
+    t intervals over seeds), and the mean portion at each fraction of the budget."""
+    rows = []
+    for (label, arch), sub in per_run.groupby(["preset", "arch"], sort=False):
+        row = {"variant": label, "arch": arch, "runs": len(sub),
+               "states": ", ".join(f"{k} x{v}" for k, v in sub["state"].value_counts().items()),
+               "settled runs": int(sub["settled"].sum())}
+        for name, col in (("ensemble", "score/ensemble"), ("weakest branch", "score/weakest branch"),
+                          ("final portion", "final"), ("spearman", "rho")):
+            values = sub[col].to_numpy(float)
+            values = values[np.isfinite(values)]
+            low, high = _interval(values, level)
+            row.update({name: float(values.mean()) if len(values) else float("nan"), f"{name} low": low,
+                        f"{name} high": high})
+        row.update({c: float(sub[c].mean()) for c in sub.columns if c.startswith("at ")})
+        row["regime"] = f"{sub['regime'].iloc[0]}; {len(sub)} seeds"
+        rows.append(row)
+    return pd.DataFrame(rows)
