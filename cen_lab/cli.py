@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_fusion)
 
     add_lambda_commands(sub, _archs)  # suggest-lambda, bench-lambda
-    add_bench_commands(sub, _archs)  # bench-regime, bench-translation, bench-theorem-regimes
+    add_bench_commands(sub, _archs)  # bench-regime, bench-long, bench-translation, bench-theorem-regimes
 
     p = sub.add_parser("diagnose", help="what a run's exchange is doing: collapsing, schedule- or importance-driven, ...")
     p.add_argument("runs", nargs="+", help="run directories (trained, observed or imported)")

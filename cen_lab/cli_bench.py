@@ -1,5 +1,6 @@
 """The CLI's long benchmarks that ``cen_lab.cli`` adds: ``cen-lab bench-regime`` (does each preset exchange
 partially and by importance, and do Theorem 1 and its corrected predictors say which channels?),
+``cen-lab bench-long`` (the paper's lam over 10,000 steps on data that does not run out),
 ``cen-lab bench-translation`` (the CEN U-Net against
 single-domain generators, early and late fusion and its ablations on the ``translate`` preset) and
 ``cen-lab bench-theorem-regimes`` (Theorem 1's checks in every training regime, the long form of the theorem
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from .cli_lambda import _floats
 
-__all__ = ["add_bench_commands", "cmd_bench_regime", "cmd_bench_translation", "cmd_bench_theorem_regimes"]
+__all__ = ["add_bench_commands", "cmd_bench_regime", "cmd_bench_long", "cmd_bench_translation", "cmd_bench_theorem_regimes"]
 
 
 def cmd_bench_regime(args: argparse.Namespace) -> int:
@@ -49,6 +50,57 @@ def cmd_bench_regime(args: argparse.Namespace) -> int:
         cols = ["preset", "arch", "predictor", "runs", "exchanged", "mean predicted", "ECE", "ECE low", "ECE high",
                 "AUC", "AUC low", "AUC high"]
         print(predictors[cols].round(3).to_string(index=False))
+    print(f"\nwrote {', '.join(name for name, _ in files)} in {args.out}")
+    return 1 if (table["status"] == "failed").any() else 0
+
+
+def cmd_bench_long(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ._util.atomic import atomic_path
+    from .experiments import long_bench as lb
+    from .theory.exchange_predictors import theorem_on_exchange
+
+    if args.local_batches < 0 or args.boot < 1:
+        print(f"cen-lab: error: --local-batches must be >= 0 (0 skips the local check) and --boot >= 1, got "
+              f"{args.local_batches} and {args.boot}", file=sys.stderr)
+        return 2
+    try:
+        table = lb.run_long_benchmark(args.out, data=args.data.split(","), archs=args.arch, lams=args.lams,
+                                      seeds=range(args.seeds), n_jobs=args.jobs, progress=not args.no_progress,
+                                      train=not args.existing)
+    except ValueError as e:
+        print(f"cen-lab: error: {e}", file=sys.stderr)
+        return 2
+    done = table[table["status"].isin(["complete", "skipped"])]
+    if done.empty:
+        print(f"cen-lab: error: no complete run of these variants in {args.out}", file=sys.stderr)
+        return 1
+    per_run = lb.long_per_run(done)
+    summary = lb.long_summary(per_run)
+    theorem, predictors = theorem_on_exchange(done, n_boot=args.boot, local_batches=args.local_batches,
+                                              progress=not args.no_progress)
+    files = (("long_runs.csv", per_run), ("long_summary.csv", summary), ("long_theorem.csv", theorem),
+             ("long_predictors.csv", predictors))
+    for name, frame in files:
+        with atomic_path(Path(args.out) / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    with pd.option_context("display.width", 220, "display.max_columns", 40, "display.max_colwidth", 200):
+        cols = ["preset", "arch", "seed", "state", "flags", "final", *[c for c in per_run if c.startswith("at ")],
+                "rho", "score/ensemble", "score/weakest branch"]
+        print(per_run[cols].round(3).to_string(index=False))
+        print("\nPer variant and architecture (mean over seeds, 95% t interval; 'at N%': the portion under the "
+              "threshold at that fraction of the budget):")
+        print(summary.round(3).T.to_string(header=False))
+        print("\nWhich penalised channels ended exchanged, against every predictor (measured before each run's first "
+              f"crossing; local check with {args.local_batches} minibatches, exchange off; bootstrap over runs):")
+        cols = ["preset", "arch", "predictor", "runs", "exchanged", "mean predicted", "ECE", "ECE low", "ECE high",
+                "AUC", "AUC low", "AUC high"]
+        print(predictors[cols].round(3).to_string(index=False))
+    missing = table[~table["status"].isin(["complete", "skipped"])]
+    if len(missing):
+        print(f"\n{len(missing)} run(s) not complete ({', '.join(sorted(set(missing['status'])))}): "
+              + ", ".join(missing["name"]), file=sys.stderr)
     print(f"\nwrote {', '.join(name for name, _ in files)} in {args.out}")
     return 1 if (table["status"] == "failed").any() else 0
 
@@ -137,6 +189,29 @@ def add_bench_commands(sub, archs) -> None:
     p.add_argument("--out", default="runs/regime", metavar="DIR", help="where the runs go (default: runs/regime)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_regime)
+
+    p = sub.add_parser("bench-long", help="the paper's lam 2e-4 over 10,000 steps on data that does not run out "
+                                          "(the long preset), beside the 512 canonical scenes and the 600-step default "
+                                          "(hours on 2 cores; stop and run again to resume)")
+    p.add_argument("--data", default="pool,finite,default", metavar="A,B",
+                   help="variants: pool (the long preset), finite (the same on the 512 canonical training scenes), "
+                        "default (the 600-step default preset); default: all three")
+    p.add_argument("--lams", type=_floats, default=[2e-4, 2e-3], metavar="A,B",
+                   help="lambdas of the long variants (default: 0.0002,0.002)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant, architecture and lam (default: 3)")
+    p.add_argument("--arch", default="plain,bottleneck", metavar="A,B", type=archs,
+                   help="architectures (default: both)")
+    p.add_argument("--local-batches", type=int, default=8, metavar="N",
+                   help="minibatches of the local check at gamma = 0 before each run's first crossing (default: 8; 0 "
+                        "skips it and the predictors that need it)")
+    p.add_argument("--existing", action="store_true",
+                   help="train nothing: summarise the runs already complete in --out")
+    p.add_argument("--boot", type=int, default=1000, metavar="N",
+                   help="bootstrap draws over runs for the predictors' intervals (default: 1000)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel workers (default: 2)")
+    p.add_argument("--out", default="runs/long", metavar="DIR", help="where the runs go (default: runs/long)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench_long)
 
     p = sub.add_parser("bench-translation", help="the translation CEN (shade from rgb and depth, U-Net, InstanceNorm) "
                                                  "against single-domain generators, fusions and ablations over seeds")

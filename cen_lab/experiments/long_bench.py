@@ -19,7 +19,7 @@ are in the README; ``cen-lab bench-long`` prints and writes them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,12 +57,12 @@ def variant_label(data: str, lam: float | None = None) -> str:
     return f"long{'' if data == 'pool' else ' finite'} lam {lam:g}"
 
 
-def prepare_pool(n_jobs: int = 2, progress: bool = True) -> Path:
-    """Build the ``long`` preset's pool in the cache when absent (``n_jobs`` processes), before any worker needs it;
-    returns its path."""
+def prepare_pool(config: ExperimentConfig | None = None, n_jobs: int = 2, progress: bool = True) -> Path:
+    """Build the pool of ``config`` (default: the ``long`` preset) in the cache when absent (``n_jobs`` processes),
+    before any worker needs it; returns its path."""
     from ..data.pool import build_pool, pool_path, source_generator
 
-    d = ExperimentConfig.preset("long").data
+    d = (config or ExperimentConfig.preset("long")).data
     params = source_generator(d.source, d.scene)
     path = pool_path(params, d.train_pool)
     if not path.is_file():
@@ -72,10 +72,14 @@ def prepare_pool(n_jobs: int = 2, progress: bool = True) -> Path:
 
 def run_long_benchmark(runs_dir: str | Path, *, data: Sequence[str] = DATA_VARIANTS, archs: Sequence[str] = ARCHS,
                        lams: Sequence[float] = LONG_LAMS, seeds: Sequence[int] = range(3), n_jobs: int = 2,
-                       progress: bool = True) -> pd.DataFrame:
+                       progress: bool = True, train: bool = True,
+                       overrides: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Train, reuse or resume every run of the chosen variants in ``runs_dir``; returns the sweep tables with
     ``data``, ``arch``, ``lam`` and ``preset`` (``variant_label``) columns (also ``runs_dir/long_sweep.parquet``).
-    Complete runs are reused and incomplete ones resumed, so the command can be stopped and run again."""
+    Complete runs are reused and incomplete ones resumed, so the command can be stopped and run again.
+    ``train=False`` trains nothing: the table lists the complete runs as ``skipped`` and the others as
+    ``missing`` (to read what a benchmark still training elsewhere has finished). ``overrides`` (dotted keys) change
+    every variant's config alike (the tests shrink the runs with them)."""
     unknown = [d for d in data if d not in DATA_VARIANTS]
     if unknown or not data:
         raise ValueError(f"data variants must be some of {list(DATA_VARIANTS)}, got {list(data)}")
@@ -83,35 +87,56 @@ def run_long_benchmark(runs_dir: str | Path, *, data: Sequence[str] = DATA_VARIA
         raise ValueError(f"archs must be some of {list(ARCHS)}, got {list(archs)}")
     if any(not lam > 0 for lam in lams) or not lams:
         raise ValueError(f"lams must be positive, got {list(lams)}")
-    if "pool" in data:
-        prepare_pool(n_jobs=n_jobs, progress=progress)
-    backend = "loky" if n_jobs > 1 else "serial"
+    overrides = dict(overrides or {})
+    long = ExperimentConfig.preset("long").override(overrides)
+    if "pool" in data and train:
+        prepare_pool(long, n_jobs=n_jobs, progress=progress)
+    run = _sweep if train else _existing
     tables = []
     # one sweep over every long variant and architecture, so that both workers stay busy across them; a variant's
     # runs are named as long_config(arch, data) names them: long-<arch>-..., long-finite-<arch>-...
-    bundles = {f"{'' if d == 'pool' else 'finite-'}{arch}": {"model.arch": arch, "data.train_pool": _pool_size(d)}
+    bundles = {f"{'' if d == 'pool' else 'finite-'}{arch}": {"model.arch": arch,
+                                                             "data.train_pool": long.data.train_pool if d == "pool" else 0}
                for d in data if d != "default" for arch in archs}
     if bundles:
-        t = sweep(ExperimentConfig.preset("long"), {"train.lam": list(lams), "seed": list(seeds)}, runs_dir,
-                  variants=bundles, backend=backend, n_jobs=n_jobs, progress=progress)
+        t = run(long, {"train.lam": list(lams), "seed": list(seeds)}, runs_dir,
+                bundles, n_jobs, progress)
         t["data"] = ["finite" if v.startswith("finite-") else "pool" for v in t["variant"]]
         t["arch"] = [v.removeprefix("finite-") for v in t["variant"]]
         t["lam"] = t["train.lam"].astype(float)
         t["preset"] = [variant_label(d, lam) for d, lam in zip(t["data"], t["lam"])]
-        tables.append(t.drop(columns="variant"))
+        tables.append(t.drop(columns=["variant", "train.lam"]))
     if "default" in data:
         for arch in archs:
-            t = sweep(regime_config("default", arch), {"seed": list(seeds)}, runs_dir, backend=backend,
-                      n_jobs=n_jobs, progress=progress)
-            tables.append(t.assign(data="default", arch=arch, lam=ExperimentConfig().train.lam, preset="default"))
+            default = regime_config("default", arch).override({**overrides, "data.train_pool": 0})  # canonical data
+            t = run(default, {"seed": list(seeds)}, runs_dir, None, n_jobs, progress)
+            tables.append(t.assign(data="default", arch=arch, lam=ExperimentConfig().override(overrides).train.lam,
+                                   preset="default"))
     out = pd.concat(tables, ignore_index=True)
-    with atomic_path(Path(runs_dir) / "long_sweep.parquet") as tmp:
-        out.drop(columns=["train.lam"], errors="ignore").to_parquet(tmp, index=False)
+    if train:
+        with atomic_path(Path(runs_dir) / "long_sweep.parquet") as tmp:
+            out.to_parquet(tmp, index=False)
     return out
 
 
-def _pool_size(data: str) -> int:
-    return ExperimentConfig.preset("long").data.train_pool if data == "pool" else 0
+def _sweep(base, grid, runs_dir, variants, n_jobs, progress) -> pd.DataFrame:
+    return sweep(base, grid, runs_dir, variants=variants, backend="loky" if n_jobs > 1 else "serial", n_jobs=n_jobs,
+                 progress=progress)
+
+
+def _existing(base, grid, runs_dir, variants, n_jobs, progress) -> pd.DataFrame:
+    """The table ``sweep`` would return, from what ``runs_dir`` holds now: ``skipped`` (complete) or ``missing``."""
+    from .sweeps import _already_complete, grid_points, run_name
+
+    rows = []
+    for variant, overrides in (variants or {None: {}}).items():
+        for point in grid_points(grid):
+            name = run_name(base.name if variant is None else f"{base.name}-{variant}", point)
+            path = Path(runs_dir) / name
+            done = _already_complete(path, base.override({**overrides, **point, "name": name}))
+            rows.append({**({} if variant is None else {"variant": variant}), **point, "name": name, "path": str(path),
+                         "status": "skipped" if done else "missing", "error": None, "seconds": 0.0})
+    return pd.DataFrame(rows)
 
 
 def cascade(run, fractions: Sequence[float] = FRACTIONS) -> dict[str, float]:
