@@ -11,10 +11,7 @@ from cen_lab.experiments import long_bench as lb
 
 @pytest.fixture(scope="module")
 def tiny_overrides():
-    scene = {f"data.scene.{k}": v for k, v in cen_lab.ExperimentConfig.preset("tiny").data.scene.__dict__.items()}
-    return {"data.source": "generate", **scene, "data.train_pool": 64, "model.widths": [8, 8],
-            "model.strides": [1, 2], "train.steps": 12, "train.batch_size": 16, "train.ckpt_every": 6,
-            "log.every": 2, "log.eval_every": 6}
+    return lb.size_overrides("tiny")
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +94,14 @@ def test_the_command_line_writes_its_tables(bench, tmp_path, monkeypatch, capsys
     assert "Per variant and architecture" in printed and "long finite lam 0.05" in printed
     for name in ("long_runs.csv", "long_summary.csv", "long_theorem.csv", "long_predictors.csv"):
         assert (tmp_path / name).is_file()
+
+
+def test_tiny_runs_say_they_carry_no_evidence_and_are_labelled_by_variant(bench):
+    _, table = bench
+    per_run = lb.long_per_run(table)
+    assert per_run["regime"].str.endswith("(evidence: none: the tiny preset is a smoke test)").all()
+    runs = lb.runs_by_variant(table)
+    assert list(runs) == ["long lam 0.05, seed 0", "long lam 0.05, seed 1", "long finite lam 0.05, seed 0",
+                          "long finite lam 0.05, seed 1", "default, seed 0", "default, seed 1"]
+    with pytest.raises(ValueError, match="size must be 'long' or 'tiny'"):
+        lb.size_overrides("huge")

@@ -129,3 +129,17 @@ def test_the_theorem_notebook_runs_the_bench_commands_regimes_but_the_bottleneck
     assert p["regime_momentums"] == REGIME_DEFAULTS["momentums"]
     assert p["regime_archs"] == ["plain"] and "bottleneck" in REGIME_DEFAULTS["archs"]
     assert [tuple(x) for x in p["regime_instance"]] == REGIME_DEFAULTS["instance"]
+
+
+def test_long_regime_notebook_executes_at_tiny_size(tmp_path):
+    import json
+
+    figs = tmp_path / "figs"
+    run_notebook(NOTEBOOK_DIR / "long_regime.ipynb",
+                 {"size": "tiny", "lam": 0.05, "n_jobs": 1, "runs_dir": str(tmp_path / "runs"),
+                  "figures_dir": str(figs), "progress": False}, tmp_path, progress_bar=False)
+    for stem in ("budget_curves", "regime_comparison"):
+        assert (figs / f"{stem}.png").stat().st_size > 1000, stem
+    rows = json.loads((figs / "summary.json").read_text())["runs"]
+    assert [r["preset"] for r in rows] == ["long lam 0.05", "long finite lam 0.05", "default"]
+    assert all("smoke test" in r["regime"] for r in rows)

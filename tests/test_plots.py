@@ -60,7 +60,7 @@ def test_every_plot_names_the_compute_that_makes_its_frame():
     from cen_lab import plots
 
     names = [n for n in dir(plots) if n.startswith("plot_")]
-    assert len(names) == 29
+    assert len(names) == 30
     for name in names:
         plot = getattr(plots, name)
         assert plot.columns, name

@@ -133,3 +133,35 @@ def test_the_explorer_draws_an_observed_runs_plain_metrics(tmp_path):
                 model.layers[0][0].bn2.bn_0.weight.mul_(0.5)
     ex = explore(cen_lab.load_run(tmp_path / "run"))
     assert [ax.get_title() for ax in ex.figures["curves"].get_axes() if ax.get_visible()] == ["loss/total"]
+
+
+def test_compute_budget_curves_puts_runs_of_different_budgets_on_one_axis(tiny_run, exchanging_runs):
+    runs = {"12 steps": tiny_run, "40 steps": exchanging_runs["s0"]}
+    frame = plots.compute_budget_curves(runs)
+    assert list(frame.columns) == ["run", "panel", "series", "step", "fraction", "value"]
+    for label, run in runs.items():
+        sub = frame[frame["run"] == label]
+        assert sub["fraction"].max() == 1.0 and (sub["fraction"] == sub["step"] / run.config.train.steps).all()
+        m = run.metrics
+        portion = m[(m["split"] == "train") & (m["name"] == "sparsity/below_threshold")]
+        got = sub[sub["panel"] == "under the threshold"]
+        assert got["value"].tolist() == portion.sort_values("step")["value"].tolist()
+        val = m[m["split"] == "val"].pivot(index="step", columns="name", values="value")
+        weakest = sub[sub["series"] == "weakest branch"].set_index("step")["value"]
+        assert weakest.to_dict() == val[["miou/rgb", "miou/depth"]].min(axis=1).to_dict()
+        vloss = sub[(sub["panel"] == "loss") & (sub["series"] == "validation")].set_index("step")["value"]
+        assert vloss.to_dict() == val["loss/ensemble"].to_dict()
+
+
+def test_plot_budget_curves_draws_each_run_and_series(tiny_run, exchanging_runs):
+    frame = plots.compute_budget_curves({"short": tiny_run, "long": exchanging_runs["s0"]})
+    fig = plots.plot_budget_curves(frame)
+    axes = fig.get_axes()
+    assert [a.get_title() for a in axes] == ["under the threshold", "loss", "score"]
+    assert axes[1].get_yscale() == "log" and axes[0].get_xlabel() == "fraction of the budget"
+    assert sorted(line.get_label() for line in axes[2].get_lines()) == [
+        "long: ensemble", "long: weakest branch", "short: ensemble", "short: weakest branch"]
+    pfig = plots.plot_budget_curves(frame, backend="plotly")
+    assert {t.name for t in pfig.data} >= {"short: penalised", "long: validation", "long: train"}
+    with pytest.raises(ValueError, match="compute_budget_curves"):
+        plots.plot_budget_curves(tiny_run.metrics)

@@ -18,6 +18,7 @@ are in the README; ``cen-lab bench-long`` prints and writes them.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,12 +32,40 @@ from .fusion import _interval
 from .regime_bench import per_run_regime, regime_config
 from .sweeps import sweep
 
-__all__ = ["LONG_LAMS", "DATA_VARIANTS", "FRACTIONS", "long_config", "variant_label", "prepare_pool",
+__all__ = ["LONG_LAMS", "DATA_VARIANTS", "FRACTIONS", "size_overrides", "runs_by_variant", "long_config", "variant_label", "prepare_pool",
            "run_long_benchmark", "cascade", "long_per_run", "long_summary"]
 
 LONG_LAMS = (2e-4, 2e-3)  # the paper's lam, and one a decade up
 DATA_VARIANTS = ("pool", "finite", "default")
 FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8)  # of the budget, where the cascade is read
+
+
+def size_overrides(size: str = "long") -> dict[str, Any]:
+    """The overrides of ``run_long_benchmark`` for a size: none for ``"long"``; for ``"tiny"``, the tiny preset's
+    scenes and network, 12 steps and a 64-scene pool (a smoke test of the machinery: its numbers carry no
+    evidence)."""
+    if size == "long":
+        return {}
+    if size != "tiny":
+        raise ValueError(f"size must be 'long' or 'tiny', got {size!r}")
+    tiny = ExperimentConfig.preset("tiny")
+    scene = {f"data.scene.{k}": v for k, v in dataclasses.asdict(tiny.data.scene).items()}
+    return {"data.source": "generate", **scene, "data.train_pool": 64, "model.widths": list(tiny.model.widths),
+            "model.strides": list(tiny.model.strides), "train.steps": tiny.train.steps,
+            "train.batch_size": tiny.train.batch_size, "train.ckpt_every": tiny.train.ckpt_every,
+            "log.every": tiny.log.every, "log.eval_every": tiny.log.eval_every}
+
+
+def runs_by_variant(table: pd.DataFrame) -> dict[str, Any]:
+    """``{label: Run}`` of the complete runs of a ``run_long_benchmark`` table, labelled by variant (and by
+    architecture, lam and seed where the table holds several), in the table's order."""
+    done = table[table["status"].isin(["complete", "skipped"])]
+    several = [c for c in ("arch", "seed") if done[c].nunique() > 1]
+    out = {}
+    for row in done.itertuples(index=False):
+        label = row.preset + "".join(f", {c} {getattr(row, c)}" for c in several)
+        out[label] = load_run(row.path)
+    return out
 
 
 def long_config(arch: str = "plain", data: str = "pool") -> ExperimentConfig:

@@ -7,6 +7,7 @@ table cell, and ``evidence`` says plainly when a preset is a smoke test whose nu
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable
 
 from ..config import ExperimentConfig
@@ -35,9 +36,10 @@ def is_smoke_test(cfg: ExperimentConfig) -> bool:
     """Whether a run of ``cfg`` is a smoke test: named after a smoke preset (``tiny``, or ``tiny-<hash>`` as
     ``obtain_run`` names it), or of a smoke preset's size (its data and widths) whatever its name (the probes and
     benchmark runs made from it, ``probe-tiny-...``)."""
+    data = dataclasses.replace(cfg.data, train_pool=0)  # a smoke preset's scenes, pooled, are still a smoke test
     for p in SMOKE_PRESETS:
         preset = ExperimentConfig.preset(p)
-        if cfg.name == p or cfg.name.startswith(f"{p}-") or (cfg.data == preset.data
+        if cfg.name == p or cfg.name.startswith(f"{p}-") or (data == preset.data
                                                              and cfg.model.widths == preset.model.widths):
             return True
     return False
@@ -70,7 +72,8 @@ def regime_of(configs: Iterable[ExperimentConfig], preset: str, **extra: Any) ->
     """The regime of the runs trained from ``configs`` (several values are listed, e.g. every lam).
 
     Returns a dict with ``preset, architecture, steps, lam, optimiser, l1_rule, evidence`` (strings), plus
-    ``extra`` (for example ``then="100 fine-tuning steps with exchange"``).
+    ``extra`` (for example ``then="100 fine-tuning steps with exchange"``). The evidence is ``SMOKE_TEST`` when
+    ``preset`` is a smoke preset or any run is a smoke test by its size (``is_smoke_test``).
     """
     cfgs = list(configs)
     if not cfgs:
@@ -80,7 +83,7 @@ def regime_of(configs: Iterable[ExperimentConfig], preset: str, **extra: Any) ->
            "optimiser": _values(optimiser(c) for c in cfgs),
            "l1_rule": _values(f"{c.train.l1_rule}, {c.train.sparsity}, "
                               f"{'once per output' if c.train.l1_per_output else 'once per step'}" for c in cfgs),
-           "evidence": evidence(preset)}
+           "evidence": SMOKE_TEST if any(is_smoke_test(c) for c in cfgs) else evidence(preset)}
     out.update({k: str(v) for k, v in extra.items()})
     return out
 
