@@ -1,3 +1,4 @@
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -292,5 +293,33 @@ def test_bn_mode_of_the_local_check(tmp_path):
     assert run.manifest["bn_mode"] == "eval"
     default = theorem.local_check_model(model, segmentation_loss, batches, 0.01, run=run, **kw)
     assert default.attrs["bn_mode"] == "eval" and np.array_equal(default["g"], frozen["g"])
+    by_path = theorem.local_check_model(model, segmentation_loss, batches, 0.01, run=str(tmp_path / "run"), **kw)
+    pd.testing.assert_frame_equal(by_path, default, check_exact=True)  # a run's directory serves as well
     with pytest.raises(ValueError, match=r"bn_mode must be one of \['train', 'eval', 'as-is'\], got 'evaluation'"):
         theorem.local_check_model(model, segmentation_loss, batches, 0.01, bn_mode="evaluation", **kw)
+
+
+def test_the_local_check_turns_dropout_off_so_that_it_repeats_bit_for_bit():
+    from cen_lab.zoo import ReferenceStyleCEN, segmentation_loss, without_exchange
+
+    model, batches = _reference_model_and_batches()
+    torch.manual_seed(0)
+    dropped = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6), dropout=0.5)
+    dropped.load_state_dict(model.state_dict())  # the same weights, a Dropout(0.5) before the classifier
+    dropped = without_exchange(dropped)
+    kw = dict(layers="*.bn2", penalised="alternate-halves", progress=False)
+    for mode in ("train", "eval"):
+        first = theorem.local_check_model(dropped, segmentation_loss, batches, 0.01, bn_mode=mode, **kw)
+        again = theorem.local_check_model(dropped, segmentation_loss, batches, 0.01, bn_mode=mode, seed=7, **kw)
+        pd.testing.assert_frame_equal(first, again, check_exact=True)
+        # dropout off: the numbers of the same model without dropout
+        plain = theorem.local_check_model(without_exchange(model), segmentation_loss, batches, 0.01, bn_mode=mode,
+                                          **kw)
+        pd.testing.assert_frame_equal(first, plain, check_exact=True)
+    # "as-is" leaves dropout as the model has it: on, in a model in training mode, so two calls differ
+    dropped.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # batch statistics silence many zeroed channels here
+        one = theorem.local_check_model(dropped, segmentation_loss, batches, 0.01, bn_mode="as-is", **kw)
+        two = theorem.local_check_model(dropped, segmentation_loss, batches, 0.01, bn_mode="as-is", **kw)
+    assert not np.array_equal(one["g"].to_numpy(), two["g"].to_numpy())

@@ -131,8 +131,10 @@ class ReferenceStyleCEN(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, num_parallel: int = 2, stem: int = 16,
-                 planes: Sequence[int] = (8, 16), threshold: float = 2e-2):
+                 planes: Sequence[int] = (8, 16), threshold: float = 2e-2, dropout: float = 0.0):
         super().__init__()
+        # before the classifier, as the reference's RefineNet (p = 0.5 there); 0: none, the default here
+        self.dropout = ModuleParallel(nn.Dropout(dropout)) if dropout > 0 else None
         self.num_parallel = num_parallel
         self.conv1 = _conv(in_channels, stem, 3)
         self.bn1 = BatchNorm2dParallel(stem, num_parallel)
@@ -150,6 +152,8 @@ class ReferenceStyleCEN(nn.Module):
         x = self.relu(self.bn1(self.conv1(xs)))
         for layer in self.layers:
             x = layer(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
         out = [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in self.clf_conv(x)]
         alpha_soft = torch.softmax(self.alpha, 0)
         ens = sum(alpha_soft[i] * o.detach() for i, o in enumerate(out))

@@ -5,6 +5,7 @@ BatchNorms run during the check (``bn_mode``), and how its exchange is turned of
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
@@ -86,7 +87,10 @@ def _set_bn_mode(model: torch.nn.Module, bn_mode: str) -> None:
         raise ValueError(f"bn_mode must be one of {list(BN_MODES)}, got {bn_mode!r}")
     if bn_mode == "as-is":
         return
-    model.train()  # the rest of the model (dropout, ...) trains as in a training step
+    model.train()  # the rest of the model trains as in a training step...
+    for module in model.modules():  # ...but without dropout: g is then a gradient of the loss, not of one mask
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.eval()
     if bn_mode == "eval":  # BatchNorm frozen, as the reference trains: running statistics, not the batch's
         for bn in _bn_modules(model):
             bn.eval()
@@ -166,15 +170,18 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
         How the copy's BatchNorms run: ``"train"`` (batch statistics; the rest of the model in training mode
         too), ``"eval"`` (BatchNorm frozen on its running statistics, as the reference code trains, the rest in
         training mode), or ``"as-is"`` (each module as ``model`` has it). Default: what ``run`` (the model's
-        observed run) recorded as its ``bn_mode``, else ``"train"``.
+        observed run) recorded as its ``bn_mode``, else ``"train"``. In ``"train"`` and ``"eval"`` every dropout
+        module is off (eval mode), so that two identical calls give the same numbers bit for bit: with dropout on,
+        each pass would draw another mask, and ``g`` would change between calls (even its sign); ``"as-is"`` leaves
+        dropout as the model has it.
     exchange_off : callable, optional
         ``fn(copy)`` that turns the copy's exchange off, as the theorem assumes. For the reference layouts:
         ``bypass("exchange")``, which takes the exchange module out (the fastest check), or
         ``set_attribute("bn_threshold", 0.0)``, which leaves it in place at threshold 0 (the same numbers; the zoo's
         models call the attribute ``threshold``, and ``zoo.without_exchange`` does both). It is then checked
         (``exchange_is_off`` on the first batch): a recipe that leaves the exchange on is an error.
-    run : Run, optional
-        The model's observed run, whose recorded ``bn_mode`` is the default.
+    run : Run or path, optional
+        The model's observed run (or its directory), whose recorded ``bn_mode`` is the default.
     reuse_prefix : bool
         Compute what a zeroed channel cannot change (the model up to its layer, and every module whose inputs do
         not depend on it) once per batch instead of once per pass, with the same numbers
@@ -207,6 +214,10 @@ def local_check_model(model: torch.nn.Module, loss_fn, batches: Sequence, lam: f
         raise ValueError(f"lam must be >= 0, got {lam!r}")
     if not len(batches):
         raise ValueError("local_check_model needs at least one batch")
+    if isinstance(run, (str, os.PathLike)):
+        from ..runs.reader import load_run
+
+        run = load_run(run)
     recorded = (run.manifest.get("bn_mode") if run is not None else None)
     bn_mode = bn_mode or (recorded if recorded in BN_MODES else "train")
     twin = copy.deepcopy(unwrap(model))  # the layer names of observe, however the model is wrapped
