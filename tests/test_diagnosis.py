@@ -134,7 +134,7 @@ def test_each_state_on_hand_built_tables():
     assert "schedule-driven" in d.flags and d.state in ("schedule-driven", "collapsing")
     # importance-driven: the more a channel matters (|dL/dgamma|), the later it crosses; half of them never
     order = np.zeros(16)
-    order[PEN] = np.arange(8)
+    order[PEN] = [0, 2, 4, 6, 1, 3, 5, 7]  # half of each branch's penalised channels cross: neither collapses
     late = np.where(PEN & (order < 4), np.maximum(1 - t / (8 + 4 * order), 0), 1.0)
     grads = np.tile(order / 8 + 0.01, (S, 1))
     d = diagnose(_run(late, PEN, grads=grads))
@@ -223,3 +223,29 @@ def test_two_regimes_side_by_side_table_and_figure(tmp_path):
         plots.plot_regime_comparison(runs["sgd"].gammas)
     with pytest.raises(ValueError, match="no penalised layer 'nope'"):
         plots.compute_regime_comparison(runs, diagnoses, layer="nope")
+
+
+def test_short_observed_runs_are_read_for_what_they_show():
+    t = np.arange(8)[:, None]
+    # every penalised gamma of rgb under the threshold, one of depth's: 62.5% overall, but rgb has collapsed
+    g = np.ones((8, 16))
+    g[:, :4] = np.where(t < 2, 1.0, 0.0)
+    g[:, 12] = np.where(t[:, 0] < 2, 1.0, 0.0)
+    d = diagnose(_run(g, PEN, steps=np.arange(8)))
+    assert d.state == "collapsing" and d.numbers["final"] == 0.625
+    assert any("branch rgb has 100% of its penalised gammas under the threshold" in n for n in d.notes)
+    # the regime counts the logged steps, and an observed run gets its article
+    assert "8 logged steps, to step 7" in d.regime
+    assert any(n.startswith("an observed run records no optimiser") for n in d.notes)
+    # a portion flat since the first logged step has not been seen to settle
+    flat = np.ones((8, 16))
+    flat[:, :2] = 0.0
+    d = diagnose(_run(flat, PEN, steps=np.arange(8), status="incomplete"))
+    assert d.numbers["plateau"] == 0 and "settling" not in d.flags
+    # a trend far beyond the run (here about 94,000 steps after a span of 7,000) is not given as a step number
+    slow = np.ones((8, 16))
+    slow[:, 0] = np.where(t[:, 0] < 6, 1.0, 0.0)  # one channel crosses at the 7th logged step, then nothing
+    steps = np.array([0, 1, 2, 3, 4, 5, 6, 7000])
+    d = diagnose(_run(slow, PEN, steps=steps, status="incomplete"))
+    reach = d.table.set_index("measure").loc["trend reaches 0.9 by step", "value"]
+    assert reach == "beyond 10x the logged span (7000 steps)"

@@ -32,8 +32,10 @@ The states (``Diagnosis.state``, the first that holds; ``flags`` lists every one
     fewer than ``NO_EXCHANGE`` (1%) of its penalised gammas are under the threshold: it exchanges nothing,
     however much its penalised gammas shrank.
 ``collapsing``
-    90% or more of the penalised gammas are under the threshold, or heading there: the portion's trend over the
-    last third of the run reaches 0.9 within the run's length again ("by step ...").
+    90% or more of the penalised gammas are under the threshold, overall or in any one branch (a branch that has
+    exchanged nearly every penalised channel has collapsed, whatever the total), or heading there: the portion's
+    trend over the last third of the run reaches 0.9 within the run's length again ("by step ..."; a trend that
+    would take more than ten times the logged span is reported as such, not as a step).
 ``importance-driven``
     the lower bound of the importance correlation is >= 0.3.
 ``schedule-driven``
@@ -41,7 +43,9 @@ The states (``Diagnosis.state``, the first that holds; ``flags`` lists every one
     span) and importance explains little (its lower bound < 0.3, or no gradients logged).
 ``settling``
     a partial exchange whose portion has stayed within 0.01 (or within one channel, where one channel is more:
-    fewer than 100 penalised channels) since its plateau step, for at least the last tenth of the run.
+    fewer than 100 penalised channels) since its plateau step, for at least the last tenth of the run, after it
+    moved: a portion flat since the first logged step has not been seen to settle (a run observed for a few
+    steps, or from a checkpoint already exchanged), and is left to the other states.
 ``one-sided`` (a flag beside the state)
     one branch has at least 10% of its penalised gammas under the threshold and another at most a quarter of
     that.
@@ -227,7 +231,8 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     cfg = run.config
     predicted = None
     if cfg is None:
-        notes.append(f"a {run.source} run records no optimiser: the schedule's crossing steps are not predicted")
+        notes.append(f"{_article(run.source)} {run.source} run records no optimiser: the schedule's crossing steps "
+                     "are not predicted")
     else:
         lr = cfg.train.lr
         if cfg.train.lr_schedule != "constant":
@@ -261,9 +266,10 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     tail = slice(len(steps) * 2 // 3, None)
     slope = np.polyfit(steps[tail], total_pen[tail], 1)[0] if len(steps[tail]) >= 2 else 0.0
     reach = steps[-1] + (0.9 - final) / slope if slope > 0 and final < 0.9 else None
-    plateau = plateau_step(steps, total_pen, max(0.01, 1.5 / int(pen.sum())))  # 0.01, or one channel if more
     span = steps[-1] - steps[0]
-    settled = plateau is not None and steps[-1] - plateau >= 0.1 * span
+    far = reach is not None and reach > steps[-1] + 10 * span  # a step number there would be noise, not a forecast
+    plateau = plateau_step(steps, total_pen, max(0.01, 1.5 / int(pen.sum())))  # 0.01, or one channel if more
+    settled = plateau is not None and plateau > steps[0] and steps[-1] - plateau >= 0.1 * span
     per_branch = {name(b): float(below[-1, pen & (rows["branch"].to_numpy() == b)].mean())
                   for b in sorted(rows.loc[pen, "branch"].unique())}
     cluster = float("nan")
@@ -276,16 +282,20 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     flags = []
     if (final <= final_free + 0.02 and not (p_mw < 0.05)) or (run.status == "complete" and final < NO_EXCHANGE):
         flags.append("not sparsifying")
-    if final >= 0.9 or (reach is not None and reach <= steps[-1] + span):
+    worst = max(per_branch.values()) if per_branch else 0.0
+    if final >= 0.9 or worst >= 0.9 or (reach is not None and reach <= steps[-1] + span):
         flags.append("collapsing")
+    if worst >= 0.9 > final:
+        collapsed = [k for k, v in per_branch.items() if v >= 0.9]
+        notes.append(f"branch {', '.join(collapsed)} has {worst:.0%} of its penalised gammas under the threshold: it "
+                     f"has collapsed, although {final:.0%} are overall")
     if lo >= 0.3:
         flags.append("importance-driven")
     if cluster <= 0.2 and not lo >= 0.3:
         flags.append("schedule-driven")
     if settled and 0 < final < 0.9:
         flags.append("settling")
-    top = max(per_branch.values()) if per_branch else 0.0
-    if len(per_branch) > 1 and top >= 0.1 and min(per_branch.values()) <= top / 4:
+    if len(per_branch) > 1 and worst >= 0.1 and min(per_branch.values()) <= worst / 4:
         flags.append("one-sided")
     order = ["not sparsifying", "collapsing", "importance-driven", "schedule-driven", "settling"]
     state = next((s for s in order if s in flags), "too early to tell")
@@ -296,11 +306,13 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
         return {"measure": measure, "value": value, "interval": interval, "rule": rule}
 
     table = pd.DataFrame([
-        row("penalised under the threshold, last step", f"{final:.3f}", "", "collapsing: >= 0.9 or heading there"),
+        row("penalised under the threshold, last step", f"{final:.3f}", "",
+            "collapsing: >= 0.9 (overall or in one branch) or heading there"),
         row("unpenalised under the threshold (control)", f"{final_free:.3f}"),
         row("penalised < unpenalised |gamma| (Mann-Whitney p)", f"{p_mw:.3g}", "",
             f"not sparsifying: p >= 0.05, or finished with < {NO_EXCHANGE:g} under the threshold"),
-        row("trend reaches 0.9 by step", "" if reach is None else f"{reach:.0f}"),
+        row("trend reaches 0.9 by step", "" if reach is None else
+            (f"beyond 10x the logged span ({span} steps)" if far else f"{reach:.0f}")),
         row("crossing vs schedule, median |error| / span", f"{cluster:.3f}", "", "schedule-driven: <= 0.2"),
         row("Spearman(crossing step, importance)", f"{rho:.3f}", f"{lo:.3f} to {hi:.3f}",
             "importance-driven: lower bound >= 0.3"),
@@ -315,8 +327,12 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
                                                         if free.any() else float("nan") for t in grid]})
     numbers = {"final": final, "final_free": final_free, "p_mannwhitney": p_mw, "cluster": cluster, "rho": rho,
                "rho_low": lo, "rho_high": hi, "plateau": float("nan") if plateau is None else float(plateau)}
-    return Diagnosis(run.path.name, state, flags, table, portion, crossings, thresholds_df, _regime(run), notes,
-                     numbers)
+    return Diagnosis(run.path.name, state, flags, table, portion, crossings, thresholds_df, _regime(run, len(steps)),
+                     notes, numbers)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def diagnose_runs(runs: dict[str, Run], threshold: float | None = None) -> dict[str, Diagnosis]:
@@ -356,13 +372,13 @@ def _importance(grads: pd.DataFrame, crossings: pd.DataFrame) -> np.ndarray:
     return crossings.set_index(keys).index.map(imp).to_numpy(float)
 
 
-def _regime(run: Run) -> str:
+def _regime(run: Run, logged: int) -> str:
     from .regime import SMOKE_TEST, architecture, is_smoke_test, optimiser
 
     m = run.manifest
     if run.config is None:
-        return (f"{run.source} run, {m.get('model_class')}; {m.get('last_step')} steps; lam per step "
-                f"{run.lam_per_step}; threshold {run.threshold}")
+        return (f"{run.source} run, {m.get('model_class')}; {logged} logged steps, to step {m.get('last_step')}; "
+                f"lam per step {run.lam_per_step}; threshold {run.threshold}")
     cfg = run.config
     evidence = SMOKE_TEST if is_smoke_test(cfg) else "one run"
     return (f"{architecture(cfg)}; {cfg.train.steps} steps; lam {cfg.train.lam} (per step {run.lam_per_step}); "
