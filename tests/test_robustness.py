@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -315,3 +316,22 @@ def test_the_lock_names_its_holder_even_in_the_instant_after_it_was_taken(tmp_pa
     with RunLock(tmp_path / "run"):
         pass
     assert (tmp_path / "run" / LOCK_NAME).read_text() == ""  # released: no stale record names a past holder
+
+
+def test_a_nan_or_infinite_gamma_in_a_live_observed_model_is_a_divergence(tmp_path):
+    from cen_lab.errors import RunDivergedWarning
+    from cen_lab.zoo import ReferenceStyleCEN
+
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    bn = model.layers[0][0].bn2.bn_1
+    with cen_lab.observe(model, tmp_path / "run", layers="*.bn2", penalised="alternate-halves") as obs:
+        obs.log(0)
+        with torch.no_grad():
+            bn.weight[2] = float("nan")
+            bn.weight[3] = float("inf")
+        with pytest.warns(RunDivergedWarning, match=r"diverged at step 1: 1 NaN and 1 infinite gamma\(s\) of 20"):
+            obs.log(1)
+    run = cen_lab.load_run(tmp_path / "run")
+    assert run.diverged == {"step": 1, "reason": "1 NaN and 1 infinite gamma(s) of 20"}
+    g = run.gammas.query("step == 1 and layer == 'layers.0.0.bn2' and branch == 1")["gamma"].to_numpy()
+    assert np.isnan(g[2]) and np.isposinf(g[3])  # the logged values say what they were

@@ -5,7 +5,9 @@ gamma at 5e10 are still numbers, so nothing stops it, and its status would be ``
 ``cen_lab.train``) watches what it logs: the first time the train loss ``loss/total`` exceeds ``LOSS_FACTOR``
 times its first logged value, or a gamma's magnitude exceeds ``GAMMA_LIMIT`` (BN scaling factors start near 1),
 it warns (``RunDivergedWarning``) and records ``manifest["diverged"] = {"step", "reason"}``; ``Run.diverged``
-reads it. The run keeps its status: what it logged is kept and still readable.
+reads it. A NaN or infinite gamma is a divergence too (a live model's; an imported file with one is refused
+instead): the reason counts them, and the gammas table keeps the values as they were. The run keeps its status:
+what it logged is kept and still readable.
 """
 
 from __future__ import annotations
@@ -44,10 +46,17 @@ class DivergenceWatch:
         warnings.warn(msg, RunDivergedWarning, stacklevel=4)
 
     def gammas(self, step: int, gamma: np.ndarray) -> None:
-        if gamma.size:
-            peak = float(np.nanmax(np.abs(gamma)))
-            if peak > GAMMA_LIMIT:
-                self._found(step, f"a gamma reached {peak:.3g} (|gamma| > {GAMMA_LIMIT:g})")
+        if not gamma.size:
+            return
+        finite = np.isfinite(gamma)
+        if not finite.all():  # the gammas table keeps them as they were (NaN, inf); the record says how many
+            nan = int(np.isnan(gamma).sum())
+            parts = [f"{nan} NaN" if nan else "", f"{int((~finite).sum()) - nan} infinite" if nan < (~finite).sum() else ""]
+            self._found(step, f"{' and '.join(p for p in parts if p)} gamma(s) of {gamma.size}")
+            return
+        peak = float(np.max(np.abs(gamma)))
+        if peak > GAMMA_LIMIT:
+            self._found(step, f"a gamma reached {peak:.3g} (|gamma| > {GAMMA_LIMIT:g})")
 
     def metrics(self, step: int, split: str, values: Mapping[str, float]) -> None:
         value = values.get(LOSS_NAME)
