@@ -29,13 +29,43 @@ def _parse_sets(items: Sequence[str]) -> dict[str, str]:
 
 
 def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    cfg = ExperimentConfig.from_json(args.config) if args.config else ExperimentConfig.preset(args.preset)
+    preset = args.preset or "default"
+    cfg = ExperimentConfig.from_json(args.config) if args.config else ExperimentConfig.preset(preset)
     return cfg.override(_parse_sets(args.set))
 
 
-def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "default") -> None:
-    p.add_argument("--preset", default=default_preset, choices=sorted(PRESETS),
-                   help=f"start from this preset (default: {default_preset})")
+def _resumed_config(args: argparse.Namespace) -> ExperimentConfig | None:
+    """With ``--resume`` and neither ``--preset`` nor ``--config``: the stored config of the run in ``--out`` (or
+    ``runs/default``), which ``--set`` may repeat but not change; None where there is no stored run."""
+    from .runs.writer import _config_diff
+
+    if not args.resume or args.preset is not None or args.config is not None:
+        return None
+    path = Path(args.out) if args.out else Path("runs") / ExperimentConfig.preset("default").name
+    if not (path / "config.json").is_file():
+        return None
+    stored = ExperimentConfig.from_json(str(path / "config.json"))
+    cfg = stored.override(_parse_sets(args.set))
+    changed = _config_diff(stored.to_dict(), cfg.to_dict())
+    if changed:
+        given = ", ".join(f"{k}={_get(cfg.to_dict(), k)!r}" for k in changed)
+        now = ", ".join(f"{k}={_get(stored.to_dict(), k)!r}" for k in changed)
+        raise ConfigError(f"--set {given} conflicts with the run in {path}, which has {now}: a resumed run continues "
+                          "its own config. Drop those --set to resume it, or give another --out to train the new "
+                          "config beside it")
+    return stored
+
+
+def _get(d: dict, dotted_key: str):
+    for part in dotted_key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _add_config_args(p: argparse.ArgumentParser, resumable: bool = False) -> None:
+    resumed = "; with --resume, the run's own stored config, which --set may repeat but not change" if resumable else ""
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help=f"start from this preset (default: default{resumed})")
     p.add_argument("--config", metavar="FILE", help="start from a config JSON file (e.g. a run's config.json) instead")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted config key, e.g. --set train.lam=1e-3 --set seed=3 (repeatable)")
@@ -44,7 +74,7 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "default"
 def cmd_train(args: argparse.Namespace) -> int:
     from .experiments.training import train
 
-    cfg = _config_from_args(args)
+    cfg = _resumed_config(args) or _config_from_args(args)
     run = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
                 stop_at=args.stop_at)
     print(f"{run.path}: status {run.status}, {run.manifest['last_step']}/{run.manifest['total_steps']} steps")
@@ -249,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one run and write its run directory")
-    _add_config_args(p)
+    _add_config_args(p, resumable=True)
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue an incomplete run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")

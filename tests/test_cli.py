@@ -66,3 +66,21 @@ def test_report_with_a_bad_parameter_exits_non_zero(tmp_path, capsys):
 def test_data_check_confirms_the_committed_datasets(capsys):
     assert main(["data", "check"]) == 0
     assert capsys.readouterr().out.count("matches") == 2
+
+
+def test_resume_continues_the_runs_own_config_and_refuses_only_a_conflicting_set(tmp_path, capsys):
+    out = str(tmp_path / "demo")
+    assert main(["train", "--preset", "tiny", "--set", "train.lam=0.01", "--out", out, "--stop-at", "6",
+                 "--no-progress"]) == 0
+    # no --preset and no --set: the stored config (tiny, lam 0.01), not the default preset's
+    assert main(["train", "--out", out, "--resume", "--no-progress"]) == 0
+    assert "status complete, 12/12 steps" in capsys.readouterr().out
+    run = cen_lab.load_run(out)
+    assert run.config.train.lam == 0.01 and run.config.name == "tiny"
+    # repeating a stored value is fine; changing one is refused, naming both values, and nothing is written
+    assert main(["train", "--out", out, "--resume", "--set", "train.lam=0.01", "--no-progress"]) == 0
+    before = (tmp_path / "demo" / "manifest.json").read_text()
+    assert main(["train", "--out", out, "--resume", "--set", "train.lam=0.02", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--set train.lam=0.02 conflicts with the run in" in err and "which has train.lam=0.01" in err
+    assert "--overwrite" not in err and (tmp_path / "demo" / "manifest.json").read_text() == before
