@@ -2,6 +2,7 @@ import matplotlib.colors as mcolors
 import pandas as pd
 import pytest
 
+from cen_lab.views import plots
 from cen_lab.views.plots import FREE_COLOUR, PENALISED_COLOUR, compute_gamma_trajectories, plot_gamma_trajectories
 
 
@@ -86,3 +87,26 @@ def test_raw_gammas_given_to_the_snapshot_plot_name_the_compute_step(tiny_run):
         plots.plot_gamma_distributions(tiny_run.gammas, tiny_run.threshold)
     snap = plots.compute_gamma_snapshot(tiny_run.gammas, tiny_run.threshold, tiny_run.branches)
     assert plots.plot_gamma_snapshot(snap, tiny_run.threshold).get_axes()
+
+
+@pytest.mark.parametrize("name, call", [
+    ("compute_gamma_trajectories", lambda r: plots.compute_gamma_trajectories(r.gammas, r.branches)),
+    ("compute_gamma_snapshot", lambda r: plots.compute_gamma_snapshot(r.gammas, r.threshold, r.branches)),
+    ("compute_sparsity", lambda r: plots.compute_sparsity(r.gammas, r.threshold, r.branches)),
+    ("compute_exchange_maps", lambda r: plots.compute_exchange_maps(r.exchange, r.branches)),
+    ("compute_exchange_ratio", lambda r: plots.compute_exchange_ratio(r.exchange, r.branches)),
+    ("compute_flip_events", lambda r: plots.compute_flip_events(r.exchange, r.branches)),
+    ("compute_flip_counts", lambda r: plots.compute_flip_counts(r.exchange, r.branches)),
+    ("compute_training_curves", lambda r: plots.compute_training_curves(r.metrics, r.outputs)),
+])
+def test_every_compute_of_a_run_table_takes_the_run_itself(exchanging_runs, name, call):
+    run = exchanging_runs["s0"]
+    pd.testing.assert_frame_equal(getattr(plots, name)(run), call(run), check_exact=True)
+    assert "A ``Run`` may stand for its" in getattr(plots, name).__doc__
+
+
+def test_a_run_with_its_arguments_given_keeps_them(exchanging_runs):
+    run = exchanging_runs["s0"]
+    named = plots.compute_sparsity(run, 0.5, ["a", "b"])
+    pd.testing.assert_frame_equal(named, plots.compute_sparsity(run.gammas, 0.5, ["a", "b"]), check_exact=True)
+    assert set(plots.compute_gamma_trajectories(run, branches=["x", "y"])["branch_name"]) == {"x", "y"}

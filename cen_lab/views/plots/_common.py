@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Sequence
 
 import numpy as np
@@ -73,6 +74,32 @@ def plotly_grid(nrows: int, ncols: int, titles: list[str], *, shared_xaxes: bool
                         vertical_spacing=min(0.12, 0.35 / max(nrows, 1)), **kw)
     fig.update_layout(height=80 + height_per_row * nrows, template="plotly_white", margin=dict(t=70, l=60, r=20, b=50))
     return fig
+
+
+def reads_run(table: str, **from_run: str):
+    """Decorate a ``compute_*`` whose first argument is one table of a run (``gammas``, ``exchange``, ``metrics``):
+    a ``Run`` given instead is read for that table, and each keyword argument named in ``from_run`` that the call
+    does not give is the run's attribute of that name (``branches="branches"``: the run's branch names). So
+    ``compute_gamma_trajectories(run)`` and ``compute_gamma_trajectories(run.gammas, run.branches)`` are the same."""
+
+    def decorate(compute):
+        sig = inspect.signature(compute)
+
+        @functools.wraps(compute)
+        def reading(first, *args, **kwargs):
+            from ...runs.reader import Run
+
+            if isinstance(first, Run):
+                given = sig.bind_partial(first, *args, **kwargs).arguments
+                kwargs.update({k: getattr(first, attr) for k, attr in from_run.items() if k not in given})
+                first = getattr(first, table)
+            return compute(first, *args, **kwargs)
+
+        reading.__doc__ = (compute.__doc__ or "") + (f"\n\n    A ``Run`` may stand for its ``{table}`` table"
+                                                     + (f" (and {', '.join(from_run)})" if from_run else "") + ".\n")
+        return reading
+
+    return decorate
 
 
 def takes(maker: str, columns: Sequence[str]):

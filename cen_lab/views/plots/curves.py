@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import takes, ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
+from ._common import reads_run, takes, ENSEMBLE_COLOUR, BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid
 
 __all__ = ["compute_training_curves", "plot_training_curves", "compute_metric_across_runs", "plot_metric_across_runs"]
 
@@ -23,6 +23,7 @@ _UNIT_RANGE = ("miou", "accuracy", "f1")  # scores in [0, 1]
 OTHER = "other"  # the task value of metrics that are not per-branch curves (see compute_training_curves)
 
 
+@reads_run("metrics", outputs="outputs")
 def compute_training_curves(metrics: pd.DataFrame, outputs: Sequence[str] | None = None, *,
                             others: bool = False) -> pd.DataFrame:
     """Per-branch curves from the ``metrics`` table, and optionally every other metric.

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import (takes, KEPT_COLOUR, MEAN_COLOUR, BRANCH_COLOURS, check_backend, branch_names, branch_table,
+from ._common import (reads_run, takes, KEPT_COLOUR, MEAN_COLOUR, BRANCH_COLOURS, check_backend, branch_names, branch_table,
                       mpl_figure, plotly_grid, select_layers, sort_by_layer)
 
 __all__ = ["compute_exchange_snapshot", "compute_exchange_animation", "compute_exchange_maps", "plot_exchange_maps", "plot_exchange_snapshot", "plot_exchange_animation",
@@ -15,6 +15,7 @@ __all__ = ["compute_exchange_snapshot", "compute_exchange_animation", "compute_e
            "plot_flip_counts"]
 
 
+@reads_run("exchange", branches="branches")
 def compute_exchange_maps(exchange: pd.DataFrame, branches: Sequence[str] | None = None,
                           layers: Sequence[str] | None = None) -> pd.DataFrame:
     """The exchange state of every channel at every logged step.
@@ -203,6 +204,7 @@ compute_exchange_snapshot = compute_exchange_maps
 compute_exchange_animation = compute_exchange_maps
 
 
+@reads_run("exchange", branches="branches")
 def compute_exchange_ratio(exchange: pd.DataFrame, branches: Sequence[str] | None = None) -> pd.DataFrame:
     """Portion of exchanged channels per step, layer and branch.
 
@@ -254,6 +256,7 @@ def plot_exchange_ratio(frame: pd.DataFrame, *, backend: str = "matplotlib", tit
     return fig
 
 
+@reads_run("exchange", branches="branches")
 def compute_flip_events(exchange: pd.DataFrame, branches: Sequence[str] | None = None) -> pd.DataFrame:
     """Channels entering or leaving exchange between consecutive logged steps.
 
@@ -277,6 +280,7 @@ def compute_flip_events(exchange: pd.DataFrame, branches: Sequence[str] | None =
     return out.sort_values(["step", "layer", "branch", "channel"], kind="stable").reset_index(drop=True)
 
 
+@reads_run("exchange", branches="branches")
 def compute_flip_counts(exchange: pd.DataFrame, branches: Sequence[str] | None = None) -> pd.DataFrame:
     """Number of channels entering and leaving exchange per logged step and branch (all layers pooled),
     zeros included.

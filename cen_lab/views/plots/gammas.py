@@ -7,13 +7,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import (takes, FREE_COLOUR, BRANCH_COLOURS, PENALISED_COLOUR, check_backend, branch_names,
+from ._common import (reads_run, takes, FREE_COLOUR, BRANCH_COLOURS, PENALISED_COLOUR, check_backend, branch_names,
                       branch_table, mpl_figure, plotly_grid, select_layers, sort_by_layer)
 
 __all__ = ["compute_gamma_trajectories", "plot_gamma_trajectories", "compute_gamma_snapshot",
            "plot_gamma_snapshot", "plot_gamma_distributions", "compute_sparsity", "plot_sparsity"]
 
 
+@reads_run("gammas", branches="branches")
 def compute_gamma_trajectories(gammas: pd.DataFrame, branches: Sequence[str] | None = None,
                                layers: Sequence[str] | None = None) -> pd.DataFrame:
     """|gamma| over training per layer, branch and channel.
@@ -119,6 +120,7 @@ def plot_gamma_trajectories(frame: pd.DataFrame, threshold: float | None = None,
     return fig
 
 
+@reads_run("gammas", threshold="threshold", branches="branches")
 def compute_gamma_snapshot(gammas: pd.DataFrame, threshold: float, branches: Sequence[str] | None = None,
                            step: int | None = None, layers: Sequence[str] | None = None) -> pd.DataFrame:
     """Gammas of every layer at one logged step (default: the last), with their relation to the threshold.
@@ -199,6 +201,7 @@ def plot_gamma_snapshot(frame: pd.DataFrame, threshold: float | None = None, *, 
     return fig
 
 
+@reads_run("gammas", threshold="threshold", branches="branches")
 def compute_sparsity(gammas: pd.DataFrame, threshold: float, branches: Sequence[str] | None = None) -> pd.DataFrame:
     """Portion of penalised gammas with |gamma| < threshold per step and branch (all layers pooled).
 
