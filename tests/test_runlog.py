@@ -112,3 +112,14 @@ def test_a_damaged_config_is_refused_not_read_as_the_defaults(tiny_run, tmp_path
     del manifest["config_sha256"]  # a run written before the digest existed loads as before
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     assert load_run(run_dir).config.name == "default"
+
+
+def test_a_runs_repr_says_what_its_step_numbers_are(tiny_run, tmp_path):
+    from cen_lab.zoo import ReferenceStyleCEN
+
+    assert f"trained, status='complete', steps=12/12," in repr(tiny_run)
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    with cen_lab.observe(model, tmp_path / "obs", layers="*.bn2", penalised="alternate-halves", total_steps=30) as obs:
+        for step in range(30):
+            obs.log(step)
+    assert "observed, status='complete', last_step=29, total_steps=30," in repr(cen_lab.load_run(tmp_path / "obs"))

@@ -163,8 +163,12 @@ class Run:
         return model.to(device).eval()
 
     def __repr__(self) -> str:
-        return (f"Run({str(self.path)!r}, status={self.status!r}, steps={self.manifest['last_step']}/"
-                f"{self.manifest['total_steps']}, modalities={self.modalities})")
+        m = self.manifest
+        if self.source == "trained":  # cen_lab.train logs the state after its last update: step == total_steps
+            steps = f"steps={m['last_step']}/{m['total_steps']}"
+        else:  # a user's loop logs before each update: steps 0..N-1 of an N-step loop, the last state unlogged
+            steps = f"last_step={m['last_step']}, total_steps={m['total_steps']}"
+        return f"Run({str(self.path)!r}, {self.source}, status={self.status!r}, {steps}, modalities={self.modalities})"
 
 
 def load_run(path: str | Path) -> Run:
