@@ -38,9 +38,12 @@ def cmd_suggest_lambda(args: argparse.Namespace) -> int:
         if args.probe:
             probes = list(args.probe)
         else:
-            budget = args.budget or 600
+            from .config import ExperimentConfig
+
+            budget = args.budget or ExperimentConfig.preset(args.preset).train.steps  # the preset's own budget
             if args.probe_steps >= budget:
-                raise ValueError(f"--probe-steps ({args.probe_steps}) must be less than --budget ({budget})")
+                raise ValueError(f"--probe-steps ({args.probe_steps}) must be less than the budget ({budget} steps: "
+                                 f"{'--budget' if args.budget else f'the {args.preset} preset'}'s)")
             bad = [x for x in args.probe_lams if not x > 0]
             if not args.probe_lams or bad:
                 raise ValueError(f"--probe-lams must be positive, got {args.probe_lams}")
@@ -117,7 +120,8 @@ def add_lambda_commands(sub, archs_type) -> None:
                                             "--preset/--arch at --probe-lams")
     p.add_argument("--lams", type=_floats, default=_floats(DEFAULT_GRID), metavar="A,B",
                    help=f"lambda grid, per step (default: {DEFAULT_GRID})")
-    p.add_argument("--budget", type=int, help="steps of the full training (default: the probe's train.steps)")
+    p.add_argument("--budget", type=int, help="steps of the full training (default: the probe's train.steps, which "
+                                              "for a probe trained here is --preset's)")
     p.add_argument("--target", type=float, help="also name the lambda whose predicted portion is closest to this")
     p.add_argument("--optimizer", choices=["sgd", "adam"], help="for an observed probe: its optimiser")
     p.add_argument("--lr", type=float, help="for an observed probe: its (constant) learning rate")

@@ -89,7 +89,14 @@ def test_suggest_lambda_trains_a_probe_and_prints_the_prediction(tmp_path, capsy
 def test_suggest_lambda_errors_are_clear(tmp_path, capsys):
     assert main(["suggest-lambda", "--preset", "tiny", "--budget", "40", "--probe-steps", "40",
                  "--runs-dir", str(tmp_path)]) == 2
-    assert "--probe-steps (40) must be less than --budget (40)" in capsys.readouterr().err
+    assert "--probe-steps (40) must be less than the budget (40 steps: --budget's)" in capsys.readouterr().err
+    # without --budget the budget is the preset's own (tiny: 12 steps), not the default's 600
+    assert main(["suggest-lambda", "--preset", "tiny", "--runs-dir", str(tmp_path)]) == 2
+    assert "--probe-steps (150) must be less than the budget (12 steps: the tiny preset's)" in capsys.readouterr().err
+    assert main(["suggest-lambda", "--preset", "tiny", "--probe-steps", "6", "--lams", "1e-3", "--runs-dir",
+                 str(tmp_path), "--no-progress"]) == 2  # a probe of a 12-step budget is too short to model...
+    assert "probe-tiny-plain-T12-lam0.002-s0: the probe's window has 2 logged steps; the model needs 8" in \
+        capsys.readouterr().err  # ...and it was trained for the preset's budget of 12 steps
     assert main(["suggest-lambda", "--preset", "tiny", "--budget", "40", "--probe-steps", "24", "--lams", "0,1e-3",
                  "--runs-dir", str(tmp_path), "--no-progress"]) == 2
     assert "lambdas must be positive" in capsys.readouterr().err
