@@ -363,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("data", help="regenerate or check the canonical datasets in data/")
-    p.add_argument("action", choices=["regenerate", "check"])
+    p.add_argument("action", choices=["regenerate", "check"],
+                   help="regenerate: write the datasets from their generator parameters (bit-identical to the committed "
+                        "files); check: verify the files against the generator, changing nothing")
     p.add_argument("name", nargs="*", help="dataset names (default: all)")
     p.add_argument("--dir", metavar="DIR", help="data folder (default: the repository's data/)")
     p.set_defaults(func=cmd_data)
@@ -381,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no training progress output")
     p.add_argument("--quiet", action="store_true", help="do not echo notebook output to the terminal")
     p.set_defaults(func=cmd_report)
+    for choice in sub._choices_actions:  # each command's --help opens with its one-line summary
+        command = sub.choices[choice.dest]
+        if command.description is None:
+            command.description = choice.help[:1].upper() + choice.help[1:] + "."
     return parser
 
 

@@ -84,3 +84,19 @@ def test_resume_continues_the_runs_own_config_and_refuses_only_a_conflicting_set
     err = capsys.readouterr().err
     assert "--set train.lam=0.02 conflicts with the run in" in err and "which has train.lam=0.01" in err
     assert "--overwrite" not in err and (tmp_path / "demo" / "manifest.json").read_text() == before
+
+
+def test_every_command_help_opens_with_its_summary(capsys):
+    from cen_lab.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    assert len(sub.choices) >= 16 and "bench-long" in sub.choices
+    for choice in sub._choices_actions:
+        assert sub.choices[choice.dest].description.lower().startswith(choice.help.lower()[:20]), choice.dest
+        assert all(a.help for a in sub.choices[choice.dest]._actions), choice.dest  # every argument explained
+    with pytest.raises(SystemExit) as exit:
+        main(["data", "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert "Regenerate or check the canonical datasets in data/." in out and "check: verify the files" in out
