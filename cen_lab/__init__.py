@@ -21,16 +21,14 @@ from ._version import __version__
 
 _moved.install()  # the old module paths, e.g. cen_lab.plots -> cen_lab.views.plots (no module is imported by it)
 
-from .config import ExperimentConfig  # noqa: E402
+from .config import ExperimentConfig  # noqa: E402  (no torch: the command line's help and config need only this)
 from .errors import (CenLabError, ConfigError, DataFormatError, NonFiniteLossError, ObserveError,  # noqa: E402
                      RunExistsError, RunFormatError)
-from .experiments.diagnosis import diagnose  # noqa: E402
-from .experiments.sweeps import sweep  # noqa: E402
-from .experiments.training import train  # noqa: E402
-from .network import exchange  # noqa: E402
-from .network.penalty import sparsity_mask  # noqa: E402
-from .runs import Observer, Run, import_checkpoints, load_run, observe  # noqa: E402
-from .theory.lambda_choice import predict_exchange  # noqa: E402
+
+# the rest of the front, imported on first use (PEP 562): `import cen_lab` costs no more than torch's own import
+_LAZY = {"diagnose": "experiments.diagnosis", "sweep": "experiments.sweeps", "train": "experiments.training",
+         "exchange": "network", "sparsity_mask": "network.penalty", "Observer": "runs", "Run": "runs",
+         "import_checkpoints": "runs", "load_run": "runs", "observe": "runs", "predict_exchange": "theory.lambda_choice"}
 
 __all__ = [
     "__version__",
@@ -60,8 +58,17 @@ _SUBMODULES = ("config", "data", "network", "runs", "experiments", "theory", "vi
 
 
 def __getattr__(name: str):
-    """``cen_lab.<module>`` without importing it first (``cen_lab.models.CENNet``, ``cen_lab.plots``), as when
-    the flat package imported most of its modules at once: the module is imported on first use."""
+    """The front's names (``cen_lab.train``, ``cen_lab.Run``, ...) and ``cen_lab.<module>`` without importing them
+    first (``cen_lab.models.CENNet``, ``cen_lab.plots``), as when the flat package imported most of its modules at
+    once: each is imported on first use, and kept."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
     if f"{__name__}.{name}" in _moved.MOVED or name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

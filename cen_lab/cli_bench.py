@@ -174,7 +174,7 @@ def add_bench_commands(sub, archs) -> None:
     """Add ``bench-regime``, ``bench-translation`` and ``bench-theorem-regimes`` to the CLI's subparsers
     (``archs``: the parser of an architecture list)."""
     from .config import PRESETS
-    from .experiments.translation import TRANSLATION_VARIANTS
+    from .config.variants import TRANSLATION_VARIANTS
 
     p = sub.add_parser("bench-regime", help="does each preset exchange partially and by importance, and which "
                                             "predictor says which channels? (over seeds and architectures)")

@@ -170,3 +170,22 @@ def test_data_benchmark_runs_at_small_size_and_restores_the_cache_folder():
     # the first run pays the drawing on top of what a cached run pays
     assert out["data_pool_cost_per_step"] > out["data_pool_cached_cost_per_step"] > 0
     assert out["data_inline_cost_per_step"] == pytest.approx(secs["inline_batch"] / secs["cen_step"])
+
+
+def test_startup_benchmark_times_the_commands_and_help_needs_no_torch():
+    import subprocess
+
+    from benchmarks.startup import bench_startup
+
+    out = bench_startup(repeats=1, warmup=0)
+    assert set(out["startup_seconds"]) == {"torch", "help", "config", "import"}
+    assert out["cli_help_over_torch_import"] == pytest.approx(out["startup_seconds"]["help"] / out["startup_seconds"]["torch"])
+    # what the goal rests on, checked without timing: help, config and `import cen_lab` load no torch
+    code = ("import sys, runpy; sys.argv = ['cen-lab', {}];\n"
+            "try: runpy.run_module('cen_lab', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    for args in ("'--help'", "'config', '--preset', 'tiny'"):
+        subprocess.run([sys.executable, "-c", code.format(args)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", "import sys, cen_lab; cen_lab.ExperimentConfig.preset('tiny');"
+                    "assert 'torch' not in sys.modules"], check=True)
