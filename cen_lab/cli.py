@@ -93,6 +93,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     layers = args.layers if args.layers else None
     run = import_checkpoints(paths, args.out, layers=layers, threshold=args.threshold, penalised=args.penalised,
                              steps=steps, modality_names=names, lam=args.lam, reference_lamda=args.reference_lamda,
+                             reference_code=args.reference_code,
                              overwrite=args.overwrite, update=args.update, progress=not args.no_progress,
                              branches=args.branches)
     print(f"{run.path}: {len(run.manifest['imported_files'])} checkpoints as steps "
@@ -342,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality-names", help="comma-separated names of the M branches, e.g. rgb,depth")
     p.add_argument("--lam", type=float, help="the L1 weight per step the run was trained with (recorded)")
     p.add_argument("--reference-lamda", type=float, help="instead of --lam: the reference code's lamda, added once "
-                   "per output (M + 1 times a step); recorded beside the per-step weight")
+                   "per output (M + 1 times a step) by its segmentation code and once per step by its translation "
+                   "code; recorded beside the per-step weight")
+    p.add_argument("--reference-code", choices=["segmentation", "translation"],
+                   help="which reference code --reference-lamda comes from (default: translation where the norms are "
+                        "named insnorm_*, else segmentation)")
     p.add_argument("--branches", type=int, help="for files holding a list of gamma tensors (the reference's "
                    "insnorm_params_*.pth): tensors per layer (default: --modality-names' count, else 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")

@@ -150,3 +150,14 @@ def test_a_cen_with_group_norm_trains_and_exchanges(tmp_path):
     norms = [m for m in run.load_model().modules() if isinstance(m, ModalBatchNorm2d)]
     assert norms and all(m.norm == "group" for m in norms)
     assert "group norm" in architecture(run.config)
+
+
+def test_a_reference_lamda_on_norms_of_neither_reference_code_needs_the_code_named(tmp_path):
+    with pytest.raises(ObserveError, match=r"norms \(GroupNorm, LayerNorm\) are neither the reference segmentation "
+                                           r"code's BatchNorms nor its translation code's InstanceNorms; say which"):
+        cen_lab.observe(TwoNorms(), tmp_path / "run", penalised="none", reference_lamda=1e-3)
+    assert not (tmp_path / "run").exists()
+    obs = cen_lab.observe(TwoNorms(), tmp_path / "run", penalised="none", reference_lamda=1e-3,
+                          reference_code="segmentation")
+    obs.close()
+    assert cen_lab.load_run(tmp_path / "run").lam_per_step == pytest.approx(3e-3)

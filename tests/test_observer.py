@@ -471,6 +471,28 @@ def test_lam_is_the_weight_per_step_and_the_references_lamda_is_recorded_beside_
         obs.log(0)
     run = cen_lab.load_run(tmp_path / "b")
     assert run.lam_per_step == 6e-4 and run.manifest["reference_lamda"] is None
-    with pytest.raises(ObserveError, match=r"lam=0.001 is the L1 weight per step, and reference_lamda=0.0002 counted "
-                                           r"once per output \(M \+ 1 = 3\) gives 0.0006"):
+    with pytest.raises(ObserveError, match=r"lam=0.001 is the L1 weight per step, and reference_lamda=0.0002 added "
+                                           r"once per output \(M \+ 1 = 3\) by the reference's segmentation code "
+                                           r"gives 0.0006"):
         cen_lab.observe(model, tmp_path / "c", layers="*.bn2", penalised="none", lam=1e-3, reference_lamda=2e-4)
+    assert run.manifest["reference_code"] is None
+
+
+def test_the_reference_translation_code_adds_its_lamda_once_per_step(tmp_path):
+    from cen_lab.zoo import ReferenceStyleTranslator
+
+    model = ReferenceStyleTranslator(3, 3)
+    with cen_lab.observe(model, tmp_path / "t", layers="*.insnorm_conv", penalised="alternate-halves",
+                         reference_lamda=1e-3) as obs:
+        obs.log(0)
+    run = cen_lab.load_run(tmp_path / "t")
+    assert run.manifest["reference_code"] == "translation" and run.lam_per_step == 1e-3  # not (M + 1) * 1e-3
+    # the segmentation model's BatchNorms read as the segmentation code; either can be named
+    with cen_lab.observe(_model(), tmp_path / "s", layers="*.bn2", penalised="none", reference_lamda=2e-4,
+                         reference_code="translation") as obs:
+        obs.log(0)
+    assert cen_lab.load_run(tmp_path / "s").lam_per_step == 2e-4
+    with pytest.raises(ObserveError, match=r"reference_code must be one of \['segmentation', 'translation'\]"):
+        cen_lab.observe(model, tmp_path / "x", layers="*.insnorm_conv", penalised="none", reference_lamda=1e-3,
+                        reference_code="seg")
+    assert not (tmp_path / "x").exists()

@@ -55,8 +55,10 @@ def test_the_list_files_import_to_the_observed_gammas_at_their_steps(example, tm
                                        "insnorm_params_0006.pth"]
     imported = cen_lab.import_checkpoints(example.list_dir, tmp_path / "imported", template=example.model,
                                           layers="*.insnorm_conv", threshold=THR, penalised="alternate-halves",
-                                          modality_names=["rgb", "depth"], progress=False)
+                                          modality_names=["rgb", "depth"], reference_lamda=1e-3, progress=False)
     assert imported.manifest["step_source"] == "filename"
+    # the translation code adds its lamda once per step (its norms are named insnorm_*), not once per output
+    assert imported.manifest["reference_code"] == "translation" and imported.lam_per_step == 1e-3
     assert imported.manifest["layers"] == run.manifest["layers"]  # observe and import name the layers alike
     for step in (2, 4, 6):
         a, b = _gammas_at(imported, step), _gammas_at(run, step)

@@ -77,7 +77,7 @@ class IdleObserver:
 def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, threshold: float = 2e-2,
             penalised: str | Mapping[str, Any] | None = None, exchange: str | ExchangeFn = "mean",
             modality_names: Sequence[str] | None = None, lam: float | None = None,
-            reference_lamda: float | None = None, seed: int | None = None,
+            reference_lamda: float | None = None, reference_code: str | None = None, seed: int | None = None,
             total_steps: int | None = None, resume: bool = False, overwrite: bool = False,
             flush_every: int = 50, rank: int = 0, tensorboard: Any = None) -> "Observer | IdleObserver":
     """Observe ``model`` in its own training loop; see ``cen_lab.runs.observer`` for layers, rules and the API.
@@ -103,9 +103,14 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         The L1 weight *per step* that the loop applies (what one step's gradient carries; Theorem 1's check
         compares ``|dL/dgamma|`` with it), recorded in the manifest as ``lam`` and ``lam_per_step``.
     reference_lamda : float, optional
-        Instead of ``lam``: the reference code's ``lamda``, which it adds once per output (M + 1 times a step);
-        the per-step ``lam`` is then ``(M + 1) * reference_lamda`` (``network.penalty.per_step_lam``), and the
-        manifest records both.
+        Instead of ``lam``: the reference code's ``lamda``. Its two codes apply it differently: the segmentation
+        code adds ``lamda * L1`` once per output (M + 1 times a step), so the per-step ``lam`` is
+        ``(M + 1) * reference_lamda`` (``network.penalty.per_step_lam``); the translation code adds it once per
+        step, so ``lam = reference_lamda``. The manifest records ``reference_lamda``, ``reference_code`` and the
+        per-step ``lam``.
+    reference_code : {"segmentation", "translation"}, optional
+        Which of the reference's codes ``reference_lamda`` comes from. Default: read from the observed norms, the
+        segmentation code's BatchNorms or the translation code's InstanceNorms; other norms need it given.
     seed, total_steps : int, optional
         Recorded in the manifest.
     resume : bool
@@ -135,7 +140,7 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         return IdleObserver()
     return _open(model, out_dir, source="observed", layers=layers, threshold=threshold, penalised=penalised,
                  exchange=exchange, modality_names=modality_names, lam=lam, reference_lamda=reference_lamda,
-                 resume=resume, overwrite=overwrite,
+                 reference_code=reference_code, resume=resume, overwrite=overwrite,
                  flush_every=flush_every, manifest={"seed": seed, "total_steps": total_steps}, tensorboard=tensorboard)
 
 
@@ -143,7 +148,8 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
           penalised: str | Mapping[str, Any] | None, exchange: str | ExchangeFn,
           modality_names: Sequence[str] | None, lam: float | None, resume: bool, overwrite: bool,
           flush_every: int | None, manifest: dict[str, Any], model_class: str | None = None,
-          tensorboard: Any = None, reference_lamda: float | None = None) -> Observer:
+          tensorboard: Any = None, reference_lamda: float | None = None,
+          reference_code: str | None = None) -> Observer:
     """``observe`` for any source (``"observed"``, ``"imported"``): resolve and check everything, then create or
     reopen the run; ``manifest`` adds source-specific keys."""
     model = unwrap(model)  # the same layer names however the model is wrapped (DataParallel, torch.compile)
@@ -156,8 +162,10 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
         raise ObserveError(f"threshold must be >= 0, got {threshold!r}")
     if lam is not None and not lam >= 0:
         raise ObserveError(f"lam must be >= 0 or None, got {lam!r}")
-    lam = _per_step(lam, reference_lamda, m)
-    manifest = {**manifest, "reference_lamda": reference_lamda}  # None unless given: lam is then as the loop said
+    code = _reference_code(found, reference_code) if reference_lamda is not None else reference_code
+    lam = _per_step(lam, reference_lamda, m, code)
+    manifest = {**manifest, "reference_lamda": reference_lamda,  # None unless given: lam is then as the loop said
+                "reference_code": code}
     rule, masks = penalised_masks(found, penalised, model)
     xmap = _exchange_map(exchange, found)
     settings = {"kind": source, "layers": [la.name for la in found], "threshold": float(threshold),
@@ -176,16 +184,40 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
                     rewind_on_resume=rewind, lock=lock, tensorboard=tensorboard)
 
 
-def _per_step(lam: float | None, reference_lamda: float | None, m: int) -> float | None:
-    """The per-step L1 weight from ``lam`` (already per step) or the reference's ``lamda`` (per output, M + 1)."""
+REFERENCE_CODES = ("segmentation", "translation")
+
+
+def _reference_code(found: list[BNLayer], code: str | None) -> str:
+    """Which reference code a ``reference_lamda`` comes from: ``code``, or read from the observed norms (the
+    segmentation code's are BatchNorms, the translation code's InstanceNorms)."""
+    if code is not None:
+        if code not in REFERENCE_CODES:
+            raise ObserveError(f"reference_code must be one of {list(REFERENCE_CODES)}, got {code!r}")
+        return code
+    kinds = {type(mod).__name__ for la in found for mod in la.modules}
+    if all(isinstance(mod, nn.modules.batchnorm._BatchNorm) for la in found for mod in la.modules):
+        return "segmentation"
+    if all(isinstance(mod, nn.modules.instancenorm._InstanceNorm) for la in found for mod in la.modules):
+        return "translation"
+    raise ObserveError(f"reference_lamda: these layers' norms ({', '.join(sorted(kinds))}) are neither the reference "
+                       "segmentation code's BatchNorms nor its translation code's InstanceNorms; say which code "
+                       f"applies lamda: reference_code= one of {list(REFERENCE_CODES)} (segmentation: once per "
+                       "output, M + 1 times a step; translation: once per step)")
+
+
+def _per_step(lam: float | None, reference_lamda: float | None, m: int, code: str | None) -> float | None:
+    """The per-step L1 weight from ``lam`` (already per step) or the reference's ``lamda``: per output (M + 1) in
+    its segmentation code, per step in its translation code."""
     if reference_lamda is None:
         return lam
     if not reference_lamda >= 0:
         raise ObserveError(f"reference_lamda must be >= 0, got {reference_lamda!r}")
-    per_step = per_step_lam(reference_lamda, m + 1)
+    outputs = m + 1 if code == "segmentation" else 1
+    per_step = per_step_lam(reference_lamda, outputs)
     if lam is not None and not math.isclose(lam, per_step, rel_tol=1e-12):
-        raise ObserveError(f"lam={lam!r} is the L1 weight per step, and reference_lamda={reference_lamda!r} counted "
-                           f"once per output (M + 1 = {m + 1}) gives {per_step!r}: give one of them")
+        how = f"once per output (M + 1 = {m + 1})" if outputs > 1 else "once per step"
+        raise ObserveError(f"lam={lam!r} is the L1 weight per step, and reference_lamda={reference_lamda!r} added "
+                           f"{how} by the reference's {code} code gives {per_step!r}: give one of them")
     return per_step
 
 

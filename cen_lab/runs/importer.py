@@ -281,7 +281,8 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
                        steps: Sequence[int] | None = None, modality_names: Sequence[str] | None = None,
                        exchange: str | ExchangeFn = "mean", lam: float | None = None,
                        reference_lamda: float | None = None, overwrite: bool = False, update: bool = False,
-                       progress: bool = True, branches: int | None = None, template: Any = None) -> Run:
+                       progress: bool = True, branches: int | None = None, template: Any = None,
+                       reference_code: str | None = None) -> Run:
     """Make a run with one logged step per checkpoint (gammas, betas and the exchange map ``threshold`` implies).
 
     Parameters
@@ -290,9 +291,11 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
         A glob (``"ckpt/epoch-*.pth"``), a folder of checkpoint files, or a list of files.
     out_dir : str or Path
         The run directory to write (an existing run needs ``overwrite``, or ``update``).
-    layers, threshold, penalised, exchange, modality_names, lam, reference_lamda
-        As for ``cen_lab.observe`` (``lam`` per step, or the reference's ``reference_lamda`` per output); layer
-        names are the state dict's BN prefixes (``layer1.0.bn2``).
+    layers, threshold, penalised, exchange, modality_names, lam, reference_lamda, reference_code
+        As for ``cen_lab.observe`` (``lam`` per step, or the reference's ``reference_lamda``: per output in its
+        segmentation code, per step in its translation code); layer names are the state dict's BN prefixes
+        (``layer1.0.bn2``). The files hold no module types, so ``reference_code`` defaults to ``"translation"``
+        when the norms are named ``insnorm_*`` (the translation code's), else ``"segmentation"``.
         ``penalised`` is required (the reference code's rule is ``"alternate-halves"``).
     steps : list of int, optional
         The step of each file; default from the files' entries, else the numbers in their names, else their order.
@@ -377,7 +380,8 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
                 "imported_files": imported, "total_steps": order[ranked[-1]]}
     obs = _open(root, out_dir, source="imported", layers=names if names is not None else layers,
                 threshold=threshold, penalised=penalised, exchange=exchange, modality_names=modality_names, lam=lam,
-                reference_lamda=reference_lamda,
+                reference_lamda=reference_lamda, reference_code=reference_code or (
+                    "translation" if any("insnorm" in n for n, _ in root.named_modules()) else "segmentation"),
                 resume=bool(previous), overwrite=overwrite,
                 flush_every=None, manifest=manifest, model_class="unknown (imported from checkpoints)")
     if previous:  # a reopened run keeps its manifest: record the files it now holds
