@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .runs.importer import import_checkpoints
+    from .runs.importer import import_checkpoints, read_state_dict
 
     paths = args.paths[0] if len(args.paths) == 1 else args.paths
     try:
@@ -94,6 +94,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     run = import_checkpoints(paths, args.out, layers=layers, threshold=args.threshold, penalised=args.penalised,
                              steps=steps, modality_names=names, lam=args.lam, reference_lamda=args.reference_lamda,
                              reference_code=args.reference_code,
+                             template=read_state_dict(args.template)[0] if args.template else None,
                              overwrite=args.overwrite, update=args.update, progress=not args.no_progress,
                              branches=args.branches)
     print(f"{run.path}: {len(run.manifest['imported_files'])} checkpoints as steps "
@@ -348,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-code", choices=["segmentation", "translation"],
                    help="which reference code --reference-lamda comes from (default: translation where the norms are "
                         "named insnorm_*, else segmentation)")
+    p.add_argument("--template", metavar="FILE", help="for files holding a list of gamma tensors: a state dict file "
+                   "of the model (loaded weights-only) whose norm layers, selected by --layers, name the tensors")
     p.add_argument("--branches", type=int, help="for files holding a list of gamma tensors (the reference's "
                    "insnorm_params_*.pth): tensors per layer (default: --modality-names' count, else 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")

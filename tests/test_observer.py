@@ -496,3 +496,15 @@ def test_the_reference_translation_code_adds_its_lamda_once_per_step(tmp_path):
         cen_lab.observe(model, tmp_path / "x", layers="*.insnorm_conv", penalised="none", reference_lamda=1e-3,
                         reference_code="seg")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_wrong_layer_name_lists_a_few_layers_and_says_how_many(tmp_path):
+    from cen_lab.zoo import ReferenceStyleCEN
+
+    model = ReferenceStyleCEN(3, 4, stem=8, planes=(4,) * 12)  # 49 readable layers (stem, 3 BNs and a downsample a block)
+    with pytest.raises(ObserveError) as err:
+        cen_lab.observe(model, tmp_path / "run", layers="*.bn9", penalised="none")
+    text = str(err.value)
+    assert "matches no readable layer of ReferenceStyleCEN" in text and len(text) < 800
+    assert "...] (49 in all)" in text and "...] (98 in all)" in text and "'bn1', 'layers.0.0.bn1'" in text
+    assert not (tmp_path / "run").exists()

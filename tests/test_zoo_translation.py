@@ -149,10 +149,22 @@ def test_list_files_that_do_not_fit_the_template_say_what_was_expected(tmp_path)
     model = ReferenceStyleTranslator(3, 3, 2, widths=(4, 6, 8, 4))
     params = [p.detach().clone() for p in insnorm_params(model)]
     torch.save(params[:2], tmp_path / "short_001.pth")  # one layer of two
-    with pytest.raises(ObserveError, match=r"2 layer names \(down.1.insnorm_conv, down.2.insnorm_conv\) for the "
-                                           "file's 1 layers of 2 tensors each"):
+    with pytest.raises(ObserveError, match=r"a list of 2 gamma tensors, where 2 layers \(down.1.insnorm_conv, "
+                                           r"down.2.insnorm_conv\) x 2 branches expect 4"):
         cen_lab.import_checkpoints(tmp_path / "short_001.pth", tmp_path / "a", template=model,
                                    layers="*.insnorm_conv", penalised="alternate-halves", progress=False)
+    for k in (3, 5):  # one tensor short or over: what was expected, not "cannot be 2 branches per layer"
+        torch.save((params + params)[:k], tmp_path / f"odd{k}_001.pth")
+        with pytest.raises(ObserveError, match=f"a list of {k} gamma tensors, where 2 layers .* expect 4"):
+            cen_lab.import_checkpoints(tmp_path / f"odd{k}_001.pth", tmp_path / "a", template=model,
+                                       layers="*.insnorm_conv", penalised="alternate-halves", progress=False)
+    # without a template a glob has nothing to select in a list: the message says to give one
+    torch.save(params, tmp_path / "full_001.pth")
+    with pytest.raises(ObserveError, match=r"matches no readable layer of the checkpoint files; .* lists of tensors "
+                                           r"without layer names .* give template="):
+        cen_lab.import_checkpoints(tmp_path / "full_001.pth", tmp_path / "a", layers="*.insnorm_conv",
+                                   penalised="alternate-halves", progress=False)
+    assert not (tmp_path / "a").exists()
     torch.save([params[0], params[1], params[2][:3], params[3][:3]], tmp_path / "sizes_001.pth")
     with pytest.raises(ObserveError, match="channels|size|shape"):
         cen_lab.import_checkpoints(tmp_path / "sizes_001.pth", tmp_path / "b", template=model,
@@ -192,3 +204,22 @@ def test_the_translators_exchange_taken_out_gives_the_check_of_a_threshold_of_ze
                                         **kw)
     assert len(taken_out) == 8 and (taken_out["norm"] > 0).all()
     np.testing.assert_array_equal(taken_out[["g", "norm"]].to_numpy(), at_zero[["g", "norm"]].to_numpy())
+
+
+def test_the_cli_names_list_files_with_a_template_file_and_the_branches_with_their_modalities(example, tmp_path,
+                                                                                               capsys):
+    from cen_lab.cli import main
+
+    torch.save(example.model.state_dict(), tmp_path / "generator.pth")
+    args = ["import", str(example.list_dir), "--layers", "*.insnorm_conv", "--penalised", "alternate-halves",
+            "--threshold", str(THR), "--modality-names", "rgb,depth", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 2  # a glob without a template: told what to give
+    assert "give --template FILE" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "run"), "--template", str(tmp_path / "generator.pth"),
+                        "--reference-lamda", "1e-3"]) == 0
+    run = cen_lab.load_run(tmp_path / "run")
+    assert run.manifest["layers"] == example.run.manifest["layers"] and run.branches == ["rgb", "depth"]
+    assert run.lam_per_step == 1e-3 and run.manifest["reference_code"] == "translation"
+    for step in (2, 4, 6):
+        np.testing.assert_array_equal(_gammas_at(run, step)["gamma"].to_numpy(),
+                                      _gammas_at(example.run, step)["gamma"].to_numpy())

@@ -194,9 +194,18 @@ def _check_layer(layer: BNLayer) -> BNLayer:
     return layer
 
 
-def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mapping[str, Sequence[nn.Module]] = None
-                   ) -> list[BNLayer]:
+def _few(names: Sequence[str], k: int = 8) -> str:
+    """At most ``k`` names of a list, and how many there are in all: a model's hundreds of layers in one message
+    would bury what it says."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:k])
+    return f"[{shown}]" if len(names) <= k else f"[{shown}, ...] ({len(names)} in all)"
+
+
+def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mapping[str, Sequence[nn.Module]] = None,
+                   owner: str | None = None) -> list[BNLayer]:
     """The observed layers of ``model`` (see the module docstring), checked: M >= 2, equal sizes, affine.
+    ``owner`` names the model in messages (default: its class).
 
     Raises
     ------
@@ -220,9 +229,9 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
         if layers is None:
             out = [_check_layer(c) for c in candidates]
             if not out:
-                raise ObserveError(f"{type(model).__name__} has no layer in a readable layout (ModalBatchNorm2d, or a "
+                raise ObserveError(f"{owner or type(model).__name__} has no layer in a readable layout (ModalBatchNorm2d, or a "
                                    f"module whose children are M BatchNorms, InstanceNorms, GroupNorms or "
-                                   f"LayerNorms of one type); BN-like modules: {_bn_like(model)}")
+                                   f"LayerNorms of one type); BN-like modules: {_few(_bn_like(model))}")
         else:
             patterns = [layers] if isinstance(layers, str) else list(layers)
             if not patterns:
@@ -241,14 +250,14 @@ def resolve_layers(model: nn.Module, layers: None | str | Sequence[str] | Mappin
                     if hits[0] is None:
                         raise ObserveError(
                             f"layer {pat!r} is a {type(modules[pat]).__name__}, not a ModalBatchNorm2d nor a module "
-                            f"whose children are BatchNorms; readable layers: {[c.name for c in candidates]}; "
-                            f"BN-like modules: {_bn_like(model)}")
+                            f"whose children are BatchNorms; readable layers: {_few([c.name for c in candidates])}; "
+                            f"BN-like modules: {_few(_bn_like(model))}")
                 else:
                     hits = [c for c in candidates if fnmatch.fnmatchcase(c.name, pat)]
                     if not hits:
                         raise ObserveError(
-                            f"layers {pat!r} matches no readable layer of {type(model).__name__}; readable layers: "
-                            f"{[c.name for c in candidates]}; BN-like modules: {_bn_like(model)}")
+                            f"layers {pat!r} matches no readable layer of {owner or type(model).__name__}; readable "
+                            f"layers: {_few([c.name for c in candidates])}; BN-like modules: {_few(_bn_like(model))}")
                 for h in hits:
                     if h.name not in seen:
                         seen.add(h.name)

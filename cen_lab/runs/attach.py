@@ -153,7 +153,7 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
     """``observe`` for any source (``"observed"``, ``"imported"``): resolve and check everything, then create or
     reopen the run; ``manifest`` adds source-specific keys."""
     model = unwrap(model)  # the same layer names however the model is wrapped (DataParallel, torch.compile)
-    found = resolve_layers(model, layers)
+    found = resolve_layers(model, layers, owner="the checkpoint files" if source == "imported" else None)
     m = found[0].num_branches
     names = list(modality_names) if modality_names is not None else [f"modality{i}" for i in range(m)]
     if len(names) != m or len(set(names)) != m or not all(isinstance(n, str) and n for n in names):

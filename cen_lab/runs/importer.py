@@ -121,14 +121,16 @@ def _list_state(obj: Sequence[Any], path: Path, branches: int, names: Sequence[s
     if not obj or not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in obj):
         raise ObserveError(f"{path}: holds a {type(obj).__name__} that is not a list of 1-D gamma tensors (the "
                            "reference's insnorm_params lists are); nothing to import")
+    if names is not None and len(obj) != len(names) * branches:  # the layers are known: say what was expected
+        raise ObserveError(f"{path}: a list of {len(obj)} gamma tensors, where {len(names)} layers "
+                           f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}) x {branches} branches expect "
+                           f"{len(names) * branches}: name exactly the saved layers (a template's are selected by the "
+                           f"layers glob, e.g. '*.insnorm_conv'), and " + said("branches=M", "--branches M")
+                           + " sets M")
     if branches < 2 or len(obj) % branches:
         raise ObserveError(f"{path}: a list of {len(obj)} gamma tensors cannot be {branches} branches per layer; "
                            + said("give branches=M", "give --branches M") + " (M consecutive tensors form a layer)")
     n = len(obj) // branches
-    if names is not None and len(names) != n:
-        raise ObserveError(f"{path}: {len(names)} layer names ({', '.join(names)}) for the file's {n} layers of "
-                           f"{branches} tensors each; name exactly the saved layers (a template's are selected by "
-                           "the layers glob, e.g. '*.insnorm_conv')")
     names = list(names) if names is not None else [f"insnorm_conv.{k}" for k in range(n)]
     state: dict[str, torch.Tensor] = {}
     for k, name in enumerate(names):
@@ -378,12 +380,17 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
     manifest = {"step_source": step_source, "state_dict_key": where0,
                 **({"betas": "not in the files (lists of gammas): logged as NaN"} if where0 == "<list>" else {}),
                 "imported_files": imported, "total_steps": order[ranked[-1]]}
-    obs = _open(root, out_dir, source="imported", layers=names if names is not None else layers,
-                threshold=threshold, penalised=penalised, exchange=exchange, modality_names=modality_names, lam=lam,
-                reference_lamda=reference_lamda, reference_code=reference_code or (
-                    "translation" if any("insnorm" in n for n, _ in root.named_modules()) else "segmentation"),
-                resume=bool(previous), overwrite=overwrite,
-                flush_every=None, manifest=manifest, model_class="unknown (imported from checkpoints)")
+    try:
+        obs = _open_imported(root, out_dir, names if names is not None else layers, threshold, penalised, exchange,
+                             modality_names, lam, reference_lamda, reference_code, previous, overwrite, manifest)
+    except ObserveError as e:
+        if where0 == "<list>" and template is None and names is None and layers is not None:
+            raise ObserveError(f"{e}. The files hold lists of tensors without layer names (as the reference "
+                               "translation code's insnorm_params_*.pth), so a glob has nothing to select: "
+                               + said("give template= (your model or its state dict), or layers=[...] with one "
+                                      "name per layer", "give --template FILE (your model's state dict), or one "
+                                      "--layers NAME per layer")) from None
+        raise
     if previous:  # a reopened run keeps its manifest: record the files it now holds
         obs.writer.manifest.update(imported_files=imported, total_steps=order[ranked[-1]])
     with obs:
@@ -391,3 +398,15 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
             _load_into(root, states[i], obs.layers, files[i])
             obs.log(order[i])
     return load_run(out_dir)
+
+
+def _open_imported(root, out_dir, layers, threshold, penalised, exchange, modality_names, lam, reference_lamda,
+                   reference_code, previous, overwrite, manifest):
+    """``_open`` for an import: the skeleton ``root`` of the files' norms, whose reference code is read off their
+    names (the files hold no module types)."""
+    code = reference_code or ("translation" if any("insnorm" in n for n, _ in root.named_modules())
+                              else "segmentation")
+    return _open(root, out_dir, source="imported", layers=layers, threshold=threshold, penalised=penalised,
+                 exchange=exchange, modality_names=modality_names, lam=lam, reference_lamda=reference_lamda,
+                 reference_code=code, resume=bool(previous), overwrite=overwrite, flush_every=None,
+                 manifest=manifest, model_class="unknown (imported from checkpoints)")
