@@ -1,5 +1,7 @@
 """Checkpoint import: state dicts in the usual wrappers become runs with one logged step per file."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -178,3 +180,32 @@ def test_one_model_has_the_same_layer_names_however_it_is_wrapped(tmp_path):
                                          penalised="alternate-halves", progress=False)
         assert sorted(run.gammas["layer"].unique()) == names["bare"]
         assert np.array_equal(run.gammas["gamma"].to_numpy(), observed["gamma"].to_numpy())
+
+
+class _Block(torch.nn.Module):
+    """A plain single-modality ResNet-style block: conv1, bn1, conv2, bn2 (bn1 and bn2 of the same size)."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.BatchNorm2d(c)
+
+
+def test_unrelated_checkpoints_are_refused_without_layers_naming_the_candidates(tmp_path, capsys):
+    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3), torch.nn.BatchNorm2d(8))
+    resnet = torch.nn.Module()
+    resnet.layer1 = torch.nn.Sequential(_Block(), _Block())
+    for name, model, unsure in (("seq", seq, "['<root>']"), ("resnet", resnet, "['layer1.0', 'layer1.1']")):
+        path = tmp_path / f"{name}-epoch-1.pth"
+        torch.save(model.state_dict(), path)
+        with pytest.raises(ObserveError, match=rf"no layout is certain: .* not named as branches \({re.escape(unsure)}"
+                                               r".* name its per-branch layers: layers="):
+            cen_lab.import_checkpoints(path, tmp_path / name, penalised="none", progress=False)
+        assert not (tmp_path / name).exists()
+        assert main(["import", str(path), "--out", str(tmp_path / name), "--penalised", "none", "--no-progress"]) == 2
+        assert "--layers '*.bn2' (repeatable)" in capsys.readouterr().err and not (tmp_path / name).exists()
+    # naming the layers is the user's word: the same file imports (bn1 and bn2 read as two branches, as asked)
+    run = cen_lab.import_checkpoints(tmp_path / "resnet-epoch-1.pth", tmp_path / "named", layers=["layer1.0"],
+                                     penalised="none", progress=False)
+    assert run.manifest["layers"] == ["layer1.0"]

@@ -223,3 +223,38 @@ def test_the_cli_names_list_files_with_a_template_file_and_the_branches_with_the
     for step in (2, 4, 6):
         np.testing.assert_array_equal(_gammas_at(run, step)["gamma"].to_numpy(),
                                       _gammas_at(example.run, step)["gamma"].to_numpy())
+
+
+def test_norms_the_forward_never_applies_are_flagged_and_exchange_nothing(tmp_path):
+    from cen_lab.zoo import translator_slim_params
+
+    torch.manual_seed(0)
+    model = ReferenceStyleTranslator(3, 3, 2, widths=(4, 6, 8, 4), unapplied_norms=True)
+    layers = [la for la in ("down.0.insnorm_conv", "down.1.insnorm_conv", "down.2.insnorm_conv", "down.3.insnorm_conv")]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(0)
+    xs, target = [torch.rand(2, 3, 16, 16, generator=g) for _ in range(2)], torch.rand(2, 3, 16, 16, generator=g)
+    with pytest.warns(UserWarning, match=r"layers \['down.0.insnorm_conv', 'down.3.insnorm_conv'\] got no forward "
+                                         r"call before step 1"):
+        with cen_lab.observe(model, tmp_path / "run", layers="*.insnorm_conv", penalised="alternate-halves",
+                             threshold=THR) as obs:
+            for step in range(8):
+                obs.log(step)
+                out, _ = model(xs)
+                loss = sum((o - target).abs().mean() for o in out)
+                opt.zero_grad()
+                (loss + 0.5 * sum(p.abs().sum() for p in translator_slim_params(model))).backward()
+                opt.step()
+    run = cen_lab.load_run(tmp_path / "run")
+    assert run.manifest["layers"] == layers and run.manifest["unapplied_layers"] == {
+        "down.0.insnorm_conv": 1, "down.3.insnorm_conv": 1}
+    ex, gam = run.exchange, run.gammas
+    unapplied = ex["layer"].isin(["down.0.insnorm_conv", "down.3.insnorm_conv"]) & (ex["step"] >= 1)
+    below = (gam["gamma"].abs() < THR) & gam["layer"].isin(["down.0.insnorm_conv", "down.3.insnorm_conv"])
+    assert below.any()  # the penalty alone took their gammas under the threshold...
+    assert not ex.loc[unapplied, "exchanged"].any()  # ...but they exchange nothing
+    applied = ex[ex["layer"] == "down.1.insnorm_conv"].merge(gam, on=["step", "layer", "branch", "channel"])
+    assert (applied["exchanged"] == (applied["gamma"].abs() < THR)).all()
+    d = cen_lab.diagnose(run)
+    assert set(d.portion["layer"]) == {"down.1.insnorm_conv", "down.2.insnorm_conv"}
+    assert any("down.0.insnorm_conv" in n and "left out" in n for n in d.notes)

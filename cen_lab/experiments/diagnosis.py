@@ -190,10 +190,12 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     grid = sorted({float(thr), *(thresholds if thresholds is not None else (thr / 4, thr / 2, thr * 2, thr * 4))})
     if min(grid) < 0:
         raise ValueError(f"thresholds must be >= 0, got {[t for t in grid if t < 0]}")
-    if run.gammas.empty or not run.gammas["penalised"].any():
+    unapplied = sorted(run.manifest.get("unapplied_layers") or {})  # norms the forward never ran: no exchange
+    gammas = run.gammas[~run.gammas["layer"].isin(unapplied)] if unapplied else run.gammas
+    if gammas.empty or not gammas["penalised"].any():
         raise ValueError(f"{run.path}: no penalised gammas (the gammas table's penalised column is all False); "
                          "nothing is attracted to 0, so there is nothing to diagnose")
-    steps, rows, g = _steps_matrix(run.gammas)
+    steps, rows, g = _steps_matrix(gammas)
     if len(steps) < MIN_STEPS + 1:
         raise ValueError(f"{run.path}: {len(steps)} logged steps; a diagnosis needs at least {MIN_STEPS + 1} "
                          f"(log more often, or wait for the run to log more)")
@@ -228,6 +230,9 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
     crossings["crossing_step"] = pd.array(np.where(crossed, steps[np.maximum(first, 0)], -1), dtype="Int64")
     crossings.loc[~crossed, "crossing_step"] = pd.NA
     notes: list[str] = []
+    if unapplied:
+        notes.append(f"layers {unapplied} are left out: the model's forward never applied their norms "
+                     "(manifest['unapplied_layers']), so only the penalty moved their gammas")
     cfg = run.config
     predicted = None
     if cfg is None:

@@ -49,16 +49,19 @@ class InstanceNorm2dParallel(nn.Module):
 class TranslatorDown(nn.Module):
     """shared conv (4x4, stride 2) -> [``insnorm_conv`` -> exchange] -> LeakyReLU(0.2)."""
 
-    def __init__(self, cin: int, cout: int, num_parallel: int, threshold: float, norm: bool = True):
+    def __init__(self, cin: int, cout: int, num_parallel: int, threshold: float, norm: bool = True,
+                 build_unapplied: bool = False):
         super().__init__()
         self.conv = ModuleParallel(nn.Conv2d(cin, cout, 4, 2, 1, bias=not norm))
-        self.insnorm_conv = InstanceNorm2dParallel(cout, num_parallel) if norm else None
+        # build_unapplied: the reference builds the norm of a block without one too, and never runs it
+        self.insnorm_conv = InstanceNorm2dParallel(cout, num_parallel) if norm or build_unapplied else None
+        self.instance_norm = norm
         self.exchange = Exchange()
         self.threshold = threshold
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         ys = self.conv(xs)
-        if self.insnorm_conv is not None:
+        if self.instance_norm:
             ys = self.insnorm_conv(ys)
             if len(ys) > 1:
                 ys = self.exchange(ys, self.insnorm_conv.norms(), self.threshold)
@@ -81,20 +84,22 @@ class ReferenceStyleTranslator(nn.Module):
     """A compact translation CEN in the reference code's layout (see the module docstring).
 
     The encoder has one ``TranslatorDown`` per entry of ``widths`` (each halves the size; the first and the last
-    have no norm, as the reference's), the decoder mirrors it with skips, and a last shared transposed conv with
+    apply no norm, as the reference's; with ``unapplied_norms`` they also build an ``insnorm_conv`` that their
+    forward never runs, as the reference's do: a layout whose norms exist but exchange nothing), the decoder mirrors it with skips, and a last shared transposed conv with
     tanh gives each domain's image in [-1, 1]. ``forward(xs)``: list of M ``[N, in_channels, H, W]`` (H divisible
     by ``2 ** len(widths)``) -> (list of M + 1 images ``[N, out_channels, H, W]``, the M domains' then the
     ensemble; ``softmax(alpha)`` ``[M]``).
     """
 
     def __init__(self, in_channels: int, out_channels: int = 3, num_parallel: int = 2,
-                 widths: Sequence[int] = (16, 32, 64, 64), threshold: float = 1e-2):
+                 widths: Sequence[int] = (16, 32, 64, 64), threshold: float = 1e-2, unapplied_norms: bool = False):
         super().__init__()
         if len(widths) < 3:
             raise ValueError(f"widths needs at least 3 encoder blocks (the first and last have no norm), got {widths}")
         self.num_parallel = num_parallel
         last = len(widths) - 1
-        self.down = nn.ModuleList(TranslatorDown(cin, cout, num_parallel, threshold, norm=0 < i < last)
+        self.down = nn.ModuleList(TranslatorDown(cin, cout, num_parallel, threshold, norm=0 < i < last,
+                                                 build_unapplied=unapplied_norms)
                                   for i, (cin, cout) in enumerate(zip([in_channels, *widths[:-1]], widths)))
         ups, cin = [], widths[-1]
         for i in reversed(range(last)):

@@ -59,6 +59,7 @@ from ..network.hooks import record_bn_output_grad_norms
 from ..network.layouts import (PENALISED_RULES, BNLayer, alternate_halves, find_bn_layers, penalised_masks,  # noqa: F401
                                resolve_layers)
 from .divergence import DivergenceWatch
+from .forward_watch import ForwardWatch
 from .exchange_maps import ExchangeFn, ExchangeMap, MeanExchange, NoExchange, _CallableExchange, _exchange_map  # noqa: F401
 from .export import TensorBoardSink
 from .lock import RunLock
@@ -164,6 +165,7 @@ class Observer:
         self._gamma_tensors = [t for la in self.layers for t in la.gammas()]
         self._beta_tensors = [t for la in self.layers for t in la.betas()]
         self._hook_points = [(la.name, la.hook_point()) for la in self.layers]
+        self._watch = ForwardWatch(self.layers)  # layers the forward never applies exchange nothing
         # monotonic steps: the last step written or buffered per table (metrics: per split, with its names)
         self._rewind = rewind_on_resume
         self._reset_last_steps()
@@ -247,6 +249,7 @@ class Observer:
         half = flat.size // 2
         gamma, beta = flat[:half], flat[half:]
         source = self.sources(gamma)
+        self._unapplied(step, source)
         exchanged = source != self.branch_col
         self.divergence.gammas(step, gamma)
         self._record_bn_mode()
@@ -257,6 +260,22 @@ class Observer:
         self._last["gammas"] = step
         self._after_log(step)
         return gamma, exchanged
+
+    def _unapplied(self, step: int, source: np.ndarray) -> None:
+        """Rows of layers whose norms the forward did not apply since the last logged step keep their own branch
+        (``ForwardWatch``); the first time a layer is found so, the manifest records it and a warning says so."""
+        new = self._watch.check(step)
+        for idle, rows in zip(self._watch.idle, self._rows):
+            if idle:
+                source[rows] = self.branch_col[rows]
+        if new:
+            self.writer.manifest["unapplied_layers"] = dict(self._watch.unapplied)
+            msg = (f"{self.writer.path}: layers {new} got no forward call before step {step}: the model's forward does "
+                   "not apply their norms, so they exchange nothing. They are logged as not exchanged, listed in "
+                   "manifest['unapplied_layers'], and left out by cen_lab.diagnose; observe the applied layers only "
+                   "with layers=[...]")
+            log.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=4)
 
     def _record_bn_mode(self) -> None:
         """``manifest["bn_mode"]``: how the observed BatchNorms ran at the logged steps (``"train"``, ``"eval"``,
@@ -385,6 +404,7 @@ class Observer:
             self.writer.write_manifest()
         finally:
             self._closed = True
+            self._watch.remove()
             _OPEN.discard(self)
             if self._lock is not None:
                 self._lock.release()
