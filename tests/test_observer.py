@@ -467,8 +467,11 @@ def test_lam_is_the_weight_per_step_and_the_references_lamda_is_recorded_beside_
     run = cen_lab.load_run(tmp_path / "a")
     # the reference adds lamda * L1 once per output: M = 2 branches and the ensemble
     assert run.manifest["reference_lamda"] == 2e-4 and run.lam == run.lam_per_step == pytest.approx(6e-4)
-    with cen_lab.observe(model, tmp_path / "b", layers="*.bn2", penalised="none", lam=6e-4) as obs:
-        obs.log(0)
+    # lam= on the reference segmentation layout is taken as given, with a warning that names the other reading
+    with pytest.warns(UserWarning, match=r"lam=0.0006 is taken as the L1 weight per step. These layers are the "
+                                         r"reference segmentation code's .* pass reference_lamda=0.0006 instead"):
+        with cen_lab.observe(model, tmp_path / "b", layers="*.bn2", penalised="none", lam=6e-4) as obs:
+            obs.log(0)
     run = cen_lab.load_run(tmp_path / "b")
     assert run.lam_per_step == 6e-4 and run.manifest["reference_lamda"] is None
     with pytest.raises(ObserveError, match=r"lam=0.001 is the L1 weight per step, and reference_lamda=0.0002 added "

@@ -146,7 +146,7 @@ def train_reference_style(out_dir: str | Path, *, steps: int = 300, lam: float =
             model.load_state_dict(saved["segmenter"])
             return ZooRun(run, model, ds, settings, ckpt_dir)
     obs = observe(model, out, layers="*.bn2", threshold=threshold, penalised="alternate-halves",
-                  modality_names=list(ds.modalities), lam=settings["lam_per_step"], seed=seed, total_steps=steps,
+                  modality_names=list(ds.modalities), reference_lamda=lam, seed=seed, total_steps=steps,
                   overwrite=True)
 
     def save(step: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -163,6 +164,8 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
     if lam is not None and not lam >= 0:
         raise ObserveError(f"lam must be >= 0 or None, got {lam!r}")
     code = _reference_code(found, reference_code) if reference_lamda is not None else reference_code
+    if lam is not None and reference_lamda is None and source == "observed":
+        _warn_if_reference_segmentation(model, found, lam, m)
     lam = _per_step(lam, reference_lamda, m, code)
     manifest = {**manifest, "reference_lamda": reference_lamda,  # None unless given: lam is then as the loop said
                 "reference_code": code}
@@ -185,6 +188,19 @@ def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, th
 
 
 REFERENCE_CODES = ("segmentation", "translation")
+
+
+def _warn_if_reference_segmentation(model: nn.Module, found: list[BNLayer], lam: float, m: int) -> None:
+    """``lam=`` on the reference segmentation code's layout (its ``BatchNorm2dParallel``): that code's loop adds its
+    ``lamda`` once per output, so a ``lam`` copied from it is M + 1 times too small; say so once, as a warning
+    (``lam`` is still taken as given, the per-step weight)."""
+    modules = dict(model.named_modules())
+    if not any(type(modules.get(la.name)).__name__ == "BatchNorm2dParallel" for la in found):
+        return
+    warnings.warn(f"lam={lam!r} is taken as the L1 weight per step. These layers are the reference segmentation "
+                  f"code's (BatchNorm2dParallel), whose loop adds its lamda once per output, {m + 1} x lamda a step: "
+                  f"if {lam!r} is that lamda, pass reference_lamda={lam!r} instead (per step {(m + 1) * lam!r})",
+                  UserWarning, stacklevel=4)
 
 
 def _reference_code(found: list[BNLayer], code: str | None) -> str:
