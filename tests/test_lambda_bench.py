@@ -41,7 +41,7 @@ def test_the_benchmark_compares_held_out_runs_with_the_prediction(bench):
     again = lb.run_lambda_benchmark(out, preset="tiny", archs=["plain"], cases=CASE, probe_lams=(5e-4, 2e-3),
                                     single_lam=2e-3, n_jobs=1, progress=False)
     assert np.isnan(again["probe_seconds"]).all() and (again["full_seconds"] == 0).all()
-    pd.testing.assert_series_equal(again["predicted"], table["predicted"])
+    pd.testing.assert_series_equal(again["predicted"], table["predicted"], check_exact=True)
 
 
 def test_the_summary_reports_errors_with_intervals_and_the_goal(bench):

@@ -340,7 +340,7 @@ def test_a_killed_loop_leaves_a_readable_run_and_resume_does_not_duplicate_steps
 def test_train_tables_are_identical_to_the_logger_before_the_observer(tmp_path):
     """Golden tables of the tiny preset with log.grads, written by the logger of commit 6d85f7d (before train()
     logged through the observer), when the tiny preset trained as the ``collapse`` preset's settings still do
-    (SGD, momentum 0.9, constant lr 0.05, lam 5e-3). Floats to within float32 rounding, everything else exactly."""
+    (SGD, momentum 0.9, constant lr 0.05, lam 5e-3). Every column bit for bit."""
     from cen_lab.config import COLLAPSE_TRAIN
 
     torch.set_num_threads(1)
@@ -351,10 +351,7 @@ def test_train_tables_are_identical_to_the_logger_before_the_observer(tmp_path):
         got = getattr(tiny_run, table).reset_index(drop=True)
         assert list(got.columns) == list(golden.columns) and len(got) == len(golden)
         for col in golden.columns:
-            if golden[col].dtype.kind == "f":
-                np.testing.assert_allclose(got[col], golden[col], rtol=1e-5, atol=1e-6, err_msg=f"{table}.{col}")
-            else:
-                assert got[col].tolist() == golden[col].tolist(), f"{table}.{col}"
+            np.testing.assert_array_equal(got[col].to_numpy(), golden[col].to_numpy(), err_msg=f"{table}.{col}")
 
 
 def test_schema_2_runs_are_read_by_migration(tiny_run, tmp_path):

@@ -9,7 +9,7 @@ import cen_lab
 from cen_lab import precision
 from cen_lab.config import ConfigError, ExperimentConfig
 from cen_lab.network.architectures import build_model
-from cen_lab.runs import load_run
+from cen_lab.runs import TABLES, load_run
 
 
 def _cfg(seed: int, prec: str, steps: int = 30) -> ExperimentConfig:
@@ -60,7 +60,8 @@ def test_a_bf16_run_logs_the_same_schema_in_fp32(paired_runs):
 
 def test_bf16_is_deterministic_on_the_cpu(paired_runs, tmp_path):
     again = cen_lab.train(_cfg(1, "bf16"), tmp_path / "again", progress=False)
-    pd.testing.assert_frame_equal(again.gammas, paired_runs["bf16"][1].gammas)
+    for table in TABLES:  # every table, bit for bit
+        pd.testing.assert_frame_equal(getattr(again, table), getattr(paired_runs["bf16"][1], table), check_exact=True)
 
 
 def test_bf16_final_gammas_and_scores_within_the_stated_tolerance(paired_runs):

@@ -88,7 +88,7 @@ def test_calibration_summary_on_synthetic_local_frames():
 def test_local_checks_in_two_workers_give_the_same_table(theorem_runs):
     serial = theorem.local_check_runs(theorem_runs, n_batches=1, progress=False)
     parallel = theorem.local_check_runs(theorem_runs, n_batches=1, progress=False, n_jobs=2)
-    pd.testing.assert_frame_equal(serial, parallel)  # the same rows in the same order (one thread each side)
+    pd.testing.assert_frame_equal(serial, parallel, check_exact=True)  # the same rows in the same order (one thread each side)
     assert serial["run"].nunique() == len(theorem_runs)
 
 
@@ -258,11 +258,11 @@ def test_exchange_off_by_a_recipe_is_checked_and_equals_the_model_without_exchan
     by_recipe = theorem.local_check_model(model, segmentation_loss, batches, 0.01,
                                           exchange_off=set_attribute("threshold", 0.0), **kw)
     by_copy = theorem.local_check_model(without_exchange(model), segmentation_loss, batches, 0.01, **kw)
-    pd.testing.assert_frame_equal(by_recipe, by_copy)
+    pd.testing.assert_frame_equal(by_recipe, by_copy, check_exact=True)
     # the exchange taken out instead of left in place at threshold 0: the same numbers, bit for bit
     by_bypass = theorem.local_check_model(model, segmentation_loss, batches, 0.01, exchange_off=bypass("exchange"),
                                           **kw)
-    pd.testing.assert_frame_equal(by_bypass, by_recipe)
+    pd.testing.assert_frame_equal(by_bypass, by_recipe, check_exact=True)
     assert model.layers[0][0].threshold == 2e-2  # the user's model is untouched
     assert isinstance(model.layers[1][0].exchange, Exchange)
     with pytest.raises(ObserveError, match=r"bypass\('swap'\): ReferenceStyleCEN has no submodule called 'swap'"):
