@@ -34,18 +34,20 @@ def _loader(batches=2):
 
 
 class Module(pl.LightningModule):
-    def __init__(self, fail_at: int | None = None):
+    def __init__(self, fail_at: int | None = None, scale_from: int | None = None):
         super().__init__()
         torch.manual_seed(0)
         self.net = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
-        self.fail_at = fail_at
+        self.fail_at, self.scale_from = fail_at, scale_from
 
     def training_step(self, batch, batch_idx):
         if self.global_step == self.fail_at:
             raise RuntimeError("diverged on purpose")
         x0, x1, y = batch
         outputs, _ = self.net([x0, x1])
-        return sum(F.cross_entropy(o, y) for o in outputs)  # the data loss: the callback adds the L1
+        loss = sum(F.cross_entropy(o, y) for o in outputs)  # the data loss: the callback adds the L1
+        # scale_from: a loss three times larger from that step on (another run's updates, after a checkpoint)
+        return 3 * loss if self.scale_from is not None and self.global_step >= self.scale_from else loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
@@ -112,7 +114,8 @@ def test_a_fit_resumed_from_a_lightning_checkpoint_duplicates_no_step(tmp_path):
                                          save_on_train_epoch_end=True)
     trainer = pl.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[_callback(tmp_path / "run"), saver])
-    trainer.fit(Module(), _loader(1))
+    trainer.fit(Module(scale_from=2), _loader(1))  # its step 3 differs from an uninterrupted run's
+    killed = _tables(cen_lab.load_run(tmp_path / "run"))
     first = sorted(ckpts.glob("*.ckpt"))[0]  # at step 2: the killed loop's steps 2 and 3 are redone
     assert "step=2" in first.name
     _trainer(STEPS, callbacks=[_callback(tmp_path / "run")]).fit(Module(), _loader(1), ckpt_path=first)
@@ -121,7 +124,9 @@ def test_a_fit_resumed_from_a_lightning_checkpoint_duplicates_no_step(tmp_path):
     once = _tables(cen_lab.load_run(tmp_path / "once"))
     got = _tables(resumed)
     assert got["gammas"].groupby("step").size().nunique() == 1  # each step once
-    for table in ("gammas", "exchange", "grads", "metrics"):
+    step3 = [t["gammas"].query("step == 3")["gamma"].to_numpy() for t in (killed, once)]
+    assert not np.array_equal(*step3)  # the first fit's step 3 was another...
+    for table in ("gammas", "exchange", "grads", "metrics"):  # ...and the re-logged one replaced it
         pd.testing.assert_frame_equal(got[table], once[table], check_exact=True, obj=table)
 
 

@@ -303,9 +303,13 @@ _KILLED_LOOP = textwrap.dedent("""
     out, resume, start, stop, kill_at = sys.argv[1], sys.argv[2] == "1", *map(int, sys.argv[3:6])
     torch.manual_seed(0)
     model = ReferenceStyleCEN(3, 4, stem=8, planes=(4, 6))
+    if resume:  # the restarted loop's model and metrics differ from the first run's: which rows were kept shows
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5)
     obs = cen_lab.observe(model, out, layers="*.bn2", penalised="alternate-halves", resume=resume, flush_every=2)
     for step in range(start, stop):
-        obs.log(step, {"loss/total": float(step)})
+        obs.log(step, {"loss/total": float(step) + (100.0 if resume else 0.0)})
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     obs.close()
@@ -329,6 +333,10 @@ def test_a_killed_loop_leaves_a_readable_run_and_resume_does_not_duplicate_steps
     assert run.gammas.groupby("step").size().nunique() == 1 and sorted(run.gammas["step"].unique()) == list(range(12))
     assert run.metrics["step"].tolist() == list(range(12)) and not run.metrics.duplicated(["step", "name"]).any()
     assert run.manifest["rewinds"][0]["step"] == 5
+    # the first run's rows before step 5 are kept, the restarted loop's from step 5 on replace the first run's
+    assert run.metrics["value"].tolist() == [float(s) for s in range(5)] + [s + 100.0 for s in range(5, 12)]
+    g = run.gammas.pivot_table(index="step", columns=["layer", "branch", "channel"], values="gamma")
+    np.testing.assert_array_equal(g.loc[5].to_numpy(), 0.5 * g.loc[4].to_numpy())  # halved gammas from step 5
     # continuing past the end without rewinding keeps everything
     proc = subprocess.run([sys.executable, str(script), str(out), "1", "12", "14", "-1"], env=env)
     assert sorted(cen_lab.load_run(out).gammas["step"].unique()) == list(range(14))
