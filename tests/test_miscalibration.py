@@ -42,8 +42,14 @@ def test_fit_and_test_never_share_a_minibatch_or_a_seed(checked):
     fit, test = set(r.splits["fit_batches"]), set(r.splits["test_batches"])
     assert fit and test and not fit & test and fit | test == set(local["batch"])
     assert set(r.predictions["batch"]) == test  # every scored row is held out from (a)'s fit
-    for held, fitted_on in r.splits["training_fit_seeds"].items():
-        assert held not in fitted_on and fitted_on  # (b) for a seed never saw that seed
+    # (b) for a seed never saw that seed's outcomes: flipping them leaves its predictions as they were, bit for
+    # bit, and moves the other seeds' (whose fits include them)
+    seed0 = local["run"].isin([run.path.name for (_, seed), run in runs.items() if seed == 0])
+    flipped = compare_predictions(runs, local.assign(attracted=np.where(seed0, ~local["attracted"], local["attracted"])))
+    before, after = (x.predictions.set_index(["seed", "batch", "layer", "modality", "channel", "step"])
+                     ["predicted_training"].sort_index() for x in (r, flipped))
+    np.testing.assert_array_equal(after.loc[0].to_numpy(), before.loc[0].to_numpy())
+    assert not np.array_equal(after.loc[1].to_numpy(), before.loc[1].to_numpy())
     assert set(r.predictions["seed"]) == {0, 1, 2}
     assert list(r.ece["explained"].round(12))[0] == 0 and r.ece["n_rows"].nunique() == 1
     assert r.ece["ece"].between(0, 1).all() and (r.ece["ci_low"] <= r.ece["ci_high"]).all()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import cen_lab
-from cen_lab.runs.lock import RunLock
+from cen_lab.runs.lock import LOCK_NAME, RunLock
 from cen_lab.errors import RunLockedError, RunWriteError
 from cen_lab.zoo import ReferenceStyleCEN
 
@@ -77,7 +77,8 @@ def test_observers_and_imports_take_the_lock_and_release_it(tmp_path):
     again.log(1)
     again.close()
     assert sorted(cen_lab.load_run(tmp_path / "run").gammas["step"].unique()) == [0, 1]
-    assert not (tmp_path / "run" / "gammas" / ".lock").exists()
+    with RunLock(tmp_path / "run") as lock:  # the resumed observer released <run>/.lock at close too
+        assert lock.held and (tmp_path / "run" / LOCK_NAME).is_file()
 
 
 _LIMITED = """
