@@ -169,8 +169,10 @@ def test_resume_after_an_error_drops_rows_past_the_checkpoint(tiny, tmp_path, mo
     crashed = cen_lab.load_run(tmp_path / "crash")
     assert crashed.status == "failed" and "simulated crash" in crashed.manifest["error"]
     assert crashed.gammas["step"].max() == 8  # rows logged up to the crash were kept
-    monkeypatch.setattr(cen_lab.training, "data_losses", real)
+    monkeypatch.setattr(cen_lab.training, "task_losses", real)  # the real loss back: resume runs unpatched
+    before = calls["n"]
     resumed = cen_lab.train(tiny, tmp_path / "crash", progress=False, resume=True)
+    assert calls["n"] == before  # the failing wrapper is out of the way
     assert_same_logs(full, resumed)
 
 
@@ -253,6 +255,20 @@ def test_cuda_without_a_device_is_a_clear_error(tiny, tmp_path):
         cen_lab.train(tiny.override({"train.device": "cuda"}), tmp_path / "r", progress=False)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on any GPU machine)")
+def test_a_tiny_run_on_cuda_trains_logs_and_reloads(tiny, tmp_path):
+    run = cen_lab.train(tiny.override({"train.device": "cuda", "log.grads": True}), tmp_path / "gpu", progress=False)
+    assert run.complete and run.manifest["device"].startswith("cuda")
+    assert run.gammas["gamma"].notna().all() and not run.grads.empty and len(run.exchange) == len(run.gammas)
+    reloaded = cen_lab.load_run(tmp_path / "gpu")
+    for table in TABLES:
+        pd.testing.assert_frame_equal(getattr(reloaded, table), getattr(run, table), check_exact=True)
+    model = reloaded.load_model(device="cuda")
+    assert next(model.parameters()).is_cuda
+    cpu = cen_lab.train(tiny, tmp_path / "cpu", progress=False)  # the same run on the CPU, close but not bit for bit
+    np.testing.assert_allclose(run.gammas["gamma"], cpu.gammas["gamma"], rtol=1e-3, atol=1e-4)
+
+
 def test_three_modalities_classification_and_adam_train(tiny, tmp_path):
     cfg = tiny.override({"data.modalities": ["rgb", "depth", "edges"], "data.scene.task": "cls",
                          "train.steps": 4, "train.optimizer": "adam", "train.lr": 1e-2})
@@ -292,8 +308,10 @@ def test_resume_before_the_first_checkpoint_keeps_init_from(tiny, tmp_path, monk
     monkeypatch.setattr(cen_lab.training, "task_losses", failing)
     with pytest.raises(RuntimeError, match="early crash"):
         cen_lab.train(cfg, tmp_path / "crash", progress=False)
-    monkeypatch.setattr(cen_lab.training, "data_losses", real)
+    monkeypatch.setattr(cen_lab.training, "task_losses", real)  # the real loss back: resume runs unpatched
+    before = calls["n"]
     resumed = cen_lab.train(cfg, tmp_path / "crash", progress=False, resume=True)
+    assert calls["n"] == before  # the failing wrapper is out of the way
     assert_same_logs(full, resumed)
 
 
