@@ -59,14 +59,15 @@ def test_compare_to_never_mixes_architectures():
     assert summary["variant"].tolist() == ["cen", "a", "a", "cen"]  # best first within each
 
 
-def test_the_architectures_are_checked(tmp_path):
+def test_the_architectures_are_checked(tmp_path, capsys):
     with pytest.raises(ValueError, match="archs must be some of"):
         fusion.run_fusion_benchmark(tmp_path, preset="tiny", variants=["cen"], archs=["resnet"], progress=False)
     with pytest.raises(ValueError, match="archs="):
         fusion.run_fusion_benchmark(tmp_path, preset="tiny", variants=["cen"], model__arch="bottleneck",
                                     progress=False)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit:
         main(["bench-fusion", "--arch", "plain,resnet", "--out", str(tmp_path)])
+    assert exit.value.code == 2 and "resnet" in capsys.readouterr().err
 
 
 def test_compare_to_uses_the_ensemble_scores(bench):

@@ -19,11 +19,13 @@ def test_explorer_follows_the_slider_layer_and_modality(tiny_run):
     assert any(list(line.get_xdata()) == [6, 6] for line in curves.get_lines())  # the step marker
 
 
-def test_explorer_switches_runs(tiny_run):
-    ex = explore({"a": tiny_run, "b": tiny_run})
-    assert list(ex.run_picker.options) == ["a", "b"]
+def test_explorer_switches_runs(tiny_run, exchanging_runs):
+    other = exchanging_runs["s0"]  # 40 steps logged every 2, against the tiny run's 12
+    ex = explore({"a": tiny_run, "b": other})
+    assert list(ex.run_picker.options) == ["a", "b"] and ex.run is tiny_run and ex.steps[-1] == 12
     ex.run_picker.value = "b"
-    assert ex.run is tiny_run and ex.figures
+    assert ex.run is other and ex.steps == sorted(other.gammas["step"].unique()) and ex.steps[-1] == 40
+    assert ex.slider.max == len(ex.steps) - 1 and ex.figures
 
 
 def test_explorer_needs_a_run():
