@@ -91,7 +91,9 @@ def cmd_bench_long(args: argparse.Namespace) -> int:
         print(per_run[cols].round(3).to_string(index=False))
         print("\nPer variant and architecture (mean over seeds, 95% t interval; 'at N%': the portion under the "
               "threshold at that fraction of the budget):")
-        print(summary.round(3).T.to_string(header=False))
+        print(summary.drop(columns="regime").round(3).T.to_string(header=False))
+        for r in summary.itertuples(index=False):
+            print(f"regime of {r.variant}, {r.arch}: {r.regime}")
         print("\nWhich penalised channels ended exchanged, against every predictor (measured before each run's first "
               f"crossing; local check with {args.local_batches} minibatches, exchange off; bootstrap over runs):")
         cols = ["preset", "arch", "predictor", "runs", "exchanged", "mean predicted", "ECE", "ECE low", "ECE high",
