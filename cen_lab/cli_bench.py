@@ -17,10 +17,22 @@ from .cli_lambda import _floats
 __all__ = ["add_bench_commands", "cmd_bench_regime", "cmd_bench_long", "cmd_bench_translation", "cmd_bench_theorem_regimes"]
 
 
+PREDICTOR_COLUMNS = ["preset", "arch", "predictor", "runs", "exchanged", "mean predicted", "ECE", "ECE low", "ECE high",
+                     "AUC", "AUC low", "AUC high"]
+
+
+def _write_csvs(out: str, files) -> None:
+    """Write each ``(name, frame)`` of ``files`` as ``out/name``, atomically."""
+    from ._util.atomic import atomic_path
+
+    for name, frame in files:
+        with atomic_path(Path(out) / name) as tmp:
+            frame.to_csv(tmp, index=False)
+
+
 def cmd_bench_regime(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ._util.atomic import atomic_path
     from .experiments import regime_bench as rb
     from .theory.exchange_predictors import theorem_on_exchange
 
@@ -35,9 +47,7 @@ def cmd_bench_regime(args: argparse.Namespace) -> int:
     theorem, predictors = theorem_on_exchange(table, local_batches=args.local_batches, progress=not args.no_progress)
     files = (("regime_runs.csv", per_run), ("regime_summary.csv", summary), ("regime_theorem.csv", theorem),
              ("regime_predictors.csv", predictors))
-    for name, frame in files:
-        with atomic_path(Path(args.out) / name) as tmp:
-            frame.to_csv(tmp, index=False)
+    _write_csvs(args.out, files)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 200):
         print(per_run.drop(columns=["regime", "path"]).round(3).to_string(index=False))
         print("\nPer preset and architecture (mean over seeds, 95% t interval; goals of the default regime):")
@@ -47,9 +57,7 @@ def cmd_bench_regime(args: argparse.Namespace) -> int:
         print(theorem.round(3).T.to_string(header=False))
         print("\nEvery predictor against which channels ended exchanged (cen_lab.theory.exchange_predictors; measured "
               f"before each run's first crossing; local check with {args.local_batches} minibatches, exchange off):")
-        cols = ["preset", "arch", "predictor", "runs", "exchanged", "mean predicted", "ECE", "ECE low", "ECE high",
-                "AUC", "AUC low", "AUC high"]
-        print(predictors[cols].round(3).to_string(index=False))
+        print(predictors[PREDICTOR_COLUMNS].round(3).to_string(index=False))
     print(f"\nwrote {', '.join(name for name, _ in files)} in {args.out}")
     return 1 if (table["status"] == "failed").any() else 0
 
@@ -57,7 +65,6 @@ def cmd_bench_regime(args: argparse.Namespace) -> int:
 def cmd_bench_long(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ._util.atomic import atomic_path
     from .experiments import long_bench as lb
     from .theory.exchange_predictors import theorem_on_exchange
 
@@ -82,9 +89,7 @@ def cmd_bench_long(args: argparse.Namespace) -> int:
                                               progress=not args.no_progress)
     files = (("long_runs.csv", per_run), ("long_summary.csv", summary), ("long_theorem.csv", theorem),
              ("long_predictors.csv", predictors))
-    for name, frame in files:
-        with atomic_path(Path(args.out) / name) as tmp:
-            frame.to_csv(tmp, index=False)
+    _write_csvs(args.out, files)
     with pd.option_context("display.width", 220, "display.max_columns", 40, "display.max_colwidth", 200):
         cols = ["preset", "arch", "seed", "state", "flags", "final", *[c for c in per_run if c.startswith("at ")],
                 "rho", "score/ensemble", "score/weakest branch"]
@@ -96,9 +101,7 @@ def cmd_bench_long(args: argparse.Namespace) -> int:
             print(f"regime of {r.variant}, {r.arch}: {r.regime}")
         print("\nWhich penalised channels ended exchanged, against every predictor (measured before each run's first "
               f"crossing; local check with {args.local_batches} minibatches, exchange off; bootstrap over runs):")
-        cols = ["preset", "arch", "predictor", "runs", "exchanged", "mean predicted", "ECE", "ECE low", "ECE high",
-                "AUC", "AUC low", "AUC high"]
-        print(predictors[cols].round(3).to_string(index=False))
+        print(predictors[PREDICTOR_COLUMNS].round(3).to_string(index=False))
     missing = table[~table["status"].isin(["complete", "skipped"])]
     if len(missing):
         print(f"\n{len(missing)} run(s) not complete ({', '.join(sorted(set(missing['status'])))}): "
@@ -110,7 +113,6 @@ def cmd_bench_long(args: argparse.Namespace) -> int:
 def cmd_bench_translation(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ._util.atomic import atomic_path
     from .experiments import translation as tr
     from .experiments.learning_curves import exchange_curves, settling_table
 
@@ -122,9 +124,7 @@ def cmd_bench_translation(args: argparse.Namespace) -> int:
         print(f"cen-lab: error: {e}", file=sys.stderr)
         return 2
     summary, comparison = tr.translation_summary(table)
-    for frame, name in ((summary, "translation_summary.csv"), (comparison, "translation_comparison.csv")):
-        with atomic_path(Path(args.out) / name) as tmp:
-            frame.to_csv(tmp, index=False)
+    _write_csvs(args.out, (("translation_summary.csv", summary), ("translation_comparison.csv", comparison)))
     with pd.option_context("display.width", 220, "display.max_columns", 30):
         print(f"Regime of 'cen' (each other variant differs by what its name says): {summary['regime'].iloc[0]}")
         print("\nFinal prediction's L1 on the validation images (lower is better; mean and 95% t interval over "
@@ -145,7 +145,6 @@ def cmd_bench_translation(args: argparse.Namespace) -> int:
 def cmd_bench_theorem_regimes(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ._util.atomic import atomic_path
     from .theory.regimes import REGIME_DEFAULTS, compare_regimes
 
     d = REGIME_DEFAULTS
@@ -155,9 +154,7 @@ def cmd_bench_theorem_regimes(args: argparse.Namespace) -> int:
                                  l1_rule=d["l1_rule"], checkpoints=d["checkpoints"], n_batches=d["n_batches"],
                                  archs=d["archs"], momentums=d["momentums"], instance=d["instance"], n_jobs=args.jobs,
                                  progress=not args.no_progress)
-    for frame, name in ((comparison.calibration, "regime_calibration.csv"), (comparison.outcome, "regime_outcome.csv")):
-        with atomic_path(Path(args.out) / name) as tmp:
-            frame.to_csv(tmp, index=False)
+    _write_csvs(args.out, (("regime_calibration.csv", comparison.calibration), ("regime_outcome.csv", comparison.outcome)))
     with pd.option_context("display.width", 220, "display.max_columns", 30):
         print("Theorem 1's prediction at gamma = 0 in every regime (ECE and Spearman with 95% bootstrap intervals; "
               "z = dL/dgamma / ||dL/dx'||, 0 and 1 under the theorem's independence):")

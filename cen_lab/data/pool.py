@@ -39,7 +39,7 @@ import numpy as np
 from ..config import SceneParams
 from ..errors import ConfigError, DataFormatError
 from .canonical import CANONICAL, DATA_DIR
-from .io import MultimodalDataset, content_sha256, load_dataset, save_dataset
+from .io import MultimodalDataset, load_dataset, save_dataset
 from .scenes import MODALITY_CHANNELS, TARGET_CHANNELS, class_names, draw_scenes
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 
 from ._common import BRANCH_COLOURS, check_backend, mpl_figure, plotly_grid, takes
