@@ -35,8 +35,11 @@ def test_benchmark_parts_run_at_tiny_size():
 def test_local_check_benchmark_runs_at_tiny_size_with_the_same_numbers():
     from benchmarks.local_check import bench_local_check
 
+    torch.set_num_threads(2)  # the part runs single-threaded and leaves the threads as it found them
     out = bench_local_check(size=8, batch=4, n_batches=1, channels=3, repeats=1)
-    assert out["local_check_same_numbers"] and out["local_check_speedup"] > 0
+    assert torch.get_num_threads() == 2
+    assert out["local_check_same_numbers"] and out["local_check_speedup_bypass_over_reference"] > 0
+    assert out["local_check_speedup_same_model"] > 0
 
 
 def test_translation_benchmark_runs_at_tiny_size_and_its_reference_is_the_definition(tmp_path):
@@ -98,18 +101,36 @@ def test_step_times_time_each_step_of_a_real_run_and_leave_train_unpatched(tmp_p
         assert low <= out[f"log_overhead_{name}"] <= high
 
 
-def test_partial_benchmark_run_keeps_the_other_parts(tmp_path, monkeypatch):
+def test_partial_benchmark_run_keeps_the_other_parts(tmp_path, monkeypatch, capsys):
     out = tmp_path / "results.json"
-    monkeypatch.setattr(bench_cli, "PARTS", {"a": lambda: {"x": 1.0}, "b": lambda: {"y": 2.0}})
+    monkeypatch.setattr(bench_cli, "GOALS", {"x": (1.0, ">="), "y": (1.0, ">=")})
+
+    def single_threaded():  # a part that changes the threads, as the local check's does
+        torch.set_num_threads(1)
+        return {"x": 1.0}
+
+    monkeypatch.setattr(bench_cli, "PARTS", {"a": single_threaded, "b": lambda: {"y": 2.0}})
     monkeypatch.setattr(sys, "argv", ["bench", "--out", str(out)])
-    assert bench_cli.main() == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert bench_cli.main() == 0
+        assert torch.get_num_threads() == 2  # restored after part a
+    finally:
+        torch.set_num_threads(threads)
     first = json.loads(out.read_text())
+    assert first["meta"]["parts"]["a"]["threads_after"] == 1 and first["meta"]["parts"]["b"]["threads_after"] == 2
+    assert "stale" not in capsys.readouterr().out
     monkeypatch.setattr(bench_cli, "PARTS", {"a": lambda: {"x": 3.0}, "b": lambda: {"y": 4.0}})
     monkeypatch.setattr(sys, "argv", ["bench", "--out", str(out), "--only", "a"])
     assert bench_cli.main() == 0
     second = json.loads(out.read_text())
     assert (second["x"], second["y"]) == (3.0, 2.0)
     assert second["meta"]["measured"]["b"] == first["meta"]["measured"]["b"]
+    printed = capsys.readouterr().out.splitlines()
+    y = next(line for line in printed if line.startswith("y "))
+    x = next(line for line in printed if line.startswith("x "))
+    assert f"(stale: part b, {first['meta']['measured']['b'][:10]} at " in y and "stale" not in x
 
 
 def test_observer_benchmark_times_a_user_loop(tmp_path):
@@ -189,3 +210,28 @@ def test_startup_benchmark_times_the_commands_and_help_needs_no_torch():
         subprocess.run([sys.executable, "-c", code.format(args)], check=True, capture_output=True)
     subprocess.run([sys.executable, "-c", "import sys, cen_lab; cen_lab.ExperimentConfig.preset('tiny');"
                     "assert 'torch' not in sys.modules"], check=True)
+
+
+def test_sweep_benchmark_sets_apart_ratios_two_cores_cannot_give(monkeypatch):
+    import statistics
+
+    rates = iter([1.0, 2.5, 1.0, 1.8, 1.0, 1.9])  # seeds per second: 1 worker, then 2, three times
+
+    def fake_sweep(base, grid, out, **kw):  # no training: each timed sweep "takes" 4 seeds / its rate
+        import pandas as pd
+
+        fake_sweep.elapsed = 4 / next(rates) if not str(out).endswith(("warm1", "warm2")) else 0.0
+        return pd.DataFrame({"status": ["complete"]})
+
+    ticks = []
+
+    def perf_counter():
+        ticks.append(None)
+        return 0.0 if len(ticks) % 2 else fake_sweep.elapsed
+
+    monkeypatch.setattr(suite.cen_lab, "sweep", fake_sweep)
+    monkeypatch.setattr(suite.time, "perf_counter", perf_counter)
+    out = suite.bench_sweep(seeds=4, steps=2, repeats=3)
+    assert out["sweep_speedup_2_workers_repeats"] == pytest.approx([2.5, 1.8, 1.9])
+    assert out["sweep_speedup_2_workers_impossible"] == pytest.approx([2.5])
+    assert out["sweep_speedup_2_workers"] == pytest.approx(statistics.median([1.8, 1.9]))
