@@ -165,7 +165,8 @@ def test_theorem_benchmark_runs_at_tiny_size():
 def test_probe_benchmark_runs_at_tiny_size():
     from benchmarks.probe import bench_probe
 
-    out = bench_probe(preset="tiny", budget=40, probe_steps=10, threads=1)
+    out = bench_probe(preset="tiny", budget=40, probe_steps=10, threads=1, repeats=2)
+    assert {k: len(v) for k, v in out["probe_seconds"].items()} == {"probe": 2, "full": 2, "setup": 2}
     assert 0 < out["probe_cost_share"] and out["probe_step_cost_ratio"] > 0
     assert out["three_probes_cost_share_at_10000"] == pytest.approx(3 * out["probe_cost_share_at_10000"])
 
