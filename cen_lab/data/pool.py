@@ -115,9 +115,10 @@ def build_pool(params: SceneParams, n: int, directory: str | Path | None = None,
 
 
 def load_pool(params: SceneParams, n: int, modalities, directory: str | Path | None = None, *,
-              progress: bool = False) -> MultimodalDataset:
-    """The pool from the cache, built first when absent, built again (with a ``PoolCacheWarning``) when the file
-    does not match its hash. Every scene is in split 0."""
+              progress: bool = True) -> MultimodalDataset:
+    """The pool from the cache, built first when absent (with a progress bar: 65,536 scenes take a minute or two
+    on one core), built again (with a ``PoolCacheWarning``) when the file does not match its hash. Every scene is
+    in split 0."""
     path = pool_path(params, n, directory)
     if path.is_file():
         try:
