@@ -12,8 +12,12 @@ the layer out). Its hooks are removed when the observer closes.
 from __future__ import annotations
 
 import functools
+import logging
+import warnings
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ForwardWatch"]
 
@@ -43,6 +47,22 @@ class ForwardWatch:
         new = [n for n, idle in zip(self.names, self.idle) if idle and n not in self.unapplied]
         self.unapplied.update({n: int(step) for n in new})
         return new
+
+    def keep_unapplied(self, step: int, source: np.ndarray, own: np.ndarray, rows: list[slice], where: str) -> bool:
+        """``check``, then set the ``source`` rows (the exchange table's, ``rows[i]`` those of layer i) of every idle
+        layer to their ``own`` branch: not exchanged. Warns once per layer found unapplied; True when one was."""
+        new = self.check(step)
+        for idle, r in zip(self.idle, rows):
+            if idle:
+                source[r] = own[r]
+        if new:
+            msg = (f"{where}: layers {new} got no forward call before step {step}: the model's forward does not apply "
+                   "their norms, so they exchange nothing. They are logged as not exchanged, listed in "
+                   "manifest['unapplied_layers'], and left out by cen_lab.diagnose; observe the applied layers only "
+                   "with layers=[...]")
+            log.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=5)
+        return bool(new)
 
     def remove(self) -> None:
         for handle in self._handles:

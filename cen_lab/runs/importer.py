@@ -56,6 +56,7 @@ from .._util.progress import progress_bar
 from ..errors import ObserveError, RunFormatError, option, said
 from ..network.layouts import strip_wrapper_prefix
 from .attach import _open
+from .import_checks import refuse_uncertain
 from .exchange_maps import ExchangeFn
 from .reader import Run, load_run
 
@@ -370,7 +371,7 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
         del state, top
     root = skeleton(states[0])
     if layers is None and names is None:  # a file holds no modules: sibling norms are branches only when so named
-        _refuse_uncertain(root, files[0])
+        refuse_uncertain(root, files[0])
     order, step_source = _steps(files, tops, steps)
     ranked = sorted(range(len(files)), key=lambda i: order[i])
     if previous and order[ranked[0]] <= last:
@@ -400,32 +401,6 @@ def import_checkpoints(paths: str | Path | Sequence[str | Path], out_dir: str | 
             _load_into(root, states[i], obs.layers, files[i])
             obs.log(order[i])
     return load_run(out_dir)
-
-
-def _indexed(names: Sequence[str]) -> bool:
-    """Whether child names are one stem with the indices 0..M-1 (``bn_0, bn_1``, ``insnorm_0, ...``, a
-    ModuleList's ``0, 1``): the reference's per-branch layouts, unlike ``bn1, bn2`` or a Sequential's ``1, 4``."""
-    parts = [re.fullmatch(r"(.*?)(\d+)", n) for n in names]
-    return (all(parts) and len({p.group(1) for p in parts}) == 1
-            and sorted(int(p.group(2)) for p in parts) == list(range(len(names))))
-
-
-def _refuse_uncertain(root: nn.Module, path: Path) -> None:
-    """Refuse ``layers=None`` when a layer found in the files is only sibling norms of one size, not named as
-    branches: any model's ``bn1, bn2`` would otherwise be read as two modalities."""
-    from ..network.layouts import _few, find_bn_layers
-
-    modules = dict(root.named_modules())
-    found = find_bn_layers(root)
-    unsure = [la.name or "<root>" for la in found if not la.stacked
-              and not _indexed([n for n, _ in modules[la.name].named_children()])]
-    if unsure:
-        raise ObserveError(
-            f"{path}: with layers=None, no layout is certain: {len(unsure)} of the {len(found)} candidate layers are "
-            f"sibling norms not named as branches ({_few(unsure)}: children such as bn1, bn2, not bn_0, bn_1), which "
-            f"could be any model's. Candidate layers: {_few([la.name or '<root>' for la in found])}. If these files "
-            "are a CEN's, name its per-branch layers: " + said("layers='*.bn2' or layers=[...]",
-                                                              "--layers '*.bn2' (repeatable)"))
 
 
 def _open_imported(root, out_dir, layers, threshold, penalised, exchange, modality_names, lam, reference_lamda,

@@ -262,20 +262,10 @@ class Observer:
         return gamma, exchanged
 
     def _unapplied(self, step: int, source: np.ndarray) -> None:
-        """Rows of layers whose norms the forward did not apply since the last logged step keep their own branch
-        (``ForwardWatch``); the first time a layer is found so, the manifest records it and a warning says so."""
-        new = self._watch.check(step)
-        for idle, rows in zip(self._watch.idle, self._rows):
-            if idle:
-                source[rows] = self.branch_col[rows]
-        if new:
+        """Rows of layers the forward did not apply since the last logged step keep their own branch, and the
+        manifest lists those layers (``ForwardWatch.keep_unapplied``, which warns once a layer)."""
+        if self._watch.keep_unapplied(step, source, self.branch_col, self._rows, str(self.writer.path)):
             self.writer.manifest["unapplied_layers"] = dict(self._watch.unapplied)
-            msg = (f"{self.writer.path}: layers {new} got no forward call before step {step}: the model's forward does "
-                   "not apply their norms, so they exchange nothing. They are logged as not exchanged, listed in "
-                   "manifest['unapplied_layers'], and left out by cen_lab.diagnose; observe the applied layers only "
-                   "with layers=[...]")
-            log.warning(msg)
-            warnings.warn(msg, UserWarning, stacklevel=4)
 
     def _record_bn_mode(self) -> None:
         """``manifest["bn_mode"]``: how the observed BatchNorms ran at the logged steps (``"train"``, ``"eval"``,
