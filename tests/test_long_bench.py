@@ -105,3 +105,20 @@ def test_tiny_runs_say_they_carry_no_evidence_and_are_labelled_by_variant(bench)
                           "long finite lam 0.05, seed 1", "default, seed 0", "default, seed 1"]
     with pytest.raises(ValueError, match="size must be 'long' or 'tiny'"):
         lb.size_overrides("huge")
+
+
+def test_a_predictor_that_cannot_be_scored_keeps_the_runs_tables(bench, tmp_path, monkeypatch, capsys):
+    import cen_lab.theory.exchange_predictors as ep
+
+    _, table = bench
+
+    def no_checkpoint(*a, **k):
+        raise ValueError("run x: no checkpoint at or before step 360, the end of the window before the first crossing")
+
+    monkeypatch.setattr(lb, "run_long_benchmark", lambda *a, **k: table.assign(status="skipped"))
+    monkeypatch.setattr(ep, "theorem_on_exchange", no_checkpoint)
+    assert main(["bench-long", "--existing", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint at or before step 360" in err and "--local-batches 0" in err
+    assert (tmp_path / "long_runs.csv").is_file() and (tmp_path / "long_summary.csv").is_file()
+    assert not (tmp_path / "long_predictors.csv").exists()
