@@ -36,7 +36,7 @@ def load_data(cfg: DataConfig) -> MultimodalDataset:
     ds = _load_source(cfg)
     n_val = int((ds.split == 1).sum())
     source = {"source": cfg.source, "sha256": ds.manifest.get("sha256"), "generator": ds.manifest.get("generator")}
-    seen = {"val": {"kind": "split", "scenes": n_val, **source}}
+    val = {"kind": "split", "scenes": n_val, **source}
     if cfg.train_pool:
         from .pool import load_pool, pool_dataset, pool_path, source_generator
 
@@ -47,11 +47,11 @@ def load_data(cfg: DataConfig) -> MultimodalDataset:
                                   f"{ds.image_size[0]}")
         pool = load_pool(params, cfg.train_pool, ds.modalities)
         ds = pool_dataset(ds, pool)
-        seen["train"] = {"kind": "pool", "scenes": cfg.train_pool, "sha256": pool.manifest.get("sha256"),
+        train = {"kind": "pool", "scenes": cfg.train_pool, "sha256": pool.manifest.get("sha256"),
                          "generator": dataclasses.asdict(params), "cache": str(pool_path(params, cfg.train_pool))}
     else:
-        seen["train"] = {"kind": "split", "scenes": int((ds.split == 0).sum()), **source}
-    return dataclasses.replace(ds, manifest={**ds.manifest, "seen": {"train": seen["train"], "val": seen["val"]}})
+        train = {"kind": "split", "scenes": int((ds.split == 0).sum()), **source}
+    return dataclasses.replace(ds, manifest={**ds.manifest, "seen": {"train": train, "val": val}})
 
 
 def _load_source(cfg: DataConfig) -> MultimodalDataset:

@@ -32,7 +32,7 @@ from .fusion import _interval
 from .regime_bench import per_run_regime, regime_config
 from .sweeps import sweep
 
-__all__ = ["LONG_LAMS", "DATA_VARIANTS", "FRACTIONS", "size_overrides", "runs_by_variant", "long_config", "variant_label", "prepare_pool",
+__all__ = ["LONG_LAMS", "DATA_VARIANTS", "FRACTIONS", "size_overrides", "runs_by_variant", "variant_label", "prepare_pool",
            "run_long_benchmark", "cascade", "long_per_run", "long_summary"]
 
 LONG_LAMS = (2e-4, 2e-3)  # the paper's lam, and one a decade up
@@ -66,17 +66,6 @@ def runs_by_variant(table: pd.DataFrame) -> dict[str, Any]:
         label = row.preset + "".join(f", {c} {getattr(row, c)}" for c in several)
         out[label] = load_run(row.path)
     return out
-
-
-def long_config(arch: str = "plain", data: str = "pool") -> ExperimentConfig:
-    """The ``long`` preset on ``arch`` (``data="pool"``), or the same on the source's 512 scenes
-    (``data="finite"``), named ``long-<arch>`` or ``long-finite-<arch>``; lam and seed are the sweep's."""
-    if data not in ("pool", "finite"):
-        raise ValueError(f"data must be 'pool' or 'finite' for the long preset, got {data!r}")
-    cfg = ExperimentConfig.preset("long").override({"model.arch": arch})
-    if data == "finite":
-        return cfg.override({"name": f"long-finite-{arch}", "data.train_pool": 0})
-    return cfg.override({"name": f"long-{arch}"})
 
 
 def variant_label(data: str, lam: float | None = None) -> str:
@@ -123,7 +112,7 @@ def run_long_benchmark(runs_dir: str | Path, *, data: Sequence[str] = DATA_VARIA
     run = _sweep if train else _existing
     tables = []
     # one sweep over every long variant and architecture, so that both workers stay busy across them; a variant's
-    # runs are named as long_config(arch, data) names them: long-<arch>-..., long-finite-<arch>-...
+    # runs are named long-<arch>-<grid point> (the pool) and long-finite-<arch>-<grid point>
     bundles = {f"{'' if d == 'pool' else 'finite-'}{arch}": {"model.arch": arch,
                                                              "data.train_pool": long.data.train_pool if d == "pool" else 0}
                for d in data if d != "default" for arch in archs}
