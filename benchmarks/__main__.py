@@ -12,7 +12,7 @@ import torch
 
 from cen_lab._util.atomic import atomic_write_json
 
-from . import data, diagnosis, local_check, probe, startup, suite, theorem_paths, translation
+from . import data, diagnosis, forecast, local_check, probe, startup, suite, theorem_paths, translation
 
 # name -> (goal, direction): ">=" means at least, "<=" at most
 GOALS = {
@@ -34,6 +34,7 @@ GOALS = {
     "cli_help_over_torch_import": (0.3, "<="),
     "cli_config_over_torch_import": (0.3, "<="),
     "import_cen_lab_over_torch_import": (1.2, "<="),
+    "forecast_cost_share": (0.02, "<="),
 }
 # reported beside the goals, without one
 REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10000",
@@ -43,12 +44,13 @@ REPORTED = ("probe_cost_share", "probe_step_cost_ratio", "probe_cost_share_at_10
             "theorem_fp32_throughput_speedup",
             "theorem_bf16_step_speedup", "theorem_channels_last_step_speedup",
             "theorem_seed_batching_speedup", "bottleneck_theorem_bf16_step_speedup", "default_cen_bf16_step_speedup",
-            "data_inline_cost_per_step", "data_pool_cached_cost_per_step")
+            "data_inline_cost_per_step", "data_pool_cached_cost_per_step",
+            "forecast_seconds_at_10000_steps")
 PARTS = {"exchange": suite.bench_exchange, "step": suite.bench_step, "logging": suite.bench_logging,
          "observer": suite.bench_observer, "sweep": suite.bench_sweep, "theorem": theorem_paths.bench_theorem,
          "local_check": local_check.bench_local_check, "diagnose": diagnosis.bench_diagnose, "probe": probe.bench_probe,
          "translation": translation.bench_translation, "data": data.bench_data,
-         "startup": startup.bench_startup}
+         "startup": startup.bench_startup, "forecast": forecast.bench_forecast}
 
 
 def main() -> int:

@@ -28,7 +28,8 @@ from .errors import (CenLabError, ConfigError, DataFormatError, NonFiniteLossErr
 # the rest of the front, imported on first use (PEP 562): `import cen_lab` costs no more than torch's own import
 _LAZY = {"diagnose": "experiments.diagnosis", "sweep": "experiments.sweeps", "train": "experiments.training",
          "exchange": "network", "sparsity_mask": "network.penalty", "Observer": "runs", "Run": "runs",
-         "import_checkpoints": "runs", "load_run": "runs", "observe": "runs", "predict_exchange": "theory.lambda_choice"}
+         "import_checkpoints": "runs", "load_run": "runs", "observe": "runs", "predict_exchange": "theory.lambda_choice",
+         "forecast": "theory.forecast"}
 
 __all__ = [
     "__version__",
@@ -44,6 +45,7 @@ __all__ = [
     "RunFormatError",
     "diagnose",
     "exchange",
+    "forecast",
     "import_checkpoints",
     "load_run",
     "observe",

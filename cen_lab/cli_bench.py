@@ -1,6 +1,7 @@
 """The CLI's long benchmarks that ``cen_lab.cli`` adds: ``cen-lab bench-regime`` (does each preset exchange
 partially and by importance, and do Theorem 1 and its corrected predictors say which channels?),
 ``cen-lab bench-long`` (the paper's lam over 10,000 steps on data that does not run out),
+``cen-lab bench-forecast`` (the exchange forecast made at 5-50% of those runs, against their end),
 ``cen-lab bench-translation`` (the CEN U-Net against
 single-domain generators, early and late fusion and its ablations on the ``translate`` preset) and
 ``cen-lab bench-theorem-regimes`` (Theorem 1's checks in every training regime, the long form of the theorem
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .cli_lambda import _floats
 
-__all__ = ["add_bench_commands", "cmd_bench_regime", "cmd_bench_long", "cmd_bench_translation", "cmd_bench_theorem_regimes"]
+__all__ = ["add_bench_commands", "cmd_bench_regime", "cmd_bench_long", "cmd_bench_forecast", "cmd_bench_translation", "cmd_bench_theorem_regimes"]
 
 
 PREDICTOR_COLUMNS = ["preset", "arch", "predictor", "runs", "exchanged", "mean predicted", "ECE", "ECE low", "ECE high",
@@ -60,6 +61,43 @@ def cmd_bench_regime(args: argparse.Namespace) -> int:
         print(predictors[PREDICTOR_COLUMNS].round(3).to_string(index=False))
     print(f"\nwrote {', '.join(name for name, _ in files)} in {args.out}")
     return 1 if (table["status"] == "failed").any() else 0
+
+
+def cmd_bench_forecast(args: argparse.Namespace) -> int:
+    import json
+
+    import pandas as pd
+
+    from ._util.atomic import atomic_write_json
+    from .runs.forecast_model import SPREAD, WINDOW
+    from .theory import forecast_bench as fb
+
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+        if not all(0 < f < 1 for f in fractions):
+            raise ValueError(f"--fractions must lie in (0, 1), got {args.fractions}")
+        tune, choice, scores, summary = fb.run_forecast_benchmark(args.runs, fractions, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"cen-lab: error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or args.runs
+    _write_csvs(out, (("forecast_tuning.csv", tune), ("forecast_scores.csv", scores),
+                      ("forecast_summary.csv", summary)))
+    atomic_write_json(Path(out) / "forecast_choice.json", choice)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        held = scores.drop_duplicates("run")
+        print(f"tuned on seed 0 of every variant ({tune['run'].nunique()} runs): window {choice['window']:g}, spread "
+              f"{choice['spread']:g} (mean absolute error {choice['mae']:.3f}, coverage {choice['coverage']:.0%} over "
+              f"{choice['n']} forecasts at >= 10% of a run)")
+        if (choice["window"], choice["spread"]) != (WINDOW, SPREAD):
+            print(f"note: cen_lab.forecast's defaults are window {WINDOW:g}, spread {SPREAD:g}; the scores below are "
+                  "at the tuned setting")
+        print(f"scored on {len(held)} other runs: " + json.dumps(held.groupby("variant").size().to_dict()))
+        print("\nPer architecture, fraction of the run and method (mae: mean absolute error of the final portion under "
+              "the threshold, 95% t interval; coverage: of the 80% intervals):")
+        print(summary.round(3).to_string(index=False))
+    print(f"\nwrote forecast_tuning.csv, forecast_scores.csv, forecast_summary.csv, forecast_choice.json in {out}")
+    return 0
 
 
 def cmd_bench_long(args: argparse.Namespace) -> int:
@@ -217,6 +255,17 @@ def add_bench_commands(sub, archs) -> None:
     p.add_argument("--out", default="runs/long", metavar="DIR", help="where the runs go (default: runs/long)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench_long)
+
+    p = sub.add_parser("bench-forecast", help="the exchange forecast (cen_lab.forecast) made at 5, 10, 25 and 50 percent "
+                                              "of finished runs, scored on their end, beside predict_exchange and a "
+                                              "learning-curve extrapolation (trains nothing; minutes)")
+    p.add_argument("--runs", default="runs/long", metavar="DIR",
+                   help="the folder of finished runs (default: runs/long, where bench-long puts them)")
+    p.add_argument("--fractions", default="0.05,0.1,0.25,0.5", metavar="A,B",
+                   help="fractions of each run to forecast from (default: 0.05,0.1,0.25,0.5)")
+    p.add_argument("--out", metavar="DIR", help="where the tables go (default: --runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench_forecast)
 
     p = sub.add_parser("bench-translation", help="the translation CEN (shade from rgb and depth, U-Net, InstanceNorm) "
                                                  "against single-domain generators, fusions and ablations over seeds")

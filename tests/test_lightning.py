@@ -155,3 +155,20 @@ def test_a_module_without_a_readable_cen_layer_lists_its_norm_like_modules(tmp_p
         _trainer(2, callbacks=[cb]).fit(Plain(), _loader())
     with pytest.raises(ObserveError, match="grads_every >= 0"):
         CENObserver(tmp_path / "x", grads_every=-1)
+
+
+def test_the_callback_records_the_forecast_given_the_schedule(tmp_path):
+    from cen_lab.runs.forecast_model import ForecastWarning
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ForecastWarning)
+        _trainer(12, callbacks=[_callback(tmp_path / "fc", lr=LR, forecast_every=2)]).fit(Module(), _loader(12))
+    run = cen_lab.load_run(tmp_path / "fc")
+    assert run.forecasts["step"].tolist() == [7, 8, 10]  # from the 8th logged state (step 7), then every 2
+    assert (run.forecasts["budget"] == 12).all()
+    with pytest.raises(ObserveError, match="max_steps"):  # no Trainer(max_steps): no budget to forecast to
+        pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, enable_checkpointing=False,
+                   callbacks=[_callback(tmp_path / "nobudget", lr=LR)]).fit(Module(), _loader(2))

@@ -39,8 +39,8 @@ def test_the_cascade_is_the_logged_portion_at_each_fraction(bench):
     run = cen_lab.load_run(table["path"].iloc[0])
     m = run.metrics
     curve = m[(m["split"] == "train") & (m["name"] == "sparsity/below_threshold")].set_index("step")["value"]
-    # 12 steps logged every 2: 10% is step 1.2 -> the row of step 0; 40% is 4.8 -> step 4; 80% is 9.6 -> step 8
-    assert lb.cascade(run, (0.1, 0.4, 0.8)) == {"at 10%": curve[0], "at 40%": curve[4], "at 80%": curve[8]}
+    # 16 steps logged every 2: 10% is step 1.6 -> the row of step 0; 40% is 6.4 -> step 6; 80% is 12.8 -> step 12
+    assert lb.cascade(run, (0.1, 0.4, 0.8)) == {"at 10%": curve[0], "at 40%": curve[6], "at 80%": curve[12]}
     assert lb.cascade(run, (0.0001,))["at 0%"] == curve[0]  # step 0 is at or before any fraction
 
 

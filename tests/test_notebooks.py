@@ -138,7 +138,7 @@ def test_long_regime_notebook_executes_at_tiny_size(tmp_path):
     run_notebook(NOTEBOOK_DIR / "long_regime.ipynb",
                  {"size": "tiny", "lam": 0.05, "n_jobs": 1, "runs_dir": str(tmp_path / "runs"),
                   "figures_dir": str(figs), "progress": False}, tmp_path, progress_bar=False)
-    for stem in ("budget_curves", "regime_comparison"):
+    for stem in ("budget_curves", "regime_comparison", "forecast_path"):
         assert (figs / f"{stem}.png").stat().st_size > 1000, stem
     rows = json.loads((figs / "summary.json").read_text())["runs"]
     assert [r["preset"] for r in rows] == ["long lam 0.05", "long finite lam 0.05", "default"]

@@ -61,7 +61,7 @@ def test_every_plot_names_the_compute_that_makes_its_frame():
     from cen_lab import plots
 
     names = [n for n in dir(plots) if n.startswith("plot_")]
-    assert len(names) == 30
+    assert len(names) == 31
     for name in names:
         plot = getattr(plots, name)
         assert plot.columns, name

@@ -244,10 +244,13 @@ class LogConfig:
     every: int = 5  # steps between gamma / exchange / train-loss records
     eval_every: int = 50  # steps between validation passes (also at the first and last step)
     grads: bool = False  # also log dL/dgamma of the data loss and ||dL/dx'|| per channel
+    forecast_every: int = 0  # steps between recorded exchange forecasts (0: about 50 over the run; -1: none)
 
     def __post_init__(self) -> None:
         _positive("log.every", self.every)
         _positive("log.eval_every", self.eval_every)
+        if self.forecast_every < -1:
+            raise ConfigError(f"log.forecast_every must be >= 0, or -1 for none; got {self.forecast_every}")
 
 
 @dataclass(frozen=True)

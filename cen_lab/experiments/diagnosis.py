@@ -146,6 +146,7 @@ class Diagnosis:
     notes: list[str] = field(default_factory=list)
     numbers: dict[str, float] = field(default_factory=dict)  # the table's numbers unformatted: final, final_free,
     #                                                          p_mannwhitney, cluster, rho, rho_low, rho_high, plateau
+    forecast: dict | None = None  # a run in progress: its latest forecast (the forecasts table's row), else None
 
     def __str__(self) -> str:
         flags = [f for f in self.flags if f != self.state]
@@ -332,8 +333,32 @@ def diagnose(run: Run | str | Path, threshold: float | None = None,
                                                         if free.any() else float("nan") for t in grid]})
     numbers = {"final": final, "final_free": final_free, "p_mannwhitney": p_mw, "cluster": cluster, "rho": rho,
                "rho_low": lo, "rho_high": hi, "plateau": float("nan") if plateau is None else float(plateau)}
+    fc = _latest_forecast(run, steps, rows, g, float(thr))
+    if fc is not None:
+        at = "" if fc["step_90"] < 0 else f"; 90% at step {fc['step_90']}"
+        notes.append(f"the run is in progress: forecast at step {fc['step']} of {fc['budget']}, {fc['predicted']:.1%} "
+                     f"under the threshold at the end (interval {fc['low']:.1%}-{fc['high']:.1%}), {fc['state']}{at} "
+                     "(cen_lab.forecast; its accuracy: README, 'Forecasting a run')")
     return Diagnosis(run.path.name, state, flags, table, portion, crossings, thresholds_df, _regime(run, len(steps)),
-                     notes, numbers)
+                     notes, numbers, fc)
+
+
+def _latest_forecast(run: Run, steps: np.ndarray, rows: pd.DataFrame, g: np.ndarray, thr: float) -> dict | None:
+    """An incomplete run's forecast: made now from its config's schedule (a trained run), else the latest one it
+    recorded (an observed run given its schedule); None for a finished run or when there is none."""
+    from ..runs.forecast_model import MIN_LOGS, forecast_arrays
+    from .training import lr_rates
+
+    if run.complete:
+        return None
+    pen = rows["penalised"].to_numpy()
+    if run.config is not None and len(steps) >= MIN_LOGS and run.lam_per_step and steps[-1] <= run.config.train.steps:
+        u = np.concatenate([[0.0], np.cumsum(lr_rates(run.config.train))])
+        r = forecast_arrays(steps, np.abs(g[:, pen]), u, thr, pd.factorize(rows.loc[pen, "layer"])[0])
+        return {k: getattr(r, k) for k in ("step", "budget", "now", "predicted", "low", "high", "state", "step_90")}
+    if run.forecasts.empty:
+        return None
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in run.forecasts.iloc[-1].to_dict().items()}
 
 
 def _article(word: str) -> str:

@@ -43,6 +43,7 @@ from ..network.patchgan import adversarial_backward, attach_discriminator
 from ..network.tasks import load_task_data, resolve_tasks, task_loss, task_targets
 from ..network.tasks import TaskMetrics  # noqa: F401  (importable from here, as before)
 from ..runs.exchange_maps import CENExchange, ExchangeMap  # noqa: F401
+from ..runs.forecast_model import auto_cadence
 from ..runs.lock import RunLock
 from ..runs.observer import BNLayer, Observer
 from ..runs.reader import Run, load_run
@@ -290,6 +291,9 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
         _load_initial_weights(model, cfg.train.init_from)
     start = ckpt["step"] if ckpt is not None else 0
     logger = _observer(model, writer, thr)
+    if cfg.log.forecast_every != -1 and lam > 0:  # the exchange forecast as the run goes (cen_lab.forecast)
+        logger.record_forecasts(lr_rates(cfg.train), cfg.log.forecast_every or auto_cadence(cfg.train.steps, cfg.log.every),
+                                lam)
     end = stop_at if stop_at is not None else cfg.train.steps
     perm_epoch, perm = -1, None
 
@@ -351,11 +355,11 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
             logger.log_state(end, final_epoch)
             logger.log_metrics(end, evaluate(model, xv, yv, outputs, ds.num_classes), "val", final_epoch)
             writer.flush(upper=end + 1)
-            writer.manifest["train_seconds"] = writer.manifest.get("train_seconds", 0.0) + time.perf_counter() - clock
+            _add_seconds(writer, clock, logger)
             writer.checkpoint(end, model, optimizer)
             writer.finish("complete", end)
         else:
-            writer.manifest["train_seconds"] = writer.manifest.get("train_seconds", 0.0) + time.perf_counter() - clock
+            _add_seconds(writer, clock, logger)
             writer.checkpoint(end, model, optimizer)
     except BaseException as e:
         bar.close()
@@ -366,6 +370,15 @@ def _train(cfg: ExperimentConfig, out: Path, resume: bool, overwrite: bool, prog
         raise
     bar.close()
     return load_run(out)
+
+
+def _add_seconds(writer: RunWriter, clock: float, logger: Observer) -> None:
+    """The manifest's ``train_seconds`` (the loop's wall time) and ``forecast_seconds`` (the forecasts' share of
+    it), summed over resumed parts."""
+    m = writer.manifest
+    m["train_seconds"] = m.get("train_seconds", 0.0) + time.perf_counter() - clock
+    if logger.forecaster is not None:
+        m["forecast_seconds"] = m.get("forecast_seconds", 0.0) + logger.forecaster.seconds
 
 
 def _load_splits(cfg: ExperimentConfig, device: torch.device):

@@ -71,20 +71,25 @@ class CENObserver(pl.Callback):
         Replace a run in ``out_dir`` when the fit starts fresh (a resumed fit reopens it instead).
     flush_every, rank
         As for ``cen_lab.observe``.
+    lr : float, sequence or callable, optional
+        The learning rate of every step (one rate, every step's, or a function step -> rate, e.g. your scheduler's
+        formula): with ``Trainer(max_steps=...)``, the run records the exchange forecast (``cen_lab.forecast``)
+        every ``forecast_every`` steps (0: about 50 over the fit), as ``cen_lab.observe``'s ``lr``.
     """
 
     def __init__(self, out_dir: str | Path, *, submodule: str | None = None, layers: Any = None,
                  threshold: float = 2e-2, penalised: str | Mapping[str, Any] | None = None,
                  exchange: str = "mean", modality_names: Sequence[str] | None = None, lam: float | None = None,
                  log_every: int = 1, grads_every: int = 0, overwrite: bool = False, flush_every: int = 50,
-                 rank: int = 0):
+                 rank: int = 0, lr: Any = None, forecast_every: int = 0):
         if log_every < 1 or grads_every < 0:
             raise ObserveError(f"log_every must be >= 1 and grads_every >= 0, got {log_every}, {grads_every}")
         if lam is not None and not lam >= 0:
             raise ObserveError(f"lam must be >= 0 or None, got {lam!r}")
         self.out_dir, self.submodule = Path(out_dir), submodule
         self.settings = dict(layers=layers, threshold=threshold, penalised=penalised, exchange=exchange,
-                             modality_names=modality_names, lam=lam, flush_every=flush_every, rank=rank)
+                             modality_names=modality_names, lam=lam, flush_every=flush_every, rank=rank,
+                             lr=lr, forecast_every=forecast_every)
         self.lam, self.log_every, self.grads_every, self.overwrite = lam, log_every, grads_every, overwrite
         self.observer = None
         self._grads = None  # the open obs.grads(step) block of this batch
@@ -105,6 +110,9 @@ class CENObserver(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resume = trainer.ckpt_path is not None and (self.out_dir / "manifest.json").is_file()
+        if self.settings["lr"] is not None and not (trainer.max_steps and trainer.max_steps > 0):
+            raise ObserveError("CENObserver(lr=...) forecasts the exchange at the end of the fit: give the Trainer "
+                               "max_steps (the budget), or leave lr out")
         self.observer = observe(self._model(pl_module), self.out_dir, total_steps=trainer.max_steps
                                 if trainer.max_steps and trainer.max_steps > 0 else None, resume=resume,
                                 overwrite=self.overwrite and not resume, **self.settings)

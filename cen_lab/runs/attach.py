@@ -15,6 +15,7 @@ from ..errors import ObserveError, RunExistsError, option
 from ..network.layouts import BNLayer, penalised_masks, resolve_layers, unwrap
 from ..network.penalty import per_step_lam
 from .exchange_maps import ExchangeFn, ExchangeMap, _exchange_map
+from .forecast_model import auto_cadence, rates_of
 from .lock import RunLock
 from .observer import Observer
 from .schema import _read_manifest
@@ -80,7 +81,8 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
             modality_names: Sequence[str] | None = None, lam: float | None = None,
             reference_lamda: float | None = None, reference_code: str | None = None, seed: int | None = None,
             total_steps: int | None = None, resume: bool = False, overwrite: bool = False,
-            flush_every: int = 50, rank: int = 0, tensorboard: Any = None) -> "Observer | IdleObserver":
+            flush_every: int = 50, rank: int = 0, tensorboard: Any = None, lr: Any = None,
+            forecast_every: int = 0) -> "Observer | IdleObserver":
     """Observe ``model`` in its own training loop; see ``cen_lab.runs.observer`` for layers, rules and the API.
 
     Parameters
@@ -126,6 +128,13 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         Also write what is logged to this writer as it is logged (the exchange ratio and the portion below the
         threshold per layer and branch, gamma histograms, the metrics, gradient summaries; see
         ``cen_lab.export``), from the same host copy of each logged step.
+    lr : float, sequence of float or callable, optional
+        The loop's learning rate: one rate, the rate of every step, or a function step -> rate (e.g. your
+        scheduler's formula). With ``total_steps``, the observer records the exchange forecast
+        (``cen_lab.forecast``: where the portion under the threshold will be at ``total_steps``) in the
+        ``forecasts`` table, shows it in TensorBoard and warns once when it is collapsing or none.
+    forecast_every : int
+        Steps between recorded forecasts (0: about 50 over ``total_steps``).
     rank : int
         Under ``torch.distributed`` (a DistributedDataParallel job), the one rank that writes the run (default 0);
         every other rank gets an ``IdleObserver``, which has the same methods and does nothing, so the same loop
@@ -137,12 +146,23 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         Call ``log`` / ``log_metrics`` / ``grads`` in the loop and ``close`` at the end (or use it as a context
         manager: an exception then records status ``failed``).
     """
+    if lr is not None and not (isinstance(total_steps, int) and total_steps > 0):
+        raise ObserveError(f"lr= records the exchange forecast over total_steps; give total_steps too (got {total_steps!r})")
+    if forecast_every < 0:
+        raise ObserveError(f"forecast_every must be >= 0 (0: about 50 forecasts over the run), got {forecast_every!r}")
+    try:
+        rates = None if lr is None else rates_of(lr, total_steps)  # a bad schedule fails before anything is written
+    except ValueError as e:
+        raise ObserveError(f"lr: {e}") from None
     if not _writes(rank):
         return IdleObserver()
-    return _open(model, out_dir, source="observed", layers=layers, threshold=threshold, penalised=penalised,
-                 exchange=exchange, modality_names=modality_names, lam=lam, reference_lamda=reference_lamda,
-                 reference_code=reference_code, resume=resume, overwrite=overwrite,
-                 flush_every=flush_every, manifest={"seed": seed, "total_steps": total_steps}, tensorboard=tensorboard)
+    obs = _open(model, out_dir, source="observed", layers=layers, threshold=threshold, penalised=penalised,
+                exchange=exchange, modality_names=modality_names, lam=lam, reference_lamda=reference_lamda,
+                reference_code=reference_code, resume=resume, overwrite=overwrite,
+                flush_every=flush_every, manifest={"seed": seed, "total_steps": total_steps}, tensorboard=tensorboard)
+    if rates is not None and obs.writer.manifest.get("lam") != 0:  # lam 0: nothing is pushed to 0
+        obs.record_forecasts(rates, forecast_every or auto_cadence(total_steps), obs.writer.manifest.get("lam"))
+    return obs
 
 
 def _open(model: nn.Module, out_dir: str | Path, *, source: str, layers: Any, threshold: float,

@@ -65,6 +65,10 @@ class TensorBoardSink:
             if (~pen).any():
                 self.writer.add_histogram(f"gamma/unpenalised/{tag}", g[~pen], step)
 
+    def forecast(self, step: int, res: Any) -> None:
+        """The exchange forecast made at ``step`` (``cen_lab.runs.forecast_model.ForecastResult``)."""
+        write_forecast(self.writer, step, res)
+
     def metrics(self, step: int, split: str, values: Mapping[str, float]) -> None:
         write_metrics(self.writer, step, split, values)
 
@@ -75,6 +79,13 @@ class TensorBoardSink:
             if np.isfinite(norms).any():
                 self.writer.add_scalar(f"dxprime_norm_mean/{tag}", float(np.nanmean(norms)), step)
             self.writer.add_histogram(f"dgamma/{tag}", dgamma[rows], step)
+
+
+def write_forecast(writer: Any, step: int, res: Any) -> None:
+    """``forecast/predicted``, ``forecast/low`` and ``forecast/high``: the final portion under the threshold that
+    the forecast made at ``step`` expects (anything with those attributes: a ``ForecastResult``, a table row)."""
+    for name in ("predicted", "low", "high"):
+        writer.add_scalar(f"forecast/{name}", float(getattr(res, name)), step)
 
 
 def write_metrics(writer: Any, step: int, split: str, values: Mapping[str, float]) -> None:
@@ -128,6 +139,8 @@ def tensorboard(run: "Run | str | Path", log_dir: str | Path) -> Path:
                 sink.grads(int(step), rows["dgamma"].to_numpy(), rows["dxprime_norm"].to_numpy())
         for (step, split), rows in run.metrics.groupby(["step", "split"], sort=True):
             write_metrics(writer, int(step), split, dict(zip(rows["name"], rows["value"])))
+        for row in run.forecasts.itertuples(index=False):  # the forecasts recorded as the run went
+            write_forecast(writer, int(row.step), row)
     finally:
         writer.close()
     return Path(log_dir)

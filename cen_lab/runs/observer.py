@@ -41,17 +41,15 @@ layer; rows are buffered and written as Parquet parts every ``flush_every`` logg
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import functools
 import logging
 import math
 import numbers
 import warnings
-import weakref
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..errors import ObserveError
@@ -59,6 +57,8 @@ from ..network.hooks import record_bn_output_grad_norms
 from ..network.layouts import (PENALISED_RULES, BNLayer, alternate_halves, find_bn_layers, penalised_masks,  # noqa: F401
                                resolve_layers)
 from .divergence import DivergenceWatch
+from ._open import track_open as _track_open, untrack
+from .forecast_model import ForecastRecorder
 from .forward_watch import ForwardWatch
 from .exchange_maps import ExchangeFn, ExchangeMap, MeanExchange, NoExchange, _CallableExchange, _exchange_map  # noqa: F401
 from .export import TensorBoardSink
@@ -71,27 +71,6 @@ __all__ = ["PENALISED_RULES", "BNLayer", "ExchangeMap", "MeanExchange", "NoExcha
            "find_bn_layers", "resolve_layers", "penalised_masks", "alternate_halves"]
 
 # -- the observer ---------------------------------------------------------------------------------------------
-
-_OPEN: "weakref.WeakSet[Observer]" = weakref.WeakSet()  # observers not closed yet, flushed at interpreter exit
-
-
-def _flush_open_observers() -> None:
-    for obs in list(_OPEN):  # the interpreter ends with an observer open: keep what it logged (status incomplete)
-        try:
-            obs.flush()
-        except Exception:  # never raise at exit
-            log.exception("could not flush %s at exit", obs.writer.path)
-
-
-@functools.cache
-def _register_exit_flush() -> None:  # once per process, on the first observer (no side effect at import)
-    atexit.register(_flush_open_observers)
-
-
-def _track_open(obs: "Observer") -> None:
-    _register_exit_flush()
-    _OPEN.add(obs)
-
 
 def _finite_metrics(values: Mapping[str, Any] | None, allow_nan: bool = False) -> dict[str, float]:
     out = {}
@@ -166,6 +145,7 @@ class Observer:
         self._beta_tensors = [t for la in self.layers for t in la.betas()]
         self._hook_points = [(la.name, la.hook_point()) for la in self.layers]
         self._watch = ForwardWatch(self.layers)  # layers the forward never applies exchange nothing
+        self.forecaster: ForecastRecorder | None = None  # set by record_forecasts
         # monotonic steps: the last step written or buffered per table (metrics: per split, with its names)
         self._rewind = rewind_on_resume
         self._reset_last_steps()
@@ -190,7 +170,7 @@ class Observer:
         self._any_last = max([v for v in last.values() if v is not None], default=None)
 
     def _max_part(self) -> int:
-        tops = [int(p.stem.split("-")[1]) for t in ("gammas", "exchange", "metrics", "grads")
+        tops = [int(p.stem.split("-")[1]) for t in ("gammas", "exchange", "metrics", "grads", "forecasts")
                 for p in (self.writer.path / t).glob("part-*.parquet")]
         return max(tops, default=0)
 
@@ -257,9 +237,20 @@ class Observer:
         self.writer.add("exchange", step=step, **self.ids, exchanged=exchanged, source=source)
         if self._tb is not None:  # from the arrays already on the host: no other device copy
             self._tb.state(step, gamma, exchanged)
+        if self.forecaster is not None:
+            self.forecaster.state(step, gamma)
         self._last["gammas"] = step
         self._after_log(step)
         return gamma, exchanged
+
+    def record_forecasts(self, rates: np.ndarray, every: int, lam: float | None = None) -> ForecastRecorder:
+        """Record the exchange forecast (``cen_lab.runs.forecast_model``) every ``every`` steps from here on;
+        ``rates``: the learning rate of every step of the budget (its length is the budget)."""
+        if every < 1:
+            raise ObserveError(f"the forecast's cadence must be >= 1 step, got {every!r}")
+        self.forecaster = ForecastRecorder(self.writer, self.penalised, pd.factorize(self.ids["layer"])[0], rates,
+                                           self.threshold, every, lam=lam, sink=self._tb)
+        return self.forecaster
 
     def _unapplied(self, step: int, source: np.ndarray) -> None:
         """Rows of layers the forward did not apply since the last logged step keep their own branch, and the
@@ -395,7 +386,7 @@ class Observer:
         finally:
             self._closed = True
             self._watch.remove()
-            _OPEN.discard(self)
+            untrack(self)
             if self._lock is not None:
                 self._lock.release()
 

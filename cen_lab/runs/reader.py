@@ -45,8 +45,9 @@ class Run:
     config : ExperimentConfig or None
         The config of a trained run; None for observed and imported runs (see ``settings``).
     manifest : dict
-    gammas, exchange, metrics, grads : pandas.DataFrame
-        Long-format tables (schema in this module's docstring); ``grads`` is empty unless gradients were logged.
+    gammas, exchange, metrics, grads, forecasts : pandas.DataFrame
+        Long-format tables (schema in ``cen_lab.runs.schema``); ``grads`` is empty unless gradients were logged,
+        ``forecasts`` unless forecasts were recorded.
     settings : dict
         ``config.json`` as written: ``config.to_dict()`` for a trained run, the observer's or importer's settings
         otherwise.
@@ -60,6 +61,7 @@ class Run:
     metrics: pd.DataFrame
     grads: pd.DataFrame
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    forecasts: pd.DataFrame = dataclasses.field(default_factory=lambda: _empty("forecasts"))
 
     @property
     def source(self) -> str:

@@ -11,6 +11,7 @@ Run directory layout (schema version 3)
       exchange/part-*.parquet
       metrics/part-*.parquet
       grads/part-*.parquet   only when log.grads is on
+      forecasts/part-*.parquet  the exchange forecasts recorded while the run went (absent before 2026-12-08)
       checkpoints/step-*.pt  periodic and final checkpoints (torch.save of plain dicts; load with weights_only)
 
 Where a run comes from is ``manifest.json["source"]``: ``"trained"`` (``cen_lab.train``), ``"observed"``
@@ -32,7 +33,8 @@ Optional manifest keys, absent where they do not apply: ``diverged`` (``{"step",
 imported run's reference-code lamda, counted once per output), ``bn_mode`` (``"train"``, ``"eval"`` or
 ``"mixed"``: how an observed run's BatchNorms ran at its logged steps) and ``grad_steps_skipped`` (steps whose
 gradients a ``GradScaler`` found non-finite, not logged).
-``manifest.json["train_seconds"]`` is the wall time of the training loop (summed over resumed parts). A trained
+``manifest.json["train_seconds"]`` is the wall time of the training loop (summed over resumed parts), and
+``forecast_seconds`` the part of it spent forecasting (the ``forecasts`` table). A trained
 run also records ``lam_per_step``, the L1 weight of one training step: ``lam``, times the number of outputs when
 ``train.l1_per_output`` adds the penalty once per output as the reference code does (``Run.lam_per_step``).
 ``manifest.json["status"]`` is ``"incomplete"`` while training (and after a kill), ``"complete"`` after the
@@ -78,6 +80,12 @@ grads
     penalty and the update), dxprime_norm (float32: L2 norm of dL/dx' over batch and space, x' the BN output; for an
     InstanceNorm layer of dL/dx' centred over each sample's positions, Theorem 1's scale there: see
     ``cen_lab.network.hooks.record_bn_output_grad_norms``).
+forecasts
+    step (the logged state the forecast was made at), budget (the run's steps), now (portion of penalised gammas
+    under the threshold at that step), predicted, low, high (the forecast portion at the budget's end and its
+    interval), state (``collapsing``, ``partial`` or ``none``), step_90 (the step the portion would pass 90%; -1:
+    not within the budget). Recorded by ``cen_lab.train`` every ``log.forecast_every`` steps, and by
+    ``cen_lab.observe`` when it is given the schedule; the model is ``cen_lab.runs.forecast_model``.
 """
 
 from __future__ import annotations
@@ -108,6 +116,8 @@ TABLES: dict[str, dict[str, str]] = {
     "metrics": {"step": "int64", "epoch": "int64", "split": "str", "name": "str", "value": "float64"},
     "grads": {"step": "int64", "layer": "str", **_BRANCH, "channel": "int32", "dgamma": "float32",
               "dxprime_norm": "float32"},
+    "forecasts": {"step": "int64", "budget": "int64", "now": "float64", "predicted": "float64", "low": "float64",
+                  "high": "float64", "state": "str", "step_90": "int64"},
 }
 _MANIFEST_KEYS = ("schema_version", "status", "seed", "modalities", "tasks", "branches", "outputs", "last_step",
                   "total_steps", "source", "threshold", "lam", "penalised_rule", "exchange", "layers")

@@ -55,6 +55,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..runs.forecast_model import relaxation  # the relaxation of step 2 (shared with the run's own forecast)
 from ..runs.reader import Run
 from .formula import attraction_probability
 from .lambda_probe import MIN_LOGS, MODELLED, STRIDE, ProbeFit, _pooled_h, fit_probe
@@ -116,14 +117,6 @@ def speed_at(D: np.ndarray, lam_p: float, lam: float, optimizer: str, momentum: 
         d_p = np.where(sat, lam_p, Dc * s / np.sqrt(1 - Dc ** 2))
     d = d_p + lam - lam_p
     return d / (np.sqrt(s ** 2 + d ** 2) + eps)
-
-
-def relaxation(D: np.ndarray, h: np.ndarray, u: np.ndarray | float) -> np.ndarray:
-    """``Delta(u) = D / h * (1 - exp(-h u))``, ``D * u`` where ``h = 0`` (step 2); broadcasts."""
-    D, h, u = np.asarray(D, np.float64), np.asarray(h, np.float64), np.asarray(u, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        out = np.where(h > 0, D * -np.expm1(-h * u) / np.where(h > 0, h, 1.0), D * u)
-    return np.where(np.isinf(D) & (D > 0), np.inf, out)
 
 
 def predicted_state(portion: float) -> str:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..experiments.diagnosis import _steps_matrix
 from ..experiments.training import lr_rates
+from ..runs.forecast_model import rates_of
 from ..runs.reader import Run, load_run
 
 __all__ = ["MODELLED", "MIN_LOGS", "STRIDE", "ProbeFit", "fit_probe"]
@@ -69,17 +70,7 @@ def _lr_schedule(run: Run, budget: int | None, optimizer: str | None, lr, moment
         raise ValueError(f"optimizer {optimizer!r} is not modelled; the model knows {', '.join(MODELLED)} "
                          "(subgradient L1)")
     momentum = 0.0 if optimizer == "adam" or momentum is None else float(momentum)
-    if callable(lr):
-        lrs = np.array([float(lr(s)) for s in range(budget)])
-    elif np.ndim(lr):
-        lrs = np.asarray(lr, dtype=np.float64)
-        if len(lrs) != budget:
-            raise ValueError(f"lr has {len(lrs)} rates; the budget has {budget} steps")
-    else:
-        lrs = np.full(budget, float(lr))
-    if (lrs < 0).any() or not np.isfinite(lrs).all():
-        raise ValueError("learning rates must be finite and >= 0")
-    return optimizer, momentum, lrs
+    return optimizer, momentum, rates_of(lr, budget)
 
 
 def fit_probe(probe: Run | str | Path, budget: int | None = None, *, optimizer: str | None = None,

@@ -70,10 +70,12 @@ class Explorer:
         self.play = w.Play(min=0, max=0, interval=400, description="play")
         w.jslink((self.play, "value"), (self.slider, "value"))
         self.step_label = w.Label()
+        self.forecast_label = w.Label()  # the forecast recorded at or before the step shown (cen_lab.forecast)
         self.outputs = {k: w.Output() for k in ("exchange", "gammas", "curves")}
         self.widget = w.VBox([
             w.HBox([self.run_picker, self.layer_picker, self.branch_picker]),
             w.HBox([self.play, self.slider, self.step_label]),
+            self.forecast_label,
             w.HBox([self.outputs["exchange"], self.outputs["gammas"]]),
             self.outputs["curves"],
         ])
@@ -119,6 +121,7 @@ class Explorer:
 
         p, run, step, layer = self._plots, self.run, self.step, self.layer_picker.value
         self.step_label.value = f"step {step}"
+        self.forecast_label.value = forecast_text(run, step)
         thr = run.threshold
         snapshot = p.compute_gamma_snapshot(run.gammas, thr, run.branches, step=step, layers=[layer])
         snapshot = snapshot[snapshot["branch"] == self.branch_picker.value]
@@ -153,6 +156,18 @@ class Explorer:
                          f"{self.layer_picker.value}, step {self.step}.*"))
         for fig in self.figures.values():
             display_figure(fig)
+
+
+def forecast_text(run: Run, step: int) -> str:
+    """The line the explorer shows under its slider: the latest forecast ``run`` recorded at or before ``step``."""
+    f = run.forecasts[run.forecasts["step"] <= step]
+    if f.empty:
+        return ("forecast: none recorded by this step" if not run.forecasts.empty else
+                "forecast: none recorded (cen_lab.train records one from its 8th logged step; observe needs lr=)")
+    r = f.iloc[-1]
+    at = "" if r["step_90"] < 0 else f"; 90% at step {int(r['step_90'])}"
+    return (f"forecast at step {int(r['step'])}: {r['predicted']:.0%} of the penalised gammas under the threshold at "
+            f"step {int(r['budget'])} (interval {r['low']:.0%}-{r['high']:.0%}), {r['state']}{at}")
 
 
 def runs_under(folder: str | Path) -> dict[str, Run]:

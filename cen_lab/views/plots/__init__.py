@@ -16,6 +16,7 @@ state behind. ``plot_exchange_animation`` is plotly only (a step slider with a p
 
 from ._common import BACKENDS, FREE_COLOUR, PENALISED_COLOUR
 from .budget import compute_budget_curves, plot_budget_curves
+from .forecast import compute_forecast_path, plot_forecast_path
 from .diagnosis import compute_diagnosis, compute_regime_comparison, plot_diagnosis, plot_regime_comparison
 from .curves import compute_metric_across_runs, compute_training_curves, plot_metric_across_runs, plot_training_curves
 from .exchange import (compute_exchange_animation, compute_exchange_maps, compute_exchange_snapshot, compute_exchange_ratio, compute_flip_counts, compute_flip_events,
@@ -47,4 +48,5 @@ __all__ = [
     "plot_regime_outcome", "compute_drift", "plot_drift", "plot_prediction_ece", "plot_exchange_predictors",
     "plot_learning_curves", "plot_exchange_settling", "compute_lambda_curve", "plot_lambda_curve",
     "compute_translation_examples", "plot_translation_examples", "compute_budget_curves", "plot_budget_curves",
+    "compute_forecast_path", "plot_forecast_path",
 ]
