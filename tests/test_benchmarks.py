@@ -236,3 +236,13 @@ def test_sweep_benchmark_sets_apart_ratios_two_cores_cannot_give(monkeypatch):
     assert out["sweep_speedup_2_workers_repeats"] == pytest.approx([2.5, 1.8, 1.9])
     assert out["sweep_speedup_2_workers_impossible"] == pytest.approx([2.5])
     assert out["sweep_speedup_2_workers"] == pytest.approx(statistics.median([1.8, 1.9]))
+
+
+def test_forecast_benchmark_prices_a_long_runs_forecasts_against_its_steps():
+    from benchmarks.forecast import bench_forecast
+
+    out = bench_forecast(repeats=1)
+    secs = out["forecast_seconds"]
+    assert secs["forecasts"] == 50  # one every 200 steps of 10,000 (auto_cadence(10000, 20))
+    assert out["forecast_cost_share"] == pytest.approx(secs["all_forecasts_of_a_run"] / (10000 * secs["cen_step"]))
+    assert 0 < out["forecast_seconds_at_10000_steps"] < secs["all_forecasts_of_a_run"]
