@@ -212,14 +212,19 @@ def test_the_peer_recovers_a_curve_of_its_own_families_and_a_flat_curve():
 
 
 def test_the_benchmark_tables_on_tiny_runs(tiny_long_run):
-    scores = score_runs([tiny_long_run], fractions=(0.25, 0.5), windows=(0.25, 0.5), spreads=(0.5, 1.0),
-                        n_boot=20, progress=False)
+    scores = score_runs([tiny_long_run], fractions=(0.25, 0.5), windows=(0.25, 0.5), decels=(0.0, 1.0),
+                        spreads=(0.5, 1.0), n_boot=20, progress=False)
     f = scores[scores["method"] == "forecast"]
-    assert len(f) == 2 * 2 * 2 and set(scores["method"]) == {"forecast", "probe", "peer"}
+    assert len(f) == 2 * 2 * 2 * 2 and set(scores["method"]) == {"forecast", "probe", "peer"}
+    # each spread widens the same forecast: as cen_lab.forecast with that spread gives it
+    row = f[(f["fraction"] == 0.25) & (f["window"] == 0.5) & (f["decel"] == 1.0) & (f["spread"] == 0.5)].iloc[0]
+    direct = forecast(truncate_run(tiny_long_run, int(row["step"])), window=0.5, decel=1.0, spread=0.5, n_boot=20)
+    assert (direct.predicted, direct.low, direct.high) == (row["predicted"], row["low"], row["high"])
     assert (scores["error"].dropna() == (scores["predicted"] - scores["final"]).dropna()).all()
     assert scores.loc[scores["fraction"] == 0.25, "step"].iloc[0] == 14  # the last logged state by 25% of 60
     choice = tune_forecaster(scores)
-    assert choice["window"] in (0.25, 0.5) and choice["spread"] in (0.5, 1.0)
+    assert choice["window"] in (0.25, 0.5) and choice["decel"] in (0.0, 1.0) and choice["spread"] in (0.5, 1.0)
+    assert choice["runs"] == [tiny_long_run.path.name]
     summary = forecast_summary(scores)
     assert set(summary["method"]) == {"forecast", "probe", "peer"}
     row = summary[(summary["method"] == "forecast") & (summary["fraction"] == 0.25)].iloc[0]

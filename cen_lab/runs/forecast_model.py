@@ -35,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_LOGS", "WINDOW", "SPREAD", "STRIDE", "ForecastWarning", "ForecastResult", "forecast_arrays",
-           "relaxation", "rates_of", "auto_cadence", "ForecastRecorder"]
+__all__ = ["MIN_LOGS", "WINDOW", "SPREAD", "DECEL", "STRIDE", "ForecastWarning", "ForecastResult", "forecast_arrays",
+           "relaxation", "widen", "rates_of", "auto_cadence", "ForecastRecorder"]
 
 MIN_LOGS = 8  # logged steps a forecast needs (a window of >= 4, so that every live channel has a local speed)
 WINDOW = 0.25  # trailing fraction of the logged steps whose speeds are read (chosen on the tuning runs, README)
+DECEL = 1.0  # the weight of the measured deceleration (0: constant speeds; chosen on the tuning runs, README)
 SPREAD = 0.75  # the model's error on the new crossings, as a factor (chosen on the tuning runs, README)
 STRIDE = 4  # logged steps a local speed spans (fewer when the window is short)
 COLLAPSING, NONE = 0.9, 0.01  # as cen_lab.diagnose and predict_exchange
@@ -98,7 +99,8 @@ def _u_needed(v: np.ndarray, h: np.ndarray, dist: np.ndarray) -> np.ndarray:
 
 
 def forecast_arrays(steps: np.ndarray, a: np.ndarray, u: np.ndarray, threshold: float, layer: np.ndarray, *,
-                    window: float = WINDOW, spread: float = SPREAD, level: float = 0.8, n_boot: int = 200,
+                    window: float = WINDOW, spread: float = SPREAD, decel: float = DECEL, level: float = 0.8,
+                    n_boot: int = 200,
                     seed: int = 0) -> ForecastResult:
     """The forecast from logged ``|gamma|``.
 
@@ -113,8 +115,9 @@ def forecast_arrays(steps: np.ndarray, a: np.ndarray, u: np.ndarray, threshold: 
     threshold : float
     layer : int array [C]
         Each channel's layer index (0..L-1).
-    window, spread, level, n_boot, seed
-        See the module docstring; ``seed`` makes the bootstrap a function of its arguments alone.
+    window, spread, decel, level, n_boot, seed
+        See the module docstring (``decel`` scales the measured deceleration: 0 extrapolates each channel's
+        recent speed as constant); ``seed`` makes the bootstrap a function of its arguments alone.
     """
     steps = np.asarray(steps, np.int64)
     a = np.asarray(a, np.float64)
@@ -150,7 +153,7 @@ def forecast_arrays(steps: np.ndarray, a: np.ndarray, u: np.ndarray, threshold: 
         v = np.nan_to_num(np.nanmean(recent, 0))
         n = np.sum(~np.isnan(recent), 0)
         v_se = np.where(n > 1, np.nan_to_num(np.nanstd(recent, 0, ddof=1)) / np.sqrt(np.maximum(n, 1)), 0.0)
-    h_layer = _pooled_h(sxy, sxx, layer, k)
+    h_layer = decel * _pooled_h(sxy, sxx, layer, k)
     u_left = u[-1] - us[-1]
     dist = a[-1] - threshold  # to move strictly more than this
 
@@ -169,13 +172,11 @@ def forecast_arrays(steps: np.ndarray, a: np.ndarray, u: np.ndarray, threshold: 
         rng = np.random.default_rng(seed)
         idx = np.concatenate([rng.choice(np.flatnonzero(layer == j), size=(n_boot, int((layer == j).sum())))
                               for j in range(k) if (layer == j).any()], axis=1)  # [B, C] within layers
-        hb = np.stack([_pooled_h(sxy[i], sxx[i], layer[i], k) for i in idx])  # [B, L]
+        hb = decel * np.stack([_pooled_h(sxy[i], sxx[i], layer[i], k) for i in idx])  # [B, L]
         vb = v[idx] + v_se[idx] * rng.standard_normal(idx.shape)
         boot = portion(vb, np.take_along_axis(hb, layer[idx], axis=1), dist[idx], alive[idx])
         lo, hi = (float(q) for q in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
-    new = predicted - now
-    lo = max(now, min(lo, predicted, now + new / (1 + spread)))
-    hi = min(1.0, max(hi, predicted, now + new * (1 + spread)))
+    lo, hi = widen(now, predicted, lo, hi, spread)
     step_90 = -1
     if C:
         need90 = int(np.ceil(COLLAPSING * C))
@@ -200,6 +201,15 @@ def rates_of(lr: Any, budget: int) -> np.ndarray:
     if (rates < 0).any() or not np.isfinite(rates).all():
         raise ValueError("learning rates must be finite and >= 0")
     return rates
+
+
+def widen(now, predicted, low, high, spread):
+    """The interval with the model's own error on the new crossings (``predicted - now``) as a factor ``spread``:
+    at least ``[now + new / (1 + spread), now + new * (1 + spread)]``, within ``[now, 1]``; works on arrays."""
+    new = np.asarray(predicted) - now
+    lo = np.maximum(now, np.minimum(np.minimum(low, predicted), now + new / (1 + spread)))
+    hi = np.minimum(1.0, np.maximum(np.maximum(high, predicted), now + new * (1 + spread)))
+    return (float(lo), float(hi)) if np.ndim(lo) == 0 else (lo, hi)
 
 
 def auto_cadence(total_steps: int, log_every: int = 1) -> int:

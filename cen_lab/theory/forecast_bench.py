@@ -9,8 +9,9 @@ penalised gammas under the threshold. Beside it, from the same cut:
 - ``peer``: learning-curve extrapolation of the portion-under-threshold curve itself (``curve_peer``, the families
   of Domhan et al. 2015 by Akaike weights).
 
-The forecaster's two settings (the window and the error factor of its interval) are chosen on the **tuning
-runs**, seed 0 of every variant (``tune_forecaster``), and scored on the others (``scored``: seeds >= 1).
+The forecaster's three settings (its window, the weight of its deceleration and the error factor of its interval)
+are chosen on the **tuning runs**, seed 0 of every variant (``tune_forecaster``), and scored on the others
+(seeds >= 1).
 """
 
 from __future__ import annotations
@@ -25,17 +26,19 @@ import pandas as pd
 from ..experiments.diagnosis import _steps_matrix
 from ..experiments.fusion import _interval
 from ..runs.reader import Run, load_run
+from ..runs.forecast_model import DECEL, SPREAD, WINDOW, widen
 from .curve_peer import extrapolate_curve
 from .forecast import forecast, truncate_run
 from .lambda_choice import predict_exchange
 
-__all__ = ["FRACTIONS", "GOALS", "WINDOWS", "SPREADS", "load_runs", "variant_of", "score_runs", "tune_forecaster",
+__all__ = ["FRACTIONS", "GOALS", "WINDOWS", "DECELS", "SPREADS", "load_runs", "variant_of", "score_runs", "tune_forecaster",
            "forecast_summary", "run_forecast_benchmark"]
 
 FRACTIONS = (0.05, 0.1, 0.25, 0.5)
 GOALS = {0.1: 0.10, 0.25: 0.05, 0.5: 0.05}  # mean absolute error goals (issue 33) from these fractions
 COVERAGE_GOAL = 0.8
-WINDOWS = (0.25, 0.5)  # the tuning grid
+WINDOWS = (0.25, 0.5, 0.75)  # the tuning grid
+DECELS = (0.0, 0.5, 1.0)
 SPREADS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 METHODS = ("forecast", "probe", "peer")
 
@@ -64,12 +67,14 @@ def _curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
     return steps, (np.abs(g[:, pen]) < run.threshold).mean(1)
 
 
-def score_runs(runs: Iterable[Run], fractions: Sequence[float] = FRACTIONS, *, windows: Sequence[float] = (0.5,),
-               spreads: Sequence[float] = (1.0,), methods: Sequence[str] = METHODS, n_boot: int = 200,
+def score_runs(runs: Iterable[Run], fractions: Sequence[float] = FRACTIONS, *,
+               windows: Sequence[float] = (WINDOW,), decels: Sequence[float] = (DECEL,),
+               spreads: Sequence[float] = (SPREAD,), methods: Sequence[str] = METHODS, n_boot: int = 200,
                progress: bool = True) -> pd.DataFrame:
-    """One row per run, fraction, method (and forecaster setting): run, variant, arch, seed, fraction, step, final,
-    now, method, window, spread, predicted, low, high, error (predicted - final), covered, note (why a method
-    could not answer)."""
+    """One row per run, fraction, method (and forecaster setting): run, variant, arch, seed, lam, budget, final,
+    fraction, step, now, method, window, decel, spread, predicted, low, high, error (predicted - final), covered,
+    note (why a method could not answer). The forecaster is computed once per window and deceleration; each
+    spread widens the same bootstrap interval (``forecast_model.widen``)."""
     from .._util.progress import progress_bar
 
     runs = list(runs)
@@ -85,14 +90,20 @@ def score_runs(runs: Iterable[Run], fractions: Sequence[float] = FRACTIONS, *, w
             cut = truncate_run(run, int(steps[k]))
             row0 = {**base, "fraction": f, "step": int(steps[k]), "now": float(portion[k])}
             for method in methods:
-                for w, s in ([(w, s) for w in windows for s in spreads] if method == "forecast" else [(np.nan, np.nan)]):
-                    r = {**row0, "method": method, "window": w, "spread": s, "predicted": np.nan, "low": np.nan,
-                         "high": np.nan, "note": ""}
+                grid = [(w, d) for w in windows for d in decels] if method == "forecast" else [(np.nan, np.nan)]
+                for w, d in grid:
+                    r = {**row0, "method": method, "window": w, "decel": d, "spread": np.nan, "predicted": np.nan,
+                         "low": np.nan, "high": np.nan, "note": ""}
                     try:
-                        r.update(_answer(method, cut, steps[:k + 1], portion[:k + 1], budget, w, s, n_boot))
+                        r.update(_answer(method, cut, steps[:k + 1], portion[:k + 1], budget, w, d, n_boot))
                     except ValueError as e:
                         r["note"] = str(e).split(": ", 1)[-1][:160]
-                    rows.append(r)
+                    if method != "forecast":
+                        rows.append(r)
+                        continue
+                    for sp in spreads:  # the same bootstrap, widened by each error factor
+                        lo, hi = widen(r["now"], r["predicted"], r["low"], r["high"], sp)
+                        rows.append({**r, "spread": sp, "low": lo, "high": hi})
     df = pd.DataFrame(rows)
     df["error"] = df["predicted"] - df["final"]
     covered = (df["low"] <= df["final"] + 1e-12) & (df["final"] <= df["high"] + 1e-12)
@@ -101,9 +112,9 @@ def score_runs(runs: Iterable[Run], fractions: Sequence[float] = FRACTIONS, *, w
 
 
 def _answer(method: str, cut: Run, steps: np.ndarray, portion: np.ndarray, budget: int, window: float,
-            spread: float, n_boot: int) -> dict:
-    if method == "forecast":
-        fc = forecast(cut, window=window, spread=spread, n_boot=n_boot)
+            decel: float, n_boot: int) -> dict:
+    if method == "forecast":  # the bootstrap's interval alone (spread 0): score_runs widens it
+        fc = forecast(cut, window=window, decel=decel, spread=0.0, n_boot=n_boot)
         return {"predicted": fc.predicted, "low": fc.low, "high": fc.high}
     if method == "peer":
         ex = extrapolate_curve(steps, portion, budget)
@@ -116,18 +127,21 @@ def _answer(method: str, cut: Run, steps: np.ndarray, portion: np.ndarray, budge
 
 def tune_forecaster(scores: pd.DataFrame, min_fraction: float = 0.1) -> dict:
     """The forecaster's setting chosen on ``scores`` of the tuning runs (``score_runs`` over ``WINDOWS`` x
-    ``SPREADS``): the window of the least mean absolute error at fractions >= ``min_fraction`` (the error does not
-    depend on the spread), then the smallest spread whose intervals cover the final portion in >= 80% of them."""
+    ``DECELS`` x ``SPREADS``): the window and deceleration of the least mean absolute error at fractions >=
+    ``min_fraction`` (the error does not depend on the spread), then the smallest spread whose intervals cover the
+    final portion in >= 80% of those forecasts (the widest, if none does)."""
     f = scores[(scores["method"] == "forecast") & (scores["fraction"] >= min_fraction) & scores["predicted"].notna()]
     if f.empty:
         raise ValueError("no forecast of the tuning runs to tune on")
-    mae = f.groupby("window")["error"].apply(lambda e: e.abs().mean())
-    window = float(mae.idxmin())
-    cov = f[f["window"] == window].groupby("spread")["covered"].mean()
+    mae = f.groupby(["window", "decel"])["error"].apply(lambda e: e.abs().mean())
+    window, decel = (float(x) for x in mae.idxmin())
+    best = f[(f["window"] == window) & (f["decel"] == decel)]
+    cov = best.groupby("spread")["covered"].mean()
     ok = cov[cov >= COVERAGE_GOAL]
-    spread = float(ok.index.min()) if len(ok) else float(cov.idxmax())
-    return {"window": window, "spread": spread, "mae": float(mae.min()), "coverage": float(cov[spread]),
-            "n": int(len(f[(f["window"] == window) & (f["spread"] == spread)]))}
+    spread = float(ok.index.min()) if len(ok) else float(cov.index.max())
+    return {"window": window, "decel": decel, "spread": spread, "mae": float(mae.min()),
+            "coverage": float(cov[spread]), "n": int((best["spread"] == spread).sum()),
+            "runs": sorted(f["run"].unique())}
 
 
 def forecast_summary(scores: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -166,9 +180,9 @@ def run_forecast_benchmark(runs: str | Path | Sequence[Run], fractions: Sequence
     if not tuning or not scored:
         raise ValueError(f"the benchmark needs complete runs of the tuning seeds {list(tuning_seeds)} and of other "
                          f"seeds; found {len(tuning)} and {len(scored)}")
-    tune = score_runs(tuning, fractions, windows=WINDOWS, spreads=SPREADS, methods=("forecast",), n_boot=n_boot,
-                      progress=progress)
+    tune = score_runs(tuning, fractions, windows=WINDOWS, decels=DECELS, spreads=SPREADS, methods=("forecast",),
+                      n_boot=n_boot, progress=progress)
     choice = tune_forecaster(tune)
-    scores = score_runs(scored, fractions, windows=(choice["window"],), spreads=(choice["spread"],), n_boot=n_boot,
-                        progress=progress)
+    scores = score_runs(scored, fractions, windows=(choice["window"],), decels=(choice["decel"],),
+                        spreads=(choice["spread"],), n_boot=n_boot, progress=progress)
     return tune, choice, scores, forecast_summary(scores)
