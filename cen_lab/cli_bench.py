@@ -69,7 +69,7 @@ def cmd_bench_forecast(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ._util.atomic import atomic_write_json
-    from .runs.forecast_model import DECEL, SPREAD, WINDOW
+    from .runs.forecast_model import DECEL, SHRINK, SPREAD, WINDOW
     from .theory import forecast_bench as fb
 
     try:
@@ -87,11 +87,11 @@ def cmd_bench_forecast(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         held = scores.drop_duplicates("run")
         print(f"tuned on seed 0 of every variant ({tune['run'].nunique()} runs): window {choice['window']:g}, "
-              f"deceleration {choice['decel']:g}, spread {choice['spread']:g} (mean absolute error "
+              f"deceleration {choice['decel']:g}, shrink {choice['shrink']:g}, spread {choice['spread']:g} (mean absolute error "
               f"{choice['mae']:.3f}, coverage {choice['coverage']:.0%} over {choice['n']} forecasts at >= 10% of a run)")
-        if (choice["window"], choice["decel"], choice["spread"]) != (WINDOW, DECEL, SPREAD):
-            print(f"note: cen_lab.forecast's defaults are window {WINDOW:g}, deceleration {DECEL:g}, spread "
-                  f"{SPREAD:g}; the scores below are at the tuned setting")
+        if (choice["window"], choice["decel"], choice["shrink"], choice["spread"]) != (WINDOW, DECEL, SHRINK, SPREAD):
+            print(f"note: cen_lab.forecast's defaults are window {WINDOW:g}, deceleration {DECEL:g}, shrink "
+                  f"{SHRINK:g}, spread {SPREAD:g}; the scores below are at the tuned setting")
         print(f"scored on {len(held)} other runs: " + json.dumps(held.groupby("variant").size().to_dict()))
         print("\nPer architecture, fraction of the run and method (mae: mean absolute error of the final portion under "
               "the threshold, 95% t interval; coverage: of the 80% intervals):")

@@ -114,7 +114,7 @@ def test_forecast_every_sets_the_cadence_and_minus_one_turns_it_off(tmp_path):
         warnings.simplefilter("ignore", ForecastWarning)
         run = cen_lab.train(base.override({"log.forecast_every": 10}), tmp_path / "a", progress=False)
         off = cen_lab.train(base.override({"log.forecast_every": -1}), tmp_path / "b", progress=False)
-    assert run.forecasts["step"].tolist() == [14, 20, 30, 40]  # the first as soon as MIN_LOGS states are in, then every 10
+    assert run.forecasts["step"].tolist() == [14, 20, 30, 40]  # from the MIN_LOGS-th state on, then every 10
     assert off.forecasts.empty and "forecast_seconds" not in off.manifest
     with pytest.raises(cen_lab.ConfigError, match="forecast_every"):
         base.override({"log.forecast_every": -2})
@@ -212,7 +212,7 @@ def test_the_peer_recovers_a_curve_of_its_own_families_and_a_flat_curve():
 
 
 def test_the_benchmark_tables_on_tiny_runs(tiny_long_run):
-    scores = score_runs([tiny_long_run], fractions=(0.25, 0.5), windows=(0.25, 0.5), decels=(0.0, 1.0),
+    scores = score_runs([tiny_long_run], fractions=(0.25, 0.5), windows=(0.25, 0.5), decels=(0.0, 1.0), shrinks=(0.3,),
                         spreads=(0.5, 1.0), n_boot=20, progress=False)
     f = scores[scores["method"] == "forecast"]
     assert len(f) == 2 * 2 * 2 * 2 and set(scores["method"]) == {"forecast", "probe", "peer"}

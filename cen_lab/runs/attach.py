@@ -147,7 +147,8 @@ def observe(model: nn.Module, out_dir: str | Path, *, layers: Any = None, thresh
         manager: an exception then records status ``failed``).
     """
     if lr is not None and not (isinstance(total_steps, int) and total_steps > 0):
-        raise ObserveError(f"lr= records the exchange forecast over total_steps; give total_steps too (got {total_steps!r})")
+        raise ObserveError("lr= records the exchange forecast over total_steps; give total_steps too "
+                           f"(got {total_steps!r})")
     if forecast_every < 0:
         raise ObserveError(f"forecast_every must be >= 0 (0: about 50 forecasts over the run), got {forecast_every!r}")
     try:

@@ -14,9 +14,11 @@ schedule much less is left than the fraction of steps suggests; a curve fitted i
 2. **Recent speed.** For every channel above the threshold, its local speeds of ``|gamma|`` in ``u`` over
    ``stride`` logged steps in the trailing window (the last ``window`` of the logged steps); its speed now is
    the mean of the window's last quarter.
-3. **Deceleration.** Within each layer, speed against level (``|gamma|``) within channels, pooled over the
-   layer's live channels: ``h_L >= 0`` (a channel that has come down is held back more). The distance it will
-   still move is ``v / h * (1 - exp(-h * u_left))`` (``v * u_left`` for ``h = 0``): a relaxation.
+3. **Deceleration.** Speed against level (``|gamma|``) within each live channel over the window: its slope
+   ``h_c >= 0`` (a channel that has come down is held back more), shrunk towards its layer's pooled slope ``h_L``
+   (``h_c = (Sxy_c + tau h_L) / (Sxx_c + tau)``, ``tau = shrink`` times the layer's mean ``Sxx``; ``shrink =
+   inf``: the layer's alone), times ``decel``. The distance it will still move is ``v / h * (1 - exp(-h *
+   u_left))`` (``v * u_left`` for ``h = 0``): a relaxation.
 4. **Crossing.** A channel crosses when that distance exceeds ``|gamma| - threshold``; its step is where the
    schedule's ``u`` reaches it. The forecast is the portion exchanged now plus the portion predicted to cross.
 5. **Interval.** A bootstrap over channels within layers (which re-estimates ``h_L``) and over each speed (its
@@ -35,11 +37,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_LOGS", "WINDOW", "SPREAD", "DECEL", "STRIDE", "ForecastWarning", "ForecastResult", "forecast_arrays",
+__all__ = ["MIN_LOGS", "WINDOW", "SPREAD", "DECEL", "SHRINK", "STRIDE", "ForecastWarning", "ForecastResult",
+           "forecast_arrays",
            "relaxation", "widen", "rates_of", "auto_cadence", "ForecastRecorder"]
 
 MIN_LOGS = 8  # logged steps a forecast needs (a window of >= 4, so that every live channel has a local speed)
 WINDOW = 0.25  # trailing fraction of the logged steps whose speeds are read (chosen on the tuning runs, README)
+SHRINK = 0.3  # the layer's deceleration's weight in each channel's (inf: the layer's; chosen on the tuning runs)
 DECEL = 1.0  # the weight of the measured deceleration (0: constant speeds; chosen on the tuning runs, README)
 SPREAD = 0.75  # the model's error on the new crossings, as a factor (chosen on the tuning runs, README)
 STRIDE = 4  # logged steps a local speed spans (fewer when the window is short)
@@ -89,6 +93,21 @@ def _pooled_h(sxy: np.ndarray, sxx: np.ndarray, layer: np.ndarray, k: int) -> np
         return np.clip(np.where(den > 0, num / den, 0.0), 0.0, None)
 
 
+def _channel_h(sxy: np.ndarray, sxx: np.ndarray, alive: np.ndarray, layer: np.ndarray, k: int, decel: float,
+               shrink: float) -> np.ndarray:
+    """Each channel's deceleration: its own slope shrunk towards its layer's pooled one (``shrink`` times the
+    layer's mean ``Sxx`` of live channels as the prior's weight; inf: the layer's), clipped at 0, times ``decel``."""
+    h_layer = _pooled_h(sxy, sxx, layer, k)
+    if np.isinf(shrink):
+        return decel * h_layer[layer]
+    n = np.bincount(layer, weights=alive.astype(float), minlength=k)
+    mean_sxx = np.bincount(layer, weights=np.where(alive, sxx, 0.0), minlength=k) / np.maximum(n, 1)
+    tau = shrink * mean_sxx[layer]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = np.where(sxx + tau > 0, (sxy + tau * h_layer[layer]) / (sxx + tau), 0.0)
+    return decel * np.clip(h, 0.0, None)
+
+
 def _u_needed(v: np.ndarray, h: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """The ``u`` a channel of speed ``v`` and deceleration ``h`` needs to move more than ``dist`` (inf: never)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -99,8 +118,8 @@ def _u_needed(v: np.ndarray, h: np.ndarray, dist: np.ndarray) -> np.ndarray:
 
 
 def forecast_arrays(steps: np.ndarray, a: np.ndarray, u: np.ndarray, threshold: float, layer: np.ndarray, *,
-                    window: float = WINDOW, spread: float = SPREAD, decel: float = DECEL, level: float = 0.8,
-                    n_boot: int = 200,
+                    window: float = WINDOW, spread: float = SPREAD, decel: float = DECEL, shrink: float = SHRINK,
+                    level: float = 0.8, n_boot: int = 200,
                     seed: int = 0) -> ForecastResult:
     """The forecast from logged ``|gamma|``.
 
@@ -115,9 +134,10 @@ def forecast_arrays(steps: np.ndarray, a: np.ndarray, u: np.ndarray, threshold: 
     threshold : float
     layer : int array [C]
         Each channel's layer index (0..L-1).
-    window, spread, decel, level, n_boot, seed
+    window, spread, decel, shrink, level, n_boot, seed
         See the module docstring (``decel`` scales the measured deceleration: 0 extrapolates each channel's
-        recent speed as constant); ``seed`` makes the bootstrap a function of its arguments alone.
+        recent speed as constant; ``shrink`` weighs the layer's deceleration in each channel's); ``seed`` makes
+        the bootstrap a function of its arguments alone.
     """
     steps = np.asarray(steps, np.int64)
     a = np.asarray(a, np.float64)
@@ -154,13 +174,13 @@ def forecast_arrays(steps: np.ndarray, a: np.ndarray, u: np.ndarray, threshold: 
         n = np.sum(~np.isnan(recent), 0)
         v_se = np.where(n > 1, np.nan_to_num(np.nanstd(recent, 0, ddof=1)) / np.sqrt(np.maximum(n, 1)), 0.0)
     h_layer = decel * _pooled_h(sxy, sxx, layer, k)
+    h = _channel_h(sxy, sxx, alive, layer, k, decel, shrink)
     u_left = u[-1] - us[-1]
     dist = a[-1] - threshold  # to move strictly more than this
 
     def portion(v_, h_, dist_, alive_):
         return np.mean(~alive_ | (relaxation(v_, h_, u_left) > dist_), axis=-1)
 
-    h = h_layer[layer]
     need = _u_needed(v, h, dist)
     cross = np.searchsorted(u, us[-1] + need, side="right")  # u[t] >= u_K + need first at t
     cross = np.where(alive & (need <= u_left) & (cross <= budget), np.maximum(cross, K + 1), -1)
@@ -172,9 +192,9 @@ def forecast_arrays(steps: np.ndarray, a: np.ndarray, u: np.ndarray, threshold: 
         rng = np.random.default_rng(seed)
         idx = np.concatenate([rng.choice(np.flatnonzero(layer == j), size=(n_boot, int((layer == j).sum())))
                               for j in range(k) if (layer == j).any()], axis=1)  # [B, C] within layers
-        hb = decel * np.stack([_pooled_h(sxy[i], sxx[i], layer[i], k) for i in idx])  # [B, L]
+        hb = np.stack([_channel_h(sxy[i], sxx[i], alive[i], layer[i], k, decel, shrink) for i in idx])  # [B, C]
         vb = v[idx] + v_se[idx] * rng.standard_normal(idx.shape)
-        boot = portion(vb, np.take_along_axis(hb, layer[idx], axis=1), dist[idx], alive[idx])
+        boot = portion(vb, hb, dist[idx], alive[idx])
         lo, hi = (float(q) for q in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
     lo, hi = widen(now, predicted, lo, hi, spread)
     step_90 = -1
@@ -312,8 +332,8 @@ class ForecastRecorder:
             what = (f"collapsing: {res.predicted:.0%} ({res.low:.0%}-{res.high:.0%}) of the penalised gammas under the "
                     f"threshold at step {res.budget}. Lower lam{lam} or the threshold")
         else:
-            what = (f"exchanging nothing: {res.predicted:.1%} ({res.low:.1%}-{res.high:.1%}) under the threshold at step "
-                    f"{res.budget}. Raise lam{lam} or the learning rate, lengthen the budget, or lower the threshold")
+            what = (f"exchanging nothing: {res.predicted:.1%} ({res.low:.1%}-{res.high:.1%}) under the threshold at "
+                    f"step {res.budget}. Raise lam{lam} or the learning rate, lengthen the budget, or lower the threshold")
         self.warned = True
         warnings.warn(f"{self.writer.path}: the forecasts up to step {res.step} say the exchange is {what}",
                       ForecastWarning, stacklevel=3)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..experiments.diagnosis import _steps_matrix
 from ..experiments.training import lr_rates
-from ..runs.forecast_model import DECEL, MIN_LOGS, SPREAD, WINDOW, ForecastResult, forecast_arrays, rates_of
+from ..runs.forecast_model import DECEL, MIN_LOGS, SHRINK, SPREAD, WINDOW, ForecastResult, forecast_arrays, rates_of
 from ..runs.reader import Run, load_run
 
 __all__ = ["Forecast", "forecast", "truncate_run", "schedule_of", "MIN_LOGS"]
@@ -91,7 +91,7 @@ def schedule_of(run: Run, budget: int | None = None,
 def forecast(run: Run | str | Path, *, at: int | None = None, budget: int | None = None,
              lr: float | Sequence[float] | Callable[[int], float] | None = None, threshold: float | None = None,
              level: float = 0.8, n_boot: int = 200, seed: int = 0, window: float = WINDOW,
-             spread: float = SPREAD, decel: float = DECEL) -> Forecast:
+             spread: float = SPREAD, decel: float = DECEL, shrink: float = SHRINK) -> Forecast:
     """Forecast the final exchange of ``run`` from the gammas it has logged so far.
 
     Parameters
@@ -108,9 +108,9 @@ def forecast(run: Run | str | Path, *, at: int | None = None, budget: int | None
         Default: the run's.
     level : float
         Level of the bootstrap part of the interval (the model's own error widens it; README).
-    n_boot, seed, window, spread, decel
-        The bootstrap's replicates and seed; the model's window, error factor and deceleration weight
-        (``cen_lab.runs.forecast_model``).
+    n_boot, seed, window, spread, decel, shrink
+        The bootstrap's replicates and seed; the model's window, error factor, deceleration weight and the
+        weight of the layer's deceleration in each channel's (``cen_lab.runs.forecast_model``).
 
     Raises
     ------
@@ -140,7 +140,7 @@ def forecast(run: Run | str | Path, *, at: int | None = None, budget: int | None
     u = np.concatenate([[0.0], np.cumsum(rates)])
     layer = pd.factorize(rows.loc[pen, "layer"])[0]
     res: ForecastResult = forecast_arrays(steps, np.abs(g[:, pen]), u, thr, layer, window=window, spread=spread,
-                                          decel=decel, level=level, n_boot=n_boot, seed=seed)
+                                          decel=decel, shrink=shrink, level=level, n_boot=n_boot, seed=seed)
     crossings = rows.loc[pen, ["layer", "branch", "channel"]].reset_index(drop=True).assign(crossing_step=res.crossing)
     return Forecast(run.path.name, res.step, res.budget, res.now, res.predicted, res.low, res.high, res.state,
                     None if res.step_90 < 0 else res.step_90, level, _regime(run, res, thr), crossings)
@@ -155,5 +155,6 @@ def _regime(run: Run, res: ForecastResult, thr: float) -> str:
             text += f" (evidence: {SMOKE_TEST})"
     else:
         lam = run.lam_per_step
-        text = f"{run.source} {run.manifest.get('model_class', 'model')}; lam {'not recorded' if lam is None else f'{lam:g}'}"
+        lam = "not recorded" if lam is None else f"{lam:g}"
+        text = f"{run.source} {run.manifest.get('model_class', 'model')}; lam {lam}"
     return f"{text}; budget {res.budget} steps; threshold {thr:g}; forecast accuracy: README, 'Forecasting a run'"

@@ -9,7 +9,8 @@ penalised gammas under the threshold. Beside it, from the same cut:
 - ``peer``: learning-curve extrapolation of the portion-under-threshold curve itself (``curve_peer``, the families
   of Domhan et al. 2015 by Akaike weights).
 
-The forecaster's three settings (its window, the weight of its deceleration and the error factor of its interval)
+The forecaster's four settings (its window, the weight of its deceleration, how much each channel's deceleration
+leans on its layer's, and the error factor of its interval)
 are chosen on the **tuning runs**, seed 0 of every variant (``tune_forecaster``), and scored on the others
 (seeds >= 1).
 """
@@ -26,12 +27,13 @@ import pandas as pd
 from ..experiments.diagnosis import _steps_matrix
 from ..experiments.fusion import _interval
 from ..runs.reader import Run, load_run
-from ..runs.forecast_model import DECEL, SPREAD, WINDOW, widen
+from ..runs.forecast_model import DECEL, SHRINK, SPREAD, WINDOW, widen
 from .curve_peer import extrapolate_curve
 from .forecast import forecast, truncate_run
 from .lambda_choice import predict_exchange
 
-__all__ = ["FRACTIONS", "GOALS", "WINDOWS", "DECELS", "SPREADS", "load_runs", "variant_of", "score_runs", "tune_forecaster",
+__all__ = ["FRACTIONS", "GOALS", "WINDOWS", "DECELS", "SHRINKS", "SPREADS", "load_runs", "variant_of", "score_runs",
+           "tune_forecaster",
            "forecast_summary", "run_forecast_benchmark"]
 
 FRACTIONS = (0.05, 0.1, 0.25, 0.5)
@@ -39,6 +41,7 @@ GOALS = {0.1: 0.10, 0.25: 0.05, 0.5: 0.05}  # mean absolute error goals (issue 3
 COVERAGE_GOAL = 0.8
 WINDOWS = (0.25, 0.5, 0.75)  # the tuning grid
 DECELS = (0.0, 0.5, 1.0)
+SHRINKS = (0.0, 0.3, 1.0, float("inf"))
 SPREADS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 METHODS = ("forecast", "probe", "peer")
 
@@ -69,11 +72,13 @@ def _curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
 
 def score_runs(runs: Iterable[Run], fractions: Sequence[float] = FRACTIONS, *,
                windows: Sequence[float] = (WINDOW,), decels: Sequence[float] = (DECEL,),
-               spreads: Sequence[float] = (SPREAD,), methods: Sequence[str] = METHODS, n_boot: int = 200,
+               shrinks: Sequence[float] = (SHRINK,), spreads: Sequence[float] = (SPREAD,),
+               methods: Sequence[str] = METHODS, n_boot: int = 200,
                progress: bool = True) -> pd.DataFrame:
     """One row per run, fraction, method (and forecaster setting): run, variant, arch, seed, lam, budget, final,
-    fraction, step, now, method, window, decel, spread, predicted, low, high, error (predicted - final), covered,
-    note (why a method could not answer). The forecaster is computed once per window and deceleration; each
+    fraction, step, now, method, window, decel, shrink, spread, predicted, low, high, error (predicted - final),
+    covered,
+    note (why a method could not answer). The forecaster is computed once per window, deceleration and shrink; each
     spread widens the same bootstrap interval (``forecast_model.widen``)."""
     from .._util.progress import progress_bar
 
@@ -83,19 +88,21 @@ def score_runs(runs: Iterable[Run], fractions: Sequence[float] = FRACTIONS, *,
         steps, portion = _curve(run)
         budget = run.config.train.steps
         final = float(portion[-1])
-        base = {"run": run.path.name, "variant": variant_of(run), "arch": run.config.model.arch, "seed": run.config.seed,
+        base = {"run": run.path.name, "variant": variant_of(run), "arch": run.config.model.arch,
+                "seed": run.config.seed,
                 "lam": run.config.train.lam, "budget": budget, "final": final}
         for f in fractions:
             k = int(np.searchsorted(steps, f * budget, side="right")) - 1
             cut = truncate_run(run, int(steps[k]))
             row0 = {**base, "fraction": f, "step": int(steps[k]), "now": float(portion[k])}
             for method in methods:
-                grid = [(w, d) for w in windows for d in decels] if method == "forecast" else [(np.nan, np.nan)]
-                for w, d in grid:
-                    r = {**row0, "method": method, "window": w, "decel": d, "spread": np.nan, "predicted": np.nan,
-                         "low": np.nan, "high": np.nan, "note": ""}
+                grid = ([(w, d, sh) for w in windows for d in decels for sh in shrinks] if method == "forecast"
+                        else [(np.nan, np.nan, np.nan)])
+                for w, d, sh in grid:
+                    r = {**row0, "method": method, "window": w, "decel": d, "shrink": sh, "spread": np.nan,
+                         "predicted": np.nan, "low": np.nan, "high": np.nan, "note": ""}
                     try:
-                        r.update(_answer(method, cut, steps[:k + 1], portion[:k + 1], budget, w, d, n_boot))
+                        r.update(_answer(method, cut, steps[:k + 1], portion[:k + 1], budget, w, d, sh, n_boot))
                     except ValueError as e:
                         r["note"] = str(e).split(": ", 1)[-1][:160]
                     if method != "forecast":
@@ -112,9 +119,9 @@ def score_runs(runs: Iterable[Run], fractions: Sequence[float] = FRACTIONS, *,
 
 
 def _answer(method: str, cut: Run, steps: np.ndarray, portion: np.ndarray, budget: int, window: float,
-            decel: float, n_boot: int) -> dict:
+            decel: float, shrink: float, n_boot: int) -> dict:
     if method == "forecast":  # the bootstrap's interval alone (spread 0): score_runs widens it
-        fc = forecast(cut, window=window, decel=decel, spread=0.0, n_boot=n_boot)
+        fc = forecast(cut, window=window, decel=decel, shrink=shrink, spread=0.0, n_boot=n_boot)
         return {"predicted": fc.predicted, "low": fc.low, "high": fc.high}
     if method == "peer":
         ex = extrapolate_curve(steps, portion, budget)
@@ -127,27 +134,27 @@ def _answer(method: str, cut: Run, steps: np.ndarray, portion: np.ndarray, budge
 
 def tune_forecaster(scores: pd.DataFrame, min_fraction: float = 0.1) -> dict:
     """The forecaster's setting chosen on ``scores`` of the tuning runs (``score_runs`` over ``WINDOWS`` x
-    ``DECELS`` x ``SPREADS``): the window and deceleration of the least mean absolute error at fractions >=
-    ``min_fraction`` (the error does not depend on the spread), then the smallest spread whose intervals cover the
-    final portion in >= 80% of those forecasts (the widest, if none does)."""
+    ``DECELS`` x ``SHRINKS`` x ``SPREADS``): the window, deceleration and shrink of the least mean absolute error
+    at fractions >= ``min_fraction`` (the error does not depend on the spread), then the smallest spread whose
+    intervals cover the final portion in >= 80% of those forecasts (the widest, if none does)."""
     f = scores[(scores["method"] == "forecast") & (scores["fraction"] >= min_fraction) & scores["predicted"].notna()]
     if f.empty:
         raise ValueError("no forecast of the tuning runs to tune on")
-    mae = f.groupby(["window", "decel"])["error"].apply(lambda e: e.abs().mean())
-    window, decel = (float(x) for x in mae.idxmin())
-    best = f[(f["window"] == window) & (f["decel"] == decel)]
+    mae = f.groupby(["window", "decel", "shrink"])["error"].apply(lambda e: e.abs().mean())
+    window, decel, shrink = (float(x) for x in mae.idxmin())
+    best = f[(f["window"] == window) & (f["decel"] == decel) & (f["shrink"] == shrink)]
     cov = best.groupby("spread")["covered"].mean()
     ok = cov[cov >= COVERAGE_GOAL]
     spread = float(ok.index.min()) if len(ok) else float(cov.index.max())
-    return {"window": window, "decel": decel, "spread": spread, "mae": float(mae.min()),
+    return {"window": window, "decel": decel, "shrink": shrink, "spread": spread, "mae": float(mae.min()),
             "coverage": float(cov[spread]), "n": int((best["spread"] == spread).sum()),
             "runs": sorted(f["run"].unique())}
 
 
 def forecast_summary(scores: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Per architecture, fraction and method: n (runs answered), mae with a t interval (its low end at least 0), the mean signed error
-    (bias), coverage of the intervals, the goal where there is one and whether it is met (the forecaster's
-    mean absolute error; coverage >= 80%)."""
+    """Per architecture, fraction and method: n (runs answered), mae with a t interval (its low end at least 0),
+    the mean signed error (bias), coverage of the intervals, the goal where there is one and whether the
+    forecaster's mean absolute error meets it (``met``; coverage is read beside it, goal >= 80%)."""
     rows = []
     for (arch, f, method), g in scores.groupby(["arch", "fraction", "method"], sort=True):
         g = g[g["predicted"].notna()]
@@ -180,9 +187,9 @@ def run_forecast_benchmark(runs: str | Path | Sequence[Run], fractions: Sequence
     if not tuning or not scored:
         raise ValueError(f"the benchmark needs complete runs of the tuning seeds {list(tuning_seeds)} and of other "
                          f"seeds; found {len(tuning)} and {len(scored)}")
-    tune = score_runs(tuning, fractions, windows=WINDOWS, decels=DECELS, spreads=SPREADS, methods=("forecast",),
-                      n_boot=n_boot, progress=progress)
+    tune = score_runs(tuning, fractions, windows=WINDOWS, decels=DECELS, shrinks=SHRINKS, spreads=SPREADS,
+                      methods=("forecast",), n_boot=n_boot, progress=progress)
     choice = tune_forecaster(tune)
     scores = score_runs(scored, fractions, windows=(choice["window"],), decels=(choice["decel"],),
-                        spreads=(choice["spread"],), n_boot=n_boot, progress=progress)
+                        shrinks=(choice["shrink"],), spreads=(choice["spread"],), n_boot=n_boot, progress=progress)
     return tune, choice, scores, forecast_summary(scores)
