@@ -284,3 +284,25 @@ def test_the_explorer_shows_the_forecast_recorded_by_the_step_shown(tiny_long_ru
     assert ex.forecast_label.value == "forecast: none recorded by this step"
     ex.run_picker.value = "short"  # 12 steps: too few logged states for any forecast
     assert ex.forecast_label.value.startswith("forecast: none recorded (")
+
+
+def test_a_thinned_history_stays_bounded_and_resumes_to_the_same_forecasts(tmp_path, monkeypatch):
+    import cen_lab.runs.forecast_model as fm
+
+    monkeypatch.setattr(fm, "MAX_STATES", 16)  # 31 logged states: every 2nd kept from the 17th on
+    cfg = cen_lab.ExperimentConfig.preset("tiny").override({"train.steps": 60})
+    kept = []
+    real_keep = fm.ForecastRecorder._keep
+
+    def spy(self, step, row):
+        real_keep(self, step, row)
+        kept.append(len(self.steps))
+
+    monkeypatch.setattr(fm.ForecastRecorder, "_keep", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ForecastWarning)
+        whole = cen_lab.train(cfg, tmp_path / "a", progress=False)
+        cen_lab.train(cfg, tmp_path / "b", progress=False, stop_at=31)
+        resumed = cen_lab.train(cfg, tmp_path / "b", progress=False, resume=True)
+    assert max(kept) == 16 and kept[16] == 9 and len(whole.forecasts) == 24  # the 17th state halves the 17 kept
+    assert_frame_equal(resumed.forecasts, whole.forecasts, check_exact=True)

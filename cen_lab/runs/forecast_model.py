@@ -23,7 +23,7 @@ schedule much less is left than the fraction of steps suggests; a curve fitted i
    schedule's ``u`` reaches it. The forecast is the portion exchanged now plus the portion predicted to cross.
 5. **Interval.** A bootstrap over channels within layers (which re-estimates ``h_L``) and over each speed (its
    standard error), widened by the model's own error on the new crossings: ``[now + new / (1 + spread), now +
-   new * (1 + spread)]``, ``spread`` chosen on held-out runs (``cen-lab bench-forecast``; README).
+   new * (1 + spread)]``, ``spread`` chosen on the tuning runs (``cen-lab bench-forecast``; README).
 
 With no data gradient every speed is the penalty's and nothing decelerates: the forecast is the penalty's
 schedule (tested). A finished run has no ``u`` left: its forecast is its final portion.
@@ -37,9 +37,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_LOGS", "WINDOW", "SPREAD", "DECEL", "SHRINK", "STRIDE", "ForecastWarning", "ForecastResult",
-           "forecast_arrays",
-           "relaxation", "widen", "rates_of", "auto_cadence", "ForecastRecorder"]
+__all__ = ["MIN_LOGS", "WINDOW", "SPREAD", "DECEL", "SHRINK", "STRIDE", "MAX_STATES", "ForecastWarning",
+           "ForecastResult", "forecast_arrays", "relaxation", "widen", "rates_of", "auto_cadence", "ForecastRecorder"]
 
 MIN_LOGS = 8  # logged steps a forecast needs (a window of >= 4, so that every live channel has a local speed)
 WINDOW = 0.25  # trailing fraction of the logged steps whose speeds are read (chosen on the tuning runs, README)
@@ -50,6 +49,7 @@ STRIDE = 4  # logged steps a local speed spans (fewer when the window is short)
 COLLAPSING, NONE = 0.9, 0.01  # as cen_lab.diagnose and predict_exchange
 FORECASTS_PER_RUN = 50  # the automatic cadence: about this many forecasts over a run
 PERSIST = 3  # consecutive forecasts that must agree, with their whole interval, before the warning
+MAX_STATES = 2048  # logged states a recorder keeps; beyond, every 2nd (4th, ...) of them (>= 2 * MIN_LOGS)
 
 
 class ForecastWarning(UserWarning):
@@ -242,7 +242,9 @@ class ForecastRecorder:
     """Keeps the penalised ``|gamma|`` of every logged state and records a forecast at the logged steps that reach
     each multiple of ``every`` (a function of the steps alone, so a resumed run records what an uninterrupted one
     does); warns once (``ForecastWarning``) when ``PERSIST`` forecasts in a row say, with their whole interval,
-    collapsing or none (one forecast of a noisy run can say so and the next not).
+    collapsing or none (one forecast of a noisy run can say so and the next not). Past ``MAX_STATES`` logged
+    states it keeps every 2nd (then 4th, ...) of them, chosen by their index alone, plus the newest, so that memory
+    stays bounded and a resumed run keeps the same ones; ``cen_lab.forecast(run)`` reads them all.
 
     Parameters
     ----------
@@ -269,8 +271,9 @@ class ForecastRecorder:
         self.penalised = np.asarray(penalised, bool)
         self.layer = np.unique(np.asarray(layer)[self.penalised], return_inverse=True)[1]
         self.u = np.concatenate([[0.0], np.cumsum(np.asarray(rates, np.float64))])
-        self.steps: list[int] = []
-        self.a: list[np.ndarray] = []
+        self.steps: list[int] = []  # the kept states: index % stride == 0 in the sequence of logged states
+        self.a: list[np.ndarray] = []  # their penalised |gamma|, float32 [C]
+        self.seen, self.stride = 0, 1
         self.next_due = 0
         self.warned = False
         self._streak: tuple[str | None, int] = (None, 0)  # the extreme the last forecasts agreed on, and how many
@@ -288,12 +291,15 @@ class ForecastRecorder:
 
         if not self._loaded:
             self._load(int(step))
-        self.steps.append(int(step))
-        self.a.append(np.abs(np.asarray(gamma, np.float64)[self.penalised]))
-        if step < self.next_due or len(self.steps) < MIN_LOGS or step > self.budget or not self.penalised.any():
+        row = np.abs(np.asarray(gamma, np.float32)[self.penalised])
+        self._keep(int(step), row)
+        if step < self.next_due or self.seen < MIN_LOGS or step > self.budget or not self.penalised.any():
             return None
         t0 = time.perf_counter()
-        res = forecast_arrays(np.array(self.steps), np.stack(self.a), self.u, self.threshold, self.layer, seed=step)
+        steps, a = self.steps, self.a
+        if steps[-1] != step:  # the newest state, not kept for later
+            steps, a = steps + [int(step)], a + [row]
+        res = forecast_arrays(np.array(steps), np.stack(a), self.u, self.threshold, self.layer, seed=step)
         self.seconds += time.perf_counter() - t0
         self.next_due = (step // self.every + 1) * self.every
         self.last = res
@@ -306,6 +312,16 @@ class ForecastRecorder:
         self._warn(res)
         return res
 
+    def _keep(self, step: int, row: np.ndarray) -> None:
+        """Count the logged state; keep it when its index is a multiple of the stride (doubled past MAX_STATES)."""
+        if self.seen % self.stride == 0:
+            self.steps.append(step)
+            self.a.append(row)
+        self.seen += 1
+        if len(self.steps) > MAX_STATES:
+            self.stride *= 2
+            self.steps, self.a = self.steps[::2], self.a[::2]  # the kept indexes were multiples of the old stride
+
     def _load(self, step: int) -> None:
         """The logged states and forecasts on disk before ``step`` (a resumed run), so that the forecasts that
         follow equal an uninterrupted run's."""
@@ -315,8 +331,8 @@ class ForecastRecorder:
             order = np.argsort(g["step"].to_numpy(), kind="stable")
             steps, counts = np.unique(g["step"].to_numpy(), return_counts=True)
             rows = g["gamma"].to_numpy()[order].reshape(len(steps), counts[0])  # [S, R], the observer's row order
-            self.steps = [int(s) for s in steps]
-            self.a = [np.abs(r[self.penalised].astype(np.float64)) for r in rows]
+            for s, r in zip(steps, rows):
+                self._keep(int(s), np.abs(r[self.penalised].astype(np.float32)))
         done = _on_disk(self.writer, "forecasts", ["step"], step)["step"]
         if len(done):
             self.next_due = (int(done.max()) // self.every + 1) * self.every
