@@ -96,6 +96,10 @@ def cmd_bench_forecast(args: argparse.Namespace) -> int:
         print("\nPer architecture, fraction of the run and method (mae: mean absolute error of the final portion under "
               "the threshold, 95% t interval; coverage: of the 80% intervals):")
         print(summary.round(3).to_string(index=False))
+        print("\nThe same per variant (the forecaster, the probe and the peer at 10% and 25% of each run):")
+        per = fb.forecast_summary(scores[scores["fraction"].isin([0.1, 0.25])], by=("arch", "variant"))
+        print(per.pivot_table(index=["arch", "variant", "fraction"], columns="method", values="mae").round(3)
+              .to_string())
     print(f"\nwrote forecast_tuning.csv, forecast_scores.csv, forecast_summary.csv, forecast_choice.json in {out}")
     return 0
 

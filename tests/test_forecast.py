@@ -306,3 +306,14 @@ def test_a_thinned_history_stays_bounded_and_resumes_to_the_same_forecasts(tmp_p
         resumed = cen_lab.train(cfg, tmp_path / "b", progress=False, resume=True)
     assert max(kept) == 16 and kept[16] == 9 and len(whole.forecasts) == 24  # the 17th state halves the 17 kept
     assert_frame_equal(resumed.forecasts, whole.forecasts, check_exact=True)
+
+
+def test_the_summary_per_variant_splits_the_same_rows():
+    scores = pd.DataFrame({"arch": ["plain"] * 4, "variant": ["a", "a", "b", "b"], "fraction": [0.1] * 4,
+                           "method": ["forecast"] * 4, "predicted": [0.5, 0.6, 0.2, 0.2],
+                           "error": [0.1, -0.3, 0.0, 0.05], "covered": [1.0, 0.0, 1.0, 1.0]})
+    per_arch = forecast_summary(scores)
+    assert per_arch["mae"].iloc[0] == pytest.approx(0.1125) and not per_arch["met"].iloc[0]  # goal 0.10 at 10%
+    per = forecast_summary(scores, by=("arch", "variant")).set_index("variant")
+    assert per.loc["a", "mae"] == pytest.approx(0.2) and per.loc["b", "mae"] == pytest.approx(0.025)
+    assert per.loc["a", "coverage"] == 0.5 and bool(per.loc["b", "met"]) is True

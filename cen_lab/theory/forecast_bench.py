@@ -151,32 +151,33 @@ def tune_forecaster(scores: pd.DataFrame, min_fraction: float = 0.1) -> dict:
             "runs": sorted(f["run"].unique())}
 
 
-def forecast_summary(scores: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Per architecture, fraction and method: n (runs answered), mae with a t interval (its low end at least 0),
-    the mean signed error (bias), coverage of the intervals, the goal where there is one and whether the
-    forecaster's mean absolute error meets it (``met``; coverage is read beside it, goal >= 80%)."""
+def forecast_summary(scores: pd.DataFrame, level: float = 0.95, by: Sequence[str] = ("arch",)) -> pd.DataFrame:
+    """Per ``by`` (default: architecture; ``("arch", "variant")`` for each variant), fraction and method: n (runs
+    answered), mae with a t interval (its low end at least 0), the mean signed error (bias), coverage of the
+    intervals, the goal where there is one and whether the forecaster's mean absolute error meets it (``met``;
+    coverage is read beside it, goal >= 80%)."""
     rows = []
-    for (arch, f, method), g in scores.groupby(["arch", "fraction", "method"], sort=True):
+    for key, g in scores.groupby([*by, "fraction", "method"], sort=True):
+        *group, f, method = key
         g = g[g["predicted"].notna()]
         ae = g["error"].abs().to_numpy()
         lo, hi = _interval(ae, level) if len(ae) else (np.nan, np.nan)
         lo = max(lo, 0.0) if np.isfinite(lo) else lo  # an absolute error is >= 0
-        goal = GOALS.get(f)
-        rows.append({"arch": arch, "fraction": f, "method": method, "n": len(g),
+        goal = GOALS.get(f) if method == "forecast" else None
+        rows.append({**dict(zip(by, group)), "fraction": f, "method": method, "n": len(g),
                      "mae": float(ae.mean()) if len(ae) else np.nan, "mae_low": lo, "mae_high": hi,
                      "bias": float(g["error"].mean()) if len(g) else np.nan,
                      "coverage": float(g["covered"].astype(float).mean()) if len(g) else np.nan,
-                     "goal": goal if method == "forecast" else np.nan,
-                     "met": (bool(ae.mean() <= goal) if goal is not None and len(ae) else None)
-                     if method == "forecast" else None})
+                     "goal": np.nan if goal is None else goal,
+                     "met": bool(ae.mean() <= goal) if goal is not None and len(ae) else None})
     return pd.DataFrame(rows)
 
 
 def run_forecast_benchmark(runs: str | Path | Sequence[Run], fractions: Sequence[float] = FRACTIONS, *,
                            tuning_seeds: Sequence[int] = (0,), n_boot: int = 200, progress: bool = True
                            ) -> tuple[pd.DataFrame, dict, pd.DataFrame, pd.DataFrame]:
-    """The whole benchmark: tune the forecaster on the runs of ``tuning_seeds`` (``WINDOWS`` x ``SPREADS``), then
-    score it at that setting, with the probe and the peer, on every other run.
+    """The whole benchmark: tune the forecaster on the runs of ``tuning_seeds`` (``WINDOWS`` x ``DECELS`` x
+    ``SHRINKS`` x ``SPREADS``), then score it at that setting, with the probe and the peer, on every other run.
 
     Returns ``(tuning scores, chosen setting, scores, summary)``. Raises ``ValueError`` when ``runs`` (a folder, or
     runs) holds no complete run of a tuning seed or none of another seed.
