@@ -317,3 +317,11 @@ def test_the_summary_per_variant_splits_the_same_rows():
     per = forecast_summary(scores, by=("arch", "variant")).set_index("variant")
     assert per.loc["a", "mae"] == pytest.approx(0.2) and per.loc["b", "mae"] == pytest.approx(0.025)
     assert per.loc["a", "coverage"] == 0.5 and bool(per.loc["b", "met"]) is True
+
+
+def test_norms_the_forward_never_ran_are_left_out_as_diagnose_does(tiny_long_run):
+    layers = list(dict.fromkeys(tiny_long_run.gammas["layer"]))
+    cut = dataclasses.replace(tiny_long_run, manifest={**tiny_long_run.manifest,
+                                                       "unapplied_layers": {layers[0]: "never applied"}})
+    fc, full = forecast(cut), forecast(tiny_long_run)
+    assert set(fc.crossings["layer"]) == set(layers[1:]) and set(full.crossings["layer"]) == set(layers)

@@ -127,9 +127,11 @@ def forecast(run: Run | str | Path, *, at: int | None = None, budget: int | None
     if at is not None:
         run = truncate_run(run, at)
     thr = run.threshold if threshold is None else float(threshold)
-    if run.gammas.empty or not run.gammas["penalised"].any():
+    unapplied = sorted(run.manifest.get("unapplied_layers") or {})  # norms the forward never ran: as diagnose
+    gammas = run.gammas[~run.gammas["layer"].isin(unapplied)] if unapplied else run.gammas
+    if gammas.empty or not gammas["penalised"].any():
         raise ValueError(f"{run.path}: no penalised gamma is logged; nothing is attracted to 0")
-    steps, rows, g = _steps_matrix(run.gammas)
+    steps, rows, g = _steps_matrix(gammas)
     if len(steps) < MIN_LOGS:
         raise ValueError(f"{run.path}: a forecast needs {MIN_LOGS} logged steps; the run has {len(steps)} (up to "
                          f"step {int(steps[-1])}): wait for more, or log more often")
